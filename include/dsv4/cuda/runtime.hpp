@@ -1,0 +1,21 @@
+// dsv4/cuda/runtime.hpp — the few CUDA runtime services dsv4 needs, behind plain declarations (no
+// cuda_runtime.h here, so host code compiles without the toolkit). Defined in cuda/runtime.cu; every CUDA error is
+// turned into a dsv4::error naming the call.
+#pragma once
+
+#include <cstddef>
+
+#include "dsv4/exec.hpp"
+
+namespace dsv4::cuda {
+
+// Devices visible to the runtime; 0 when there is no driver or no GPU (never throws).
+int device_count() noexcept;
+
+void* device_malloc(std::size_t bytes, int device);
+void device_free(void* p) noexcept;
+
+// Copy between any two pointers (host or device, unified addressing), then wait for the stream.
+void copy_bytes(void* dst, const void* src, std::size_t bytes, const exec& ex);
+
+}  // namespace dsv4::cuda

@@ -1,0 +1,117 @@
+// dsv4 — the command-line tool. `dsv4 demo` walks through V4's number formats and quantizers on every backend this
+// machine has; later subcommands (synth, info, run, report) build on the same library.
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <tuple>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "dsv4/cpu/quant.hpp"
+#include "dsv4/dsv4.hpp"
+
+namespace {
+
+using namespace dsv4;
+
+int usage() {
+  std::fprintf(stderr,
+               "usage: dsv4 <command>\n"
+               "  demo       the V4 number formats, block quantizers and Hadamard transform on each backend\n"
+               "  backends   which backends this build and machine offer\n"
+               "  version    print the library version\n");
+  return 2;
+}
+
+int backends() {
+  const char* isa = cpu::simd_isa();
+  std::printf("ref   scalar reference: always\n");
+  std::printf("cpu   xsimd + oneTBB: %s\n", isa ? isa : "unavailable (falls back to ref)");
+  std::printf("cuda  %s, %d device(s) visible\n", ops::cuda_built() ? "built" : "not built", ops::cuda_device_count());
+  return 0;
+}
+
+void print_row(const char* label, const float* v, int n) {
+  std::printf("  %-22s", label);
+  for (int i = 0; i < n; ++i) std::printf(" %8.4g", v[i]);
+  std::printf("\n");
+}
+
+int demo() {
+  std::printf("dsv4 %s — DeepSeek-V4 number formats (spec §6)\n\n", kVersion);
+  std::printf("FP4 E2M1 codes 0..7 decode to:");
+  for (int c = 0; c < 8; ++c) std::printf(" %g", fp4_e2m1{static_cast<std::uint8_t>(c)}.to_float());
+  std::printf("   (code 8 = -0)\n");
+  std::printf("FP4 round-to-nearest-even ties:");
+  for (float t : {0.25f, 0.75f, 1.25f, 1.75f, 2.5f, 3.5f, 5.f, 7.f})
+    std::printf(" %g->%g", t, fp4_e2m1::from_float(t).to_float());
+  std::printf("\nFP8 E4M3FN: max %g, min normal %g, min subnormal %g, 0x7F = %g\n",
+              fp8_e4m3{0x7E}.to_float(), fp8_e4m3{0x08}.to_float(), fp8_e4m3{0x01}.to_float(),
+              fp8_e4m3{0x7F}.to_float());
+  std::printf("UE8M0: byte u means 2^(u-127): 127 -> %g, 120 -> %g\n\n", ue8m0{127}.to_float(),
+              ue8m0{120}.to_float());
+
+  // One KV-like row of 128 values, seeded: quantize to FP8 (block 64, the KV round trip) and FP4 (block 32, the
+  // indexer), and show what the round trip does to the first values, on each backend.
+  constexpr int K = 128;
+  std::mt19937 rng(4);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  buffer x(dtype::f32, {1, K});
+  auto xs = x.host_span<float>();
+  for (int i = 0; i < K; ++i) xs[i] = nd(rng) * (i < 64 ? 0.05f : 3.f);
+  print_row("x[0:6]", xs.data(), 6);
+
+  const char* isa = cpu::simd_isa();
+  for (backend be : {backend::ref, backend::cpu}) {
+    if (be == backend::cpu && !isa) continue;
+    exec ex;
+    ex.prefer = be;
+    for (auto [fmt, block, name] : {std::tuple{ops::quant_format::fp8_e4m3, 64, "fp8 e4m3 / block 64"},
+                                    std::tuple{ops::quant_format::fp4_e2m1, 32, "fp4 e2m1 / block 32"}}) {
+      buffer y(dtype::f32, {1, K});
+      ops::block_round_trip(x, y, fmt, block, ex);
+      auto ys = y.host_span<float>();
+      double err = 0, ref = 0;
+      for (int i = 0; i < K; ++i) {
+        err += double(ys[i] - xs[i]) * (ys[i] - xs[i]);
+        ref += double(xs[i]) * xs[i];
+      }
+      char label[64];
+      std::snprintf(label, sizeof label, "%s %s", backend_name(be), name);
+      print_row(label, ys.data(), 6);
+      std::printf("  %-22s relative L2 error %.3g\n", "", std::sqrt(err / ref));
+    }
+  }
+
+  buffer q(dtype::fp8_e4m3, {1, K}), s(dtype::ue8m0, {1, K / 64});
+  ops::block_quantize(x, q, s, 64);
+  std::printf("\nFP8 block scales (UE8M0 bytes) of the two 64-blocks: %u %u  (2^%d and 2^%d)\n",
+              s.host_span<ue8m0>()[0].bits, s.host_span<ue8m0>()[1].bits, s.host_span<ue8m0>()[0].bits - 127,
+              s.host_span<ue8m0>()[1].bits - 127);
+
+  buffer h(dtype::f32, {1, K});
+  ops::hadamard(x, h);
+  ops::hadamard(h, h);
+  double back = 0;
+  for (int i = 0; i < K; ++i) back = std::fmax(back, std::fabs(h.host_span<float>()[i] - xs[i]));
+  std::printf("Hadamard (n=128, scale 128^-1/2) applied twice returns x within %.2g (it is its own inverse)\n\n",
+              back);
+  return backends();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) return usage();
+  const std::string cmd = argv[1];
+  try {
+    if (cmd == "demo") return demo();
+    if (cmd == "backends") return backends();
+    if (cmd == "version") return std::printf("dsv4 %s\n", kVersion) < 0;
+    return usage();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "dsv4: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,35 @@
+// src/cpu/parallel.hpp — oneTBB row parallelism with a caller-chosen thread count.
+//
+// Work is split into independent row ranges; no result depends on how ranges are assigned, so every CPU op built
+// on this is bitwise identical for any thread count.
+#pragma once
+
+#include <cstdint>
+
+#include <tbb/blocked_range.h>
+#include <tbb/parallel_for.h>
+#include <tbb/task_arena.h>
+
+#include "dsv4/exec.hpp"
+
+namespace dsv4::cpu::detail {
+
+// fn(begin, end) over [0, rows) in chunks of at least `grain` rows.
+template <class Fn>
+void parallel_rows(std::int64_t rows, std::int64_t grain, const exec& ex, Fn&& fn) {
+  if (rows <= 0) return;
+  auto run = [&] {
+    tbb::parallel_for(tbb::blocked_range<std::int64_t>(0, rows, grain < 1 ? 1 : grain),
+                      [&](const tbb::blocked_range<std::int64_t>& r) { fn(r.begin(), r.end()); });
+  };
+  if (ex.threads == 1 || rows <= grain) {
+    fn(std::int64_t{0}, rows);
+  } else if (ex.threads > 1) {
+    tbb::task_arena arena(ex.threads);
+    arena.execute(run);
+  } else {
+    run();
+  }
+}
+
+}  // namespace dsv4::cpu::detail

@@ -1,0 +1,104 @@
+// src/memory.cpp — buffer allocation and ops::copy.
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "dsv4/buffer.hpp"
+#include "dsv4/ops/memory.hpp"
+#include "ops/common.hpp"
+#if DSV4_WITH_CUDA
+#include "dsv4/cuda/runtime.hpp"
+#endif
+
+namespace dsv4 {
+
+buffer::buffer(dtype dt, std::span<const std::int64_t> shape, device dev) {
+  view_ = tensor_view(nullptr, dt, shape, dev);
+  bytes_ = view_.nbytes();
+  const std::size_t n = static_cast<std::size_t>(bytes_ > 0 ? bytes_ : 1);
+  void* p = nullptr;
+  if (dev.is_cpu()) {
+    p = std::aligned_alloc(64, (n + 63) / 64 * 64);  // 64 B: one AVX-512 vector, one cache line
+    if (!p) throw std::bad_alloc();
+    std::memset(p, 0, n);
+  } else {
+#if DSV4_WITH_CUDA
+    p = cuda::device_malloc(n, dev.id);
+#else
+    DSV4_FAIL("buffer", "cannot allocate ", view_.describe(), ": this build of dsv4 has no CUDA backend");
+#endif
+  }
+  view_ = tensor_view(p, dt, shape, dev);
+}
+
+buffer::~buffer() {
+  if (!view_.data()) return;
+  if (view_.dev().is_cpu()) {
+    std::free(view_.data());
+  } else {
+#if DSV4_WITH_CUDA
+    cuda::device_free(view_.data());
+#endif
+  }
+}
+
+namespace ops {
+
+bool cuda_built() { return detail::have_cuda(); }
+
+int cuda_device_count() {
+#if DSV4_WITH_CUDA
+  return cuda::device_count();
+#else
+  return 0;
+#endif
+}
+
+namespace {
+// Element-wise strided host copy of any rank (fp4 rows are copied as packed bytes).
+void host_copy(const tensor_view& src, const tensor_view& dst) {
+  detail::for_each_matrix<2>({src, dst}, [](const std::array<tensor_view, 2>& m) {
+    const tensor_view &s = m[0], &d = m[1];
+    const std::int64_t rows = s.shape(0), cols = s.shape(1);
+    if (is_packed(s.dt())) {
+      const std::int64_t bytes = dtype_bytes(s.dt(), cols);
+      for (std::int64_t r = 0; r < rows; ++r)
+        std::memcpy(static_cast<char*>(d.data()) + r * d.stride(0) / 2,
+                    static_cast<const char*>(s.data()) + r * s.stride(0) / 2, static_cast<std::size_t>(bytes));
+      return;
+    }
+    const std::int64_t es = dtype_bits(s.dt()) / 8;
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t c = 0; c < cols; ++c)
+        std::memcpy(static_cast<char*>(d.data()) + (r * d.stride(0) + c * d.stride(1)) * es,
+                    static_cast<const char*>(s.data()) + (r * s.stride(0) + c * s.stride(1)) * es,
+                    static_cast<std::size_t>(es));
+  });
+}
+}  // namespace
+
+void copy(const tensor_view& src, const tensor_view& dst, const exec& ex) {
+  constexpr const char* op = "copy";
+  DSV4_CHECK(src.dt() == dst.dt(), op, "dtype mismatch: ", src.describe(), " -> ", dst.describe());
+  detail::check_same_shape(op, src, dst);
+  detail::check_aliasing(op, src, dst, false);
+  if (src.empty()) return;
+  if (src.dev().is_cpu() && dst.dev().is_cpu()) {
+    if (src.rank() == 0)
+      std::memcpy(dst.data(), src.data(), static_cast<std::size_t>(src.nbytes()));
+    else
+      host_copy(src, dst);
+    return;
+  }
+  DSV4_CHECK(src.is_contiguous() && dst.is_contiguous(), op, "copies across devices need contiguous views: ",
+             src.describe(), " -> ", dst.describe());
+#if DSV4_WITH_CUDA
+  cuda::copy_bytes(dst.data(), src.data(), static_cast<std::size_t>(src.nbytes()), ex);
+#else
+  (void)ex;
+  DSV4_FAIL(op, src.describe(), " -> ", dst.describe(), ": this build of dsv4 has no CUDA backend");
+#endif
+}
+
+}  // namespace ops
+}  // namespace dsv4
