@@ -76,6 +76,7 @@ struct f16 {
     const float a = ::fabsf(f);
     if (a != a) return f16{static_cast<std::uint16_t>(s | 0x7E00u)};
     if (a >= 65520.f) return f16{static_cast<std::uint16_t>(s | 0x7C00u)};  // 65520 rounds (tie, odd) up to inf
+    if (a == 0.f) return f16{s};
     int e;
     ::frexpf(a, &e);
     const int ex = (e - 1 < -14) ? -14 : e - 1;  // floor(log2 a), clamped to the subnormal exponent
@@ -121,6 +122,7 @@ struct fp8_e4m3 {
     const float a = ::fabsf(f);
     if (a != a) return fp8_e4m3{static_cast<std::uint8_t>(s | 0x7Fu)};
     if (a >= kMax) return fp8_e4m3{static_cast<std::uint8_t>(s | 0x7Eu)};
+    if (a == 0.f) return fp8_e4m3{s};  // frexp(0) has no binade
     int e;
     ::frexpf(a, &e);
     const int ex = (e - 1 < -6) ? -6 : e - 1;  // binade of a; below 2^-6 the subnormal spacing 2^-9 applies
@@ -155,6 +157,7 @@ struct fp4_e2m1 {
     const float a = ::fabsf(f);
     if (a != a) return fp4_e2m1{0x7u};
     if (a >= kMax) return fp4_e2m1{static_cast<std::uint8_t>(s | 0x7u)};
+    if (a == 0.f) return fp4_e2m1{s};  // frexp(0) has no binade
     int e;
     ::frexpf(a, &e);
     const int ex = (e - 1 < 0) ? 0 : e - 1;                  // below 1 the subnormal spacing 0.5 applies

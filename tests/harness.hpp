@@ -1,0 +1,114 @@
+// tests/harness.hpp — shared helpers: seeded inputs, the backends this machine offers, host<->device staging.
+#pragma once
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "dsv4/buffer.hpp"
+#include "dsv4/cpu/quant.hpp"
+#include "dsv4/error.hpp"
+#include "dsv4/ops/memory.hpp"
+
+namespace dsv4::test {
+
+// Host backends available here: ref always, cpu when this CPU has SIMD kernels.
+inline std::vector<backend> host_backends() {
+  std::vector<backend> out{backend::ref};
+  if (cpu::simd_isa()) out.push_back(backend::cpu);
+  return out;
+}
+
+inline exec on(backend be, int threads = 0) {
+  exec ex;
+  ex.prefer = be;
+  ex.threads = threads;
+  return ex;
+}
+
+// Raw bytes of a host buffer, for bitwise comparisons.
+inline std::vector<std::uint8_t> bytes_of(const buffer& b) {
+  const auto* p = static_cast<const std::uint8_t*>(b.data());
+  return {p, p + b.nbytes()};
+}
+
+inline buffer clone_to(const buffer& src, device dev) {
+  buffer out(src.view().dt(), src.view().shape(), dev);
+  ops::copy(src, out);
+  return out;
+}
+
+// Adversarial fp32 values for the block quantizers, block by block:
+//   kind 0: Gaussian times 2^e, e in [-30, 30] per block (many scales);
+//   kind 1: the block max pinned at max_code·2^e so that s = 2^e exactly, the rest exact midpoints between adjacent
+//           grid values times 2^e (every one a rounding tie), with random signs;
+//   kind 2: values below the format's smallest normal after scaling (subnormal codes);
+//   kind 3: all zeros; kind 4: fp32 subnormals; kind 5: one huge value (~1e38) next to tiny ones.
+inline std::vector<float> adversarial(std::int64_t rows, std::int64_t k, int block, const std::vector<float>& grid,
+                                      std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::uniform_int_distribution<int> kind_d(0, 5), exp_d(-30, 30), grid_d(0, static_cast<int>(grid.size()) - 2);
+  std::bernoulli_distribution sign_d(0.5);
+  std::vector<float> x(static_cast<std::size_t>(rows * k));
+  for (std::int64_t b0 = 0; b0 < rows * k; b0 += block) {
+    const int kind = kind_d(rng), e = exp_d(rng);
+    for (int i = 0; i < block; ++i) {
+      float v = 0.f;
+      switch (kind) {
+        case 0: v = std::ldexp(nd(rng), e); break;
+        case 1: {
+          const int g = grid_d(rng);
+          v = std::ldexp(i == 0 ? grid.back() : 0.5f * (grid[g] + grid[g + 1]), e);
+          break;
+        }
+        case 2: v = std::ldexp(nd(rng), e) * 1e-3f; break;
+        case 3: v = 0.f; break;
+        case 4: v = nd(rng) * 1e-40f; break;
+        case 5: v = i == 7 ? 1e38f : nd(rng) * 1e-30f; break;
+      }
+      x[static_cast<std::size_t>(b0 + i)] = sign_d(rng) ? -v : v;
+    }
+  }
+  return x;
+}
+
+// Positive finite grid values of a code format, ascending.
+inline std::vector<float> fp8_grid() {
+  std::vector<float> g;
+  for (int c = 0; c <= 0x7E; ++c) g.push_back(fp8_e4m3{static_cast<std::uint8_t>(c)}.to_float());
+  return g;
+}
+inline std::vector<float> fp4_grid() { return {0.f, 0.5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f}; }
+
+inline buffer host_f32(std::int64_t rows, std::int64_t k, const std::vector<float>& v) {
+  buffer b(dtype::f32, {rows, k});
+  std::memcpy(b.data(), v.data(), v.size() * sizeof(float));
+  return b;
+}
+
+inline buffer host_bf16(std::int64_t rows, std::int64_t k, const std::vector<float>& v) {
+  buffer b(dtype::bf16, {rows, k});
+  auto s = b.host_span<bf16>();
+  for (std::size_t i = 0; i < v.size(); ++i) s[i] = bf16::from_float(v[i]);
+  return b;
+}
+
+// Runs f and checks that it throws dsv4::error whose message contains every one of `needles`.
+template <class F>
+void check_error(F&& f, std::initializer_list<const char*> needles) {
+  try {
+    f();
+    FAIL("expected dsv4::error");
+  } catch (const dsv4::error& e) {
+    const std::string msg = e.what();
+    for (const char* n : needles) CHECK_MESSAGE(msg.find(n) != std::string::npos, "message: ", msg, " lacks: ", n);
+  }
+}
+
+}  // namespace dsv4::test
