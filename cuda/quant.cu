@@ -11,6 +11,7 @@
 
 #include "check.cuh"
 #include "dsv4/cuda/quant.hpp"
+#include "dsv4/detail/quant_instances.hpp"
 
 namespace dsv4::cuda {
 namespace {
@@ -162,26 +163,6 @@ std::int64_t dequantize(view<const TCode, 2> q, view<const ue8m0, 2> scale, view
   return bad.read();
 }
 
-#define DSV4_INSTANTIATE_IN_OUT(TIn, TOut)                                                                        \
-  template std::int64_t block_round_trip<fp8_e4m3, TIn, TOut>(view<const TIn, 2>, view<TOut, 2>, int, const exec&); \
-  template std::int64_t block_round_trip<fp4_e2m1, TIn, TOut>(view<const TIn, 2>, view<TOut, 2>, int, const exec&);
-DSV4_INSTANTIATE_IN_OUT(float, float)
-DSV4_INSTANTIATE_IN_OUT(float, bf16)
-DSV4_INSTANTIATE_IN_OUT(bf16, float)
-DSV4_INSTANTIATE_IN_OUT(bf16, bf16)
-#undef DSV4_INSTANTIATE_IN_OUT
-
-#define DSV4_INSTANTIATE_CODE(TCode)                                                                         \
-  template std::int64_t block_quantize<float, TCode>(view<const float, 2>, view<TCode, 2>, view<ue8m0, 2>, int, \
-                                                     const exec&);                                           \
-  template std::int64_t block_quantize<bf16, TCode>(view<const bf16, 2>, view<TCode, 2>, view<ue8m0, 2>, int,   \
-                                                    const exec&);                                            \
-  template std::int64_t dequantize<TCode, float>(view<const TCode, 2>, view<const ue8m0, 2>, view<float, 2>,    \
-                                                 int, int, const exec&);                                     \
-  template std::int64_t dequantize<TCode, bf16>(view<const TCode, 2>, view<const ue8m0, 2>, view<bf16, 2>, int, \
-                                                int, const exec&);
-DSV4_INSTANTIATE_CODE(fp8_e4m3)
-DSV4_INSTANTIATE_CODE(fp4x2)
-#undef DSV4_INSTANTIATE_CODE
+DSV4_QUANT_INSTANTIATE_ALL()
 
 }  // namespace dsv4::cuda

@@ -10,6 +10,7 @@
 
 #include <xsimd/xsimd.hpp>
 
+#include "dsv4/ref/hadamard.hpp"
 #include "hadamard_simd.hpp"
 
 namespace dsv4::cpu::detail {
@@ -19,19 +20,8 @@ struct hadamard_simd {
   using F = xsimd::batch<float, Arch>;
   static constexpr int W = static_cast<int>(F::size);
 
-  static void scalar_row(float* v, std::int64_t n, float scale) {
-    for (std::int64_t h = 1; h < n; h *= 2)
-      for (std::int64_t i = 0; i < n; i += 2 * h)
-        for (std::int64_t j = i; j < i + h; ++j) {
-          const float a = v[j], b = v[j + h];
-          v[j] = a + b;
-          v[j + h] = a - b;
-        }
-    for (std::int64_t j = 0; j < n; ++j) v[j] *= scale;
-  }
-
   static void row(float* v, std::int64_t n, float scale) {
-    if (n < 2 * W) return scalar_row(v, n, scale);
+    if (n < 2 * W) return ref::hadamard_row(v, n);  // too short for vectors: the ref butterflies (same scale)
     // H_W[j][i] = (-1)^popcount(i & j), one vector per j.
     static const auto hw = [] {
       struct table { alignas(64) float m[W][W]; } t{};

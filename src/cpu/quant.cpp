@@ -1,6 +1,7 @@
 // src/cpu/quant.cpp — CPU backend of the block quantizers: oneTBB over rows, per-block xsimd kernels of the best
 // ISA (quant_simd_impl.hpp), fp32 staging for bf16 inputs/outputs. Same results as dsv4/ref/quant.hpp, bit for bit.
 #include "dsv4/cpu/quant.hpp"
+#include "dsv4/detail/quant_instances.hpp"
 
 #include <atomic>
 #include <type_traits>
@@ -46,11 +47,15 @@ struct block_scale {
   std::uint8_t byte;
   float s, inv_s;
 };
+// Scales a block of n fp32 values (spec §6.2 steps 1-3); false when the block holds inf or NaN.
 template <class Traits>
-block_scale scale_for(float amax) {
+bool scale_block(const detail::quant_kernels& k, const float* v, int n, block_scale& out) {
+  const float amax = k.amax(v, n);
+  if (amax != amax) return false;
   const std::uint8_t b = ue8m0_ceil_scale(amax, Traits::kAmaxFloor, Traits::kInvMax);
   // byte stays in [1, 253] for finite amax (formats.hpp), so 254 - byte is a normal exponent field
-  return {b, ue8m0{b}.to_float(), bits_to_f32(static_cast<std::uint32_t>(254 - b) << 23)};
+  out = {b, ue8m0{b}.to_float(), bits_to_f32(static_cast<std::uint32_t>(254 - b) << 23)};
+  return true;
 }
 
 }  // namespace
@@ -74,12 +79,11 @@ std::int64_t block_quantize(view<const TIn, 2> x, view<TCode, 2> q, view<ue8m0, 
       for (std::int64_t b = 0; b < scale.size(1); ++b) {
         const std::int64_t k0 = b * block;
         const float* v = as_f32(x.row(r) + k0, block, tmp);
-        const float amax = k.amax(v, block);
-        if (amax != amax) {
+        block_scale s;
+        if (!scale_block<traits>(k, v, block, s)) {
           ++local_bad;
           continue;
         }
-        const block_scale s = scale_for<traits>(amax);
         scale(r, b) = ue8m0{s.byte};
         if constexpr (is_fp4)
           k.fp4_codes(v, block, s.inv_s, reinterpret_cast<std::uint8_t*>(q.row(r) + k0 / 2));
@@ -104,12 +108,11 @@ std::int64_t block_round_trip(view<const TIn, 2> x, view<TOut, 2> y, int block, 
     for (std::int64_t r = r0; r < r1; ++r) {
       for (std::int64_t k0 = 0; k0 < x.size(1); k0 += block) {
         const float* v = as_f32(x.row(r) + k0, block, tmp);
-        const float amax = k.amax(v, block);
-        if (amax != amax) {
+        block_scale s;
+        if (!scale_block<traits>(k, v, block, s)) {
           ++local_bad;
           continue;
         }
-        const block_scale s = scale_for<traits>(amax);
         if constexpr (std::is_same_v<TOut, float>) {
           round_trip(v, block, s.inv_s, s.s, y.row(r) + k0);
         } else {
@@ -164,26 +167,6 @@ std::int64_t dequantize(view<const TCode, 2> q, view<const ue8m0, 2> scale, view
   return bad.load();
 }
 
-#define DSV4_INSTANTIATE_IN_OUT(TIn, TOut)                                                                        \
-  template std::int64_t block_round_trip<fp8_e4m3, TIn, TOut>(view<const TIn, 2>, view<TOut, 2>, int, const exec&); \
-  template std::int64_t block_round_trip<fp4_e2m1, TIn, TOut>(view<const TIn, 2>, view<TOut, 2>, int, const exec&);
-DSV4_INSTANTIATE_IN_OUT(float, float)
-DSV4_INSTANTIATE_IN_OUT(float, bf16)
-DSV4_INSTANTIATE_IN_OUT(bf16, float)
-DSV4_INSTANTIATE_IN_OUT(bf16, bf16)
-#undef DSV4_INSTANTIATE_IN_OUT
-
-#define DSV4_INSTANTIATE_CODE(TCode)                                                                         \
-  template std::int64_t block_quantize<float, TCode>(view<const float, 2>, view<TCode, 2>, view<ue8m0, 2>, int, \
-                                                     const exec&);                                           \
-  template std::int64_t block_quantize<bf16, TCode>(view<const bf16, 2>, view<TCode, 2>, view<ue8m0, 2>, int,   \
-                                                    const exec&);                                            \
-  template std::int64_t dequantize<TCode, float>(view<const TCode, 2>, view<const ue8m0, 2>, view<float, 2>,    \
-                                                 int, int, const exec&);                                     \
-  template std::int64_t dequantize<TCode, bf16>(view<const TCode, 2>, view<const ue8m0, 2>, view<bf16, 2>, int, \
-                                                int, const exec&);
-DSV4_INSTANTIATE_CODE(fp8_e4m3)
-DSV4_INSTANTIATE_CODE(fp4x2)
-#undef DSV4_INSTANTIATE_CODE
+DSV4_QUANT_INSTANTIATE_ALL()
 
 }  // namespace dsv4::cpu
