@@ -9,6 +9,7 @@
 #include "dsv4/formats.hpp"
 #include "dsv4/ops/hadamard.hpp"
 #include "dsv4/ops/memory.hpp"
+#include "dsv4/ops/mhc.hpp"
 #include "dsv4/ops/quant.hpp"
 #include "dsv4/tensor.hpp"
 

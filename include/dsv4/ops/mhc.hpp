@@ -1,0 +1,38 @@
+// dsv4/ops/mhc.hpp — manifold-constrained hyper-connections (spec §4): Sinkhorn–Knopp projection, hc_pre,
+// hc_post, hc_head. Semantics: dsv4/ref/mhc.hpp.
+//
+// Backends: ref only so far. The CPU SIMD (fused one-pass hc_pre) and CUDA backends are not written yet; until they
+// are, `automatic` runs ref on host data and forcing cpu/cuda is an error that says so.
+#pragma once
+
+#include "dsv4/exec.hpp"
+#include "dsv4/tensor.hpp"
+
+namespace dsv4::ops {
+
+// V4 values: hc_sinkhorn_iters 20, hc_eps 1e-6, norm_eps 1e-6 (spec §1.1).
+struct mhc_config {
+  int sinkhorn_iters = 20;
+  float hc_eps = 1e-6f;
+  float norm_eps = 1e-6f;
+};
+
+// logits, out: [T, n, n] f32 (out may alias logits).
+void sinkhorn_knopp(const tensor_view& logits, const tensor_view& out, int iters, float eps, const exec& ex = {});
+
+// x [T, n, D] f32|bf16; fn [2n + n^2, n·D] f32; scale [3] f32; base [2n + n^2] f32
+// -> y [T, D] f32|bf16, post [T, n] f32, comb [T, n, n] f32.
+void hc_pre(const tensor_view& x, const tensor_view& fn, const tensor_view& scale, const tensor_view& base,
+            const tensor_view& y, const tensor_view& post, const tensor_view& comb, const mhc_config& cfg = {},
+            const exec& ex = {});
+
+// f [T, D], x [T, n, D], post [T, n], comb [T, n, n] -> out [T, n, D] (may alias x):
+// out[k] = post_k·f + Σ_j comb[j][k]·x[j].
+void hc_post(const tensor_view& f, const tensor_view& x, const tensor_view& post, const tensor_view& comb,
+             const tensor_view& out, const exec& ex = {});
+
+// x [T, n, D]; fn [n, n·D]; scale [1]; base [n] -> y [T, D].
+void hc_head(const tensor_view& x, const tensor_view& fn, const tensor_view& scale, const tensor_view& base,
+             const tensor_view& y, const mhc_config& cfg = {}, const exec& ex = {});
+
+}  // namespace dsv4::ops

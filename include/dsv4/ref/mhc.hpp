@@ -1,0 +1,133 @@
+// dsv4/ref/mhc.hpp — scalar reference of manifold-constrained hyper-connections (spec §4).
+//
+// The residual stream is X [T, n, D] (n = hc_mult = 4 in V4). Per token:
+//   hc_pre:  r = rsqrt(mean(X_flat^2) + norm_eps) over all n·D values; mixes = (X_flat · fn^T) · r, m = 2n + n^2
+//            outputs laid out [pre (n) | post (n) | comb (n x n, row-major: comb[j][k] = mixes[2n + n·j + k])];
+//            pre_j = sigmoid(mixes_j·scale[0] + base_j) + hc_eps; post_j = 2·sigmoid(mixes_{n+j}·scale[1] + base);
+//            comb = sinkhorn_knopp(mixes_comb·scale[2] + base_comb); y = Σ_j pre_j·X_j (pre NOT normalized).
+//   hc_post: X_new[k] = post_k·F + Σ_j comb[j][k]·X[j]   (column k of comb: the transpose, spec §4)
+//   hc_head: pre_j = sigmoid(mixes_j·scale[0] + base_j) + hc_eps with fn [n, n·D]; y = Σ_j pre_j·X_j.
+// All fp32 (the spec's fp32 numerics policy, §10); reductions accumulate in double here so that the reference is
+// the most accurate version of the formula. Kernels are noexcept; ops::hc_* validated the views.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "dsv4/formats.hpp"
+#include "dsv4/tensor.hpp"
+
+namespace dsv4::ref {
+
+// Sinkhorn–Knopp projection of one n x n logit matrix, in place (spec §4 step 6):
+//   softmax over each row (max-subtracted) + eps; column-normalize (÷ (Σ_j + eps));
+//   then (iters - 1) x { row-normalize (÷ (Σ_k + eps)), column-normalize }.
+// That is 1 softmax, iters - 1 row and iters column normalizations; the last step normalizes columns.
+inline void sinkhorn_knopp(float* c, int n, int iters, float eps) noexcept {
+  for (int j = 0; j < n; ++j) {
+    float mx = c[j * n];
+    for (int k = 1; k < n; ++k) mx = c[j * n + k] > mx ? c[j * n + k] : mx;
+    float sum = 0.f;
+    for (int k = 0; k < n; ++k) sum += (c[j * n + k] = std::exp(c[j * n + k] - mx));
+    for (int k = 0; k < n; ++k) c[j * n + k] = c[j * n + k] / sum + eps;
+  }
+  auto normalize_columns = [&] {
+    for (int k = 0; k < n; ++k) {
+      float sum = 0.f;
+      for (int j = 0; j < n; ++j) sum += c[j * n + k];
+      for (int j = 0; j < n; ++j) c[j * n + k] /= sum + eps;
+    }
+  };
+  normalize_columns();
+  for (int it = 1; it < iters; ++it) {
+    for (int j = 0; j < n; ++j) {
+      float sum = 0.f;
+      for (int k = 0; k < n; ++k) sum += c[j * n + k];
+      for (int k = 0; k < n; ++k) c[j * n + k] /= sum + eps;
+    }
+    normalize_columns();
+  }
+}
+
+inline float sigmoid(float x) noexcept { return 1.f / (1.f + std::exp(-x)); }
+
+// mixes [m] = (x_flat · fn^T) · rsqrt(mean(x_flat^2) + norm_eps) for one token; x_flat has n·D values.
+template <class TX>
+void hc_mixes(view<const TX, 2> x /*[n, D]*/, view<const float, 2> fn /*[m, n·D]*/, float norm_eps,
+              float* mixes) noexcept {
+  const std::int64_t n = x.size(0), D = x.size(1);
+  double ss = 0;
+  for (std::int64_t j = 0; j < n; ++j)
+    for (std::int64_t d = 0; d < D; ++d) ss += double(to_f32(x(j, d))) * to_f32(x(j, d));
+  const float r = 1.f / std::sqrt(static_cast<float>(ss / double(n * D)) + norm_eps);
+  for (std::int64_t o = 0; o < fn.size(0); ++o) {
+    double acc = 0;
+    for (std::int64_t j = 0; j < n; ++j)
+      for (std::int64_t d = 0; d < D; ++d) acc += double(to_f32(x(j, d))) * fn(o, j * D + d);
+    mixes[o] = static_cast<float>(acc) * r;
+  }
+}
+
+// y [T, D], post [T, n], comb [T, n, n] from x [T, n, D].
+template <class TX, class TY>
+void hc_pre(view<const TX, 3> x, view<const float, 2> fn, view<const float, 1> scale, view<const float, 1> base,
+            view<TY, 2> y, view<float, 2> post, view<float, 3> comb, int iters, float hc_eps, float norm_eps) {
+  const std::int64_t T = x.size(0), n = x.size(1), D = x.size(2);
+  std::vector<float> mixes(static_cast<std::size_t>(fn.size(0))), pre(static_cast<std::size_t>(n)),
+      c(static_cast<std::size_t>(n * n));
+  for (std::int64_t t = 0; t < T; ++t) {
+    view<const TX, 2> xt{&x(t, 0, 0), {n, D}, {x.stride[1], x.stride[2]}};
+    hc_mixes(xt, fn, norm_eps, mixes.data());
+    for (std::int64_t j = 0; j < n; ++j) {
+      pre[j] = sigmoid(mixes[j] * scale(0) + base(j)) + hc_eps;
+      post(t, j) = 2.f * sigmoid(mixes[n + j] * scale(1) + base(n + j));
+    }
+    for (std::int64_t i = 0; i < n * n; ++i) c[i] = mixes[2 * n + i] * scale(2) + base(2 * n + i);
+    sinkhorn_knopp(c.data(), static_cast<int>(n), iters, hc_eps);
+    for (std::int64_t j = 0; j < n; ++j)
+      for (std::int64_t k = 0; k < n; ++k) comb(t, j, k) = c[j * n + k];
+    for (std::int64_t d = 0; d < D; ++d) {
+      double acc = 0;
+      for (std::int64_t j = 0; j < n; ++j) acc += double(pre[j]) * to_f32(x(t, j, d));
+      y(t, d) = from_f32<TY>(static_cast<float>(acc));
+    }
+  }
+}
+
+// x_new [T, n, D] = post_k·F + Σ_j comb[j][k]·X[j]; x_new may alias x (each output element reads its own column).
+template <class TF, class TX, class TO>
+void hc_post(view<const TF, 2> f, view<const TX, 3> x, view<const float, 2> post, view<const float, 3> comb,
+             view<TO, 3> out) {
+  const std::int64_t T = x.size(0), n = x.size(1), D = x.size(2);
+  std::vector<float> col(static_cast<std::size_t>(n));
+  for (std::int64_t t = 0; t < T; ++t)
+    for (std::int64_t d = 0; d < D; ++d) {
+      for (std::int64_t j = 0; j < n; ++j) col[j] = to_f32(x(t, j, d));
+      for (std::int64_t k = 0; k < n; ++k) {
+        double acc = double(post(t, k)) * to_f32(f(t, d));
+        for (std::int64_t j = 0; j < n; ++j) acc += double(comb(t, j, k)) * col[j];
+        out(t, k, d) = from_f32<TO>(static_cast<float>(acc));
+      }
+    }
+}
+
+// y [T, D] = Σ_j (sigmoid(mixes_j·scale[0] + base_j) + hc_eps)·X_j with fn [n, n·D].
+template <class TX, class TY>
+void hc_head(view<const TX, 3> x, view<const float, 2> fn, view<const float, 1> scale, view<const float, 1> base,
+             view<TY, 2> y, float hc_eps, float norm_eps) {
+  const std::int64_t T = x.size(0), n = x.size(1), D = x.size(2);
+  std::vector<float> mixes(static_cast<std::size_t>(n));
+  for (std::int64_t t = 0; t < T; ++t) {
+    view<const TX, 2> xt{&x(t, 0, 0), {n, D}, {x.stride[1], x.stride[2]}};
+    hc_mixes(xt, fn, norm_eps, mixes.data());
+    for (std::int64_t j = 0; j < n; ++j) mixes[j] = sigmoid(mixes[j] * scale(0) + base(j)) + hc_eps;
+    for (std::int64_t d = 0; d < D; ++d) {
+      double acc = 0;
+      for (std::int64_t j = 0; j < n; ++j) acc += double(mixes[j]) * to_f32(x(t, j, d));
+      y(t, d) = from_f32<TY>(static_cast<float>(acc));
+    }
+  }
+}
+
+}  // namespace dsv4::ref

@@ -1,0 +1,118 @@
+// src/ops/mhc.cpp — validated entry points of the mHC ops (spec §4); ref backend (see dsv4/ops/mhc.hpp).
+#include "dsv4/ops/mhc.hpp"
+
+#include "common.hpp"
+#include "dsv4/ref/mhc.hpp"
+
+namespace dsv4::ops {
+namespace {
+
+constexpr const char* kNoFastBackend = "the mHC CPU SIMD backend is not implemented yet";
+
+void need(const char* op, const tensor_view& t, const char* name, dtype dt, std::initializer_list<std::int64_t> shape) {
+  bool ok = t.dt() == dt && t.rank() == static_cast<int>(shape.size());
+  int d = 0;
+  for (std::int64_t s : shape) ok = ok && t.shape(d++) == s;
+  if (!ok) {
+    std::string want = std::string(dtype_name(dt)) + "[";
+    d = 0;
+    for (std::int64_t s : shape) want += (d++ ? ", " : "") + std::to_string(s);
+    DSV4_FAIL(op, name, " is ", t.describe(), ", expected ", want, "]");
+  }
+}
+
+void host_ref(const char* op, const exec& ex, std::initializer_list<const tensor_view*> ts) {
+  detail::check_same_device(op, ts);
+  DSV4_CHECK((*ts.begin())->dev().is_cpu(), op, "tensors live on ", (*ts.begin())->dev(),
+             ": the mHC CUDA backend is not implemented yet");
+  detail::choose_backend(op, ex, (*ts.begin())->dev(), kNoFastBackend);  // ref, or a clear error if forced
+}
+
+}  // namespace
+
+void sinkhorn_knopp(const tensor_view& logits, const tensor_view& out, int iters, float eps, const exec& ex) {
+  constexpr const char* op = "sinkhorn_knopp";
+  DSV4_CHECK(logits.rank() == 3 && logits.shape(1) == logits.shape(2), op, "logits ", logits.describe(),
+             ": expected [T, n, n]");
+  DSV4_CHECK(iters >= 1, op, "iters ", iters, " must be >= 1");
+  need(op, logits, "logits", dtype::f32, {logits.shape(0), logits.shape(1), logits.shape(1)});
+  need(op, out, "out", dtype::f32, {logits.shape(0), logits.shape(1), logits.shape(1)});
+  host_ref(op, ex, {&logits, &out});
+  detail::check_aliasing(op, logits, out, true);
+  const auto in = logits.as<const float, 3>();
+  const auto o = out.as<float, 3>();
+  const int n = static_cast<int>(logits.shape(1));
+  std::vector<float> c(static_cast<std::size_t>(n) * n);
+  for (std::int64_t t = 0; t < logits.shape(0); ++t) {
+    for (int i = 0; i < n * n; ++i) c[i] = in(t, i / n, i % n);
+    ref::sinkhorn_knopp(c.data(), n, iters, eps);
+    for (int i = 0; i < n * n; ++i) o(t, i / n, i % n) = c[i];
+  }
+}
+
+void hc_pre(const tensor_view& x, const tensor_view& fn, const tensor_view& scale, const tensor_view& base,
+            const tensor_view& y, const tensor_view& post, const tensor_view& comb, const mhc_config& cfg,
+            const exec& ex) {
+  constexpr const char* op = "hc_pre";
+  DSV4_CHECK(x.rank() == 3, op, "x ", x.describe(), ": expected [T, n, D]");
+  const std::int64_t T = x.shape(0), n = x.shape(1), D = x.shape(2), m = 2 * n + n * n;
+  need(op, fn, "fn", dtype::f32, {m, n * D});
+  need(op, scale, "scale", dtype::f32, {3});
+  need(op, base, "base", dtype::f32, {m});
+  need(op, y, "y", y.dt(), {T, D});
+  need(op, post, "post", dtype::f32, {T, n});
+  need(op, comb, "comb", dtype::f32, {T, n, n});
+  DSV4_CHECK(cfg.sinkhorn_iters >= 1, op, "sinkhorn_iters ", cfg.sinkhorn_iters, " must be >= 1");
+  host_ref(op, ex, {&x, &fn, &scale, &base, &y, &post, &comb});
+  for (const tensor_view* o : {&y, &post, &comb}) detail::check_aliasing(op, x, *o, false);
+  visit_dtype<float, bf16>(x.dt(), op, [&]<class TX>(std::type_identity<TX>) {
+    visit_dtype<float, bf16>(y.dt(), op, [&]<class TY>(std::type_identity<TY>) {
+      ref::hc_pre(x.as<const TX, 3>(), fn.as<const float, 2>(), scale.as<const float, 1>(),
+                  base.as<const float, 1>(), y.as<TY, 2>(), post.as<float, 2>(), comb.as<float, 3>(),
+                  cfg.sinkhorn_iters, cfg.hc_eps, cfg.norm_eps);
+    });
+  });
+}
+
+void hc_post(const tensor_view& f, const tensor_view& x, const tensor_view& post, const tensor_view& comb,
+             const tensor_view& out, const exec& ex) {
+  constexpr const char* op = "hc_post";
+  DSV4_CHECK(x.rank() == 3, op, "x ", x.describe(), ": expected [T, n, D]");
+  const std::int64_t T = x.shape(0), n = x.shape(1), D = x.shape(2);
+  need(op, f, "f", f.dt(), {T, D});
+  need(op, post, "post", dtype::f32, {T, n});
+  need(op, comb, "comb", dtype::f32, {T, n, n});
+  need(op, out, "out", out.dt(), {T, n, D});
+  host_ref(op, ex, {&f, &x, &post, &comb, &out});
+  detail::check_aliasing(op, x, out, true);
+  for (const tensor_view* i : {&f, &post, &comb}) detail::check_aliasing(op, *i, out, false);
+  visit_dtype<float, bf16>(f.dt(), op, [&]<class TF>(std::type_identity<TF>) {
+    visit_dtype<float, bf16>(x.dt(), op, [&]<class TX>(std::type_identity<TX>) {
+      visit_dtype<float, bf16>(out.dt(), op, [&]<class TO>(std::type_identity<TO>) {
+        ref::hc_post(f.as<const TF, 2>(), x.as<const TX, 3>(), post.as<const float, 2>(),
+                     comb.as<const float, 3>(), out.as<TO, 3>());
+      });
+    });
+  });
+}
+
+void hc_head(const tensor_view& x, const tensor_view& fn, const tensor_view& scale, const tensor_view& base,
+             const tensor_view& y, const mhc_config& cfg, const exec& ex) {
+  constexpr const char* op = "hc_head";
+  DSV4_CHECK(x.rank() == 3, op, "x ", x.describe(), ": expected [T, n, D]");
+  const std::int64_t T = x.shape(0), n = x.shape(1), D = x.shape(2);
+  need(op, fn, "fn", dtype::f32, {n, n * D});
+  need(op, scale, "scale", dtype::f32, {1});
+  need(op, base, "base", dtype::f32, {n});
+  need(op, y, "y", y.dt(), {T, D});
+  host_ref(op, ex, {&x, &fn, &scale, &base, &y});
+  detail::check_aliasing(op, x, y, false);
+  visit_dtype<float, bf16>(x.dt(), op, [&]<class TX>(std::type_identity<TX>) {
+    visit_dtype<float, bf16>(y.dt(), op, [&]<class TY>(std::type_identity<TY>) {
+      ref::hc_head(x.as<const TX, 3>(), fn.as<const float, 2>(), scale.as<const float, 1>(),
+                   base.as<const float, 1>(), y.as<TY, 2>(), cfg.hc_eps, cfg.norm_eps);
+    });
+  });
+}
+
+}  // namespace dsv4::ops
