@@ -69,16 +69,31 @@ void hc_mixes(view<const TX, 2> x /*[n, D]*/, view<const float, 2> fn /*[m, n·D
   }
 }
 
+// Token t of x [T, n, D] as an [n, D] view.
+template <class TX>
+view<const TX, 2> token(view<const TX, 3> x, std::int64_t t) noexcept {
+  return {&x(t, 0, 0), {x.size(1), x.size(2)}, {x.stride[1], x.stride[2]}};
+}
+
+// y[t] = Σ_j w_j·X[t, j] (the collapse shared by hc_pre and hc_head; w is not normalized).
+template <class TX, class TY>
+void collapse(view<const TX, 3> x, std::int64_t t, const float* w, view<TY, 2> y) noexcept {
+  for (std::int64_t d = 0; d < x.size(2); ++d) {
+    double acc = 0;
+    for (std::int64_t j = 0; j < x.size(1); ++j) acc += double(w[j]) * to_f32(x(t, j, d));
+    y(t, d) = from_f32<TY>(static_cast<float>(acc));
+  }
+}
+
 // y [T, D], post [T, n], comb [T, n, n] from x [T, n, D].
 template <class TX, class TY>
 void hc_pre(view<const TX, 3> x, view<const float, 2> fn, view<const float, 1> scale, view<const float, 1> base,
             view<TY, 2> y, view<float, 2> post, view<float, 3> comb, int iters, float hc_eps, float norm_eps) {
-  const std::int64_t T = x.size(0), n = x.size(1), D = x.size(2);
+  const std::int64_t T = x.size(0), n = x.size(1);
   std::vector<float> mixes(static_cast<std::size_t>(fn.size(0))), pre(static_cast<std::size_t>(n)),
       c(static_cast<std::size_t>(n * n));
   for (std::int64_t t = 0; t < T; ++t) {
-    view<const TX, 2> xt{&x(t, 0, 0), {n, D}, {x.stride[1], x.stride[2]}};
-    hc_mixes(xt, fn, norm_eps, mixes.data());
+    hc_mixes(token(x, t), fn, norm_eps, mixes.data());
     for (std::int64_t j = 0; j < n; ++j) {
       pre[j] = sigmoid(mixes[j] * scale(0) + base(j)) + hc_eps;
       post(t, j) = 2.f * sigmoid(mixes[n + j] * scale(1) + base(n + j));
@@ -87,11 +102,7 @@ void hc_pre(view<const TX, 3> x, view<const float, 2> fn, view<const float, 1> s
     sinkhorn_knopp(c.data(), static_cast<int>(n), iters, hc_eps);
     for (std::int64_t j = 0; j < n; ++j)
       for (std::int64_t k = 0; k < n; ++k) comb(t, j, k) = c[j * n + k];
-    for (std::int64_t d = 0; d < D; ++d) {
-      double acc = 0;
-      for (std::int64_t j = 0; j < n; ++j) acc += double(pre[j]) * to_f32(x(t, j, d));
-      y(t, d) = from_f32<TY>(static_cast<float>(acc));
-    }
+    collapse(x, t, pre.data(), y);
   }
 }
 
@@ -116,17 +127,12 @@ void hc_post(view<const TF, 2> f, view<const TX, 3> x, view<const float, 2> post
 template <class TX, class TY>
 void hc_head(view<const TX, 3> x, view<const float, 2> fn, view<const float, 1> scale, view<const float, 1> base,
              view<TY, 2> y, float hc_eps, float norm_eps) {
-  const std::int64_t T = x.size(0), n = x.size(1), D = x.size(2);
+  const std::int64_t T = x.size(0), n = x.size(1);
   std::vector<float> mixes(static_cast<std::size_t>(n));
   for (std::int64_t t = 0; t < T; ++t) {
-    view<const TX, 2> xt{&x(t, 0, 0), {n, D}, {x.stride[1], x.stride[2]}};
-    hc_mixes(xt, fn, norm_eps, mixes.data());
+    hc_mixes(token(x, t), fn, norm_eps, mixes.data());
     for (std::int64_t j = 0; j < n; ++j) mixes[j] = sigmoid(mixes[j] * scale(0) + base(j)) + hc_eps;
-    for (std::int64_t d = 0; d < D; ++d) {
-      double acc = 0;
-      for (std::int64_t j = 0; j < n; ++j) acc += double(mixes[j]) * to_f32(x(t, j, d));
-      y(t, d) = from_f32<TY>(static_cast<float>(acc));
-    }
+    collapse(x, t, mixes.data(), y);
   }
 }
 
