@@ -1,0 +1,27 @@
+// dsv4/cpu/linear.hpp — CPU SIMD backend of y = x · W^T over stored weight formats (ref: dsv4/ref/linear.hpp).
+//
+// Weight rows are decoded in blocks of 16 into an fp32 panel (SIMD nibble / byte decode with the UE8M0 scale), then
+// register tiles of up to 4 tokens x 4 rows (x 8 rows for a single token) take dot products along K with one fp32
+// vector accumulator per output: lane l sums k = l (mod W) in increasing k, then a fixed horizontal add, then the
+// K % W tail in order. That order depends on nothing but K, so an output row is bit-identical whatever T, the tile
+// it landed in and the thread count (oneTBB over row blocks). Preconditions (checked by ops::linear): innermost
+// strides 1.
+#pragma once
+
+#include <cstdint>
+
+#include "dsv4/exec.hpp"
+#include "dsv4/ref/linear.hpp"
+
+namespace dsv4::cpu {
+
+// Instantiated for TX, TY in {float, bf16}. Returns how many weights decoded to NaN (see ref::decode_row).
+template <class TX, class TY>
+std::int64_t linear(view<const TX, 2> x, const ref::weight_ref& w, view<TY, 2> y, const exec& ex);
+
+// The same on raw fp32 rows: y[t·ldy + n] = x[t·ldx + :] · W[n, :] for t < T (the MoE dispatch calls this on
+// gathered tokens).
+std::int64_t linear_f32(const float* x, std::int64_t T, std::int64_t ldx, const ref::weight_ref& w, float* y,
+                        std::int64_t ldy, const exec& ex);
+
+}  // namespace dsv4::cpu

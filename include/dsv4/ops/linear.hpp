@@ -1,0 +1,34 @@
+// dsv4/ops/linear.hpp — y = x · W^T with W in any of the stored weight formats of V4 (spec §1.2, §6.4).
+//
+// Numerics (spec §10, policy fp32): the weight is decoded exactly to fp32 (FP8 / FP4 codes times their UE8M0
+// scales, BF16 widened) and every output is one fp32 dot product over K. No activation quantization happens here
+// (that belongs to the `official` policy, not implemented yet).
+//
+// Backends: ref (double accumulation, the most accurate version of the formula) and cpu (xsimd + oneTBB). The CPU
+// result of y[t, n] depends only on x[t, :] and W[n, :] — not on T, on which other rows are in the batch, or on the
+// thread count — so prefill, chunked prefill and decode give bit-identical rows. There is no CUDA backend yet.
+#pragma once
+
+#include "dsv4/exec.hpp"
+#include "dsv4/tensor.hpp"
+
+namespace dsv4::ops {
+
+// A linear layer's weight as stored in the checkpoint:
+//   dense: weight [N, K] f32 | bf16, scale empty;
+//   FP8:   weight [N, K] fp8_e4m3, scale [ceil(N/128), ceil(K/128)] ue8m0 (one scale per 128x128 tile);
+//   FP4:   weight [N, K] fp4_e2m1 (packed, element 2c in the low nibble), scale [N, K/32] ue8m0 (1x32 along K).
+// The checkpoint stores FP4 as I8 [N, K/2]; view those bytes as fp4_e2m1 [N, K] (same memory).
+struct qweight {
+  tensor_view weight;
+  tensor_view scale;
+};
+
+// x [T, K] f32 | bf16, y [T, N] f32 | bf16. Errors: shape, dtype or scale-layout mismatch; a NaN code or a NaN
+// (0xFF) scale met while decoding (counted and reported, never propagated silently).
+void linear(const tensor_view& x, const qweight& w, const tensor_view& y, const exec& ex = {});
+
+// Short description of a weight for messages: "fp4_e2m1[2048, 4096] + ue8m0[2048, 128]".
+std::string describe(const qweight& w);
+
+}  // namespace dsv4::ops

@@ -1,0 +1,92 @@
+// src/cpu/linear.cpp — CPU backend of y = x · W^T: oneTBB over blocks of 16 weight rows; each task decodes its rows
+// into an fp32 panel once and runs every token tile against it (linear_simd_impl.hpp).
+#include "dsv4/cpu/linear.hpp"
+
+#include <atomic>
+#include <type_traits>
+#include <vector>
+
+#include "linear_simd.hpp"
+#include "parallel.hpp"
+
+namespace dsv4::cpu {
+namespace {
+
+const detail::linear_kernels& kernels() {
+#if DSV4_CPU_SIMD
+  static const detail::linear_kernels k = [] {
+    if (xsimd::available_architectures().best < xsimd::sse2::version()) return detail::linear_kernels{};
+    return xsimd::dispatch<detail::cpu_archs>(detail::select_linear_kernels{})();
+  }();
+  return k;
+#else
+  static const detail::linear_kernels k{};
+  return k;
+#endif
+}
+
+constexpr std::int64_t kRowBlock = 16;  // weight rows per task: 16·K fp32 (256 KiB at K = 4096) stays in L2
+
+}  // namespace
+
+std::int64_t linear_f32(const float* x, std::int64_t T, std::int64_t ldx, const ref::weight_ref& w, float* y,
+                        std::int64_t ldy, const exec& ex) {
+  const auto& k = kernels();
+  const std::int64_t N = w.n, K = w.k;
+  const std::int64_t ldw = (K + 15) / 16 * 16;
+  std::atomic<std::int64_t> bad{0};
+  detail::parallel_rows((N + kRowBlock - 1) / kRowBlock, 1, ex, [&](std::int64_t b0, std::int64_t b1) {
+    std::vector<float> panel(static_cast<std::size_t>(kRowBlock * ldw));
+    float out[detail::kMaxTileT * detail::kMaxTileN];
+    std::int64_t my_bad = 0;
+    for (std::int64_t b = b0; b < b1; ++b) {
+      const std::int64_t n0 = b * kRowBlock, n1 = std::min(N, n0 + kRowBlock);
+      for (std::int64_t n = n0; n < n1; ++n) my_bad += k.decode_row(w, n, panel.data() + (n - n0) * ldw);
+      for (std::int64_t t0 = 0; t0 < T; t0 += detail::kMaxTileT) {
+        const int mt = static_cast<int>(std::min<std::int64_t>(detail::kMaxTileT, T - t0));
+        const std::int64_t step = mt == 1 ? detail::kMaxTileN : 4;
+        for (std::int64_t j0 = n0; j0 < n1; j0 += step) {
+          const int nt = static_cast<int>(std::min(step, n1 - j0));
+          k.dots(x + t0 * ldx, ldx, mt, panel.data() + (j0 - n0) * ldw, ldw, nt, K, out, nt);
+          for (int i = 0; i < mt; ++i)
+            for (int j = 0; j < nt; ++j) y[(t0 + i) * ldy + j0 + j] = out[i * nt + j];
+        }
+      }
+    }
+    if (my_bad) bad += my_bad;
+  });
+  return bad.load();
+}
+
+template <class TX, class TY>
+std::int64_t linear(view<const TX, 2> x, const ref::weight_ref& w, view<TY, 2> y, const exec& ex) {
+  const std::int64_t T = x.size(0), K = w.k, N = w.n;
+  std::vector<float> xs, ys;
+  const float* xp;
+  std::int64_t ldx;
+  if constexpr (std::is_same_v<TX, float>) {
+    xp = x.data;
+    ldx = x.stride[0];
+  } else {
+    xs.resize(static_cast<std::size_t>(T * K));
+    for (std::int64_t t = 0; t < T; ++t)
+      for (std::int64_t k = 0; k < K; ++k) xs[static_cast<std::size_t>(t * K + k)] = to_f32(x(t, k));
+    xp = xs.data();
+    ldx = K;
+  }
+  if constexpr (std::is_same_v<TY, float>) {
+    if (y.stride[1] == 1) return linear_f32(xp, T, ldx, w, y.data, y.stride[0], ex);
+  }
+  ys.resize(static_cast<std::size_t>(T * N));
+  const std::int64_t bad = linear_f32(xp, T, ldx, w, ys.data(), N, ex);
+  for (std::int64_t t = 0; t < T; ++t)
+    for (std::int64_t n = 0; n < N; ++n) y(t, n) = from_f32<TY>(ys[static_cast<std::size_t>(t * N + n)]);
+  return bad;
+}
+
+template std::int64_t linear<float, float>(view<const float, 2>, const ref::weight_ref&, view<float, 2>, const exec&);
+template std::int64_t linear<float, bf16>(view<const float, 2>, const ref::weight_ref&, view<bf16, 2>, const exec&);
+template std::int64_t linear<bf16, float>(view<const bf16, 2>, const ref::weight_ref&, view<float, 2>, const exec&);
+template std::int64_t linear<bf16, bf16>(view<const bf16, 2>, const ref::weight_ref&, view<bf16, 2>, const exec&);
+
+}  // namespace dsv4::cpu

@@ -1,0 +1,200 @@
+// linear (spec §6.4, policy fp32): every stored weight format decoded exactly, ref and cpu against an independent
+// decode written here (code value · 2^(scale-127) via ldexp), bitwise row independence of the CPU backend, errors.
+#include <cmath>
+
+#include "dsv4/ops/linear.hpp"
+#include "harness.hpp"
+
+using namespace dsv4;
+using namespace dsv4::test;
+
+namespace {
+
+// A random stored weight of format `dt` [N, K] plus its exact fp32 values decoded independently.
+struct test_weight {
+  buffer w, s;
+  std::vector<double> exact;  // [N, K]
+  ops::qweight q() const { return {w.view(), s.view()}; }
+};
+
+test_weight make_weight(dtype dt, std::int64_t N, std::int64_t K, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int> byte(0, 255), sexp(120, 134);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  test_weight tw{buffer(dt, {N, K}), buffer(), std::vector<double>(static_cast<std::size_t>(N * K))};
+  auto at = [&](std::int64_t n, std::int64_t k) -> double& { return tw.exact[static_cast<std::size_t>(n * K + k)]; };
+  if (dt == dtype::f32 || dt == dtype::bf16) {
+    for (std::int64_t i = 0; i < N * K; ++i) {
+      const float v = nd(rng);
+      if (dt == dtype::f32) {
+        tw.w.host_span<float>()[i] = v;
+        tw.exact[i] = v;
+      } else {
+        tw.w.host_span<bf16>()[i] = bf16::from_float(v);
+        tw.exact[i] = bf16::from_float(v).to_float();
+      }
+    }
+  } else if (dt == dtype::fp8_e4m3) {
+    tw.s = buffer(dtype::ue8m0, {(N + 127) / 128, (K + 127) / 128});
+    auto sc = tw.s.host_span<ue8m0>();
+    for (auto& s : sc) s.bits = static_cast<std::uint8_t>(sexp(rng));
+    auto codes = tw.w.host_span<fp8_e4m3>();
+    for (std::int64_t n = 0; n < N; ++n)
+      for (std::int64_t k = 0; k < K; ++k) {
+        std::uint8_t c;
+        do c = static_cast<std::uint8_t>(byte(rng));
+        while ((c & 0x7F) == 0x7F);
+        codes[n * K + k].bits = c;
+        const int e = (c >> 3) & 15, m = c & 7;
+        const double mag = e == 0 ? std::ldexp(m, -9) : std::ldexp(8 + m, e - 10);
+        at(n, k) = std::ldexp((c & 0x80) ? -mag : mag, sc[(n / 128) * ((K + 127) / 128) + k / 128].bits - 127);
+      }
+  } else {
+    tw.s = buffer(dtype::ue8m0, {N, K / 32});
+    auto sc = tw.s.host_span<ue8m0>();
+    for (auto& s : sc) s.bits = static_cast<std::uint8_t>(sexp(rng));
+    auto* bytes = static_cast<std::uint8_t*>(tw.w.data());
+    const double mags[8] = {0, 0.5, 1, 1.5, 2, 3, 4, 6};
+    for (std::int64_t i = 0; i < N * K / 2; ++i) bytes[i] = static_cast<std::uint8_t>(byte(rng));
+    for (std::int64_t n = 0; n < N; ++n)
+      for (std::int64_t k = 0; k < K; ++k) {
+        const std::uint8_t b = bytes[(n * K + k) / 2], c = (k % 2) ? b >> 4 : b & 15;  // element 2c: low nibble
+        at(n, k) = std::ldexp((c & 8) ? -mags[c & 7] : mags[c & 7], sc[n * (K / 32) + k / 32].bits - 127);
+      }
+  }
+  return tw;
+}
+
+std::vector<float> randn(std::int64_t n, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::vector<float> v(static_cast<std::size_t>(n));
+  for (auto& x : v) x = nd(rng);
+  return v;
+}
+
+struct fmt_case {
+  dtype dt;
+  std::int64_t N, K;
+};
+// Shapes with ragged edges: FP8 tiles cut at 128 in both dims, K % 16 != 0 for the dense and FP8 tails.
+const fmt_case kCases[] = {{dtype::f32, 37, 83}, {dtype::bf16, 40, 133}, {dtype::fp8_e4m3, 200, 300},
+                           {dtype::fp4_e2m1, 45, 352}};
+
+}  // namespace
+
+TEST_SUITE("linear") {
+
+TEST_CASE("every format and backend matches an independent exact decode") {
+  for (const auto& fc : kCases) {
+    CAPTURE(dtype_name(fc.dt));
+    const auto tw = make_weight(fc.dt, fc.N, fc.K, 11);
+    const std::int64_t T = 9;
+    const auto xv = randn(T * fc.K, 12);
+    const buffer x = host_f32(T, fc.K, xv);
+    for (backend be : host_backends()) {
+      CAPTURE(backend_name(be));
+      buffer y(dtype::f32, {T, fc.N});
+      ops::linear(x, tw.q(), y, on(be));
+      const auto yv = y.host_span<float>();
+      for (std::int64_t t = 0; t < T; ++t)
+        for (std::int64_t n = 0; n < fc.N; ++n) {
+          double exact = 0, mag = 0;
+          for (std::int64_t k = 0; k < fc.K; ++k) {
+            const double p = double(xv[t * fc.K + k]) * tw.exact[n * fc.K + k];
+            exact += p;
+            mag += std::fabs(p);
+          }
+          // ref: a double sum rounded once to fp32 -> half an ulp of |exact| plus the double sum's own error.
+          // cpu: fp32 lanes re-associate the sum; the error of a W-lane sum with a final tree is at most
+          // (K/W + log2 W + 1)·2^-24·Σ|x·w|; K/4 + 8 covers every ISA here (W >= 4).
+          const double tol = be == backend::ref ? std::ldexp(std::fabs(exact), -24) + 1e-12 * mag
+                                                : (fc.K / 4.0 + 8) * std::ldexp(mag, -24);
+          REQUIRE(std::fabs(yv[t * fc.N + n] - exact) <= tol);
+        }
+    }
+  }
+}
+
+TEST_CASE("decode is exact: x = identity gives W^T bit for bit on every backend") {
+  for (const auto& fc : kCases) {
+    CAPTURE(dtype_name(fc.dt));
+    const auto tw = make_weight(fc.dt, fc.N, fc.K, 21);
+    std::vector<float> eye(static_cast<std::size_t>(fc.K * fc.K), 0.f);
+    for (std::int64_t k = 0; k < fc.K; ++k) eye[k * fc.K + k] = 1.f;
+    const buffer x = host_f32(fc.K, fc.K, eye);
+    for (backend be : host_backends()) {
+      buffer y(dtype::f32, {fc.K, fc.N});
+      ops::linear(x, tw.q(), y, on(be));
+      const auto yv = y.host_span<float>();
+      for (std::int64_t k = 0; k < fc.K; ++k)
+        for (std::int64_t n = 0; n < fc.N; ++n) REQUIRE(double(yv[k * fc.N + n]) == tw.exact[n * fc.K + k]);
+    }
+  }
+}
+
+TEST_CASE("cpu: an output row does not depend on the batch it is in, or on the thread count") {
+  if (!cpu::simd_isa()) return;
+  const auto tw = make_weight(dtype::fp4_e2m1, 70, 512, 31);
+  const std::int64_t T = 23;
+  const auto xv = randn(T * 512, 32);
+  const buffer x = host_f32(T, 512, xv);
+  buffer all(dtype::f32, {T, 70}), two(dtype::f32, {T, 70});
+  ops::linear(x, tw.q(), all, on(backend::cpu, 1));
+  ops::linear(x, tw.q(), two, on(backend::cpu, 2));
+  CHECK(bytes_of(all) == bytes_of(two));
+  // each token alone (decode), and odd slices (chunked prefill)
+  for (std::int64_t t0 : {0, 5, 22}) {
+    const std::int64_t len = t0 == 5 ? 7 : 1;
+    buffer y(dtype::f32, {len, 70});
+    ops::linear(x.view().narrow(0, t0, len), tw.q(), y, on(backend::cpu));
+    for (std::int64_t i = 0; i < len * 70; ++i)
+      REQUIRE(f32_to_bits(y.host_span<float>()[i]) == f32_to_bits(all.host_span<float>()[t0 * 70 + i]));
+  }
+}
+
+TEST_CASE("bf16 in and out: the fp32 result rounded once") {
+  const auto tw = make_weight(dtype::fp8_e4m3, 130, 256, 41);
+  const auto xv = randn(3 * 256, 42);
+  const buffer x16 = host_bf16(3, 256, xv);
+  buffer x32(dtype::f32, {3, 256});
+  for (int i = 0; i < 3 * 256; ++i) x32.host_span<float>()[i] = x16.host_span<bf16>()[i].to_float();
+  for (backend be : host_backends()) {
+    buffer y32(dtype::f32, {3, 130}), y16(dtype::bf16, {3, 130});
+    ops::linear(x32, tw.q(), y32, on(be));
+    ops::linear(x16, tw.q(), y16, on(be));
+    for (int i = 0; i < 3 * 130; ++i)
+      REQUIRE(y16.host_span<bf16>()[i].bits == bf16::from_float(y32.host_span<float>()[i]).bits);
+  }
+}
+
+TEST_CASE("errors: shapes, scale layout, dtypes, NaN codes and scales") {
+  auto fp8 = make_weight(dtype::fp8_e4m3, 130, 256, 51);
+  auto fp4 = make_weight(dtype::fp4_e2m1, 8, 64, 52);
+  const buffer x = host_f32(2, 256, randn(512, 53));
+  buffer y(dtype::f32, {2, 130});
+  check_error([&] { ops::linear(x.view().narrow(1, 0, 128), fp8.q(), y); }, {"linear", "expected [130, 128]"});
+  check_error([&] { ops::linear(x, {fp8.w.view(), fp4.s.view()}, y); }, {"linear", "scale", "ue8m0[2, 2]"});
+  check_error([&] { ops::linear(x, {fp8.w.view(), tensor_view()}, y); }, {"need a ue8m0 scale"});
+  buffer wi(dtype::i32, {130, 256});
+  check_error([&] { ops::linear(x, {wi.view(), tensor_view()}, y); }, {"unsupported weight dtype"});
+  buffer y8(dtype::f32, {2, 8});
+  const buffer x48 = host_f32(2, 48, randn(96, 54));
+  buffer w48(dtype::fp4_e2m1, {8, 48}), s48(dtype::ue8m0, {8, 1});
+  check_error([&] { ops::linear(x48, {w48.view(), s48.view()}, y8); }, {"multiple of 32"});
+  for (backend be : host_backends()) {
+    fp8.s.host_span<ue8m0>()[1].bits = 0xFF;
+    check_error([&] { ops::linear(x, fp8.q(), y, on(be)); }, {"linear", "16384 weights decode to NaN"});
+    fp8.s.host_span<ue8m0>()[1].bits = 127;
+    fp8.w.host_span<fp8_e4m3>()[5].bits = 0xFF;
+    fp8.w.host_span<fp8_e4m3>()[300].bits = 0x7F;
+    check_error([&] { ops::linear(x, fp8.q(), y, on(be)); }, {"2 weights decode to NaN"});
+    fp8.w.host_span<fp8_e4m3>()[5].bits = 0;
+    fp8.w.host_span<fp8_e4m3>()[300].bits = 0;
+    fp4.s.host_span<ue8m0>()[3].bits = 0xFF;
+    check_error([&] { ops::linear(x.view().narrow(1, 0, 64), fp4.q(), y8, on(be)); }, {"32 weights decode to NaN"});
+    fp4.s.host_span<ue8m0>()[3].bits = 127;
+  }
+}
+
+}  // TEST_SUITE
