@@ -15,8 +15,21 @@ std::string describe(const qweight& w) {
 
 namespace detail {
 
-ref::weight_ref bind_weight(const char* op, const std::string& name, const qweight& w, std::int64_t expect_n,
-                            std::int64_t expect_k) {
+namespace {
+struct weight_name {
+  const char* name;
+  std::int64_t index;
+  friend std::ostream& operator<<(std::ostream& os, const weight_name& n) {
+    os << n.name;
+    if (n.index >= 0) os << '[' << n.index << ']';
+    return os;
+  }
+};
+}  // namespace
+
+ref::weight_ref bind_weight(const char* op, const char* name_, std::int64_t index, const qweight& w,
+                            std::int64_t expect_n, std::int64_t expect_k) {
+  const weight_name name{name_, index};
   const tensor_view& t = w.weight;
   DSV4_CHECK(t.rank() == 2, op, name, " ", describe(w), ": a weight must be [N, K]");
   DSV4_CHECK(t.dev().is_cpu(), op, name, " ", describe(w), ": only host weights are supported by this op so far");
@@ -77,7 +90,7 @@ void linear(const tensor_view& x, const qweight& w, const tensor_view& y, const 
   DSV4_CHECK(x.rank() == 2, op, "x ", x.describe(), ": expected [T, K]");
   DSV4_CHECK(y.rank() == 2, op, "y ", y.describe(), ": expected [T, N]");
   detail::check_same_device(op, {&x, &y, &w.weight});
-  const ref::weight_ref wr = detail::bind_weight(op, "weight", w, y.shape(1), x.shape(1));
+  const ref::weight_ref wr = detail::bind_weight(op, "weight", -1, w, y.shape(1), x.shape(1));
   DSV4_CHECK(y.shape(0) == x.shape(0), op, "x ", x.describe(), " and y ", y.describe(), " differ in T");
   detail::check_aliasing(op, x, y, false);
   detail::check_aliasing(op, w.weight, y, false);

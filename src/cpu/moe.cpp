@@ -1,0 +1,169 @@
+// src/cpu/moe.cpp — CPU backend of MoE routing (SIMD scores, single-pass top-k) and the token-grouped expert FFN.
+#include "dsv4/cpu/moe.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <type_traits>
+
+#include "dsv4/cpu/linear.hpp"
+#include "moe_simd.hpp"
+#include "parallel.hpp"
+
+namespace dsv4::cpu {
+namespace {
+
+const detail::moe_kernels& kernels() {
+#if DSV4_CPU_SIMD
+  static const detail::moe_kernels k = [] {
+    if (xsimd::available_architectures().best < xsimd::sse2::version()) return detail::moe_kernels{};
+    return xsimd::dispatch<detail::cpu_archs>(detail::select_moe_kernels{})();
+  }();
+  return k;
+#else
+  static const detail::moe_kernels k{&ref::score_row};
+  return k;
+#endif
+}
+
+// idx[0:k) = top-k of v[0:E) in one pass: a sorted list of the best k so far; a value enters only if strictly
+// greater than the current k-th (so among equal values the lower index, seen first, stays ahead).
+void topk_insert(const float* v, std::int64_t E, int k, std::int32_t* idx) {
+  int n = 0;
+  for (std::int64_t e = 0; e < E; ++e) {
+    if (n == k && !(v[e] > v[idx[k - 1]])) continue;
+    int p = n < k ? n++ : k - 1;
+    while (p > 0 && v[e] > v[idx[p - 1]]) {
+      idx[p] = idx[p - 1];
+      --p;
+    }
+    idx[p] = static_cast<std::int32_t>(e);
+  }
+}
+
+}  // namespace
+
+void moe_scores(view<const float, 2> logits, ops::score_func f, view<float, 2> scores, const exec& ex) {
+  const auto& k = kernels();
+  detail::parallel_rows(logits.size(0), 16, ex, [&](std::int64_t t0, std::int64_t t1) {
+    for (std::int64_t t = t0; t < t1; ++t) k.score_row(logits.row(t), logits.size(1), f, scores.row(t));
+  });
+}
+
+void moe_route(view<const float, 2> logits, const ops::route_config& cfg, const float* bias, view<float, 2> w,
+               view<std::int32_t, 2> idx, const exec& ex) {
+  const auto& kern = kernels();
+  const std::int64_t E = logits.size(1);
+  const int k = cfg.topk;
+  detail::parallel_rows(logits.size(0), 16, ex, [&](std::int64_t t0, std::int64_t t1) {
+    std::vector<float> s(static_cast<std::size_t>(E)), sel(bias ? s.size() : 0), wt(static_cast<std::size_t>(k));
+    std::vector<std::int32_t> id(static_cast<std::size_t>(k));
+    for (std::int64_t t = t0; t < t1; ++t) {
+      kern.score_row(logits.row(t), E, cfg.score, s.data());
+      const float* v = s.data();
+      if (bias) {
+        for (std::int64_t e = 0; e < E; ++e) sel[e] = s[e] + bias[e];
+        v = sel.data();
+      }
+      topk_insert(v, E, k, id.data());
+      ref::route_weights(s.data(), id.data(), k, cfg, wt.data());
+      for (int i = 0; i < k; ++i) {
+        idx(t, i) = id[i];
+        w(t, i) = wt[i];
+      }
+    }
+  });
+}
+
+template <class TX, class TY>
+std::int64_t moe_ffn(view<const TX, 2> x, view<const float, 2> w, view<const std::int32_t, 2> idx,
+                     const std::vector<ref::ffn_ref>& routed, const ref::ffn_ref* shared, float limit, view<TY, 2> y,
+                     const exec& ex) {
+  const std::int64_t T = x.size(0), D = x.size(1), E = static_cast<std::int64_t>(routed.size());
+  const int k = static_cast<int>(idx.size(1));
+  // x as contiguous fp32 rows
+  std::vector<float> xf(static_cast<std::size_t>(T * D));
+  detail::parallel_rows(T, 8, ex, [&](std::int64_t t0, std::int64_t t1) {
+    for (std::int64_t t = t0; t < t1; ++t)
+      for (std::int64_t d = 0; d < D; ++d) xf[static_cast<std::size_t>(t * D + d)] = to_f32(x(t, d));
+  });
+  // Group (token, slot) pairs by expert: counting sort, ascending token within an expert.
+  std::vector<std::int64_t> start(static_cast<std::size_t>(E + 1), 0);
+  for (std::int64_t t = 0; t < T; ++t)
+    for (int i = 0; i < k; ++i) ++start[static_cast<std::size_t>(idx(t, i)) + 1];
+  for (std::int64_t e = 0; e < E; ++e) start[e + 1] += start[e];
+  std::vector<std::int64_t> pairs(static_cast<std::size_t>(T * k)), fill(start.begin(), start.end() - 1);
+  for (std::int64_t t = 0; t < T; ++t)
+    for (int i = 0; i < k; ++i) pairs[static_cast<std::size_t>(fill[idx(t, i)]++)] = t * k + i;
+
+  std::vector<float> out(static_cast<std::size_t>(T * k * D));  // [T·k, D]: routed output of (token, slot)
+  std::int64_t bad = 0;
+  std::vector<float> xe, g, u, oe;
+  // h = swiglu(x·W1^T, x·W3^T) for `rows` gathered rows, routing weights wr (nullptr = 1) -> into g
+  auto expert = [&](const ref::ffn_ref& f, const float* xs, std::int64_t rows, const float* wr, float* dst) {
+    const std::int64_t I = f.w1.n;
+    g.resize(static_cast<std::size_t>(rows * I));
+    u.resize(g.size());
+    bad += linear_f32(xs, rows, D, f.w1, g.data(), I, ex);
+    bad += linear_f32(xs, rows, D, f.w3, u.data(), I, ex);
+    detail::parallel_rows(rows, 1, ex, [&](std::int64_t r0, std::int64_t r1) {
+      for (std::int64_t r = r0; r < r1; ++r)
+        for (std::int64_t i = 0; i < I; ++i) {
+          const std::size_t j = static_cast<std::size_t>(r * I + i);
+          g[j] = ref::swiglu(g[j], u[j], limit, wr ? wr[r] : 1.f);
+        }
+    });
+    bad += linear_f32(g.data(), rows, I, f.w2, dst, D, ex);
+  };
+  std::vector<float> we;
+  for (std::int64_t e = 0; e < E; ++e) {
+    const std::int64_t n0 = start[e], rows = start[e + 1] - n0;
+    if (rows == 0) continue;
+    xe.resize(static_cast<std::size_t>(rows * D));
+    oe.resize(xe.size());
+    we.resize(static_cast<std::size_t>(rows));
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const std::int64_t p = pairs[static_cast<std::size_t>(n0 + r)], t = p / k;
+      std::copy_n(xf.data() + t * D, D, xe.data() + r * D);
+      we[r] = w(t, static_cast<int>(p % k));
+    }
+    expert(routed[static_cast<std::size_t>(e)], xe.data(), rows, we.data(), oe.data());
+    for (std::int64_t r = 0; r < rows; ++r)
+      std::copy_n(oe.data() + r * D, D, out.data() + pairs[static_cast<std::size_t>(n0 + r)] * D);
+  }
+  std::vector<float> sh;
+  if (shared) {
+    sh.resize(static_cast<std::size_t>(T * D));
+    expert(*shared, xf.data(), T, nullptr, sh.data());
+  }
+  // Combine per token in ascending expert order, shared last (ref::moe_ffn's order).
+  detail::parallel_rows(T, 4, ex, [&](std::int64_t t0, std::int64_t t1) {
+    std::vector<float> acc(static_cast<std::size_t>(D));
+    std::vector<std::int32_t> ids(static_cast<std::size_t>(k));
+    std::vector<int> order(static_cast<std::size_t>(k));
+    for (std::int64_t t = t0; t < t1; ++t) {
+      for (int i = 0; i < k; ++i) ids[i] = idx(t, i);
+      ref::slot_order(ids.data(), k, order.data());
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int i : order) {
+        const float* o = out.data() + (t * k + i) * D;
+        for (std::int64_t d = 0; d < D; ++d) acc[d] += o[d];
+      }
+      if (shared)
+        for (std::int64_t d = 0; d < D; ++d) acc[d] += sh[static_cast<std::size_t>(t * D + d)];
+      for (std::int64_t d = 0; d < D; ++d) y(t, d) = from_f32<TY>(acc[d]);
+    }
+  });
+  return bad;
+}
+
+#define DSV4_MOE_FFN(TX, TY)                                                                                      \
+  template std::int64_t moe_ffn<TX, TY>(view<const TX, 2>, view<const float, 2>, view<const std::int32_t, 2>,      \
+                                        const std::vector<ref::ffn_ref>&, const ref::ffn_ref*, float, view<TY, 2>, \
+                                        const exec&);
+DSV4_MOE_FFN(float, float)
+DSV4_MOE_FFN(float, bf16)
+DSV4_MOE_FFN(bf16, float)
+DSV4_MOE_FFN(bf16, bf16)
+#undef DSV4_MOE_FFN
+
+}  // namespace dsv4::cpu

@@ -1,0 +1,205 @@
+// src/ops/moe.cpp — validated entry points of MoE routing and the expert FFN (spec §5).
+#include "dsv4/ops/moe.hpp"
+
+#include <cmath>
+
+#include "common.hpp"
+#include "dsv4/cpu/moe.hpp"
+#include "dsv4/ref/moe.hpp"
+
+namespace dsv4::ops {
+
+const char* score_func_name(score_func f) {
+  switch (f) {
+    case score_func::sqrtsoftplus: return "sqrtsoftplus";
+    case score_func::sigmoid: return "sigmoid";
+    case score_func::softmax: return "softmax";
+  }
+  return "?";
+}
+
+score_func parse_score_func(std::string_view name) {
+  for (score_func f : {score_func::sqrtsoftplus, score_func::sigmoid, score_func::softmax})
+    if (name == score_func_name(f)) return f;
+  DSV4_FAIL("parse_score_func", "unknown scoring function \"", name, "\" (expected sqrtsoftplus, sigmoid or softmax)");
+}
+
+namespace {
+
+bool is_empty_view(const tensor_view& t) { return t.data() == nullptr && t.rank() == 0; }
+
+void check_2d(const char* op, const char* name, const tensor_view& t, dtype dt, std::int64_t r, std::int64_t c) {
+  DSV4_CHECK(t.rank() == 2 && t.dt() == dt && t.shape(0) == r && t.shape(1) == c, op, name, " is ", t.describe(),
+             ", expected ", dtype_name(dt), "[", r, ", ", c, "]");
+}
+
+// Common checks of both routers; returns E.
+std::int64_t check_route(const char* op, const tensor_view& logits, const route_config& cfg, const tensor_view& w,
+                         const tensor_view& idx) {
+  DSV4_CHECK(logits.rank() == 2 && logits.dt() == dtype::f32, op, "logits ", logits.describe(),
+             ": expected f32[T, E]");
+  const std::int64_t T = logits.shape(0), E = logits.shape(1);
+  DSV4_CHECK(cfg.topk >= 1 && cfg.topk <= E, op, "topk ", cfg.topk, " must be in [1, E = ", E, "]");
+  DSV4_CHECK(std::isfinite(cfg.route_scale) && cfg.route_scale > 0.f, op, "route_scale ", cfg.route_scale,
+             " must be finite and > 0");
+  check_2d(op, "weights", w, dtype::f32, T, cfg.topk);
+  check_2d(op, "experts", idx, dtype::i32, T, cfg.topk);
+  for (const tensor_view* t : {&logits, &w, &idx})
+    DSV4_CHECK(t->dev().is_cpu(), op, t->describe(), ": the MoE CUDA backend is not implemented yet");
+  detail::check_aliasing(op, logits, w, false);
+  detail::check_aliasing(op, logits, idx, false);
+  detail::check_aliasing(op, w, idx, false);
+  const auto l = logits.as<const float, 2>();
+  std::int64_t bad = 0;
+  for (std::int64_t t = 0; t < T; ++t)
+    for (std::int64_t e = 0; e < E; ++e) bad += !std::isfinite(l(t, e));
+  DSV4_CHECK(bad == 0, op, "logits ", logits.describe(), " hold ", bad, " non-finite values");
+  return E;
+}
+
+std::int64_t read_index(const tensor_view& t, std::int64_t i, std::int64_t j) {
+  if (t.dt() == dtype::i32) return t.rank() == 1 ? t.as<const std::int32_t, 1>()(i) : t.as<const std::int32_t, 2>()(i, j);
+  return t.rank() == 1 ? t.as<const std::int64_t, 1>()(i) : t.as<const std::int64_t, 2>()(i, j);
+}
+
+}  // namespace
+
+void moe_route(const tensor_view& logits, const route_config& cfg, const tensor_view& bias, const tensor_view& w,
+               const tensor_view& idx, const exec& ex) {
+  constexpr const char* op = "moe_route";
+  const std::int64_t E = check_route(op, logits, cfg, w, idx);
+  std::vector<float> b;
+  if (!is_empty_view(bias)) {
+    DSV4_CHECK(bias.rank() == 1 && bias.dt() == dtype::f32 && bias.shape(0) == E, op, "bias ", bias.describe(),
+               ", expected f32[", E, "] or an empty view");
+    DSV4_CHECK(bias.dev().is_cpu(), op, "bias ", bias.describe(), " must live on the host");
+    const auto bv = bias.as<const float, 1>();
+    for (std::int64_t e = 0; e < E; ++e) {
+      DSV4_CHECK(std::isfinite(bv(e)), op, "bias[", e, "] = ", bv(e), " is not finite");
+      b.push_back(bv(e));
+    }
+  }
+  const char* declines = logits.shape(1) > 1 && logits.stride(1) != 1 ? "logits innermost stride is not 1" : nullptr;
+  const backend be = detail::choose_backend(op, ex, logits.dev(), declines);
+  const auto lv = logits.as<const float, 2>();
+  if (be == backend::ref)
+    ref::moe_route(lv, cfg, b.empty() ? nullptr : b.data(), w.as<float, 2>(), idx.as<std::int32_t, 2>());
+  else
+    cpu::moe_route(lv, cfg, b.empty() ? nullptr : b.data(), w.as<float, 2>(), idx.as<std::int32_t, 2>(), ex);
+}
+
+void moe_hash_route(const tensor_view& logits, const route_config& cfg, const tensor_view& token_ids,
+                    const tensor_view& tid2eid, const tensor_view& w, const tensor_view& idx, const exec& ex) {
+  constexpr const char* op = "moe_hash_route";
+  const std::int64_t E = check_route(op, logits, cfg, w, idx);
+  const std::int64_t T = logits.shape(0);
+  DSV4_CHECK(token_ids.rank() == 1 && token_ids.shape(0) == T &&
+                 (token_ids.dt() == dtype::i32 || token_ids.dt() == dtype::i64),
+             op, "token_ids ", token_ids.describe(), ", expected i32|i64[", T, "]");
+  DSV4_CHECK(tid2eid.rank() == 2 && tid2eid.shape(1) == cfg.topk &&
+                 (tid2eid.dt() == dtype::i32 || tid2eid.dt() == dtype::i64),
+             op, "tid2eid ", tid2eid.describe(), ", expected i32|i64[vocab, ", cfg.topk, "]");
+  DSV4_CHECK(token_ids.dev().is_cpu() && tid2eid.dev().is_cpu(), op, "token_ids and tid2eid must live on the host");
+  const std::int64_t V = tid2eid.shape(0);
+  auto wv = w.as<float, 2>();
+  auto iv = idx.as<std::int32_t, 2>();
+  for (std::int64_t t = 0; t < T; ++t) {
+    const std::int64_t tok = read_index(token_ids, t, 0);
+    DSV4_CHECK(tok >= 0 && tok < V, op, "token id ", tok, " at position ", t, " is outside [0, ", V,
+               ") (tid2eid ", tid2eid.describe(), ")");
+    for (int i = 0; i < cfg.topk; ++i) {
+      const std::int64_t e = read_index(tid2eid, tok, i);
+      DSV4_CHECK(e >= 0 && e < E, op, "tid2eid[", tok, "][", i, "] = ", e, " is not an expert id in [0, ", E, ")");
+      iv(t, i) = static_cast<std::int32_t>(e);
+    }
+  }
+  const char* declines = logits.shape(1) > 1 && logits.stride(1) != 1 ? "logits innermost stride is not 1" : nullptr;
+  const backend be = detail::choose_backend(op, ex, logits.dev(), declines);
+  // Scores of the whole row (the weights only need the chosen ones; softmax needs the row anyway).
+  std::vector<float> s(static_cast<std::size_t>(T * E));
+  const view<float, 2> sv{s.data(), {T, E}, {E, 1}};
+  const auto lv = logits.as<const float, 2>();
+  if (be == backend::ref) {
+    std::vector<float> row(static_cast<std::size_t>(E));
+    for (std::int64_t t = 0; t < T; ++t) {
+      for (std::int64_t e = 0; e < E; ++e) row[e] = lv(t, e);
+      ref::score_row(row.data(), E, cfg.score, sv.row(t));
+    }
+  } else
+    cpu::moe_scores(lv, cfg.score, sv, ex);
+  std::vector<std::int32_t> id(static_cast<std::size_t>(cfg.topk));
+  std::vector<float> wt(id.size());
+  for (std::int64_t t = 0; t < T; ++t) {
+    for (int i = 0; i < cfg.topk; ++i) id[i] = iv(t, i);
+    ref::route_weights(sv.row(t), id.data(), cfg.topk, cfg, wt.data());
+    for (int i = 0; i < cfg.topk; ++i) wv(t, i) = wt[i];
+  }
+}
+
+void moe_ffn(const tensor_view& x, const tensor_view& w, const tensor_view& idx, std::span<const ffn_weights> routed,
+             const ffn_weights* shared, float swiglu_limit, const tensor_view& y, const exec& ex) {
+  constexpr const char* op = "moe_ffn";
+  DSV4_CHECK(x.rank() == 2, op, "x ", x.describe(), ": expected [T, D]");
+  const std::int64_t T = x.shape(0), D = x.shape(1);
+  DSV4_CHECK(y.rank() == 2 && y.shape(0) == T && y.shape(1) == D, op, "y ", y.describe(), ", expected [", T, ", ",
+             D, "]");
+  DSV4_CHECK(idx.rank() == 2 && idx.dt() == dtype::i32 && idx.shape(0) == T, op, "experts ", idx.describe(),
+             ", expected i32[", T, ", k]");
+  const std::int64_t k = idx.shape(1);
+  check_2d(op, "weights", w, dtype::f32, T, k);
+  DSV4_CHECK(std::isfinite(swiglu_limit) && swiglu_limit >= 0.f, op, "swiglu_limit ", swiglu_limit,
+             " must be finite and >= 0 (0 = no clamp)");
+  DSV4_CHECK(k == 0 || !routed.empty(), op, "experts are selected (k = ", k, ") but no routed experts are given");
+  for (const tensor_view* t : {&x, &w, &idx, &y})
+    DSV4_CHECK(t->dev().is_cpu(), op, t->describe(), ": the MoE CUDA backend is not implemented yet");
+  for (const tensor_view* t : {&x, &w, &idx}) detail::check_aliasing(op, *t, y, false);
+  const std::int64_t E = static_cast<std::int64_t>(routed.size());
+  const auto iv = idx.as<const std::int32_t, 2>();
+  const auto wv = w.as<const float, 2>();
+  // Bind (validate) only the experts this batch uses: E can be 384 and a decode step touches k of them.
+  std::vector<ref::ffn_ref> rr(routed.size());
+  std::vector<char> bound(routed.size(), 0);
+  std::int64_t I = -1;
+  auto bind = [&](const ffn_weights& f, const char* n1, const char* n2, const char* n3, std::int64_t e) {
+    ref::ffn_ref r;
+    r.w1 = detail::bind_weight(op, n1, e, f.w1, -1, D);
+    r.w3 = detail::bind_weight(op, n3, e, f.w3, r.w1.n, D);
+    r.w2 = detail::bind_weight(op, n2, e, f.w2, D, r.w1.n);
+    return r;
+  };
+  bool strided = false;
+  for (std::int64_t t = 0; t < T; ++t)
+    for (std::int64_t i = 0; i < k; ++i) {
+      const std::int64_t e = iv(t, i);
+      DSV4_CHECK(e >= 0 && e < E, op, "experts[", t, ", ", i, "] = ", e, " is not an expert id in [0, ", E, ")");
+      DSV4_CHECK(std::isfinite(wv(t, i)), op, "weights[", t, ", ", i, "] = ", wv(t, i), " is not finite");
+      if (!bound[e]) {
+        rr[e] = bind(routed[e], "routed w1", "routed w2", "routed w3", e);
+        bound[e] = 1;
+        DSV4_CHECK(I < 0 || rr[e].w1.n == I, op, "routed expert ", e, " has inter size ", rr[e].w1.n, ", expected ",
+                   I, " like the others");
+        I = rr[e].w1.n;
+        for (const qweight* q : {&routed[e].w1, &routed[e].w2, &routed[e].w3})
+          strided = strided || !detail::weight_is_cpu_friendly(*q);
+      }
+    }
+  ref::ffn_ref sr;
+  if (shared) {
+    sr = bind(*shared, "shared w1", "shared w2", "shared w3", -1);
+    for (const qweight* q : {&shared->w1, &shared->w2, &shared->w3})
+      strided = strided || !detail::weight_is_cpu_friendly(*q);
+  }
+  const backend be = detail::choose_backend(op, ex, x.dev(), strided ? "a weight's innermost stride is not 1" : nullptr);
+  std::int64_t bad = 0;
+  visit_dtype<float, bf16>(x.dt(), op, [&]<class TX>(std::type_identity<TX>) {
+    visit_dtype<float, bf16>(y.dt(), op, [&]<class TY>(std::type_identity<TY>) {
+      const auto xv = x.as<const TX, 2>();
+      const auto yv = y.as<TY, 2>();
+      bad = be == backend::ref ? ref::moe_ffn(xv, wv, iv, rr, shared ? &sr : nullptr, swiglu_limit, yv)
+                               : cpu::moe_ffn(xv, wv, iv, rr, shared ? &sr : nullptr, swiglu_limit, yv, ex);
+    });
+  });
+  DSV4_CHECK(bad == 0, op, bad, " expert weights decode to NaN (NaN codes, or codes under a 0xFF scale)");
+}
+
+}  // namespace dsv4::ops
