@@ -1,13 +1,12 @@
-// src/ops/mhc.cpp — validated entry points of the mHC ops (spec §4); ref backend (see dsv4/ops/mhc.hpp).
+// src/ops/mhc.cpp — validated entry points of the mHC ops (spec §4); ref and cpu backends (see dsv4/ops/mhc.hpp).
 #include "dsv4/ops/mhc.hpp"
 
 #include "common.hpp"
+#include "dsv4/cpu/mhc.hpp"
 #include "dsv4/ref/mhc.hpp"
 
 namespace dsv4::ops {
 namespace {
-
-constexpr const char* kNoFastBackend = "the mHC CPU SIMD backend is not implemented yet";
 
 void need(const char* op, const tensor_view& t, const char* name, dtype dt, std::initializer_list<std::int64_t> shape) {
   bool ok = t.dt() == dt && t.rank() == static_cast<int>(shape.size());
@@ -21,11 +20,15 @@ void need(const char* op, const tensor_view& t, const char* name, dtype dt, std:
   }
 }
 
-void host_ref(const char* op, const exec& ex, std::initializer_list<const tensor_view*> ts) {
+// Host tensors only (no CUDA backend yet); the CPU backend needs innermost strides 1.
+backend pick(const char* op, const exec& ex, std::initializer_list<const tensor_view*> ts) {
   detail::check_same_device(op, ts);
   DSV4_CHECK((*ts.begin())->dev().is_cpu(), op, "tensors live on ", (*ts.begin())->dev(),
              ": the mHC CUDA backend is not implemented yet");
-  detail::choose_backend(op, ex, (*ts.begin())->dev(), kNoFastBackend);  // ref, or a clear error if forced
+  const char* declines = nullptr;
+  for (const tensor_view* t : ts)
+    if (t->rank() > 0 && t->shape(-1) > 1 && t->stride(-1) != 1) declines = "an innermost stride is not 1";
+  return detail::choose_backend(op, ex, (*ts.begin())->dev(), declines);
 }
 
 }  // namespace
@@ -37,16 +40,46 @@ void sinkhorn_knopp(const tensor_view& logits, const tensor_view& out, int iters
   DSV4_CHECK(iters >= 1, op, "iters ", iters, " must be >= 1");
   need(op, logits, "logits", dtype::f32, {logits.shape(0), logits.shape(1), logits.shape(1)});
   need(op, out, "out", dtype::f32, {logits.shape(0), logits.shape(1), logits.shape(1)});
-  host_ref(op, ex, {&logits, &out});
+  const backend be = pick(op, ex, {&logits, &out});
   detail::check_aliasing(op, logits, out, true);
   const auto in = logits.as<const float, 3>();
   const auto o = out.as<float, 3>();
+  if (be == backend::cpu) return cpu::sinkhorn_knopp(in, o, iters, eps, ex);
   const int n = static_cast<int>(logits.shape(1));
   std::vector<float> c(static_cast<std::size_t>(n) * n);
   for (std::int64_t t = 0; t < logits.shape(0); ++t) {
     for (int i = 0; i < n * n; ++i) c[i] = in(t, i / n, i % n);
     ref::sinkhorn_knopp(c.data(), n, iters, eps);
     for (int i = 0; i < n * n; ++i) o(t, i / n, i % n) = c[i];
+  }
+}
+
+void sinkhorn_residuals(const tensor_view& logits, int iters, float eps, const tensor_view& residuals) {
+  constexpr const char* op = "sinkhorn_residuals";
+  DSV4_CHECK(logits.rank() == 3 && logits.shape(1) == logits.shape(2), op, "logits ", logits.describe(),
+             ": expected [T, n, n]");
+  DSV4_CHECK(iters >= 1, op, "iters ", iters, " must be >= 1");
+  need(op, logits, "logits", dtype::f32, {logits.shape(0), logits.shape(1), logits.shape(1)});
+  need(op, residuals, "residuals", dtype::f32, {iters, 2});
+  DSV4_CHECK(logits.dev().is_cpu() && residuals.dev().is_cpu(), op, "diagnostics run on host tensors");
+  detail::check_aliasing(op, logits, residuals, false);
+  const auto in = logits.as<const float, 3>();
+  const auto res = residuals.as<float, 2>();
+  const int n = static_cast<int>(logits.shape(1));
+  std::vector<double> worst(static_cast<std::size_t>(2 * iters), 0.0);
+  std::vector<float> c(static_cast<std::size_t>(n) * n);
+  for (std::int64_t t = 0; t < logits.shape(0); ++t) {
+    for (int i = 0; i < n * n; ++i) c[i] = in(t, i / n, i % n);
+    ref::sinkhorn_knopp(c.data(), n, iters, eps, [&](int it, const float* m) {
+      double row, col;
+      ref::stochastic_residuals(m, n, row, col);
+      worst[2 * (it - 1)] = std::max(worst[2 * (it - 1)], row);
+      worst[2 * (it - 1) + 1] = std::max(worst[2 * (it - 1) + 1], col);
+    });
+  }
+  for (int i = 0; i < iters; ++i) {
+    res(i, 0) = static_cast<float>(worst[2 * i]);
+    res(i, 1) = static_cast<float>(worst[2 * i + 1]);
   }
 }
 
@@ -63,13 +96,21 @@ void hc_pre(const tensor_view& x, const tensor_view& fn, const tensor_view& scal
   need(op, post, "post", dtype::f32, {T, n});
   need(op, comb, "comb", dtype::f32, {T, n, n});
   DSV4_CHECK(cfg.sinkhorn_iters >= 1, op, "sinkhorn_iters ", cfg.sinkhorn_iters, " must be >= 1");
-  host_ref(op, ex, {&x, &fn, &scale, &base, &y, &post, &comb});
+  const backend be = pick(op, ex, {&x, &fn, &scale, &base, &y, &post, &comb});
   for (const tensor_view* o : {&y, &post, &comb}) detail::check_aliasing(op, x, *o, false);
+  detail::check_aliasing(op, y, post, false);
+  detail::check_aliasing(op, y, comb, false);
+  detail::check_aliasing(op, post, comb, false);
   visit_dtype<float, bf16>(x.dt(), op, [&]<class TX>(std::type_identity<TX>) {
     visit_dtype<float, bf16>(y.dt(), op, [&]<class TY>(std::type_identity<TY>) {
-      ref::hc_pre(x.as<const TX, 3>(), fn.as<const float, 2>(), scale.as<const float, 1>(),
-                  base.as<const float, 1>(), y.as<TY, 2>(), post.as<float, 2>(), comb.as<float, 3>(),
-                  cfg.sinkhorn_iters, cfg.hc_eps, cfg.norm_eps);
+      if (be == backend::cpu)
+        cpu::hc_pre(x.as<const TX, 3>(), fn.as<const float, 2>(), scale.as<const float, 1>(),
+                    base.as<const float, 1>(), y.as<TY, 2>(), post.as<float, 2>(), comb.as<float, 3>(),
+                    cfg.sinkhorn_iters, cfg.hc_eps, cfg.norm_eps, ex);
+      else
+        ref::hc_pre(x.as<const TX, 3>(), fn.as<const float, 2>(), scale.as<const float, 1>(),
+                    base.as<const float, 1>(), y.as<TY, 2>(), post.as<float, 2>(), comb.as<float, 3>(),
+                    cfg.sinkhorn_iters, cfg.hc_eps, cfg.norm_eps);
     });
   });
 }
@@ -83,14 +124,18 @@ void hc_post(const tensor_view& f, const tensor_view& x, const tensor_view& post
   need(op, post, "post", dtype::f32, {T, n});
   need(op, comb, "comb", dtype::f32, {T, n, n});
   need(op, out, "out", out.dt(), {T, n, D});
-  host_ref(op, ex, {&f, &x, &post, &comb, &out});
+  const backend be = pick(op, ex, {&f, &x, &post, &comb, &out});
   detail::check_aliasing(op, x, out, true);
   for (const tensor_view* i : {&f, &post, &comb}) detail::check_aliasing(op, *i, out, false);
   visit_dtype<float, bf16>(f.dt(), op, [&]<class TF>(std::type_identity<TF>) {
     visit_dtype<float, bf16>(x.dt(), op, [&]<class TX>(std::type_identity<TX>) {
       visit_dtype<float, bf16>(out.dt(), op, [&]<class TO>(std::type_identity<TO>) {
-        ref::hc_post(f.as<const TF, 2>(), x.as<const TX, 3>(), post.as<const float, 2>(),
-                     comb.as<const float, 3>(), out.as<TO, 3>());
+        if (be == backend::cpu)
+          cpu::hc_post(f.as<const TF, 2>(), x.as<const TX, 3>(), post.as<const float, 2>(),
+                       comb.as<const float, 3>(), out.as<TO, 3>(), ex);
+        else
+          ref::hc_post(f.as<const TF, 2>(), x.as<const TX, 3>(), post.as<const float, 2>(),
+                       comb.as<const float, 3>(), out.as<TO, 3>());
       });
     });
   });
@@ -105,12 +150,16 @@ void hc_head(const tensor_view& x, const tensor_view& fn, const tensor_view& sca
   need(op, scale, "scale", dtype::f32, {1});
   need(op, base, "base", dtype::f32, {n});
   need(op, y, "y", y.dt(), {T, D});
-  host_ref(op, ex, {&x, &fn, &scale, &base, &y});
+  const backend be = pick(op, ex, {&x, &fn, &scale, &base, &y});
   detail::check_aliasing(op, x, y, false);
   visit_dtype<float, bf16>(x.dt(), op, [&]<class TX>(std::type_identity<TX>) {
     visit_dtype<float, bf16>(y.dt(), op, [&]<class TY>(std::type_identity<TY>) {
-      ref::hc_head(x.as<const TX, 3>(), fn.as<const float, 2>(), scale.as<const float, 1>(),
-                   base.as<const float, 1>(), y.as<TY, 2>(), cfg.hc_eps, cfg.norm_eps);
+      if (be == backend::cpu)
+        cpu::hc_head(x.as<const TX, 3>(), fn.as<const float, 2>(), scale.as<const float, 1>(),
+                     base.as<const float, 1>(), y.as<TY, 2>(), cfg.hc_eps, cfg.norm_eps, ex);
+      else
+        ref::hc_head(x.as<const TX, 3>(), fn.as<const float, 2>(), scale.as<const float, 1>(),
+                     base.as<const float, 1>(), y.as<TY, 2>(), cfg.hc_eps, cfg.norm_eps);
     });
   });
 }

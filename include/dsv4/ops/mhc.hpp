@@ -1,8 +1,8 @@
 // dsv4/ops/mhc.hpp — manifold-constrained hyper-connections (spec §4): Sinkhorn–Knopp projection, hc_pre,
 // hc_post, hc_head. Semantics: dsv4/ref/mhc.hpp.
 //
-// Backends: ref only so far. The CPU SIMD (fused one-pass hc_pre) and CUDA backends are not written yet; until they
-// are, `automatic` runs ref on host data and forcing cpu/cuda is an error that says so.
+// Backends: ref and cpu (dsv4/cpu/mhc.hpp: fused RMS + mix pass, Sinkhorn across tokens in SIMD lanes). The CUDA
+// backend is not written yet: CUDA tensors are an error that says so.
 #pragma once
 
 #include "dsv4/exec.hpp"
@@ -19,6 +19,11 @@ struct mhc_config {
 
 // logits, out: [T, n, n] f32 (out may alias logits).
 void sinkhorn_knopp(const tensor_view& logits, const tensor_view& out, int iters, float eps, const exec& ex = {});
+
+// Diagnostics of the projection (ref backend; a study tool, not a hot path): residuals [iters, 2] f32 where
+// residuals[i] = {max over tokens and rows of |row sum - 1|, the same for columns} after iteration i + 1
+// (iteration 1 = softmax + column normalization, each later one = row then column normalization).
+void sinkhorn_residuals(const tensor_view& logits, int iters, float eps, const tensor_view& residuals);
 
 // x [T, n, D] f32|bf16; fn [2n + n^2, n·D] f32; scale [3] f32; base [2n + n^2] f32
 // -> y [T, D] f32|bf16, post [T, n] f32, comb [T, n, n] f32.

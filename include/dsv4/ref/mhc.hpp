@@ -11,6 +11,7 @@
 // the most accurate version of the formula. Kernels are noexcept; ops::hc_* validated the views.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -24,7 +25,9 @@ namespace dsv4::ref {
 //   softmax over each row (max-subtracted) + eps; column-normalize (÷ (Σ_j + eps));
 //   then (iters - 1) x { row-normalize (÷ (Σ_k + eps)), column-normalize }.
 // That is 1 softmax, iters - 1 row and iters column normalizations; the last step normalizes columns.
-inline void sinkhorn_knopp(float* c, int n, int iters, float eps) noexcept {
+// `after(it, c)` is called after iteration it = 1..iters (iteration 1 = softmax + column step); the diagnostics use it.
+template <class After>
+void sinkhorn_knopp(float* c, int n, int iters, float eps, After&& after) noexcept {
   for (int j = 0; j < n; ++j) {
     float mx = c[j * n];
     for (int k = 1; k < n; ++k) mx = c[j * n + k] > mx ? c[j * n + k] : mx;
@@ -40,6 +43,7 @@ inline void sinkhorn_knopp(float* c, int n, int iters, float eps) noexcept {
     }
   };
   normalize_columns();
+  after(1, static_cast<const float*>(c));
   for (int it = 1; it < iters; ++it) {
     for (int j = 0; j < n; ++j) {
       float sum = 0.f;
@@ -47,6 +51,25 @@ inline void sinkhorn_knopp(float* c, int n, int iters, float eps) noexcept {
       for (int k = 0; k < n; ++k) c[j * n + k] /= sum + eps;
     }
     normalize_columns();
+    after(it + 1, static_cast<const float*>(c));
+  }
+}
+
+inline void sinkhorn_knopp(float* c, int n, int iters, float eps) noexcept {
+  sinkhorn_knopp(c, n, iters, eps, [](int, const float*) {});
+}
+
+// Largest |row sum - 1| and |column sum - 1| of an n x n matrix (double sums).
+inline void stochastic_residuals(const float* c, int n, double& row, double& col) noexcept {
+  row = col = 0;
+  for (int a = 0; a < n; ++a) {
+    double r = 0, s = 0;
+    for (int b = 0; b < n; ++b) {
+      r += c[a * n + b];
+      s += c[b * n + a];
+    }
+    row = std::max(row, std::fabs(r - 1));
+    col = std::max(col, std::fabs(s - 1));
   }
 }
 
