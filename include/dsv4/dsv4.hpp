@@ -7,9 +7,12 @@
 #include "dsv4/error.hpp"
 #include "dsv4/exec.hpp"
 #include "dsv4/formats.hpp"
+#include "dsv4/model_traits.hpp"
 #include "dsv4/ops/hadamard.hpp"
+#include "dsv4/ops/linear.hpp"
 #include "dsv4/ops/memory.hpp"
 #include "dsv4/ops/mhc.hpp"
+#include "dsv4/ops/moe.hpp"
 #include "dsv4/ops/quant.hpp"
 #include "dsv4/tensor.hpp"
 
