@@ -265,6 +265,20 @@ TEST_CASE("cpu hc_pre: bit-identical for 1 vs 2 threads and for a token alone vs
   }
 }
 
+TEST_CASE("hc_expand copies the embedding into every stream (bf16 -> f32 exactly)") {
+  const auto hv = randn(3 * 10, 30);
+  const buffer h = host_bf16(3, 10, hv);
+  buffer x(dtype::f32, {3, 4, 10});
+  for (backend be : host_backends()) {
+    ops::hc_expand(h, x, on(be));
+    for (int t = 0; t < 3; ++t)
+      for (int j = 0; j < 4; ++j)
+        for (int d = 0; d < 10; ++d)
+          REQUIRE(x.host_span<float>()[(t * 4 + j) * 10 + d] == h.host_span<bf16>()[t * 10 + d].to_float());
+  }
+  check_error([&] { ops::hc_expand(h, buffer(dtype::f32, {3, 4, 11})); }, {"hc_expand", "expected h [T, D]"});
+}
+
 TEST_CASE("mHC misuse") {
   const int T = 2, n = 4, D = 8, m = 24;
   buffer x(dtype::f32, {T, n, D}), fn(dtype::f32, {m, n * D}), scale(dtype::f32, {3}), base(dtype::f32, {m});

@@ -1,6 +1,7 @@
 // src/cpu/mhc.cpp — CPU backend of mHC: token blocks over oneTBB, the kernels of mhc_simd_impl.hpp.
 #include "dsv4/cpu/mhc.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <type_traits>
 #include <vector>
@@ -47,13 +48,21 @@ void mixes_block(const detail::mhc_kernels& k, view<const TX, 3> x, view<const f
   const int m = static_cast<int>(fn.size(0)), W = k.width;
   const std::int64_t Dv = D / W * W;
   std::vector<float> acc(static_cast<std::size_t>(bt * (m + 1) * W), 0.f);
-  std::vector<float> tail(static_cast<std::size_t>(bt * (m + 1)), 0.f), tmp(kChunk);
+  std::vector<float> tail(static_cast<std::size_t>(bt * (m + 1)), 0.f), tmp(kChunk),
+      packed(static_cast<std::size_t>(m * kChunk));
   for (std::int64_t j = 0; j < n; ++j) {
     for (std::int64_t d0 = 0; d0 < Dv; d0 += kChunk) {
       const std::int64_t len = std::min(kChunk, Dv - d0);
+      // Pack fn's chunk contiguously: its rows are n·D floats apart (a multiple of 4 KiB for V4 shapes), which
+      // would map all m rows onto the same L1 sets and thrash them across the block's tokens.
+      // A lone token (decode) reads fn once anyway: no packing there.
+      const bool pack = bt >= 4;
+      if (pack)
+        for (int o = 0; o < m; ++o) std::copy_n(&fn(o, j * D + d0), len, packed.data() + o * kChunk);
+      const float* fp = pack ? packed.data() : &fn(0, j * D + d0);
+      const std::int64_t ld = pack ? kChunk : fn.stride[0];
       for (std::int64_t t = t0; t < t1; ++t)
-        k.mix_chunk(stream_chunk(x, t, j, d0, len, tmp.data()), len, &fn(0, j * D + d0), fn.stride[0], m,
-                    acc.data() + (t - t0) * (m + 1) * W);
+        k.mix_chunk(stream_chunk(x, t, j, d0, len, tmp.data()), len, fp, ld, m, acc.data() + (t - t0) * (m + 1) * W);
     }
     for (std::int64_t t = t0; t < t1; ++t)  // D % W leftovers, in order, into scalar accumulators
       for (std::int64_t d = Dv; d < D; ++d) {
@@ -164,7 +173,7 @@ void hc_post(view<const TF, 2> f, view<const TX, 3> x, view<const float, 2> post
   const std::int64_t T = x.size(0), n = x.size(1), D = x.size(2);
   const std::int64_t chunks = (D + kChunk - 1) / kChunk;
   // Tasks are (token, chunk) pairs; each stages its n input chunks before writing (out may alias x).
-  detail::parallel_rows(T * chunks, 8, ex, [&](std::int64_t p0, std::int64_t p1) {
+  detail::parallel_rows(T * chunks, 32, ex, [&](std::int64_t p0, std::int64_t p1) {  // 32 chunks ~ 4 us
     std::vector<float> xt(static_cast<std::size_t>(n * kChunk)), ft(kChunk), o(kChunk), col(static_cast<std::size_t>(n));
     std::vector<const float*> xs(static_cast<std::size_t>(n));
     for (std::int64_t p = p0; p < p1; ++p) {

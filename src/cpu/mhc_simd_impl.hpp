@@ -26,16 +26,30 @@ struct mhc_simd {
       }
       s.store_unaligned(acc);
     }
-    for (int o0 = 0; o0 < m; o0 += kGroup) {
-      const int g = std::min(kGroup, m - o0);
-      F a[kGroup];
-      for (int o = 0; o < g; ++o) a[o] = F::load_unaligned(acc + (1 + o0 + o) * W);
-      for (std::int64_t k = 0; k < len; k += W) {
-        const F v = F::load_unaligned(x + k);
-        for (int o = 0; o < g; ++o) a[o] = xsimd::fma(v, F::load_unaligned(fn + (o0 + o) * ldfn + k), a[o]);
-      }
-      for (int o = 0; o < g; ++o) a[o].store_unaligned(acc + (1 + o0 + o) * W);
+    int o0 = 0;
+    for (; o0 + kGroup <= m; o0 += kGroup) group<kGroup>(x, len, fn + o0 * ldfn, ldfn, acc + (1 + o0) * W);
+    switch (m - o0) {  // a compile-time group size keeps the accumulators in registers
+      case 7: group<7>(x, len, fn + o0 * ldfn, ldfn, acc + (1 + o0) * W); break;
+      case 6: group<6>(x, len, fn + o0 * ldfn, ldfn, acc + (1 + o0) * W); break;
+      case 5: group<5>(x, len, fn + o0 * ldfn, ldfn, acc + (1 + o0) * W); break;
+      case 4: group<4>(x, len, fn + o0 * ldfn, ldfn, acc + (1 + o0) * W); break;
+      case 3: group<3>(x, len, fn + o0 * ldfn, ldfn, acc + (1 + o0) * W); break;
+      case 2: group<2>(x, len, fn + o0 * ldfn, ldfn, acc + (1 + o0) * W); break;
+      case 1: group<1>(x, len, fn + o0 * ldfn, ldfn, acc + (1 + o0) * W); break;
+      default: break;
     }
+  }
+
+  // acc[o·W ..] += x · fn[o·ldfn ..] over the chunk, for o < G.
+  template <int G>
+  static void group(const float* x, std::int64_t len, const float* fn, std::int64_t ldfn, float* acc) {
+    F a[G];
+    for (int o = 0; o < G; ++o) a[o] = F::load_unaligned(acc + o * W);
+    for (std::int64_t k = 0; k < len; k += W) {
+      const F v = F::load_unaligned(x + k);
+      for (int o = 0; o < G; ++o) a[o] = xsimd::fma(v, F::load_unaligned(fn + o * ldfn + k), a[o]);
+    }
+    for (int o = 0; o < G; ++o) a[o].store_unaligned(acc + o * W);
   }
 
   static float hsum(const float* lanes) { return xsimd::hadd(F::load_unaligned(lanes)); }

@@ -5,6 +5,9 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
 
 #include <tbb/blocked_range.h>
 #include <tbb/parallel_for.h>
@@ -13,6 +16,17 @@
 #include "dsv4/exec.hpp"
 
 namespace dsv4::cpu::detail {
+
+// One arena per requested thread count, created once: constructing a task_arena per call costs ~100 us, more than a
+// whole decode-sized op.
+inline tbb::task_arena& arena_for(int threads) {
+  static std::mutex mu;
+  static std::map<int, std::unique_ptr<tbb::task_arena>> arenas;
+  std::lock_guard<std::mutex> lock(mu);
+  auto& a = arenas[threads];
+  if (!a) a = std::make_unique<tbb::task_arena>(threads);
+  return *a;
+}
 
 // fn(begin, end) over [0, rows) in chunks of at least `grain` rows.
 template <class Fn>
@@ -25,8 +39,7 @@ void parallel_rows(std::int64_t rows, std::int64_t grain, const exec& ex, Fn&& f
   if (ex.threads == 1 || rows <= grain) {
     fn(std::int64_t{0}, rows);
   } else if (ex.threads > 1) {
-    tbb::task_arena arena(ex.threads);
-    arena.execute(run);
+    arena_for(ex.threads).execute(run);
   } else {
     run();
   }

@@ -25,6 +25,10 @@ void sinkhorn_knopp(const tensor_view& logits, const tensor_view& out, int iters
 // (iteration 1 = softmax + column normalization, each later one = row then column normalization).
 void sinkhorn_residuals(const tensor_view& logits, int iters, float eps, const tensor_view& residuals);
 
+// Initial expansion (spec §4): x[t, j] = h[t] for every stream j. h [T, D], x [T, n, D], f32|bf16 each (a bf16
+// -> f32 expansion is exact; f32 -> bf16 rounds once). A copy on every backend.
+void hc_expand(const tensor_view& h, const tensor_view& x, const exec& ex = {});
+
 // x [T, n, D] f32|bf16; fn [2n + n^2, n·D] f32; scale [3] f32; base [2n + n^2] f32
 // -> y [T, D] f32|bf16, post [T, n] f32, comb [T, n, n] f32.
 void hc_pre(const tensor_view& x, const tensor_view& fn, const tensor_view& scale, const tensor_view& base,
