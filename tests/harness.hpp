@@ -78,6 +78,15 @@ inline std::vector<float> adversarial(std::int64_t rows, std::int64_t k, int blo
   return x;
 }
 
+// n values from N(0, sd^2), seeded.
+inline std::vector<float> randn(std::size_t n, std::uint64_t seed, float sd = 1.f) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd(0.f, sd);
+  std::vector<float> v(n);
+  for (auto& x : v) x = nd(rng);
+  return v;
+}
+
 // Positive finite grid values of a code format, ascending.
 inline std::vector<float> fp8_grid() {
   std::vector<float> g;

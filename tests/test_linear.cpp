@@ -65,13 +65,6 @@ test_weight make_weight(dtype dt, std::int64_t N, std::int64_t K, std::uint64_t 
   return tw;
 }
 
-std::vector<float> randn(std::int64_t n, std::uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> nd(0.f, 1.f);
-  std::vector<float> v(static_cast<std::size_t>(n));
-  for (auto& x : v) x = nd(rng);
-  return v;
-}
 
 struct fmt_case {
   dtype dt;
@@ -90,7 +83,7 @@ TEST_CASE("every format and backend matches an independent exact decode") {
     CAPTURE(dtype_name(fc.dt));
     const auto tw = make_weight(fc.dt, fc.N, fc.K, 11);
     const std::int64_t T = 9;
-    const auto xv = randn(T * fc.K, 12);
+    const auto xv = randn(static_cast<std::size_t>(T * fc.K), 12);
     const buffer x = host_f32(T, fc.K, xv);
     for (backend be : host_backends()) {
       CAPTURE(backend_name(be));
@@ -137,7 +130,7 @@ TEST_CASE("cpu: an output row does not depend on the batch it is in, or on the t
   if (!cpu::simd_isa()) return;
   const auto tw = make_weight(dtype::fp4_e2m1, 70, 512, 31);
   const std::int64_t T = 23;
-  const auto xv = randn(T * 512, 32);
+  const auto xv = randn(static_cast<std::size_t>(T * 512), 32);
   const buffer x = host_f32(T, 512, xv);
   buffer all(dtype::f32, {T, 70}), two(dtype::f32, {T, 70});
   ops::linear(x, tw.q(), all, on(backend::cpu, 1));

@@ -151,13 +151,6 @@ TEST_CASE("hc_pre / hc_head: mixes are RMS-normalized, so scaling x by 4 scales 
 }
 
 namespace {
-std::vector<float> randn(std::size_t n, std::uint64_t seed, float sd = 1.f) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> nd(0.f, sd);
-  std::vector<float> v(n);
-  for (auto& x : v) x = nd(rng);
-  return v;
-}
 buffer f32(std::initializer_list<std::int64_t> shape, const std::vector<float>& v) {
   buffer b(dtype::f32, shape);
   std::copy(v.begin(), v.end(), b.host_span<float>().begin());

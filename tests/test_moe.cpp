@@ -27,13 +27,6 @@ buffer f32_buf(std::initializer_list<std::int64_t> shape, const std::vector<floa
   return b;
 }
 
-std::vector<float> randn(std::size_t n, std::uint64_t seed, float sd = 1.f) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> nd(0.f, sd);
-  std::vector<float> v(n);
-  for (auto& x : v) x = nd(rng);
-  return v;
-}
 
 // A random FP4 weight [N, K] (scales 2^-4 .. 2^-2 so activations stay O(1)).
 struct fp4w {

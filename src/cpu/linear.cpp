@@ -13,16 +13,8 @@ namespace dsv4::cpu {
 namespace {
 
 const detail::linear_kernels& kernels() {
-#if DSV4_CPU_SIMD
-  static const detail::linear_kernels k = [] {
-    if (xsimd::available_architectures().best < xsimd::sse2::version()) return detail::linear_kernels{};
-    return xsimd::dispatch<detail::cpu_archs>(detail::select_linear_kernels{})();
-  }();
+  static const auto k = detail::resolve_kernels<detail::linear_kernels, detail::select_linear_kernels>();
   return k;
-#else
-  static const detail::linear_kernels k{};
-  return k;
-#endif
 }
 
 constexpr std::int64_t kRowBlock = 16;  // weight rows per task: 16·K fp32 (256 KiB at K = 4096) stays in L2

@@ -14,13 +14,7 @@ namespace dsv4::cpu {
 namespace {
 
 const detail::mhc_kernels& kernels() {
-  static const detail::mhc_kernels k = [] {
-#if DSV4_CPU_SIMD
-    if (xsimd::available_architectures().best >= xsimd::sse2::version())
-      return xsimd::dispatch<detail::cpu_archs>(detail::select_mhc_kernels{})();
-#endif
-    return detail::mhc_kernels{};
-  }();
+  static const auto k = detail::resolve_kernels<detail::mhc_kernels, detail::select_mhc_kernels>();
   return k;
 }
 

@@ -13,16 +13,8 @@ namespace dsv4::cpu {
 namespace {
 
 const detail::moe_kernels& kernels() {
-#if DSV4_CPU_SIMD
-  static const detail::moe_kernels k = [] {
-    if (xsimd::available_architectures().best < xsimd::sse2::version()) return detail::moe_kernels{};
-    return xsimd::dispatch<detail::cpu_archs>(detail::select_moe_kernels{})();
-  }();
+  static const auto k = detail::resolve_kernels<detail::moe_kernels, detail::select_moe_kernels>();
   return k;
-#else
-  static const detail::moe_kernels k{&ref::score_row};
-  return k;
-#endif
 }
 
 // idx[0:k) = top-k of v[0:E) in one pass: a sorted list of the best k so far; a value enters only if strictly

@@ -40,4 +40,15 @@ extern template quant_kernels select_quant_kernels::operator()<xsimd::sse2>(xsim
 #define DSV4_CPU_SIMD 0
 #endif
 
+// The kernel table of the best compiled ISA the running CPU supports, or an empty table (the CPU backend then
+// declines, see cpu::simd_isa). Call once and keep the result.
+template <class Kernels, class Select>
+Kernels resolve_kernels() {
+#if DSV4_CPU_SIMD
+  if (xsimd::available_architectures().best >= xsimd::sse2::version())
+    return xsimd::dispatch<cpu_archs>(Select{})();
+#endif
+  return Kernels{};
+}
+
 }  // namespace dsv4::cpu::detail
