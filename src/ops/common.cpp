@@ -70,6 +70,19 @@ void check_aliasing(const char* op, const tensor_view& a, const tensor_view& b, 
                              : " overlap in memory");
 }
 
+void check_tensor(const char* op, const char* name, const tensor_view& t, dtype dt,
+                  std::initializer_list<std::int64_t> shape) {
+  bool ok = t.dt() == dt && t.rank() == static_cast<int>(shape.size());
+  int d = 0;
+  for (std::int64_t s : shape) ok = ok && t.shape(d++) == s;
+  if (!ok) {
+    std::string want = std::string(dtype_name(dt)) + "[";
+    d = 0;
+    for (std::int64_t s : shape) want += (d++ ? ", " : "") + std::to_string(s);
+    DSV4_FAIL(op, name, " is ", t.describe(), ", expected ", want, "]");
+  }
+}
+
 void check_same_shape(const char* op, const tensor_view& a, const tensor_view& b, bool except_last) {
   bool same = a.rank() == b.rank();
   for (int d = 0; same && d < a.rank(); ++d)

@@ -26,6 +26,13 @@ void check_same_device(const char* op, std::initializer_list<const tensor_view*>
 // a and b either do not overlap in memory, or (when allow_identical) are the very same view.
 void check_aliasing(const char* op, const tensor_view& a, const tensor_view& b, bool allow_identical);
 
+// t has dtype dt and exactly `shape`, else "<name> is <t>, expected <dt>[<shape>]".
+void check_tensor(const char* op, const char* name, const tensor_view& t, dtype dt,
+                  std::initializer_list<std::int64_t> shape);
+
+// An optional tensor left out by the caller: the default tensor_view (rank 0, no data).
+inline bool is_absent(const tensor_view& t) { return t.rank() == 0 && t.data() == nullptr; }
+
 // Shapes equal in every dim except (optionally) the last.
 void check_same_shape(const char* op, const tensor_view& a, const tensor_view& b, bool except_last = false);
 

@@ -9,7 +9,7 @@ namespace dsv4::ops {
 
 std::string describe(const qweight& w) {
   std::string s = w.weight.describe();
-  if (w.scale.rank() > 0) s += " + scale " + w.scale.describe();
+  if (!detail::is_absent(w.scale)) s += " + scale " + w.scale.describe();
   return s;
 }
 
@@ -39,7 +39,7 @@ ref::weight_ref bind_weight(const char* op, const char* name_, std::int64_t inde
   DSV4_CHECK((expect_n < 0 || r.n == expect_n) && (expect_k < 0 || r.k == expect_k), op, name, " is ", describe(w),
              ", expected [", expect_n < 0 ? std::string("N") : std::to_string(expect_n), ", ",
              expect_k < 0 ? std::string("K") : std::to_string(expect_k), "]");
-  const bool has_scale = w.scale.rank() > 0;
+  const bool has_scale = !is_absent(w.scale);
   auto need_scale = [&](std::int64_t sn, std::int64_t sk, const char* rule) {
     DSV4_CHECK(has_scale, op, name, " ", describe(w), ": ", dtype_name(t.dt()), " weights need a ue8m0 scale ",
                rule);

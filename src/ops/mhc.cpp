@@ -8,18 +8,6 @@
 namespace dsv4::ops {
 namespace {
 
-void need(const char* op, const tensor_view& t, const char* name, dtype dt, std::initializer_list<std::int64_t> shape) {
-  bool ok = t.dt() == dt && t.rank() == static_cast<int>(shape.size());
-  int d = 0;
-  for (std::int64_t s : shape) ok = ok && t.shape(d++) == s;
-  if (!ok) {
-    std::string want = std::string(dtype_name(dt)) + "[";
-    d = 0;
-    for (std::int64_t s : shape) want += (d++ ? ", " : "") + std::to_string(s);
-    DSV4_FAIL(op, name, " is ", t.describe(), ", expected ", want, "]");
-  }
-}
-
 // Host tensors only (no CUDA backend yet); the CPU backend needs innermost strides 1.
 backend pick(const char* op, const exec& ex, std::initializer_list<const tensor_view*> ts) {
   detail::check_same_device(op, ts);
@@ -38,8 +26,8 @@ void sinkhorn_knopp(const tensor_view& logits, const tensor_view& out, int iters
   DSV4_CHECK(logits.rank() == 3 && logits.shape(1) == logits.shape(2), op, "logits ", logits.describe(),
              ": expected [T, n, n]");
   DSV4_CHECK(iters >= 1, op, "iters ", iters, " must be >= 1");
-  need(op, logits, "logits", dtype::f32, {logits.shape(0), logits.shape(1), logits.shape(1)});
-  need(op, out, "out", dtype::f32, {logits.shape(0), logits.shape(1), logits.shape(1)});
+  detail::check_tensor(op, "logits", logits, dtype::f32, {logits.shape(0), logits.shape(1), logits.shape(1)});
+  detail::check_tensor(op, "out", out, dtype::f32, {logits.shape(0), logits.shape(1), logits.shape(1)});
   const backend be = pick(op, ex, {&logits, &out});
   detail::check_aliasing(op, logits, out, true);
   const auto in = logits.as<const float, 3>();
@@ -76,8 +64,8 @@ void sinkhorn_residuals(const tensor_view& logits, int iters, float eps, const t
   DSV4_CHECK(logits.rank() == 3 && logits.shape(1) == logits.shape(2), op, "logits ", logits.describe(),
              ": expected [T, n, n]");
   DSV4_CHECK(iters >= 1, op, "iters ", iters, " must be >= 1");
-  need(op, logits, "logits", dtype::f32, {logits.shape(0), logits.shape(1), logits.shape(1)});
-  need(op, residuals, "residuals", dtype::f32, {iters, 2});
+  detail::check_tensor(op, "logits", logits, dtype::f32, {logits.shape(0), logits.shape(1), logits.shape(1)});
+  detail::check_tensor(op, "residuals", residuals, dtype::f32, {iters, 2});
   DSV4_CHECK(logits.dev().is_cpu() && residuals.dev().is_cpu(), op, "diagnostics run on host tensors");
   detail::check_aliasing(op, logits, residuals, false);
   const auto in = logits.as<const float, 3>();
@@ -106,12 +94,12 @@ void hc_pre(const tensor_view& x, const tensor_view& fn, const tensor_view& scal
   constexpr const char* op = "hc_pre";
   DSV4_CHECK(x.rank() == 3, op, "x ", x.describe(), ": expected [T, n, D]");
   const std::int64_t T = x.shape(0), n = x.shape(1), D = x.shape(2), m = 2 * n + n * n;
-  need(op, fn, "fn", dtype::f32, {m, n * D});
-  need(op, scale, "scale", dtype::f32, {3});
-  need(op, base, "base", dtype::f32, {m});
-  need(op, y, "y", y.dt(), {T, D});
-  need(op, post, "post", dtype::f32, {T, n});
-  need(op, comb, "comb", dtype::f32, {T, n, n});
+  detail::check_tensor(op, "fn", fn, dtype::f32, {m, n * D});
+  detail::check_tensor(op, "scale", scale, dtype::f32, {3});
+  detail::check_tensor(op, "base", base, dtype::f32, {m});
+  detail::check_tensor(op, "y", y, y.dt(), {T, D});
+  detail::check_tensor(op, "post", post, dtype::f32, {T, n});
+  detail::check_tensor(op, "comb", comb, dtype::f32, {T, n, n});
   DSV4_CHECK(cfg.sinkhorn_iters >= 1, op, "sinkhorn_iters ", cfg.sinkhorn_iters, " must be >= 1");
   const backend be = pick(op, ex, {&x, &fn, &scale, &base, &y, &post, &comb});
   for (const tensor_view* o : {&y, &post, &comb}) detail::check_aliasing(op, x, *o, false);
@@ -137,10 +125,10 @@ void hc_post(const tensor_view& f, const tensor_view& x, const tensor_view& post
   constexpr const char* op = "hc_post";
   DSV4_CHECK(x.rank() == 3, op, "x ", x.describe(), ": expected [T, n, D]");
   const std::int64_t T = x.shape(0), n = x.shape(1), D = x.shape(2);
-  need(op, f, "f", f.dt(), {T, D});
-  need(op, post, "post", dtype::f32, {T, n});
-  need(op, comb, "comb", dtype::f32, {T, n, n});
-  need(op, out, "out", out.dt(), {T, n, D});
+  detail::check_tensor(op, "f", f, f.dt(), {T, D});
+  detail::check_tensor(op, "post", post, dtype::f32, {T, n});
+  detail::check_tensor(op, "comb", comb, dtype::f32, {T, n, n});
+  detail::check_tensor(op, "out", out, out.dt(), {T, n, D});
   const backend be = pick(op, ex, {&f, &x, &post, &comb, &out});
   detail::check_aliasing(op, x, out, true);
   for (const tensor_view* i : {&f, &post, &comb}) detail::check_aliasing(op, *i, out, false);
@@ -163,10 +151,10 @@ void hc_head(const tensor_view& x, const tensor_view& fn, const tensor_view& sca
   constexpr const char* op = "hc_head";
   DSV4_CHECK(x.rank() == 3, op, "x ", x.describe(), ": expected [T, n, D]");
   const std::int64_t T = x.shape(0), n = x.shape(1), D = x.shape(2);
-  need(op, fn, "fn", dtype::f32, {n, n * D});
-  need(op, scale, "scale", dtype::f32, {1});
-  need(op, base, "base", dtype::f32, {n});
-  need(op, y, "y", y.dt(), {T, D});
+  detail::check_tensor(op, "fn", fn, dtype::f32, {n, n * D});
+  detail::check_tensor(op, "scale", scale, dtype::f32, {1});
+  detail::check_tensor(op, "base", base, dtype::f32, {n});
+  detail::check_tensor(op, "y", y, y.dt(), {T, D});
   const backend be = pick(op, ex, {&x, &fn, &scale, &base, &y});
   detail::check_aliasing(op, x, y, false);
   visit_dtype<float, bf16>(x.dt(), op, [&]<class TX>(std::type_identity<TX>) {

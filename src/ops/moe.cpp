@@ -26,13 +26,6 @@ score_func parse_score_func(std::string_view name) {
 
 namespace {
 
-bool is_empty_view(const tensor_view& t) { return t.data() == nullptr && t.rank() == 0; }
-
-void check_2d(const char* op, const char* name, const tensor_view& t, dtype dt, std::int64_t r, std::int64_t c) {
-  DSV4_CHECK(t.rank() == 2 && t.dt() == dt && t.shape(0) == r && t.shape(1) == c, op, name, " is ", t.describe(),
-             ", expected ", dtype_name(dt), "[", r, ", ", c, "]");
-}
-
 // Common checks of both routers; returns E.
 std::int64_t check_route(const char* op, const tensor_view& logits, const route_config& cfg, const tensor_view& w,
                          const tensor_view& idx) {
@@ -42,8 +35,8 @@ std::int64_t check_route(const char* op, const tensor_view& logits, const route_
   DSV4_CHECK(cfg.topk >= 1 && cfg.topk <= E, op, "topk ", cfg.topk, " must be in [1, E = ", E, "]");
   DSV4_CHECK(std::isfinite(cfg.route_scale) && cfg.route_scale > 0.f, op, "route_scale ", cfg.route_scale,
              " must be finite and > 0");
-  check_2d(op, "weights", w, dtype::f32, T, cfg.topk);
-  check_2d(op, "experts", idx, dtype::i32, T, cfg.topk);
+  detail::check_tensor(op, "weights", w, dtype::f32, {T, cfg.topk});
+  detail::check_tensor(op, "experts", idx, dtype::i32, {T, cfg.topk});
   for (const tensor_view* t : {&logits, &w, &idx})
     DSV4_CHECK(t->dev().is_cpu(), op, t->describe(), ": the MoE CUDA backend is not implemented yet");
   detail::check_aliasing(op, logits, w, false);
@@ -69,7 +62,7 @@ void moe_route(const tensor_view& logits, const route_config& cfg, const tensor_
   constexpr const char* op = "moe_route";
   const std::int64_t E = check_route(op, logits, cfg, w, idx);
   std::vector<float> b;
-  if (!is_empty_view(bias)) {
+  if (!detail::is_absent(bias)) {
     DSV4_CHECK(bias.rank() == 1 && bias.dt() == dtype::f32 && bias.shape(0) == E, op, "bias ", bias.describe(),
                ", expected f32[", E, "] or an empty view");
     DSV4_CHECK(bias.dev().is_cpu(), op, "bias ", bias.describe(), " must live on the host");
@@ -146,7 +139,7 @@ void moe_ffn(const tensor_view& x, const tensor_view& w, const tensor_view& idx,
   DSV4_CHECK(idx.rank() == 2 && idx.dt() == dtype::i32 && idx.shape(0) == T, op, "experts ", idx.describe(),
              ", expected i32[", T, ", k]");
   const std::int64_t k = idx.shape(1);
-  check_2d(op, "weights", w, dtype::f32, T, k);
+  detail::check_tensor(op, "weights", w, dtype::f32, {T, k});
   DSV4_CHECK(std::isfinite(swiglu_limit) && swiglu_limit >= 0.f, op, "swiglu_limit ", swiglu_limit,
              " must be finite and >= 0 (0 = no clamp)");
   DSV4_CHECK(k == 0 || !routed.empty(), op, "experts are selected (k = ", k, ") but no routed experts are given");
