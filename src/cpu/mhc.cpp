@@ -119,23 +119,22 @@ void hc_pre(view<const TX, 3> x, view<const float, 2> fn, view<const float, 1> s
   const std::int64_t T = x.size(0), n = x.size(1), nn = n * n;
   const int m = static_cast<int>(fn.size(0));
   detail::parallel_rows((T + kTokenBlock - 1) / kTokenBlock, 1, ex, [&](std::int64_t b0, std::int64_t b1) {
-    std::vector<float> mixes, c, pre(static_cast<std::size_t>(n));
+    std::vector<float> mixes, c, pres, posts;
     for (std::int64_t b = b0; b < b1; ++b) {
       const std::int64_t t0 = b * kTokenBlock, t1 = std::min(T, t0 + kTokenBlock), bt = t1 - t0;
       mixes_block(k, x, fn, norm_eps, t0, t1, mixes);
+      // the block's gates; its comb logits go through Sinkhorn together
       c.resize(static_cast<std::size_t>(bt * nn));
+      pres.resize(static_cast<std::size_t>(bt * n));
+      posts.resize(pres.size());
       for (std::int64_t i = 0; i < bt; ++i)
-        for (std::int64_t q = 0; q < nn; ++q)
-          c[i * nn + q] = mixes[i * m + 2 * n + q] * scale(2) + base(2 * n + q);
+        ref::hc_gates(mixes.data() + i * m, n, scale, base, hc_eps, pres.data() + i * n, posts.data() + i * n,
+                      c.data() + i * nn);
       sinkhorn_many(k, c.data(), bt, static_cast<int>(n), iters, hc_eps);
       for (std::int64_t t = t0; t < t1; ++t) {
-        const float* mx = mixes.data() + (t - t0) * m;
-        for (std::int64_t j = 0; j < n; ++j) {
-          pre[j] = ref::sigmoid(mx[j] * scale(0) + base(j)) + hc_eps;
-          post(t, j) = 2.f * ref::sigmoid(mx[n + j] * scale(1) + base(n + j));
-        }
+        for (std::int64_t j = 0; j < n; ++j) post(t, j) = posts[static_cast<std::size_t>((t - t0) * n + j)];
         for (std::int64_t q = 0; q < nn; ++q) comb(t, q / n, q % n) = c[(t - t0) * nn + q];
-        collapse(k, x, t, pre.data(), y);
+        collapse(k, x, t, pres.data() + (t - t0) * n, y);
       }
     }
   });
@@ -152,8 +151,7 @@ void hc_head(view<const TX, 3> x, view<const float, 2> fn, view<const float, 1> 
       const std::int64_t t0 = b * kTokenBlock, t1 = std::min(T, t0 + kTokenBlock);
       mixes_block(k, x, fn, norm_eps, t0, t1, mixes);
       for (std::int64_t t = t0; t < t1; ++t) {
-        for (std::int64_t j = 0; j < n; ++j)
-          pre[j] = ref::sigmoid(mixes[(t - t0) * n + j] * scale(0) + base(j)) + hc_eps;
+        ref::hc_gates(mixes.data() + (t - t0) * n, n, scale, base, hc_eps, pre.data(), nullptr, nullptr);
         collapse(k, x, t, pre.data(), y);
       }
     }

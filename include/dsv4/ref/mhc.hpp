@@ -92,6 +92,17 @@ void hc_mixes(view<const TX, 2> x /*[n, D]*/, view<const float, 2> fn /*[m, n·D
   }
 }
 
+// The gates of one token from its mixes (spec §4 steps 4–6, before Sinkhorn): pre [n] = sigmoid(mixes_j·scale[0] +
+// base_j) + hc_eps; when `post` is not null (hc_pre, not hc_head) also post [n] = 2·sigmoid(mixes_{n+j}·scale[1] +
+// base_{n+j}) and comb_logits [n²] = mixes_{2n+i}·scale[2] + base_{2n+i}. Shared by every backend.
+inline void hc_gates(const float* mixes, std::int64_t n, view<const float, 1> scale, view<const float, 1> base,
+                     float hc_eps, float* pre, float* post, float* comb_logits) noexcept {
+  for (std::int64_t j = 0; j < n; ++j) pre[j] = sigmoid(mixes[j] * scale(0) + base(j)) + hc_eps;
+  if (!post) return;
+  for (std::int64_t j = 0; j < n; ++j) post[j] = 2.f * sigmoid(mixes[n + j] * scale(1) + base(n + j));
+  for (std::int64_t i = 0; i < n * n; ++i) comb_logits[i] = mixes[2 * n + i] * scale(2) + base(2 * n + i);
+}
+
 // Token t of x [T, n, D] as an [n, D] view.
 template <class TX>
 view<const TX, 2> token(view<const TX, 3> x, std::int64_t t) noexcept {
@@ -114,14 +125,11 @@ void hc_pre(view<const TX, 3> x, view<const float, 2> fn, view<const float, 1> s
             view<TY, 2> y, view<float, 2> post, view<float, 3> comb, int iters, float hc_eps, float norm_eps) {
   const std::int64_t T = x.size(0), n = x.size(1);
   std::vector<float> mixes(static_cast<std::size_t>(fn.size(0))), pre(static_cast<std::size_t>(n)),
-      c(static_cast<std::size_t>(n * n));
+      p(static_cast<std::size_t>(n)), c(static_cast<std::size_t>(n * n));
   for (std::int64_t t = 0; t < T; ++t) {
     hc_mixes(token(x, t), fn, norm_eps, mixes.data());
-    for (std::int64_t j = 0; j < n; ++j) {
-      pre[j] = sigmoid(mixes[j] * scale(0) + base(j)) + hc_eps;
-      post(t, j) = 2.f * sigmoid(mixes[n + j] * scale(1) + base(n + j));
-    }
-    for (std::int64_t i = 0; i < n * n; ++i) c[i] = mixes[2 * n + i] * scale(2) + base(2 * n + i);
+    hc_gates(mixes.data(), n, scale, base, hc_eps, pre.data(), p.data(), c.data());
+    for (std::int64_t j = 0; j < n; ++j) post(t, j) = p[j];
     sinkhorn_knopp(c.data(), static_cast<int>(n), iters, hc_eps);
     for (std::int64_t j = 0; j < n; ++j)
       for (std::int64_t k = 0; k < n; ++k) comb(t, j, k) = c[j * n + k];
@@ -151,11 +159,11 @@ template <class TX, class TY>
 void hc_head(view<const TX, 3> x, view<const float, 2> fn, view<const float, 1> scale, view<const float, 1> base,
              view<TY, 2> y, float hc_eps, float norm_eps) {
   const std::int64_t T = x.size(0), n = x.size(1);
-  std::vector<float> mixes(static_cast<std::size_t>(n));
+  std::vector<float> mixes(static_cast<std::size_t>(n)), pre(mixes.size());
   for (std::int64_t t = 0; t < T; ++t) {
     hc_mixes(token(x, t), fn, norm_eps, mixes.data());
-    for (std::int64_t j = 0; j < n; ++j) mixes[j] = sigmoid(mixes[j] * scale(0) + base(j)) + hc_eps;
-    collapse(x, t, mixes.data(), y);
+    hc_gates(mixes.data(), n, scale, base, hc_eps, pre.data(), nullptr, nullptr);
+    collapse(x, t, pre.data(), y);
   }
 }
 
