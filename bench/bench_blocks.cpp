@@ -17,12 +17,12 @@
 #include <benchmark/benchmark.h>
 
 #include <Eigen/Dense>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <random>
 #include <vector>
 
+#include "bench_util.hpp"
 #include "dsv4/buffer.hpp"
 #include "dsv4/cpu/quant.hpp"
 #include "dsv4/model_traits.hpp"
@@ -33,23 +33,8 @@
 namespace {
 
 using namespace dsv4;
-constexpr double kDramGBs = 40.0;    // 2 Zen 5 cores (figure given for this machine)
-constexpr double kPeakGFlops = 400;  // fp32 FMA peak of both cores (figure given for this machine)
+using namespace dsv4::bench;
 constexpr int kDistinctExperts = 16;
-
-exec with(backend be, int threads) {
-  exec ex;
-  ex.prefer = be;
-  ex.threads = threads;
-  return ex;
-}
-
-template <class F>
-double seconds(F&& f) {
-  const auto t0 = std::chrono::steady_clock::now();
-  f();
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 
 void fill(const buffer& b, std::uint64_t seed, float sd) {
   std::mt19937_64 rng(seed);
@@ -69,7 +54,7 @@ double max_rel_diff(const buffer& a, const buffer& b) {
 template <class Call>
 void loop(benchmark::State& state, Call&& call, double bytes, double flops, double baseline_s, const char* ratio_name) {
   double total = 0;
-  for (auto _ : state) total += seconds(call);
+  for (auto _ : state) total += seconds_per_call(call);
   const double per = total / static_cast<double>(state.iterations());
   if (bytes > 0) {
     state.counters["GB/s"] = bytes / per / 1e9;
@@ -95,7 +80,7 @@ void hc_pre_case(benchmark::State& state) {
   for (float& v : scale.host_span<float>()) v = 1.f;
   buffer y(dtype::f32, {T, D}), post(dtype::f32, {T, n}), comb(dtype::f32, {T, n, n});
   buffer yr(dtype::f32, {T, D}), pr(dtype::f32, {T, n}), cr(dtype::f32, {T, n, n});
-  const double ref_s = seconds([&] { ops::hc_pre(x, fn, scale, base, yr, pr, cr, {}, with(backend::ref, 1)); });
+  const double ref_s = seconds_per_call([&] { ops::hc_pre(x, fn, scale, base, yr, pr, cr, {}, with(backend::ref, 1)); });
   ops::hc_pre(x, fn, scale, base, y, post, comb, {}, with(backend::cpu, threads));
   if (max_rel_diff(yr, y) > 1e-5 || max_rel_diff(cr, comb) > 1e-5) return state.SkipWithError("cpu != ref");
   const double bytes = 4.0 * (m * n * D + T * n * D), flops = 2.0 * T * (m + 2) * n * D;
@@ -114,7 +99,7 @@ void hc_post_case(benchmark::State& state) {
   fill(x, 5, 1.f);
   fill(post, 6, 1.f);
   fill(comb, 7, 0.3f);
-  const double ref_s = seconds([&] { ops::hc_post(f, x, post, comb, outr, with(backend::ref, 1)); });
+  const double ref_s = seconds_per_call([&] { ops::hc_post(f, x, post, comb, outr, with(backend::ref, 1)); });
   ops::hc_post(f, x, post, comb, out, with(backend::cpu, threads));
   if (max_rel_diff(outr, out) > 1e-6) return state.SkipWithError("cpu != ref");
   loop(state, [&] { ops::hc_post(f, x, post, comb, out, with(backend::cpu, threads)); }, 4.0 * T * (2 * n + 1) * D,
@@ -132,7 +117,7 @@ void route_case(benchmark::State& state) {
   fill(logits, 8, 2.f);
   fill(bias, 9, 0.05f);
   const ops::route_config cfg{ops::score_func::sqrtsoftplus, k, M::route_scale};
-  const double ref_s = seconds([&] { ops::moe_route(logits, cfg, bias, wr, ir, with(backend::ref, 1)); });
+  const double ref_s = seconds_per_call([&] { ops::moe_route(logits, cfg, bias, wr, ir, with(backend::ref, 1)); });
   ops::moe_route(logits, cfg, bias, w, idx, with(backend::cpu, threads));
   for (std::int64_t i = 0; i < T * k; ++i)
     if (idx.host_span<std::int32_t>()[i] != ir.host_span<std::int32_t>()[i]) return state.SkipWithError("cpu != ref");
@@ -274,12 +259,12 @@ void moe_ffn_case(benchmark::State& state) {
   double base_s;
   const char* ratio;
   if (T == 1) {  // ref is affordable at decode
-    base_s = seconds([&] {
+    base_s = seconds_per_call([&] {
       ops::moe_ffn(x, w, idx, bank.routed, &bank.shared, M::swiglu_limit, yb, with(backend::ref, 1));
     });
     ratio = "x_ref";
   } else {
-    base_s = seconds([&] { eigen_ffn(bank, x, w, idx, k, yb); });
+    base_s = seconds_per_call([&] { eigen_ffn(bank, x, w, idx, k, yb); });
     ratio = "x_eigen";
   }
   run_cpu();

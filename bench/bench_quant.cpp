@@ -18,6 +18,7 @@
 #include <random>
 #include <vector>
 
+#include "bench_util.hpp"
 #include "dsv4/buffer.hpp"
 #include "dsv4/cpu/quant.hpp"
 #include "dsv4/ops/hadamard.hpp"
@@ -26,7 +27,7 @@
 namespace {
 
 using namespace dsv4;
-constexpr double kDramGBs = 40.0;  // 2 Zen 5 cores, measured figure given for this machine
+using namespace dsv4::bench;
 constexpr std::int64_t kT = 512;
 
 buffer random_input(std::int64_t rows, std::int64_t k) {
@@ -35,20 +36,6 @@ buffer random_input(std::int64_t rows, std::int64_t k) {
   std::normal_distribution<float> nd(0.f, 1.f);
   for (float& v : b.host_span<float>()) v = nd(rng);
   return b;
-}
-
-exec with(backend be, int threads) {
-  exec ex;
-  ex.prefer = be;
-  ex.threads = threads;
-  return ex;
-}
-
-template <class F>
-double seconds_per_call(F&& f, int reps) {
-  const auto t0 = std::chrono::steady_clock::now();
-  for (int i = 0; i < reps; ++i) f();
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps;
 }
 
 // Runs `call(exec)` under the benchmark loop, after checking `same(output of ref, output of be)`.
