@@ -9,21 +9,13 @@
 #include "dsv4/ref/hadamard.hpp"
 #include "hadamard_simd.hpp"
 #include "parallel.hpp"
-#include "quant_simd.hpp"
 
 namespace dsv4::cpu {
 namespace {
 
-detail::hadamard_kernels kernels() noexcept {
-#if DSV4_CPU_SIMD
-  static const detail::hadamard_kernels k = [] {
-    if (xsimd::available_architectures().best < xsimd::sse2::version()) return detail::hadamard_kernels{};
-    return xsimd::dispatch<detail::cpu_archs>(detail::select_hadamard_kernels{})();
-  }();
+const detail::hadamard_kernels& kernels() {
+  static const auto k = detail::resolve_kernels<detail::hadamard_kernels, detail::select_hadamard_kernels>();
   return k;
-#else
-  return {};
-#endif
 }
 
 }  // namespace

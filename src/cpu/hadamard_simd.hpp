@@ -6,6 +6,8 @@
 
 #include <xsimd/xsimd.hpp>
 
+#include "simd_dispatch.hpp"
+
 namespace dsv4::cpu::detail {
 
 struct hadamard_kernels {
@@ -19,11 +21,6 @@ struct select_hadamard_kernels {
   hadamard_kernels operator()(Arch) const;
 };
 
-#if defined(__x86_64__) || defined(_M_X64)
-extern template hadamard_kernels select_hadamard_kernels::operator()<xsimd::avx512bw>(xsimd::avx512bw) const;
-extern template hadamard_kernels select_hadamard_kernels::operator()<xsimd::fma3<xsimd::avx2>>(
-    xsimd::fma3<xsimd::avx2>) const;
-extern template hadamard_kernels select_hadamard_kernels::operator()<xsimd::sse2>(xsimd::sse2) const;
-#endif
+DSV4_CPU_EXTERN_KERNELS(hadamard)
 
 }  // namespace dsv4::cpu::detail

@@ -6,8 +6,9 @@
 
 #include <xsimd/xsimd.hpp>
 
+#include "simd_dispatch.hpp"
+
 #include "dsv4/ref/linear.hpp"
-#include "quant_simd.hpp"
 
 namespace dsv4::cpu::detail {
 
@@ -29,11 +30,6 @@ struct select_linear_kernels {
   linear_kernels operator()(Arch) const;
 };
 
-#if DSV4_CPU_SIMD
-extern template linear_kernels select_linear_kernels::operator()<xsimd::avx512bw>(xsimd::avx512bw) const;
-extern template linear_kernels select_linear_kernels::operator()<xsimd::fma3<xsimd::avx2>>(
-    xsimd::fma3<xsimd::avx2>) const;
-extern template linear_kernels select_linear_kernels::operator()<xsimd::sse2>(xsimd::sse2) const;
-#endif
+DSV4_CPU_EXTERN_KERNELS(linear)
 
 }  // namespace dsv4::cpu::detail

@@ -5,7 +5,8 @@
 
 #include <xsimd/xsimd.hpp>
 
-#include "quant_simd.hpp"
+#include "simd_dispatch.hpp"
+
 
 namespace dsv4::cpu::detail {
 
@@ -30,10 +31,6 @@ struct select_mhc_kernels {
   mhc_kernels operator()(Arch) const;
 };
 
-#if DSV4_CPU_SIMD
-extern template mhc_kernels select_mhc_kernels::operator()<xsimd::avx512bw>(xsimd::avx512bw) const;
-extern template mhc_kernels select_mhc_kernels::operator()<xsimd::fma3<xsimd::avx2>>(xsimd::fma3<xsimd::avx2>) const;
-extern template mhc_kernels select_mhc_kernels::operator()<xsimd::sse2>(xsimd::sse2) const;
-#endif
+DSV4_CPU_EXTERN_KERNELS(mhc)
 
 }  // namespace dsv4::cpu::detail

@@ -5,8 +5,9 @@
 
 #include <xsimd/xsimd.hpp>
 
+#include "simd_dispatch.hpp"
+
 #include "dsv4/ops/moe.hpp"
-#include "quant_simd.hpp"
 
 namespace dsv4::cpu::detail {
 
@@ -21,10 +22,6 @@ struct select_moe_kernels {
   moe_kernels operator()(Arch) const;
 };
 
-#if DSV4_CPU_SIMD
-extern template moe_kernels select_moe_kernels::operator()<xsimd::avx512bw>(xsimd::avx512bw) const;
-extern template moe_kernels select_moe_kernels::operator()<xsimd::fma3<xsimd::avx2>>(xsimd::fma3<xsimd::avx2>) const;
-extern template moe_kernels select_moe_kernels::operator()<xsimd::sse2>(xsimd::sse2) const;
-#endif
+DSV4_CPU_EXTERN_KERNELS(moe)
 
 }  // namespace dsv4::cpu::detail

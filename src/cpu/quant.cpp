@@ -12,17 +12,10 @@
 namespace dsv4::cpu {
 namespace {
 
-// Resolved once: xsimd::dispatch walks cpu_archs and returns the first the CPU supports.
+// Resolved once; null when this CPU has no compiled ISA (the backend then declines).
 const detail::quant_kernels* kernels() noexcept {
-#if DSV4_CPU_SIMD
-  static const detail::quant_kernels k = [] {
-    if (xsimd::available_architectures().best < xsimd::sse2::version()) return detail::quant_kernels{};
-    return xsimd::dispatch<detail::cpu_archs>(detail::select_quant_kernels{})();
-  }();
+  static const auto k = detail::resolve_kernels<detail::quant_kernels, detail::select_quant_kernels>();
   return k.amax ? &k : nullptr;
-#else
-  return nullptr;
-#endif
 }
 
 // A block of fp32 values: the row itself when it already is fp32, else converted into `tmp`.

@@ -9,6 +9,8 @@
 
 #include <xsimd/xsimd.hpp>
 
+#include "simd_dispatch.hpp"
+
 namespace dsv4::cpu::detail {
 
 struct quant_kernels {
@@ -29,26 +31,6 @@ struct select_quant_kernels {
   quant_kernels operator()(Arch) const;
 };
 
-// The ISAs with a compiled instantiation, best first (xsimd::dispatch walks them in this order).
-#if defined(__x86_64__) || defined(_M_X64)
-using cpu_archs = xsimd::arch_list<xsimd::avx512bw, xsimd::fma3<xsimd::avx2>, xsimd::sse2>;
-extern template quant_kernels select_quant_kernels::operator()<xsimd::avx512bw>(xsimd::avx512bw) const;
-extern template quant_kernels select_quant_kernels::operator()<xsimd::fma3<xsimd::avx2>>(xsimd::fma3<xsimd::avx2>) const;
-extern template quant_kernels select_quant_kernels::operator()<xsimd::sse2>(xsimd::sse2) const;
-#define DSV4_CPU_SIMD 1
-#else
-#define DSV4_CPU_SIMD 0
-#endif
-
-// The kernel table of the best compiled ISA the running CPU supports, or an empty table (the CPU backend then
-// declines, see cpu::simd_isa). Call once and keep the result.
-template <class Kernels, class Select>
-Kernels resolve_kernels() {
-#if DSV4_CPU_SIMD
-  if (xsimd::available_architectures().best >= xsimd::sse2::version())
-    return xsimd::dispatch<cpu_archs>(Select{})();
-#endif
-  return Kernels{};
-}
+DSV4_CPU_EXTERN_KERNELS(quant)
 
 }  // namespace dsv4::cpu::detail
