@@ -2,10 +2,12 @@
 #pragma once
 
 #include <doctest/doctest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <random>
 #include <string>
 #include <vector>
@@ -119,5 +121,21 @@ void check_error(F&& f, std::initializer_list<const char*> needles) {
     for (const char* n : needles) CHECK_MESSAGE(msg.find(n) != std::string::npos, "message: ", msg, " lacks: ", n);
   }
 }
+
+// A fresh directory under the system temp dir, removed with everything in it at scope exit.
+struct temp_dir {
+  std::filesystem::path path;
+  explicit temp_dir(const std::string& tag)
+      : path(std::filesystem::temp_directory_path() / ("dsv4_test_" + tag + "_" + std::to_string(::getpid()))) {
+    std::filesystem::remove_all(path);
+    std::filesystem::create_directories(path);
+  }
+  ~temp_dir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  temp_dir(const temp_dir&) = delete;
+  temp_dir& operator=(const temp_dir&) = delete;
+};
 
 }  // namespace dsv4::test
