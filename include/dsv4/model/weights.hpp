@@ -1,0 +1,96 @@
+// dsv4/model/weights.hpp — a checkpoint's tensors bound by their official names to typed, shape-checked views.
+//
+// bind_weights(checkpoint, config) walks the tensor inventory of spec §1.2 for every layer the config describes and
+// returns non-owning views into the checkpoint's mapping, in the stored format: FP8 weights as fp8_e4m3 + ue8m0
+// 128x128 tile scales, routed experts as fp4_e2m1 [N, K] (the checkpoint's I8 [N, K/2] bytes, same memory) + ue8m0
+// per 1x32, norms in BF16, mHC and biases in F32. The blocks decode FP8/FP4 on the fly (ops::linear); a caller that
+// prefers decoded weights can dequantize these views into its own cache. Nothing is copied and no weight page is
+// read except the tid2eid tables, whose values are range-checked.
+//
+// Every tensor is checked (presence, dtype, exact shape from the config), and all problems are reported at once in
+// one dsv4::error("bind_weights", ...) listing each missing, misshapen, mistyped or unexpected tensor.
+#pragma once
+
+#include <optional>
+#include <vector>
+
+#include "dsv4/io/safetensors.hpp"
+#include "dsv4/model/config.hpp"
+#include "dsv4/ops/linear.hpp"
+#include "dsv4/ops/moe.hpp"
+
+namespace dsv4::model {
+
+// compressor.{wkv, wgate}.weight [coff·c, D] (BF16 in the checkpoint; coff = 2 for ratio 4), ape [ratio, coff·c]
+// F32, norm.weight [c] (c = head_dim, or index_head_dim for the indexer's compressor).
+struct compressor_weights {
+  ops::qweight wkv, wgate;
+  tensor_view ape, norm;
+};
+
+// CSA layers only: wq_b [index_n_heads·index_head_dim, q_lora] FP8, weights_proj [index_n_heads, D] BF16.
+struct indexer_weights {
+  ops::qweight wq_b, weights_proj;
+  compressor_weights compressor;
+};
+
+struct attention_weights {
+  ops::qweight wq_a;          // [q_lora, D]
+  tensor_view q_norm;         // [q_lora]
+  ops::qweight wq_b;          // [H·head_dim, q_lora]
+  ops::qweight wkv;           // [head_dim, D]
+  tensor_view kv_norm;        // [head_dim]
+  ops::qweight wo_a;          // [o_groups·o_lora, H·head_dim/o_groups]
+  ops::qweight wo_b;          // [D, o_groups·o_lora]
+  tensor_view attn_sink;      // [H] F32
+  std::optional<compressor_weights> compressor;  // ratio 4 and 128
+  std::optional<indexer_weights> indexer;        // ratio 4
+};
+
+// hc_{attn,ffn,head}_{fn, base, scale}: fn [mix, hc·D], base [mix], scale [3] (head: [1]) F32.
+struct hc_weights {
+  tensor_view fn, base, scale;
+};
+
+struct moe_weights {
+  tensor_view gate;      // [E, D] BF16 (ffn.gate.weight)
+  tensor_view bias;      // [E] F32 on score-routed layers; empty on hash layers
+  tensor_view tid2eid;   // [vocab, k] I32 | I64 on hash layers; empty otherwise
+  std::vector<ops::ffn_weights> experts;  // E routed experts
+  std::optional<ops::ffn_weights> shared;
+};
+
+struct block_weights {
+  std::int64_t layer = 0;  // n_layers + j for MTP block j
+  int ratio = 0;
+  hc_weights hc_attn, hc_ffn;
+  tensor_view attn_norm, ffn_norm;
+  attention_weights attn;
+  moe_weights ffn;
+};
+
+// mtp.{j}: one more block plus its input projections and its own head collapse; embed and head are shared.
+struct mtp_weights {
+  block_weights block;
+  ops::qweight e_proj, h_proj;  // [D, D] FP8
+  tensor_view enorm, hnorm, norm;
+  hc_weights hc_head;
+};
+
+struct model_weights {
+  tensor_view embed;  // [vocab, D]
+  tensor_view head;   // [vocab, D]
+  tensor_view norm;   // [D]
+  hc_weights hc_head;
+  std::vector<block_weights> layers;
+  std::vector<mtp_weights> mtp;
+  expert_format experts = expert_format::fp4;  // what the checkpoint holds (resolves config `detect`)
+};
+
+struct bind_options {
+  bool mtp = true;  // bind mtp.* (false: ignore them, e.g. for a checkpoint converted without MTP)
+};
+
+model_weights bind_weights(const io::checkpoint& ckpt, const model_config& cfg, const bind_options& opt = {});
+
+}  // namespace dsv4::model
