@@ -1,5 +1,6 @@
 // dsv4 — the command-line tool. `dsv4 demo` walks through V4's number formats and quantizers on every backend this
-// machine has; later subcommands (synth, info, run, report) build on the same library.
+// machine has; `synth` writes a random checkpoint in the official format and `info` describes a model directory
+// (src/cli/cmd_model.cpp); later subcommands (run, report) build on the same library.
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -8,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "cmd_model.hpp"
 #include "dsv4/cpu/quant.hpp"
 #include "dsv4/dsv4.hpp"
 
@@ -19,6 +21,9 @@ int usage() {
   std::fprintf(stderr,
                "usage: dsv4 <command>\n"
                "  demo       the V4 number formats, block quantizers and Hadamard transform on each backend\n"
+               "  synth      --preset NAME|--config FILE --out DIR [--seed S] [--sparse] [--shards N] [--no-mtp]\n"
+               "             write a random checkpoint in the official format (HF config.json + safetensors)\n"
+               "  info       --model DIR | --preset NAME: config, layer schedule, bytes per dtype, weight check\n"
                "  backends   which backends this build and machine offer\n"
                "  version    print the library version\n");
   return 2;
@@ -108,6 +113,8 @@ int main(int argc, char** argv) {
   try {
     if (cmd == "demo") return demo();
     if (cmd == "backends") return backends();
+    if (cmd == "synth") return cli::cmd_synth(argc, argv);
+    if (cmd == "info") return cli::cmd_info(argc, argv);
     if (cmd == "version") return std::printf("dsv4 %s\n", kVersion) < 0;
     return usage();
   } catch (const std::exception& e) {

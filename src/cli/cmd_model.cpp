@@ -1,0 +1,143 @@
+// `dsv4 synth` and `dsv4 info`: write a random checkpoint in the official format; describe a model directory.
+#include "cmd_model.hpp"
+
+#include <cstdio>
+#include <map>
+
+#include "args.hpp"
+#include "dsv4/io/safetensors.hpp"
+#include "dsv4/model/config.hpp"
+#include "dsv4/model/synth.hpp"
+#include "dsv4/model/weights.hpp"
+
+namespace dsv4::cli {
+
+namespace {
+
+std::string human_bytes(double b) {
+  const char* unit[] = {"B", "KB", "MB", "GB", "TB"};
+  int u = 0;
+  while (b >= 1000 && u < 4) {
+    b /= 1000;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u ? "%.2f %s" : "%.0f %s", b, unit[u]);
+  return buf;
+}
+
+std::string human_count(double n) {
+  const char* unit[] = {"", "K", "M", "B", "T"};
+  int u = 0;
+  while (n >= 1000 && u < 4) {
+    n /= 1000;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u ? "%.2f%s" : "%.0f%s", n, unit[u]);
+  return buf;
+}
+
+void print_config(const model::model_config& c) {
+  using model::attn_kind;
+  std::printf("config %s\n", c.name.c_str());
+  std::printf("  hidden %lld, %lld layers + %lld MTP, %lld heads x %lld (rope %lld), q_lora %lld, "
+              "wo %lld groups x %lld, window %lld\n",
+              (long long)c.dim, (long long)c.n_layers, (long long)c.n_mtp_layers, (long long)c.n_heads,
+              (long long)c.head_dim, (long long)c.rope_head_dim, (long long)c.q_lora_rank, (long long)c.o_groups,
+              (long long)c.o_lora_rank, (long long)c.window_size);
+  std::printf("  indexer %lld heads x %lld, top-k %lld; RoPE theta %g (SWA) / %g + YaRN x%g from %lld (compressed)\n",
+              (long long)c.index_n_heads, (long long)c.index_head_dim, (long long)c.index_topk, c.rope_theta,
+              c.compress_rope_theta, c.rope_factor, (long long)c.original_seq_len);
+  std::printf("  MoE %lld routed (%lld active) + %lld shared, inter %lld, %s, route scale %g, SwiGLU clamp %g, "
+              "experts %s\n",
+              (long long)c.n_routed_experts, (long long)c.n_activated_experts, (long long)c.n_shared_experts,
+              (long long)c.moe_inter_dim, ops::score_func_name(c.score), c.route_scale, c.swiglu_limit,
+              model::expert_format_name(c.experts));
+  std::printf("  mHC %lld streams, %d Sinkhorn iterations, eps %g; vocab %lld; max positions %lld\n",
+              (long long)c.hc_mult, c.hc_sinkhorn_iters, c.hc_eps, (long long)c.vocab_size,
+              (long long)c.max_position_embeddings);
+  if (c.family != model::model_family::v4) return;
+
+  std::printf("layer schedule (attention / routing; h = hash-routed via tid2eid, s = score-routed):\n");
+  int count[3] = {0, 0, 0};
+  const std::int64_t n = c.n_layers + c.n_mtp_layers;
+  for (std::int64_t i = 0; i < n; ++i) {
+    if (i % 8 == 0) std::printf("  ");
+    const attn_kind k = c.kind(i);
+    if (i < c.n_layers) ++count[static_cast<int>(k)];
+    char cell[32];
+    std::snprintf(cell, sizeof cell, "%s%lld %s/%s", i >= c.n_layers ? "MTP" : "", (long long)i,
+                  model::attn_kind_name(k), c.hash_routed(i) ? "h" : "s");
+    std::printf("%-14s", cell);
+    if (i % 8 == 7 || i + 1 == n) std::printf("\n");
+  }
+  std::printf("  %d SWA, %d CSA (ratio 4), %d HCA (ratio 128); hash-routed layers: %lld\n", count[0], count[1],
+              count[2], (long long)c.n_hash_layers);
+}
+
+}  // namespace
+
+int cmd_synth(int argc, char** argv) {
+  const args a(argc, argv, 2, "synth", {"preset", "config", "seed", "out", "shards", "shard-mb"},
+               {"sparse", "no-mtp"});
+  DSV4_CHECK(a.has("preset") != a.has("config"), "synth", "give exactly one of --preset NAME or --config FILE");
+  const model::model_config cfg = a.has("preset") ? model::preset(a.str("preset")) : model::load_config(a.str("config"));
+  model::synth_options opt;
+  opt.seed = static_cast<std::uint64_t>(a.integer("seed", 1));
+  opt.sparse = a.has("sparse");
+  opt.mtp = !a.has("no-mtp");
+  opt.shards = static_cast<int>(a.integer("shards", 0));
+  if (a.has("shard-mb")) opt.shard_bytes = static_cast<std::uint64_t>(a.integer("shard-mb", 4096)) << 20;
+  const std::uint64_t bytes = model::checkpoint_bytes(cfg, opt.mtp);
+  constexpr std::uint64_t kMaxDense = 8ull << 30;
+  DSV4_CHECK(opt.sparse || bytes <= kMaxDense, "synth", cfg.name, " needs ", human_bytes(double(bytes)),
+             " of weights; write it with --sparse (headers only, data as holes) or pick a small preset");
+  const auto r = model::synthesize(cfg, a.str("out"), opt);
+  std::printf("wrote %s: %s, %zu tensors in %zu shard%s, %s of weights%s, seed %llu\n", a.str("out").c_str(),
+              cfg.name.c_str(), r.tensors, r.shards, r.shards == 1 ? "" : "s", human_bytes(double(r.bytes)).c_str(),
+              opt.sparse ? " (sparse: holes, no data written)" : "", (unsigned long long)opt.seed);
+  return 0;
+}
+
+int cmd_info(int argc, char** argv) {
+  const args a(argc, argv, 2, "info", {"model", "preset"}, {});
+  DSV4_CHECK(a.has("preset") != a.has("model"), "info", "give exactly one of --model DIR or --preset NAME");
+  if (a.has("preset")) {
+    print_config(model::preset(a.str("preset")));
+    return 0;
+  }
+  const std::string dir = a.str("model");
+  const model::model_config cfg = model::load_config(dir);
+  print_config(cfg);
+
+  const io::checkpoint ck = io::checkpoint::open(dir);
+  std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> per_dtype;  // bytes, tensors
+  std::uint64_t total = 0, params = 0;
+  const auto names = ck.names();
+  for (const auto& name : names) {
+    const io::tensor_record* t = ck.find(name);
+    auto& slot = per_dtype[io::st_dtype_name(t->dt)];
+    slot.first += t->nbytes();
+    ++slot.second;
+    total += t->nbytes();
+    // Weights only (scales are metadata of their weight); I8 expert bytes hold two FP4 values each.
+    if (t->dt == io::st_dtype::F8_E8M0) continue;
+    params += static_cast<std::uint64_t>(t->numel()) * (t->dt == io::st_dtype::I8 ? 2u : 1u);
+  }
+  std::printf("checkpoint %s: %zu shard%s, %zu tensors, %s (read %s of headers to open)\n", dir.c_str(),
+              ck.shard_count(), ck.shard_count() == 1 ? "" : "s", names.size(), human_bytes(double(total)).c_str(),
+              human_bytes(double(ck.header_bytes_read())).c_str());
+  std::printf("  bytes per dtype:");
+  for (const auto& [dt, v] : per_dtype)
+    std::printf("  %s %s (%llu)", dt.c_str(), human_bytes(double(v.first)).c_str(), (unsigned long long)v.second);
+  std::printf("\n  parameters %s (I8 expert bytes count as two FP4 values; E8M0 scales not counted)\n",
+              human_count(double(params)).c_str());
+  const model::model_weights w = model::bind_weights(ck, cfg);
+  std::printf("weights: every tensor present with the dtype and shape this config implies (%zu layers, %zu MTP, "
+              "experts stored %s)\n",
+              w.layers.size(), w.mtp.size(), model::expert_format_name(w.experts));
+  return 0;
+}
+
+}  // namespace dsv4::cli
