@@ -246,6 +246,23 @@ TEST_SUITE("safetensors") {
     CHECK(in_core == 0);
   }
 
+  TEST_CASE("the V4-Pro layout: the published 145,116 tensors, bound against the official config.json") {
+    temp_dir d("st_pro");
+    model::synth_options opt;
+    opt.sparse = true;
+    opt.shards = 64;  // the official V4-Pro checkpoint has 64 shards
+    const auto r = model::synthesize(model::preset("v4-pro"), d.path, opt);
+    CHECK(r.shards == 64);
+    CHECK(r.tensors == 145116);  // the tensor count of the official V4-Pro files (spec §0 S6 listing)
+    // Bind with the official Pro config.json (no expert_dtype): the binder finds FP4 experts.
+    const model::model_config cfg = model::load_config(fs::path(DSV4_TEST_DATA_DIR) / "v4-pro.config.json");
+    const model::model_weights w = model::bind_weights(checkpoint::open(d.path), cfg);
+    CHECK(w.experts == model::expert_format::fp4);
+    CHECK(w.layers.size() == 61);
+    CHECK(w.layers[0].attn.compressor->ape.shape(0) == 128);  // HCA layer 0: ape [128, 512]
+    CHECK(w.layers[2].attn.compressor->ape.shape(1) == 1024);  // CSA: [4, 2·512]
+  }
+
   TEST_CASE("fuzz: seeded mutations of a valid file never crash the parser") {
     // Runs under ASan/UBSan in CI. Every mutated image must either parse, and then every tensor's byte range is read
     // (ASan checks the bounds), or be rejected with dsv4::error. Bounded: 20,000 mutations or 8 seconds.
