@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cmd_model.hpp"
+#include "cmd_report.hpp"
 #include "dsv4/cpu/quant.hpp"
 #include "dsv4/dsv4.hpp"
 
@@ -24,6 +25,8 @@ int usage() {
                "  synth      --preset NAME|--config FILE --out DIR [--seed S] [--sparse] [--shards N] [--no-mtp]\n"
                "             write a random checkpoint in the official format (HF config.json + safetensors)\n"
                "  info       --model DIR | --preset NAME: config, layer schedule, bytes per dtype, weight check\n"
+               "  report     [--context N] [--json] [--plot DIR] [--layout deployed|bf16] [--fp4 W ...]\n"
+               "             FLOPs per token and KV cache of V4-Pro / V4-Flash vs V3.2, next to the paper's figures\n"
                "  backends   which backends this build and machine offer\n"
                "  version    print the library version\n");
   return 2;
@@ -115,6 +118,7 @@ int main(int argc, char** argv) {
     if (cmd == "backends") return backends();
     if (cmd == "synth") return cli::cmd_synth(argc, argv);
     if (cmd == "info") return cli::cmd_info(argc, argv);
+    if (cmd == "report") return cli::cmd_report(argc, argv);
     if (cmd == "version") return std::printf("dsv4 %s\n", kVersion) < 0;
     return usage();
   } catch (const std::exception& e) {

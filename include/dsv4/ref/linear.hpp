@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "dsv4/formats.hpp"
+#include "dsv4/ref/flops.hpp"
 #include "dsv4/tensor.hpp"
 
 namespace dsv4::ref {
@@ -67,6 +68,7 @@ template <class TX, class TY>
 std::int64_t linear(view<const TX, 2> x, const weight_ref& w, view<TY, 2> y) {
   std::vector<float> row(static_cast<std::size_t>(w.k));
   std::int64_t bad = 0;
+  count_flops(static_cast<std::uint64_t>(2 * x.size(0) * w.n * w.k));
   for (std::int64_t n = 0; n < w.n; ++n) {
     bad += decode_row(w, n, 0, w.k, row.data());
     for (std::int64_t t = 0; t < x.size(0); ++t) {

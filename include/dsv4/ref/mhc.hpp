@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "dsv4/formats.hpp"
+#include "dsv4/ref/flops.hpp"
 #include "dsv4/tensor.hpp"
 
 namespace dsv4::ref {
@@ -84,6 +85,7 @@ void hc_mixes(view<const TX, 2> x /*[n, D]*/, view<const float, 2> fn /*[m, n·D
   for (std::int64_t j = 0; j < n; ++j)
     for (std::int64_t d = 0; d < D; ++d) ss += double(to_f32(x(j, d))) * to_f32(x(j, d));
   const float r = 1.f / std::sqrt(static_cast<float>(ss / double(n * D)) + norm_eps);
+  count_flops(static_cast<std::uint64_t>(2 * fn.size(0) * n * D));
   for (std::int64_t o = 0; o < fn.size(0); ++o) {
     double acc = 0;
     for (std::int64_t j = 0; j < n; ++j)

@@ -104,6 +104,7 @@ inline std::int64_t expert_token(const float* x, const weight_ref& w1, const wei
   const std::int64_t I = w1.n, D = w1.k;
   std::vector<float> row(static_cast<std::size_t>(std::max(I, D))), h(static_cast<std::size_t>(I));
   std::int64_t bad = 0;
+  count_flops(static_cast<std::uint64_t>(3 * 2 * I * D));  // w1, w3: [I, D]; w2: [D, I]
   auto dot = [&](const weight_ref& w, std::int64_t n, const float* v) {
     bad += decode_row(w, n, 0, w.k, row.data());
     double acc = 0;
