@@ -1,0 +1,91 @@
+// dsv4/ref/attention.hpp — scalar reference of the indexer scores, top-k selection and sparse attention with sink
+// (spec §3.5 steps 6–8, §3.7; policy fp32: the reference's BF16 rounding points are not applied). Dots and sums in
+// double, rounded once to fp32.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include "dsv4/tensor.hpp"
+
+namespace dsv4::ref {
+
+// scores [T, E]; visible[t] entries scored, the rest −inf.
+template <class TV>
+void indexer_scores(view<const float, 3> q, view<const float, 2> k, view<const float, 2> w, view<const TV, 1> visible,
+                    view<float, 2> scores) noexcept {
+  const std::int64_t T = q.size(0), H = q.size(1), C = q.size(2), E = k.size(0);
+  for (std::int64_t t = 0; t < T; ++t) {
+    const std::int64_t n = static_cast<std::int64_t>(visible(t));
+    for (std::int64_t s = 0; s < E; ++s) {
+      if (s >= n) {
+        scores(t, s) = -std::numeric_limits<float>::infinity();
+        continue;
+      }
+      double acc = 0;
+      for (std::int64_t h = 0; h < H; ++h) {
+        double dot = 0;
+        for (std::int64_t c = 0; c < C; ++c) dot += double(q(t, h, c)) * k(s, c);
+        acc += double(w(t, h)) * std::max(dot, 0.0);  // ReLU, then the weighted head sum
+      }
+      scores(t, s) = static_cast<float>(acc);
+    }
+  }
+}
+
+// Sort by (score descending, index ascending) and keep the first min(k, count).
+template <class TC>
+void topk_select(view<const float, 2> scores, view<const TC, 1> count, view<std::int32_t, 2> idx) {
+  const std::int64_t T = scores.size(0), K = idx.size(1);
+  std::vector<std::int32_t> order;
+  for (std::int64_t t = 0; t < T; ++t) {
+    const std::int64_t n = static_cast<std::int64_t>(count(t));
+    order.resize(static_cast<std::size_t>(n));
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](std::int32_t a, std::int32_t b) { return scores(t, a) > scores(t, b); });
+    for (std::int64_t i = 0; i < K; ++i) idx(t, i) = i < n ? order[static_cast<std::size_t>(i)] : -1;
+  }
+}
+
+// Rows r < kvw.size(0) come from the window tensor, the others from the compressed one (one index space).
+inline const float* kv_row(view<const float, 2> kvw, view<const float, 2> kvc, std::int32_t r) noexcept {
+  return r < kvw.size(0) ? kvw.row(r) : kvc.row(r - kvw.size(0));
+}
+
+inline void sparse_attention(view<const float, 3> q, view<const float, 2> kvw, view<const float, 2> kvc,
+                             view<const std::int32_t, 2> idx, view<const float, 1> sink, float scale,
+                             view<float, 3> out) {
+  const std::int64_t T = q.size(0), H = q.size(1), D = q.size(2), K = idx.size(1);
+  std::vector<double> logit(static_cast<std::size_t>(K)), acc(static_cast<std::size_t>(D));
+  for (std::int64_t t = 0; t < T; ++t)
+    for (std::int64_t h = 0; h < H; ++h) {
+      double m = -std::numeric_limits<double>::infinity();
+      for (std::int64_t i = 0; i < K; ++i) {
+        const std::int32_t r = idx(t, i);
+        if (r < 0) continue;
+        const float* kr = kv_row(kvw, kvc, r);
+        double dot = 0;
+        for (std::int64_t d = 0; d < D; ++d) dot += double(q(t, h, d)) * kr[d];
+        logit[static_cast<std::size_t>(i)] = double(scale) * dot;
+        m = std::max(m, logit[static_cast<std::size_t>(i)]);
+      }
+      std::fill(acc.begin(), acc.end(), 0.0);
+      double den = std::exp(double(sink(h)) - m);  // the sink: denominator only
+      for (std::int64_t i = 0; i < K; ++i) {
+        const std::int32_t r = idx(t, i);
+        if (r < 0) continue;
+        const double p = std::exp(logit[static_cast<std::size_t>(i)] - m);
+        den += p;
+        const float* kr = kv_row(kvw, kvc, r);
+        for (std::int64_t d = 0; d < D; ++d) acc[static_cast<std::size_t>(d)] += p * kr[d];
+      }
+      for (std::int64_t d = 0; d < D; ++d) out(t, h, d) = static_cast<float>(acc[static_cast<std::size_t>(d)] / den);
+    }
+}
+
+}  // namespace dsv4::ref

@@ -1,0 +1,335 @@
+// attention_layer: the spec §3 pipeline for one layer, token-exact under any chunking (see the header).
+#include "dsv4/model/attention.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "dsv4/buffer.hpp"
+#include "dsv4/error.hpp"
+#include "dsv4/ops/attention.hpp"
+#include "dsv4/ops/hadamard.hpp"
+#include "dsv4/ops/linear.hpp"
+#include "dsv4/ops/quant.hpp"
+
+namespace dsv4::model {
+
+namespace {
+
+constexpr const char* kOp = "attention";
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// A BF16 or F32 vector as fp32.
+std::vector<float> to_f32(const tensor_view& t) {
+  std::vector<float> out(static_cast<std::size_t>(t.numel()));
+  if (t.dt() == dtype::f32) {
+    const auto* p = static_cast<const float*>(t.data());
+    std::copy(p, p + out.size(), out.begin());
+  } else {
+    DSV4_CHECK(t.dt() == dtype::bf16, kOp, "expected a BF16 or F32 vector, got ", t.describe());
+    const auto* p = static_cast<const bf16*>(t.data());
+    for (std::size_t i = 0; i < out.size(); ++i) out[i] = p[i].to_float();
+  }
+  return out;
+}
+
+// v <- v · rsqrt(mean(v²) + eps) (· w when given), fp32 result of a double sum.
+void rms_norm(float* v, std::int64_t n, const float* w, double eps) {
+  double ss = 0;
+  for (std::int64_t i = 0; i < n; ++i) ss += double(v[i]) * v[i];
+  const float r = static_cast<float>(1.0 / std::sqrt(ss / double(n) + eps));
+  for (std::int64_t i = 0; i < n; ++i) v[i] = v[i] * r * (w ? w[i] : 1.f);
+}
+
+buffer f32(std::int64_t rows, std::int64_t cols) { return buffer(dtype::f32, {rows, cols}); }
+
+float* data(const buffer& b) { return static_cast<float*>(b.data()); }
+
+// One token of the compressor state machine (spec §3.4). Returns true when entry p / ratio is complete and written
+// to out [c].
+bool compressor_step(compressor_state& s, std::int64_t p, const float* kvp, const float* sc, const float* ape,
+                     float* out) {
+  const std::int64_t r = s.ratio, c = s.width, coff = s.overlap ? 2 : 1, cw = coff * c;
+  const std::int64_t row = (s.overlap ? r : 0) + p % r;
+  const float* a = ape + (p % r) * cw;  // ape is added before the overlap rearrangement
+  for (std::int64_t ch = 0; ch < cw; ++ch) {
+    s.kv[static_cast<std::size_t>(row * cw + ch)] = kvp[ch];
+    s.score[static_cast<std::size_t>(row * cw + ch)] = sc[ch] + a[ch];
+  }
+  if ((p + 1) % r != 0) return false;
+  // Candidates per channel: overlap -> rows 0..r-1 at channel ch (previous block, low half) and rows r..2r-1 at
+  // channel c + ch (this block, high half); otherwise rows 0..r-1 at ch.
+  const std::int64_t rows = s.overlap ? 2 * r : r;
+  for (std::int64_t ch = 0; ch < c; ++ch) {
+    auto at = [&](std::int64_t k) { return static_cast<std::size_t>(k * cw + (s.overlap && k >= r ? c + ch : ch)); };
+    float m = kNegInf;
+    for (std::int64_t k = 0; k < rows; ++k) m = std::max(m, s.score[at(k)]);
+    float den = 0.f, num = 0.f;
+    for (std::int64_t k = 0; k < rows; ++k) {
+      const float e = std::exp(s.score[at(k)] - m);  // exp(-inf) = 0: an empty previous block weighs nothing
+      den += e;
+      num += e * s.kv[at(k)];
+    }
+    out[ch] = num / den;
+  }
+  if (s.overlap) {  // this block becomes the previous block of the next entry
+    std::copy(s.kv.begin() + r * cw, s.kv.begin() + 2 * r * cw, s.kv.begin());
+    std::copy(s.score.begin() + r * cw, s.score.begin() + 2 * r * cw, s.score.begin());
+  }
+  return true;
+}
+
+}  // namespace
+
+void compressor_state::reset() {
+  const std::int64_t coff = overlap ? 2 : 1;
+  const std::size_t n = static_cast<std::size_t>(coff * ratio * coff * width);
+  kv.assign(n, 0.f);
+  score.assign(n, kNegInf);
+}
+
+std::int64_t attention_cache::bytes() const {
+  return static_cast<std::int64_t>(
+      sizeof(float) * (ring.size() + comp.size() + keys.size() + main.kv.size() + main.score.size() +
+                       index.kv.size() + index.score.size()));
+}
+
+void attention_cache::reset() {
+  pos = 0;
+  std::fill(ring.begin(), ring.end(), 0.f);
+  comp.clear();
+  keys.clear();
+  if (main.ratio) main.reset();
+  if (index.ratio) index.reset();
+}
+
+attention_layer::attention_layer(const model_config& cfg, const block_weights& w, const exec& ex)
+    : cfg_(cfg), layer_(w.layer), ratio_(w.ratio), kind_(cfg.kind(w.layer)), ex_(ex),
+      rope_(rope_table::for_layer(cfg, w.layer)), w_(w.attn) {
+  DSV4_CHECK(ratio_ == cfg.compress_ratio(layer_), kOp, "layer ", layer_, " weights are for ratio ", ratio_,
+             ", the config says ", cfg.compress_ratio(layer_));
+  q_norm_ = to_f32(w_.q_norm);
+  kv_norm_ = to_f32(w_.kv_norm);
+  sink_ = to_f32(w_.attn_sink);
+  if (w_.compressor) {
+    comp_norm_ = to_f32(w_.compressor->norm);
+    comp_ape_ = to_f32(w_.compressor->ape);
+  }
+  if (w_.indexer) {
+    index_norm_ = to_f32(w_.indexer->compressor.norm);
+    index_ape_ = to_f32(w_.indexer->compressor.ape);
+  }
+  // wo_a decoded once: its groups are row ranges that need not align with the 128-row FP8 tiles.
+  const tensor_view& wa = w_.wo_a.weight;
+  const std::int64_t N = wa.shape(0), K = wa.shape(1);
+  wo_a_.resize(static_cast<std::size_t>(N * K));
+  const tensor_view out(wo_a_.data(), dtype::f32, {N, K});
+  if (wa.dt() == dtype::fp8_e4m3) {
+    ops::dequantize(wa, w_.wo_a.scale, out, 128, 128, ex_);
+  } else {
+    buffer eye(dtype::f32, {K, K});  // dense weights: read back exactly through an identity product
+    for (std::int64_t i = 0; i < K; ++i) static_cast<float*>(eye.data())[i * K + i] = 1.f;
+    buffer t(dtype::f32, {K, N});
+    ops::linear(eye, w_.wo_a, t, ex_);
+    for (std::int64_t n = 0; n < N; ++n)
+      for (std::int64_t k = 0; k < K; ++k) wo_a_[static_cast<std::size_t>(n * K + k)] = data(t)[k * N + n];
+  }
+}
+
+attention_cache attention_layer::new_cache(std::int64_t capacity) const {
+  attention_cache c;
+  c.capacity = capacity > 0 ? capacity : cfg_.max_position_embeddings;
+  c.head_dim = cfg_.head_dim;
+  c.window = cfg_.window_size;
+  c.index_dim = ratio_ == 4 ? cfg_.index_head_dim : 0;
+  c.ring.assign(static_cast<std::size_t>(cfg_.window_size * cfg_.head_dim), 0.f);
+  if (ratio_) c.main = {ratio_, ratio_ == 4, cfg_.head_dim, {}, {}};
+  if (ratio_ == 4) c.index = {4, true, cfg_.index_head_dim, {}, {}};
+  c.reset();
+  return c;
+}
+
+void attention_layer::emit_main(attention_cache& c, std::int64_t j, std::vector<float>& e) const {
+  const std::int64_t hd = cfg_.head_dim, nope = cfg_.nope_head_dim();
+  rms_norm(e.data(), hd, comp_norm_.data(), cfg_.norm_eps);
+  rope_.apply(e.data(), nope, ratio_ * j);  // the first position of block j
+  const tensor_view v(e.data(), dtype::f32, {1, hd});
+  ops::block_round_trip(v.narrow(1, 0, nope), v.narrow(1, 0, nope), ops::quant_format::fp8_e4m3, 64, ex_);
+  c.comp.insert(c.comp.end(), e.begin(), e.end());
+}
+
+void attention_layer::emit_index(attention_cache& c, std::int64_t j, std::vector<float>& e) const {
+  const std::int64_t ic = cfg_.index_head_dim;
+  rms_norm(e.data(), ic, index_norm_.data(), cfg_.norm_eps);
+  rope_.apply(e.data(), ic - cfg_.rope_head_dim, 4 * j);
+  const tensor_view v(e.data(), dtype::f32, {1, ic});
+  ops::hadamard(v, v, ex_);
+  ops::block_round_trip(v, v, ops::quant_format::fp4_e2m1, 32, ex_);
+  c.keys.insert(c.keys.end(), e.begin(), e.end());
+}
+
+void attention_layer::forward(const tensor_view& x, attention_cache& c, const tensor_view& y,
+                              attention_trace* trace) const {
+  const model_config& cf = cfg_;
+  const std::int64_t D = cf.dim, H = cf.n_heads, hd = cf.head_dim, nope = cf.nope_head_dim(), W = cf.window_size;
+  DSV4_CHECK(x.rank() == 2 && x.dt() == dtype::f32 && x.shape(1) == D && x.is_contiguous(), kOp, "x is ",
+             x.describe(), ", expected contiguous f32[T, ", D, "]");
+  const std::int64_t T = x.shape(0);
+  DSV4_CHECK(T >= 1, kOp, "no tokens (x is ", x.describe(), ")");
+  DSV4_CHECK(y.rank() == 2 && y.dt() == dtype::f32 && y.shape(0) == T && y.shape(1) == D && y.is_contiguous(), kOp,
+             "y is ", y.describe(), ", expected contiguous f32[", T, ", ", D, "]");
+  DSV4_CHECK(c.head_dim == hd && c.window == W && c.main.ratio == ratio_, kOp,
+             "the cache was made for another layer shape (head_dim ", c.head_dim, ", window ", c.window,
+             ", ratio ", c.main.ratio, "; this layer: ", hd, ", ", W, ", ", ratio_, ")");
+  DSV4_CHECK(c.pos + T <= c.capacity, kOp, "positions [", c.pos, ", ", c.pos + T, ") run past the cache capacity of ",
+             c.capacity, " tokens");
+  const std::int64_t p0 = c.pos;
+  attention_trace local;
+  attention_trace& tr = trace ? *trace : local;
+  tr = {};
+
+  // Query path.
+  buffer qr = f32(T, cf.q_lora_rank), q = f32(T, H * hd);
+  ops::linear(x, w_.wq_a, qr, ex_);
+  for (std::int64_t t = 0; t < T; ++t) rms_norm(data(qr) + t * cf.q_lora_rank, cf.q_lora_rank, q_norm_.data(), cf.norm_eps);
+  ops::linear(qr, w_.wq_b, q, ex_);
+  for (std::int64_t t = 0; t < T; ++t)
+    for (std::int64_t h = 0; h < H; ++h) {
+      float* v = data(q) + (t * H + h) * hd;
+      rms_norm(v, hd, nullptr, cf.norm_eps);  // per-head RMS rescale, no weight
+      rope_.apply(v, nope, p0 + t);
+    }
+
+  // Window KV path: new rows after the W rows of the ring (in slot order).
+  buffer win = f32(W + T, hd);
+  std::copy(c.ring.begin(), c.ring.end(), data(win));
+  const tensor_view kv_new = win.view().narrow(0, W, T);
+  ops::linear(x, w_.wkv, kv_new, ex_);
+  for (std::int64_t t = 0; t < T; ++t) {
+    float* v = data(win) + (W + t) * hd;
+    rms_norm(v, hd, kv_norm_.data(), cf.norm_eps);
+    rope_.apply(v, nope, p0 + t);
+  }
+  ops::block_round_trip(kv_new.narrow(1, 0, nope), kv_new.narrow(1, 0, nope), ops::quant_format::fp8_e4m3, 64, ex_);
+
+  // Main compressor (CSA and HCA).
+  std::vector<float> entry;
+  if (ratio_ != 0) {
+    const std::int64_t cw = (ratio_ == 4 ? 2 : 1) * hd;
+    buffer kvp = f32(T, cw), sc = f32(T, cw);
+    ops::linear(x, w_.compressor->wkv, kvp, ex_);
+    ops::linear(x, w_.compressor->wgate, sc, ex_);
+    entry.resize(static_cast<std::size_t>(hd));
+    for (std::int64_t t = 0; t < T; ++t)
+      if (compressor_step(c.main, p0 + t, data(kvp) + t * cw, data(sc) + t * cw, comp_ape_.data(), entry.data())) {
+        emit_main(c, (p0 + t) / ratio_, entry);
+        ++tr.emitted;
+      }
+  }
+
+  // Lightning indexer (CSA): queries, its own compressor, scores and top-k per token.
+  std::vector<std::vector<std::int32_t>> picks(static_cast<std::size_t>(ratio_ == 4 ? T : 0));
+  if (ratio_ == 4) {
+    const indexer_weights& ix = *w_.indexer;
+    const std::int64_t ih = cf.index_n_heads, ic = cf.index_head_dim;
+    buffer qi = f32(T * ih, ic), wts = f32(T, ih);
+    ops::linear(qr, ix.wq_b, tensor_view(qi.data(), dtype::f32, {T, ih * ic}), ex_);
+    for (std::int64_t t = 0; t < T; ++t)
+      for (std::int64_t h = 0; h < ih; ++h) rope_.apply(data(qi) + (t * ih + h) * ic, ic - cf.rope_head_dim, p0 + t);
+    ops::hadamard(qi, qi, ex_);
+    ops::block_round_trip(qi, qi, ops::quant_format::fp4_e2m1, 32, ex_);
+    ops::linear(x, ix.weights_proj, wts, ex_);
+    const float wscale = static_cast<float>(1.0 / std::sqrt(double(ic)) / std::sqrt(double(ih)));
+    for (std::int64_t i = 0; i < T * ih; ++i) data(wts)[i] *= wscale;
+
+    buffer ikv = f32(T, 2 * ic), isc = f32(T, 2 * ic);
+    ops::linear(x, ix.compressor.wkv, ikv, ex_);
+    ops::linear(x, ix.compressor.wgate, isc, ex_);
+    entry.resize(static_cast<std::size_t>(ic));
+    for (std::int64_t t = 0; t < T; ++t)
+      if (compressor_step(c.index, p0 + t, data(ikv) + t * 2 * ic, data(isc) + t * 2 * ic, index_ape_.data(),
+                          entry.data())) {
+        emit_index(c, (p0 + t) / 4, entry);
+        ++tr.emitted_index;
+      }
+
+    // Score in blocks of tokens so a long prefill never holds a [T, n_keys] matrix.
+    const std::int64_t E = c.n_keys(), k = cf.index_topk;
+    constexpr std::int64_t kTokBlock = 64;
+    const tensor_view keys(c.keys.data(), dtype::f32, {E, ic});
+    for (std::int64_t t0 = 0; t0 < T; t0 += kTokBlock) {
+      const std::int64_t tb = std::min(kTokBlock, T - t0);
+      buffer scores = f32(tb, std::max<std::int64_t>(E, 1)), idx(dtype::i32, {tb, k});
+      buffer vis(dtype::i64, {tb});
+      for (std::int64_t t = 0; t < tb; ++t) static_cast<std::int64_t*>(vis.data())[t] = (p0 + t0 + t + 1) / 4;
+      if (E > 0) {
+        const tensor_view qb(data(qi) + t0 * ih * ic, dtype::f32, {tb, ih, ic});
+        ops::indexer_scores(qb, keys, wts.view().narrow(0, t0, tb), vis, scores.view().narrow(1, 0, E), ex_);
+        ops::topk_select(scores.view().narrow(1, 0, E), vis, idx, ex_);
+      }
+      for (std::int64_t t = 0; t < tb; ++t) {
+        auto& pk = picks[static_cast<std::size_t>(t0 + t)];
+        for (std::int64_t i = 0; i < k && E > 0; ++i) {
+          const std::int32_t e = static_cast<const std::int32_t*>(idx.data())[t * k + i];
+          if (e >= 0) pk.push_back(e);
+        }
+        std::sort(pk.begin(), pk.end());  // attend in entry order: the sum order is the same for any chunking
+      }
+    }
+  }
+
+  // Index lists: [window positions ascending ; compressed entries ascending], −1 padded.
+  std::vector<std::vector<std::int32_t>> lists(static_cast<std::size_t>(T));
+  std::int64_t K = 1;
+  for (std::int64_t t = 0; t < T; ++t) {
+    const std::int64_t p = p0 + t;
+    auto& l = lists[static_cast<std::size_t>(t)];
+    for (std::int64_t s = std::max<std::int64_t>(0, p - W + 1); s <= p; ++s)
+      l.push_back(static_cast<std::int32_t>(s >= p0 ? W + (s - p0) : s % W));
+    const std::int64_t nw = static_cast<std::int64_t>(l.size());
+    if (ratio_ == 4) {
+      for (std::int32_t e : picks[static_cast<std::size_t>(t)]) l.push_back(static_cast<std::int32_t>(W + T + e));
+    } else if (ratio_ == 128) {
+      for (std::int64_t e = 0; e < (p + 1) / 128; ++e) l.push_back(static_cast<std::int32_t>(W + T + e));
+    }
+    K = std::max<std::int64_t>(K, static_cast<std::int64_t>(l.size()));
+    if (t == T - 1) {
+      tr.last_window = nw;
+      tr.last_compressed = static_cast<std::int64_t>(l.size()) - nw;
+      if (ratio_ == 4) tr.last_picks = picks[static_cast<std::size_t>(t)];
+    }
+  }
+  buffer idx(dtype::i32, {T, K});
+  auto* ip = static_cast<std::int32_t*>(idx.data());
+  std::fill(ip, ip + T * K, -1);
+  for (std::int64_t t = 0; t < T; ++t)
+    std::copy(lists[static_cast<std::size_t>(t)].begin(), lists[static_cast<std::size_t>(t)].end(), ip + t * K);
+
+  // Sparse attention with sink over [window ; compressed], then inverse RoPE.
+  buffer o(dtype::f32, {T, H, hd});
+  const std::int64_t nc = c.n_comp();
+  const tensor_view comp = nc > 0 ? tensor_view(c.comp.data(), dtype::f32, {nc, hd}) : tensor_view();
+  ops::sparse_attention(tensor_view(q.data(), dtype::f32, {T, H, hd}), win, comp, idx,
+                        tensor_view(const_cast<float*>(sink_.data()), dtype::f32, {H}),
+                        static_cast<float>(1.0 / std::sqrt(double(hd))), o, ex_);
+  for (std::int64_t t = 0; t < T; ++t)
+    for (std::int64_t h = 0; h < H; ++h) rope_.apply(data(o) + (t * H + h) * hd, nope, p0 + t, /*inverse=*/true);
+
+  // Output: wo_a per group (heads k·H/g .. (k+1)·H/g − 1, flattened head-major), then wo_b.
+  const std::int64_t g = cf.o_groups, ol = cf.o_lora_rank, gin = H * hd / g;
+  buffer o2 = f32(T, g * ol);
+  const tensor_view ov(o.data(), dtype::f32, {T, H * hd});
+  const tensor_view wa(const_cast<float*>(wo_a_.data()), dtype::f32, {g * ol, gin});
+  for (std::int64_t k = 0; k < g; ++k)
+    ops::linear(ov.narrow(1, k * gin, gin), ops::qweight{wa.narrow(0, k * ol, ol), {}},
+                o2.view().narrow(1, k * ol, ol), ex_);
+  ops::linear(o2, w_.wo_b, y, ex_);
+
+  // The ring keeps the last W positions.
+  for (std::int64_t t = std::max<std::int64_t>(0, T - W); t < T; ++t)
+    std::copy(data(win) + (W + t) * hd, data(win) + (W + t + 1) * hd,
+              c.ring.begin() + ((p0 + t) % W) * hd);
+  c.pos += T;
+}
+
+}  // namespace dsv4::model
