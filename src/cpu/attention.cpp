@@ -1,8 +1,9 @@
 // src/cpu/attention.cpp — CPU backend of the indexer scores, top-k selection and sparse attention.
 //
-// Work split: indexer scores and top-k by token (oneTBB), attention by (token, head) row. Inside a row every sum
-// runs in a fixed order (entries in list order, heads ascending), so results are independent of the thread count
-// and of the other rows in the batch: a prefill row equals the same row computed alone in decode.
+// Work split (oneTBB): indexer scores by (token, entry block), top-k by token, attention by (token, head group).
+// Every sum runs in a fixed order (entries in list order, heads ascending) that does not depend on the split, so
+// results are independent of the thread count and of the other rows in the batch: a prefill row equals the same
+// row computed alone in decode.
 #include "dsv4/cpu/attention.hpp"
 
 #include <algorithm>
@@ -30,21 +31,27 @@ void indexer_scores(view<const float, 3> q, view<const float, 2> k, view<const f
                     view<float, 2> scores, const exec& ex) {
   const auto& kr = kernels();
   const std::int64_t T = q.size(0), H = q.size(1), C = q.size(2), E = k.size(0);
-  constexpr std::int64_t kBlock = 64;  // entries per block: 64 keys x c floats stay in L1/L2 across the heads
-  detail::parallel_rows(T, 1, ex, [&](std::int64_t t0, std::int64_t t1) {
-    for (std::int64_t t = t0; t < t1; ++t) {
+  const std::int64_t hp = (H + kr.lanes - 1) / kr.lanes * kr.lanes;
+  // Per token: q transposed to [C, hp] and w padded to hp (zero heads add exact zeros).
+  std::vector<float> qT(static_cast<std::size_t>(T * C * hp), 0.f), wp(static_cast<std::size_t>(T * hp), 0.f);
+  for (std::int64_t t = 0; t < T; ++t)
+    for (std::int64_t h = 0; h < H; ++h) {
+      wp[static_cast<std::size_t>(t * hp + h)] = w(t, h);
+      for (std::int64_t c = 0; c < C; ++c) qT[static_cast<std::size_t>((t * C + c) * hp + h)] = q(t, h, c);
+    }
+  // Tasks are (token, block of 256 keys), so a single decode token still spreads over the cores; a key's score
+  // does not depend on the blocking.
+  constexpr std::int64_t kBlock = 256;
+  const std::int64_t nb = std::max<std::int64_t>((E + kBlock - 1) / kBlock, 1);
+  detail::parallel_rows(T * nb, 1, ex, [&](std::int64_t r0, std::int64_t r1) {
+    for (std::int64_t r = r0; r < r1; ++r) {
+      const std::int64_t t = r / nb, b = r % nb;
       const std::int64_t n = static_cast<std::int64_t>(visible(t));
       float* out = scores.row(t);
-      for (std::int64_t s0 = 0; s0 < n; s0 += kBlock) {
-        const std::int64_t s1 = std::min(n, s0 + kBlock);
-        for (std::int64_t s = s0; s < s1; ++s) out[s] = 0.f;
-        for (std::int64_t h = 0; h < H; ++h) {  // heads ascending for every entry: a fixed order
-          const float* qh = &q(t, h, 0);
-          const float wh = w(t, h);
-          for (std::int64_t s = s0; s < s1; ++s) out[s] += wh * std::max(kr.dot(qh, k.row(s), C), 0.f);
-        }
-      }
-      for (std::int64_t s = n; s < E; ++s) out[s] = -std::numeric_limits<float>::infinity();
+      const std::int64_t s0 = b * kBlock, s1 = std::min(E, s0 + kBlock), v1 = std::min(n, s1);
+      if (v1 > s0)
+        kr.index_scores(qT.data() + t * C * hp, wp.data() + t * hp, hp, k.row(s0), C, v1 - s0, out + s0);
+      for (std::int64_t s = std::max(s0, n); s < s1; ++s) out[s] = -std::numeric_limits<float>::infinity();
     }
   });
 }
@@ -74,30 +81,42 @@ void sparse_attention(view<const float, 3> q, view<const float, 2> kvw, view<con
                       const exec& ex) {
   const auto& kr = kernels();
   const std::int64_t T = q.size(0), H = q.size(1), D = q.size(2), K = idx.size(1);
-  detail::parallel_rows(T * H, 4, ex, [&](std::int64_t r0, std::int64_t r1) {
-    std::vector<float> logit(static_cast<std::size_t>(K));
+  // Tasks are (token, group of up to 8 heads). The K = V rows are shared by all heads (one MQA head), so a group
+  // reads each selected row twice (logits, then P·V) for 8 heads instead of twice per head. Per (token, head) the
+  // arithmetic is the same whatever the grouping: logits, max, then Σp and Σp·v in list order, then the sink.
+  constexpr std::int64_t kGroup = 8;
+  const std::int64_t ng = (H + kGroup - 1) / kGroup;
+  detail::parallel_rows(T * ng, 1, ex, [&](std::int64_t r0, std::int64_t r1) {
+    std::vector<float> logit(static_cast<std::size_t>(kGroup * K)), prob(logit.size());
+    std::vector<const float*> rows(static_cast<std::size_t>(K));
+    float m[kGroup], den[kGroup];
     for (std::int64_t r = r0; r < r1; ++r) {
-      const std::int64_t t = r / H, h = r % H;
-      const float* qv = &q(t, h, 0);
-      float m = -std::numeric_limits<float>::infinity();
-      for (std::int64_t i = 0; i < K; ++i) {
-        const std::int32_t e = idx(t, i);
-        if (e < 0) continue;
-        logit[static_cast<std::size_t>(i)] = scale * kr.dot(qv, ref::kv_row(kvw, kvc, e), D);
-        m = std::max(m, logit[static_cast<std::size_t>(i)]);
+      const std::int64_t t = r / ng, h0 = (r % ng) * kGroup, G = std::min(kGroup, H - h0);
+      std::int64_t n = 0;  // the valid rows, in list order
+      for (std::int64_t i = 0; i < K; ++i)
+        if (idx(t, i) >= 0) rows[static_cast<std::size_t>(n++)] = ref::kv_row(kvw, kvc, idx(t, i));
+      // Logits: rows in L2-sized blocks, every head of the group over a block before the next block, so each row
+      // comes from memory once per group rather than once per head.
+      for (std::int64_t g = 0; g < G; ++g) m[g] = -std::numeric_limits<float>::infinity();
+      constexpr std::int64_t kRows = 64;
+      for (std::int64_t i0 = 0; i0 < n; i0 += kRows) {
+        const std::int64_t i1 = std::min(n, i0 + kRows);
+        for (std::int64_t g = 0; g < G; ++g) {
+          const float* qh = &q(t, h0 + g, 0);
+          float* lg = logit.data() + g * n;
+          for (std::int64_t i = i0; i < i1; ++i) {
+            lg[i] = scale * kr.dot(qh, rows[static_cast<std::size_t>(i)], D);
+            m[g] = std::max(m[g], lg[i]);
+          }
+        }
       }
-      float* o = &out(t, h, 0);
-      std::fill(o, o + D, 0.f);
-      float den = 0.f;
-      for (std::int64_t i = 0; i < K; ++i) {
-        const std::int32_t e = idx(t, i);
-        if (e < 0) continue;
-        const float p = std::exp(logit[static_cast<std::size_t>(i)] - m);
-        den += p;
-        kr.axpy(o, p, ref::kv_row(kvw, kvc, e), D);
+      for (std::int64_t g = 0; g < G; ++g) {
+        den[g] = kr.exp_sum(logit.data() + g * n, m[g], prob.data() + g * n, n);
+        den[g] += std::exp(sink(h0 + g) - m[g]);  // the sink: denominator only
       }
-      den += std::exp(sink(h) - m);  // the sink: denominator only
-      kr.scale(o, 1.f / den, D);
+      float* o = &out(t, h0, 0);
+      kr.pv(rows.data(), n, prob.data(), G, D, o);
+      for (std::int64_t g = 0; g < G; ++g) kr.scale(o + g * D, 1.f / den[g], D);
     }
   });
 }
