@@ -1,12 +1,15 @@
 // Attention: RoPE/YaRN, the kernels (sink, ReLU-weighted scores, tie rule), the compressor conventions against a
 // direct computation, visibility, and chunk invariance of whole SWA / CSA / HCA layers.
+#include <algorithm>
 #include <random>
 
 #include "dsv4/buffer.hpp"
 #include "dsv4/io/safetensors.hpp"
 #include "dsv4/model/attention.hpp"
+#include "dsv4/model/costs.hpp"
 #include "dsv4/model/synth.hpp"
 #include "dsv4/ops/attention.hpp"
+#include "dsv4/ops/hadamard.hpp"
 #include "dsv4/ops/linear.hpp"
 #include "dsv4/ops/quant.hpp"
 #include "harness.hpp"
@@ -37,9 +40,10 @@ tiny_model& tiny() {
 }
 
 std::vector<float> run(const attention_layer& L, const std::vector<float>& x, std::int64_t T,
-                       const std::vector<std::int64_t>& chunks, attention_trace* trace = nullptr) {
+                       const std::vector<std::int64_t>& chunks, attention_trace* trace = nullptr,
+                       kv_storage storage = kv_storage::fp32) {
   const std::int64_t D = tiny().cfg.dim;
-  attention_cache c = L.new_cache();
+  attention_cache c = L.new_cache(0, storage);
   std::vector<float> y(static_cast<std::size_t>(T * D));
   std::int64_t t0 = 0;
   for (std::int64_t n : chunks) {
@@ -50,6 +54,22 @@ std::vector<float> run(const attention_layer& L, const std::vector<float>& x, st
   }
   REQUIRE(t0 == T);
   return y;
+}
+
+// Independent pieces for the recomputation tests (ref backend ops, plain loops).
+std::vector<float> lin(const ops::qweight& w, const float* x, std::int64_t K) {
+  const std::int64_t N = w.weight.shape(0);
+  std::vector<float> y(static_cast<std::size_t>(N));
+  ops::linear(tensor_view(const_cast<float*>(x), dtype::f32, {1, K}), w, tensor_view(y.data(), dtype::f32, {1, N}),
+              test::on(backend::ref));
+  return y;
+}
+void rms(float* v, std::int64_t n, const tensor_view& w, double eps) {
+  double ss = 0;
+  for (std::int64_t i = 0; i < n; ++i) ss += double(v[i]) * v[i];
+  const double r = 1 / std::sqrt(ss / double(n) + eps);
+  for (std::int64_t i = 0; i < n; ++i)
+    v[i] = static_cast<float>(v[i] * r) * (w.rank() ? static_cast<const bf16*>(w.data())[i].to_float() : 1.f);
 }
 
 bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
@@ -345,5 +365,215 @@ TEST_SUITE("attention") {
       L.forward(tensor_view(const_cast<float*>(x.data()), dtype::f32, {1, D}), other,
                 tensor_view(y.data(), dtype::f32, {1, D}));
     }, {"another layer shape"});
+  }
+
+  TEST_CASE("deployed storage: 584/68-byte layout, lossless FP8/FP4 parts, chunk-invariant, bytes == calculator") {
+    // Packing: nope dims and keys come back bit for bit (they are already on the FP8/FP4 grids), rope dims as BF16.
+    const model_config v4 = preset("v4-flash");
+    attention_cache flash = make_attention_cache(v4, 2, 1024, kv_storage::deployed);
+    CHECK(flash.entry_bytes == 584);
+    CHECK(flash.key_bytes == 68);
+    std::vector<float> e = test::randn(512, 10), k = test::randn(128, 11);
+    const tensor_view ev(e.data(), dtype::f32, {1, 512});
+    ops::block_round_trip(ev.narrow(1, 0, 448), ev.narrow(1, 0, 448), ops::quant_format::fp8_e4m3, 64);
+    ops::block_round_trip(tensor_view(k.data(), dtype::f32, {1, 128}), tensor_view(k.data(), dtype::f32, {1, 128}),
+                          ops::quant_format::fp4_e2m1, 32);
+    flash.append_entry(e.data());
+    flash.append_key(k.data());
+    std::vector<float> e2(512), k2(128);
+    flash.read_entry(0, e2.data());
+    flash.read_keys(1, k2.data());
+    for (int i = 0; i < 448; ++i) CHECK(e2[static_cast<std::size_t>(i)] == e[static_cast<std::size_t>(i)]);
+    for (int i = 448; i < 512; ++i) CHECK(e2[static_cast<std::size_t>(i)] == bf16::from_float(e[static_cast<std::size_t>(i)]).to_float());
+    CHECK(k2 == k);
+    CHECK(flash.comp_packed.size() == 584);
+    CHECK(flash.keys_packed.size() == 68);
+
+    // The tiny model in deployed storage: still bitwise chunk-invariant, close to fp32 storage (BF16 rope dims), and
+    // the bytes held after T tokens equal the calculator's KV count for the same context, term for term.
+    const tiny_model& m = tiny();
+    const std::int64_t T = 300, D = m.cfg.dim;
+    const auto x = test::randn(static_cast<std::size_t>(T * D), 12);
+    std::int64_t held = 0;
+    for (int layer : {0, 1, 2, 3}) {
+      CAPTURE(layer);
+      const attention_layer L(m.cfg, m.w.layers[static_cast<std::size_t>(layer)]);
+      const auto full = run(L, x, T, {T}, nullptr, kv_storage::deployed);
+      CHECK(same_bits(run(L, x, T, std::vector<std::int64_t>(static_cast<std::size_t>(T), 1), nullptr, kv_storage::deployed), full));
+      CHECK(same_bits(run(L, x, T, {7, 130, 163}, nullptr, kv_storage::deployed), full));
+      const auto f32 = run(L, x, T, {T});
+      double num = 0, den = 0;
+      for (std::size_t i = 0; i < f32.size(); ++i) {
+        num += (double(full[i]) - f32[i]) * (double(full[i]) - f32[i]);
+        den += double(f32[i]) * f32[i];
+      }
+      // BF16 rope dims (8 mantissa bits, relative 2^-9) in the cached rows: outputs move by ~1e-3 relative.
+      CHECK(std::sqrt(num / den) < 1e-2);
+      attention_cache c = L.new_cache(0, kv_storage::deployed);
+      std::vector<float> y(static_cast<std::size_t>(T * D));
+      L.forward(tensor_view(const_cast<float*>(x.data()), dtype::f32, {T, D}), c, tensor_view(y.data(), dtype::f32, {T, D}));
+      held += c.bytes();
+    }
+    CHECK(double(held) == decode_costs(m.cfg, T).kv_total());
+  }
+
+  TEST_CASE("a 1M-token V4-Flash cache in the deployed layout has exactly the calculator's size") {
+    const model_config f = preset("v4-flash");
+    constexpr std::int64_t kCtx = 1 << 20;
+    std::int64_t total = 0, allocated = 0;
+    for (std::int64_t layer = 0; layer < f.n_layers; ++layer) {
+      attention_cache c = make_attention_cache(f, layer, kCtx, kv_storage::deployed);
+      c.reserve();  // address space only: the pages stay untouched
+      total += c.capacity_bytes();
+      allocated += static_cast<std::int64_t>(c.ring_packed.size() + c.comp_packed.capacity() + c.keys_packed.capacity() +
+                                             sizeof(float) * (c.main.kv.size() + c.main.score.size() +
+                                                              c.index.kv.size() + c.index.score.size()));
+    }
+    const double calc = decode_costs(f, kCtx).kv_total();
+    CHECK(double(total) == calc);
+    CHECK(double(allocated) >= calc);
+    CHECK(double(allocated) <= calc * 1.001);
+    MESSAGE("V4-Flash, 1M tokens, deployed layout: ", double(total) / 1e9, " GB per sequence (", double(total) / kCtx,
+            " B/token)");
+  }
+
+  TEST_CASE("independent sequences: interleaved decoding of three sequences equals each one alone") {
+    const tiny_model& m = tiny();
+    const std::int64_t D = m.cfg.dim;
+    const attention_layer L(m.cfg, m.w.layers[1]);
+    const std::int64_t len[3] = {40, 75, 9};
+    std::vector<std::vector<float>> xs, alone, inter(3);
+    for (int s = 0; s < 3; ++s) {
+      xs.push_back(test::randn(static_cast<std::size_t>(len[s] * D), 20 + static_cast<std::uint64_t>(s)));
+      alone.push_back(run(L, xs.back(), len[s], {len[s]}));
+      inter[static_cast<std::size_t>(s)].resize(static_cast<std::size_t>(len[s] * D));
+    }
+    attention_cache caches[3] = {L.new_cache(), L.new_cache(), L.new_cache()};
+    for (std::int64_t step = 0; step < 75; ++step)
+      for (int s = 0; s < 3; ++s) {
+        if (step >= len[s]) continue;
+        L.forward(tensor_view(xs[static_cast<std::size_t>(s)].data() + step * D, dtype::f32, {1, D}), caches[s],
+                  tensor_view(inter[static_cast<std::size_t>(s)].data() + step * D, dtype::f32, {1, D}));
+      }
+    for (int s = 0; s < 3; ++s) CHECK(same_bits(inter[static_cast<std::size_t>(s)], alone[static_cast<std::size_t>(s)]));
+  }
+
+  TEST_CASE("a sliding-window token recomputed from the spec: q rescale, KV FP8, sink, inverse RoPE, wo_a groups") {
+    const tiny_model& m = tiny();
+    const model_config& c = m.cfg;
+    const auto& aw = m.w.layers[0].attn;  // SWA layer: window only
+    const std::int64_t D = c.dim, H = c.n_heads, hd = c.head_dim, nope = c.nope_head_dim(), W = c.window_size;
+    const std::int64_t T = 21, p = T - 1;
+    const auto x = test::randn(static_cast<std::size_t>(T * D), 13);
+    const attention_layer L(c, m.w.layers[0], test::on(backend::ref));
+    const auto y = run(L, x, T, {T});
+    const rope_table& rope = L.rope();
+    // Query of the last token.
+    auto qr = lin(aw.wq_a, x.data() + p * D, D);
+    rms(qr.data(), c.q_lora_rank, aw.q_norm, c.norm_eps);
+    auto q = lin(aw.wq_b, qr.data(), c.q_lora_rank);
+    for (std::int64_t h = 0; h < H; ++h) {
+      rms(q.data() + h * hd, hd, {}, c.norm_eps);
+      rope.apply(q.data() + h * hd, nope, p);
+    }
+    // KV rows of the window (positions p − W + 1 .. p).
+    std::vector<std::vector<float>> kv;
+    for (std::int64_t s = p - W + 1; s <= p; ++s) {
+      auto r = lin(aw.wkv, x.data() + s * D, D);
+      rms(r.data(), hd, aw.kv_norm, c.norm_eps);
+      rope.apply(r.data(), nope, s);
+      const tensor_view rv(r.data(), dtype::f32, {1, hd});
+      ops::block_round_trip(rv.narrow(1, 0, nope), rv.narrow(1, 0, nope), ops::quant_format::fp8_e4m3, 64);
+      kv.push_back(r);
+    }
+    // Attention with sink, per head, then the inverse rotation.
+    std::vector<float> o(static_cast<std::size_t>(H * hd));
+    for (std::int64_t h = 0; h < H; ++h) {
+      std::vector<double> l;
+      double mx = -1e300;
+      for (const auto& r : kv) {
+        double dot = 0;
+        for (std::int64_t i = 0; i < hd; ++i) dot += double(q[static_cast<std::size_t>(h * hd + i)]) * r[static_cast<std::size_t>(i)];
+        l.push_back(dot / std::sqrt(double(hd)));
+        mx = std::max(mx, l.back());
+      }
+      double den = std::exp(double(static_cast<const float*>(aw.attn_sink.data())[h]) - mx);
+      std::vector<double> acc(static_cast<std::size_t>(hd));
+      for (std::size_t i = 0; i < kv.size(); ++i) {
+        const double e = std::exp(l[i] - mx);
+        den += e;
+        for (std::int64_t d = 0; d < hd; ++d) acc[static_cast<std::size_t>(d)] += e * kv[i][static_cast<std::size_t>(d)];
+      }
+      for (std::int64_t d = 0; d < hd; ++d) o[static_cast<std::size_t>(h * hd + d)] = static_cast<float>(acc[static_cast<std::size_t>(d)] / den);
+      rope.apply(o.data() + h * hd, nope, p, /*inverse=*/true);
+    }
+    // wo_a per group (rows g·o_lora .. of the decoded weight, inputs heads g·H/g ..), then wo_b.
+    const std::int64_t g = c.o_groups, ol = c.o_lora_rank, gin = H * hd / g;
+    std::vector<float> woa(static_cast<std::size_t>(g * ol * gin));
+    ops::dequantize(aw.wo_a.weight, aw.wo_a.scale, tensor_view(woa.data(), dtype::f32, {g * ol, gin}), 128, 128);
+    std::vector<float> o2(static_cast<std::size_t>(g * ol));
+    for (std::int64_t k = 0; k < g; ++k)
+      for (std::int64_t r = 0; r < ol; ++r) {
+        double a = 0;
+        for (std::int64_t i = 0; i < gin; ++i) a += double(woa[static_cast<std::size_t>((k * ol + r) * gin + i)]) * o[static_cast<std::size_t>(k * gin + i)];
+        o2[static_cast<std::size_t>(k * ol + r)] = static_cast<float>(a);
+      }
+    const auto want = lin(aw.wo_b, o2.data(), g * ol);
+    for (std::int64_t i = 0; i < D; ++i)
+      CHECK(y[static_cast<std::size_t>(p * D + i)] == doctest::Approx(want[static_cast<std::size_t>(i)]).epsilon(1e-4).scale(1e-3));
+  }
+
+  TEST_CASE("indexer picks recomputed from the spec: Hadamard and FP4 on both q and k, scaled head weights") {
+    const tiny_model& m = tiny();
+    const model_config& c = m.cfg;
+    const auto& aw = m.w.layers[1].attn;  // CSA
+    const auto& ix = *aw.indexer;
+    const std::int64_t D = c.dim, ih = c.index_n_heads, ic = c.index_head_dim, T = 300, p = T - 1;
+    const auto x = test::randn(static_cast<std::size_t>(T * D), 14);
+    const attention_layer L(c, m.w.layers[1], test::on(backend::ref));
+    attention_cache cache = L.new_cache();
+    attention_trace tr;
+    std::vector<float> y(static_cast<std::size_t>(T * D));
+    L.forward(tensor_view(const_cast<float*>(x.data()), dtype::f32, {T, D}), cache, tensor_view(y.data(), dtype::f32, {T, D}), &tr);
+    // Query: q latent -> wq_b -> RoPE on each head's last rope dims -> Hadamard -> FP4 round trip.
+    auto qr = lin(aw.wq_a, x.data() + p * D, D);
+    rms(qr.data(), c.q_lora_rank, aw.q_norm, c.norm_eps);
+    auto qi = lin(ix.wq_b, qr.data(), c.q_lora_rank);
+    for (std::int64_t h = 0; h < ih; ++h) L.rope().apply(qi.data() + h * ic, ic - c.rope_head_dim, p);
+    const tensor_view qv(qi.data(), dtype::f32, {ih, ic});
+    ops::hadamard(qv, qv, test::on(backend::ref));
+    ops::block_round_trip(qv, qv, ops::quant_format::fp4_e2m1, 32, test::on(backend::ref));
+    auto wts = lin(ix.weights_proj, x.data() + p * D, D);
+    const std::int64_t E = (p + 1) / 4;
+    REQUIRE(cache.n_keys() == E);
+    std::vector<float> keys(static_cast<std::size_t>(E * ic));
+    cache.read_keys(E, keys.data());
+    std::vector<std::pair<double, std::int32_t>> sc;
+    for (std::int64_t e = 0; e < E; ++e) {
+      double s = 0;
+      for (std::int64_t h = 0; h < ih; ++h) {
+        double dot = 0;
+        for (std::int64_t i = 0; i < ic; ++i) dot += double(qi[static_cast<std::size_t>(h * ic + i)]) * keys[static_cast<std::size_t>(e * ic + i)];
+        s += double(wts[static_cast<std::size_t>(h)]) / std::sqrt(double(ic)) / std::sqrt(double(ih)) * std::max(dot, 0.0);
+      }
+      sc.push_back({-s, static_cast<std::int32_t>(e)});  // ascending = best first, ties -> lower index
+    }
+    std::sort(sc.begin(), sc.end());
+    std::vector<std::int32_t> want;
+    for (std::int64_t i = 0; i < std::min<std::int64_t>(c.index_topk, E); ++i) want.push_back(sc[static_cast<std::size_t>(i)].second);
+    std::sort(want.begin(), want.end());
+    CHECK(tr.last_picks == want);
+    // The keys really are Hadamard-rotated: every stored key is on the FP4 grid of its block scale, and rotating it
+    // back does not give values on that grid (a key stored without the rotation would).
+    int on_grid_back = 0;
+    for (std::int64_t e = 0; e < std::min<std::int64_t>(E, 8); ++e) {
+      std::vector<float> kb(keys.begin() + e * ic, keys.begin() + (e + 1) * ic);
+      ops::hadamard(tensor_view(kb.data(), dtype::f32, {1, ic}), tensor_view(kb.data(), dtype::f32, {1, ic}));
+      std::vector<float> rt = kb;
+      ops::block_round_trip(tensor_view(rt.data(), dtype::f32, {1, ic}), tensor_view(rt.data(), dtype::f32, {1, ic}),
+                            ops::quant_format::fp4_e2m1, 32);
+      on_grid_back += rt == kb;
+    }
+    CHECK(on_grid_back == 0);
   }
 }

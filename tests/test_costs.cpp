@@ -2,6 +2,7 @@
 // terms checked against the ref kernels' counter on real (synthetic) weights.
 #include "dsv4/buffer.hpp"
 #include "dsv4/io/safetensors.hpp"
+#include "dsv4/model/attention.hpp"
 #include "dsv4/model/config.hpp"
 #include "dsv4/model/costs.hpp"
 #include "dsv4/model/synth.hpp"
@@ -189,7 +190,38 @@ TEST_SUITE("costs") {
     CHECK(experts == term(r, "routed experts") + term(r, "shared expert"));
     CHECK(mhc == term(r, "mHC"));
     CHECK(head == term(r, "head"));
-    // Core attention, indexer scores and the caches are checked against execution once the attention blocks exist
-    // (issue 5); until then they are pinned by the hand computations above.
+  }
+
+  TEST_CASE("attention on real weights: counted FLOPs of one decoded token and the cache bytes equal the calculator") {
+    // Prefill L − 1 tokens through every attention layer of the tiny model (ref backend, deployed cache layout),
+    // then count the FLOPs of decoding token L − 1 (context L) and compare with the calculator's attention terms;
+    // the caches then hold exactly the calculator's KV bytes for context L.
+    temp_dir d("costs_attn");
+    const model_config c = preset("tiny");
+    synthesize(c, d.path, {});
+    const io::checkpoint ck = io::checkpoint::open(d.path);
+    const model_weights w = bind_weights(ck, c);
+    for (std::int64_t L : {std::int64_t{1}, std::int64_t{20}, std::int64_t{300}}) {
+      CAPTURE(L);
+      const auto x = test::randn(static_cast<std::size_t>(L * c.dim), 9);
+      double counted = 0, held = 0;
+      for (const auto& b : w.layers) {
+        const attention_layer layer(c, b, test::on(backend::ref));
+        attention_cache cache = layer.new_cache(0, kv_storage::deployed);
+        std::vector<float> y(static_cast<std::size_t>(L * c.dim));
+        if (L > 1)
+          layer.forward(tensor_view(const_cast<float*>(x.data()), dtype::f32, {L - 1, c.dim}), cache,
+                        tensor_view(y.data(), dtype::f32, {L - 1, c.dim}));
+        ref::scoped_flop_count n;
+        layer.forward(tensor_view(const_cast<float*>(x.data()) + (L - 1) * c.dim, dtype::f32, {1, c.dim}), cache,
+                      tensor_view(y.data(), dtype::f32, {1, c.dim}));
+        counted += double(n.flops());
+        held += double(cache.bytes());
+      }
+      const cost_report r = decode_costs(c, L);
+      CHECK(counted == term(r, "projections") + term(r, "compressor") + term(r, "indexer") +
+                           term(r, "indexer scores") + term(r, "indexer weighting") + term(r, "core attention"));
+      CHECK(held == r.kv_total());
+    }
   }
 }

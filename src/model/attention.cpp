@@ -11,6 +11,7 @@
 #include "dsv4/ops/hadamard.hpp"
 #include "dsv4/ops/linear.hpp"
 #include "dsv4/ops/quant.hpp"
+#include "dsv4/model/costs.hpp"
 
 namespace dsv4::model {
 
@@ -89,18 +90,154 @@ void compressor_state::reset() {
 }
 
 std::int64_t attention_cache::bytes() const {
-  return static_cast<std::int64_t>(
-      sizeof(float) * (ring.size() + comp.size() + keys.size() + main.kv.size() + main.score.size() +
-                       index.kv.size() + index.score.size()));
+  const std::int64_t state =
+      static_cast<std::int64_t>(sizeof(float) * (main.kv.size() + main.score.size() + index.kv.size() + index.score.size()));
+  return (std::min(pos, window) + n_comp_) * entry_bytes + n_keys_ * key_bytes + state;
+}
+
+std::int64_t attention_cache::capacity_bytes() const {
+  const std::int64_t state =
+      static_cast<std::int64_t>(sizeof(float) * (main.kv.size() + main.score.size() + index.kv.size() + index.score.size()));
+  return (std::min(capacity, window) + (ratio ? capacity / ratio : 0)) * entry_bytes +
+         (ratio == 4 ? capacity / 4 : 0) * key_bytes + state;
+}
+
+void attention_cache::reserve() {
+  const std::size_t entries = static_cast<std::size_t>(ratio ? capacity / ratio : 0);
+  const std::size_t nkeys = static_cast<std::size_t>(ratio == 4 ? capacity / 4 : 0);
+  if (storage == kv_storage::fp32) {
+    comp.reserve(entries * static_cast<std::size_t>(head_dim));
+    keys.reserve(nkeys * static_cast<std::size_t>(index_dim));
+  } else {
+    comp_packed.reserve(entries * static_cast<std::size_t>(entry_bytes));
+    keys_packed.reserve(nkeys * static_cast<std::size_t>(key_bytes));
+  }
 }
 
 void attention_cache::reset() {
   pos = 0;
+  n_comp_ = n_keys_ = 0;
   std::fill(ring.begin(), ring.end(), 0.f);
+  std::fill(ring_packed.begin(), ring_packed.end(), std::uint8_t{0});
   comp.clear();
   keys.clear();
+  comp_packed.clear();
+  keys_packed.clear();
   if (main.ratio) main.reset();
   if (index.ratio) index.reset();
+}
+
+namespace {
+
+// Deployed entry: [nope FP8 codes][rope dims BF16, little-endian][nope/64 E8M0][zero pad].
+void pack_entry(const float* v, std::int64_t hd, std::int64_t nope, std::uint8_t* out) {
+  const std::int64_t rd = hd - nope;
+  const tensor_view x(const_cast<float*>(v), dtype::f32, {1, nope});
+  ops::block_quantize(x, tensor_view(out, dtype::fp8_e4m3, {1, nope}),
+                      tensor_view(out + nope + 2 * rd, dtype::ue8m0, {1, nope / 64}), 64);
+  for (std::int64_t i = 0; i < rd; ++i) {
+    const std::uint16_t b = bf16::from_float(v[nope + i]).bits;
+    out[nope + 2 * i] = static_cast<std::uint8_t>(b);
+    out[nope + 2 * i + 1] = static_cast<std::uint8_t>(b >> 8);
+  }
+}
+
+void unpack_entry(const std::uint8_t* in, std::int64_t hd, std::int64_t nope, float* v) {
+  const std::int64_t rd = hd - nope;
+  const std::uint8_t* sc = in + nope + 2 * rd;
+  for (std::int64_t i = 0; i < nope; ++i) v[i] = fp8_e4m3{in[i]}.to_float() * ue8m0{sc[i / 64]}.to_float();
+  for (std::int64_t i = 0; i < rd; ++i)
+    v[nope + i] = bf16{static_cast<std::uint16_t>(in[nope + 2 * i] | (in[nope + 2 * i + 1] << 8))}.to_float();
+}
+
+// Deployed key: [c/2 FP4 bytes, element 2i in the low nibble][c/32 E8M0].
+void pack_key(const float* v, std::int64_t c, std::uint8_t* out) {
+  ops::block_quantize(tensor_view(const_cast<float*>(v), dtype::f32, {1, c}), tensor_view(out, dtype::fp4_e2m1, {1, c}),
+                      tensor_view(out + c / 2, dtype::ue8m0, {1, c / 32}), 32);
+}
+
+void unpack_key(const std::uint8_t* in, std::int64_t c, float* v) {
+  for (std::int64_t i = 0; i < c; i += 2) {
+    const fp4x2 pair{in[i / 2]};
+    const float s = ue8m0{in[c / 2 + i / 32]}.to_float();
+    v[i] = pair.lo().to_float() * s;
+    v[i + 1] = pair.hi().to_float() * s;
+  }
+}
+
+}  // namespace
+
+void attention_cache::read_ring(float* rows) const {
+  if (storage == kv_storage::fp32) {
+    std::copy(ring.begin(), ring.end(), rows);
+    return;
+  }
+  for (std::int64_t s = 0; s < window; ++s)
+    unpack_entry(ring_packed.data() + s * entry_bytes, head_dim, nope, rows + s * head_dim);
+}
+
+void attention_cache::write_ring(std::int64_t slot, const float* v) {
+  if (storage == kv_storage::fp32) std::copy(v, v + head_dim, ring.begin() + slot * head_dim);
+  else pack_entry(v, head_dim, nope, ring_packed.data() + slot * entry_bytes);
+}
+
+void attention_cache::append_entry(const float* v) {
+  if (storage == kv_storage::fp32) {
+    comp.insert(comp.end(), v, v + head_dim);
+  } else {
+    comp_packed.resize(comp_packed.size() + static_cast<std::size_t>(entry_bytes), 0);
+    pack_entry(v, head_dim, nope, comp_packed.data() + n_comp_ * entry_bytes);
+  }
+  ++n_comp_;
+}
+
+void attention_cache::read_entry(std::int64_t j, float* v) const {
+  if (storage == kv_storage::fp32) std::copy(comp.begin() + j * head_dim, comp.begin() + (j + 1) * head_dim, v);
+  else unpack_entry(comp_packed.data() + j * entry_bytes, head_dim, nope, v);
+}
+
+void attention_cache::append_key(const float* v) {
+  if (storage == kv_storage::fp32) {
+    keys.insert(keys.end(), v, v + index_dim);
+  } else {
+    keys_packed.resize(keys_packed.size() + static_cast<std::size_t>(key_bytes), 0);
+    pack_key(v, index_dim, keys_packed.data() + n_keys_ * key_bytes);
+  }
+  ++n_keys_;
+}
+
+void attention_cache::read_keys(std::int64_t n, float* out) const {
+  if (storage == kv_storage::fp32) {
+    std::copy(keys.begin(), keys.begin() + n * index_dim, out);
+    return;
+  }
+  for (std::int64_t j = 0; j < n; ++j) unpack_key(keys_packed.data() + j * key_bytes, index_dim, out + j * index_dim);
+}
+
+attention_cache make_attention_cache(const model_config& cfg, std::int64_t layer, std::int64_t capacity,
+                                     kv_storage storage) {
+  const int r = cfg.compress_ratio(layer);
+  attention_cache c;
+  c.capacity = capacity > 0 ? capacity : cfg.max_position_embeddings;
+  c.head_dim = cfg.head_dim;
+  c.nope = cfg.nope_head_dim();
+  c.window = cfg.window_size;
+  c.ratio = r;
+  c.index_dim = r == 4 ? cfg.index_head_dim : 0;
+  c.storage = storage;
+  if (storage == kv_storage::fp32) {
+    c.entry_bytes = 4 * cfg.head_dim;
+    c.key_bytes = 4 * c.index_dim;
+    c.ring.assign(static_cast<std::size_t>(cfg.window_size * cfg.head_dim), 0.f);
+  } else {
+    c.entry_bytes = kv_entry_bytes(cfg, kv_layout::deployed);
+    c.key_bytes = r == 4 ? index_key_bytes(cfg, kv_layout::deployed) : 0;
+    c.ring_packed.assign(static_cast<std::size_t>(cfg.window_size * c.entry_bytes), 0);
+  }
+  if (r) c.main = {r, r == 4, cfg.head_dim, {}, {}};
+  if (r == 4) c.index = {4, true, cfg.index_head_dim, {}, {}};
+  c.reset();
+  return c;
 }
 
 attention_layer::attention_layer(const model_config& cfg, const block_weights& w, const exec& ex)
@@ -136,17 +273,8 @@ attention_layer::attention_layer(const model_config& cfg, const block_weights& w
   }
 }
 
-attention_cache attention_layer::new_cache(std::int64_t capacity) const {
-  attention_cache c;
-  c.capacity = capacity > 0 ? capacity : cfg_.max_position_embeddings;
-  c.head_dim = cfg_.head_dim;
-  c.window = cfg_.window_size;
-  c.index_dim = ratio_ == 4 ? cfg_.index_head_dim : 0;
-  c.ring.assign(static_cast<std::size_t>(cfg_.window_size * cfg_.head_dim), 0.f);
-  if (ratio_) c.main = {ratio_, ratio_ == 4, cfg_.head_dim, {}, {}};
-  if (ratio_ == 4) c.index = {4, true, cfg_.index_head_dim, {}, {}};
-  c.reset();
-  return c;
+attention_cache attention_layer::new_cache(std::int64_t capacity, kv_storage storage) const {
+  return make_attention_cache(cfg_, layer_, capacity, storage);
 }
 
 void attention_layer::emit_main(attention_cache& c, std::int64_t j, std::vector<float>& e) const {
@@ -155,7 +283,7 @@ void attention_layer::emit_main(attention_cache& c, std::int64_t j, std::vector<
   rope_.apply(e.data(), nope, ratio_ * j);  // the first position of block j
   const tensor_view v(e.data(), dtype::f32, {1, hd});
   ops::block_round_trip(v.narrow(1, 0, nope), v.narrow(1, 0, nope), ops::quant_format::fp8_e4m3, 64, ex_);
-  c.comp.insert(c.comp.end(), e.begin(), e.end());
+  c.append_entry(e.data());
 }
 
 void attention_layer::emit_index(attention_cache& c, std::int64_t j, std::vector<float>& e) const {
@@ -165,7 +293,7 @@ void attention_layer::emit_index(attention_cache& c, std::int64_t j, std::vector
   const tensor_view v(e.data(), dtype::f32, {1, ic});
   ops::hadamard(v, v, ex_);
   ops::block_round_trip(v, v, ops::quant_format::fp4_e2m1, 32, ex_);
-  c.keys.insert(c.keys.end(), e.begin(), e.end());
+  c.append_key(e.data());
 }
 
 void attention_layer::forward(const tensor_view& x, attention_cache& c, const tensor_view& y,
@@ -178,9 +306,9 @@ void attention_layer::forward(const tensor_view& x, attention_cache& c, const te
   DSV4_CHECK(T >= 1, kOp, "no tokens (x is ", x.describe(), ")");
   DSV4_CHECK(y.rank() == 2 && y.dt() == dtype::f32 && y.shape(0) == T && y.shape(1) == D && y.is_contiguous(), kOp,
              "y is ", y.describe(), ", expected contiguous f32[", T, ", ", D, "]");
-  DSV4_CHECK(c.head_dim == hd && c.window == W && c.main.ratio == ratio_, kOp,
+  DSV4_CHECK(c.head_dim == hd && c.window == W && c.ratio == ratio_, kOp,
              "the cache was made for another layer shape (head_dim ", c.head_dim, ", window ", c.window,
-             ", ratio ", c.main.ratio, "; this layer: ", hd, ", ", W, ", ", ratio_, ")");
+             ", ratio ", c.ratio, "; this layer: ", hd, ", ", W, ", ", ratio_, ")");
   DSV4_CHECK(c.pos + T <= c.capacity, kOp, "positions [", c.pos, ", ", c.pos + T, ") run past the cache capacity of ",
              c.capacity, " tokens");
   const std::int64_t p0 = c.pos;
@@ -202,7 +330,7 @@ void attention_layer::forward(const tensor_view& x, attention_cache& c, const te
 
   // Window KV path: new rows after the W rows of the ring (in slot order).
   buffer win = f32(W + T, hd);
-  std::copy(c.ring.begin(), c.ring.end(), data(win));
+  c.read_ring(data(win));
   const tensor_view kv_new = win.view().narrow(0, W, T);
   ops::linear(x, w_.wkv, kv_new, ex_);
   for (std::int64_t t = 0; t < T; ++t) {
@@ -211,6 +339,12 @@ void attention_layer::forward(const tensor_view& x, attention_cache& c, const te
     rope_.apply(v, nope, p0 + t);
   }
   ops::block_round_trip(kv_new.narrow(1, 0, nope), kv_new.narrow(1, 0, nope), ops::quant_format::fp8_e4m3, 64, ex_);
+  if (c.storage == kv_storage::deployed)  // attend to exactly what the cache will hold: BF16 rope dims
+    for (std::int64_t t = 0; t < T; ++t)
+      for (std::int64_t i = nope; i < hd; ++i) {
+        float& v = data(win)[(W + t) * hd + i];
+        v = bf16::from_float(v).to_float();
+      }
 
   // Main compressor (CSA and HCA).
   std::vector<float> entry;
@@ -256,7 +390,14 @@ void attention_layer::forward(const tensor_view& x, attention_cache& c, const te
     // Score in blocks of tokens so a long prefill never holds a [T, n_keys] matrix.
     const std::int64_t E = c.n_keys(), k = cf.index_topk;
     constexpr std::int64_t kTokBlock = 64;
-    const tensor_view keys(c.keys.data(), dtype::f32, {E, ic});
+    std::vector<float> decoded;  // deployed storage: the FP4 keys decoded for the fp32 kernels
+    const float* kp = c.keys.data();
+    if (c.storage != kv_storage::fp32) {
+      decoded.resize(static_cast<std::size_t>(E * ic));
+      c.read_keys(E, decoded.data());
+      kp = decoded.data();
+    }
+    const tensor_view keys(const_cast<float*>(kp), dtype::f32, {E, ic});
     for (std::int64_t t0 = 0; t0 < T; t0 += kTokBlock) {
       const std::int64_t tb = std::min(kTokBlock, T - t0);
       buffer scores = f32(tb, std::max<std::int64_t>(E, 1)), idx(dtype::i32, {tb, k});
@@ -308,7 +449,23 @@ void attention_layer::forward(const tensor_view& x, attention_cache& c, const te
   // Sparse attention with sink over [window ; compressed], then inverse RoPE.
   buffer o(dtype::f32, {T, H, hd});
   const std::int64_t nc = c.n_comp();
-  const tensor_view comp = nc > 0 ? tensor_view(c.comp.data(), dtype::f32, {nc, hd}) : tensor_view();
+  tensor_view comp = nc > 0 ? tensor_view(c.comp.data(), dtype::f32, {nc, hd}) : tensor_view();
+  std::vector<float> used_rows;  // deployed storage: only the referenced entries, decoded, in entry order
+  if (c.storage != kv_storage::fp32 && nc > 0) {
+    std::vector<std::int32_t> used;
+    for (std::int64_t i = 0; i < T * K; ++i)
+      if (ip[i] >= W + T) used.push_back(ip[i] - static_cast<std::int32_t>(W + T));
+    std::sort(used.begin(), used.end());
+    used.erase(std::unique(used.begin(), used.end()), used.end());
+    used_rows.resize(std::max<std::size_t>(used.size(), 1) * static_cast<std::size_t>(hd));
+    for (std::size_t u = 0; u < used.size(); ++u) c.read_entry(used[u], used_rows.data() + u * static_cast<std::size_t>(hd));
+    for (std::int64_t i = 0; i < T * K; ++i)
+      if (ip[i] >= W + T)
+        ip[i] = static_cast<std::int32_t>(
+            W + T + (std::lower_bound(used.begin(), used.end(), ip[i] - static_cast<std::int32_t>(W + T)) - used.begin()));
+    comp = used.empty() ? tensor_view()
+                        : tensor_view(used_rows.data(), dtype::f32, {static_cast<std::int64_t>(used.size()), hd});
+  }
   ops::sparse_attention(tensor_view(q.data(), dtype::f32, {T, H, hd}), win, comp, idx,
                         tensor_view(const_cast<float*>(sink_.data()), dtype::f32, {H}),
                         static_cast<float>(1.0 / std::sqrt(double(hd))), o, ex_);
@@ -326,9 +483,7 @@ void attention_layer::forward(const tensor_view& x, attention_cache& c, const te
   ops::linear(o2, w_.wo_b, y, ex_);
 
   // The ring keeps the last W positions.
-  for (std::int64_t t = std::max<std::int64_t>(0, T - W); t < T; ++t)
-    std::copy(data(win) + (W + t) * hd, data(win) + (W + t + 1) * hd,
-              c.ring.begin() + ((p0 + t) % W) * hd);
+  for (std::int64_t t = std::max<std::int64_t>(0, T - W); t < T; ++t) c.write_ring((p0 + t) % W, data(win) + (W + t) * hd);
   c.pos += T;
 }
 

@@ -41,22 +41,55 @@ struct compressor_state {
   void reset();
 };
 
-// One sequence's state for one layer. Storage is fp32 (policy fp32: values on the FP8/FP4 grids, rope dims exact);
-// bytes() reports what it holds.
+// How a cache stores its KV entries and indexer keys.
+//   fp32      every value as fp32: exact under the fp32 policy (the default);
+//   deployed  the production layout the report counts (spec §8.2, FlashMLA): an entry is nope FP8 codes + rope dims in
+//             BF16 + one E8M0 scale per 64 nope dims, padded to 8 bytes (584 B for V4), an indexer key c/2 bytes of
+//             FP4 + one E8M0 per 32 (68 B). The FP8 / FP4 parts are lossless (the values are already on those
+//             grids); the rope dims are rounded to BF16, as the reference code's BF16 cache does. The kernels read
+//             fp32, so entries are decoded when used.
+enum class kv_storage : std::uint8_t { fp32, deployed };
+
+// One sequence's state for one layer.
 struct attention_cache {
   std::int64_t pos = 0;        // tokens processed
   std::int64_t capacity = 0;   // positions accepted; more is an error
-  std::int64_t head_dim = 0, index_dim = 0, window = 0;
+  std::int64_t head_dim = 0, nope = 0, index_dim = 0, window = 0, ratio = 0;
+  kv_storage storage = kv_storage::fp32;
+  std::int64_t entry_bytes = 0, key_bytes = 0;  // per stored entry / key in this storage
+  // fp32 storage:
   std::vector<float> ring;     // [window, head_dim], position p in slot p mod window
   std::vector<float> comp;     // [n_comp, head_dim] compressed entries (CSA / HCA)
   std::vector<float> keys;     // [n_keys, index_head_dim] indexer keys (CSA)
+  // deployed storage: the same rows packed, entry_bytes / key_bytes each.
+  std::vector<std::uint8_t> ring_packed, comp_packed, keys_packed;
   compressor_state main, index;
 
-  std::int64_t n_comp() const { return head_dim ? static_cast<std::int64_t>(comp.size()) / head_dim : 0; }
-  std::int64_t n_keys() const { return index_dim ? static_cast<std::int64_t>(keys.size()) / index_dim : 0; }
+  std::int64_t n_comp() const { return n_comp_; }
+  std::int64_t n_keys() const { return n_keys_; }
+  // Bytes held for this sequence: occupied window slots (min(pos, window)), compressed entries, indexer keys and the
+  // fp32 compressor state — the terms of the calculator's KV count (dsv4/model/costs.hpp).
   std::int64_t bytes() const;
-  void reset();  // a new sequence
+  // The same at `capacity` tokens (what reserve() allocates).
+  std::int64_t capacity_bytes() const;
+  void reserve();  // allocate for `capacity` tokens up front (sizing for 1M tokens when asked)
+  void reset();    // a new sequence
+
+  // Row access in either storage (fp32 out/in).
+  void read_ring(float* rows) const;                          // [window, head_dim]
+  void write_ring(std::int64_t slot, const float* v);
+  void append_entry(const float* v);
+  void read_entry(std::int64_t j, float* v) const;
+  void append_key(const float* v);
+  void read_keys(std::int64_t n, float* out) const;           // keys [0, n) -> [n, index_dim]
+
+ private:
+  std::int64_t n_comp_ = 0, n_keys_ = 0;
 };
+
+// The cache layer `layer` of cfg needs (no weights required): capacity 0 means max_position_embeddings.
+attention_cache make_attention_cache(const model_config& cfg, std::int64_t layer, std::int64_t capacity = 0,
+                                     kv_storage storage = kv_storage::fp32);
 
 // What one forward call did (for tests and the teaching example).
 struct attention_trace {
@@ -76,7 +109,7 @@ class attention_layer {
   const rope_table& rope() const { return rope_; }
 
   // A fresh cache for one sequence accepting `capacity` positions (0: the config's max_position_embeddings).
-  attention_cache new_cache(std::int64_t capacity = 0) const;
+  attention_cache new_cache(std::int64_t capacity = 0, kv_storage storage = kv_storage::fp32) const;
 
   // x [T, D] f32 (the attn_norm output of the block) -> y [T, D] f32, for one sequence. Errors: shapes, T = 0,
   // positions past the cache's capacity, a cache made for another shape.

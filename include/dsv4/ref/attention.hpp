@@ -10,6 +10,7 @@
 #include <numeric>
 #include <vector>
 
+#include "dsv4/ref/flops.hpp"
 #include "dsv4/tensor.hpp"
 
 namespace dsv4::ref {
@@ -21,6 +22,7 @@ void indexer_scores(view<const float, 3> q, view<const float, 2> k, view<const f
   const std::int64_t T = q.size(0), H = q.size(1), C = q.size(2), E = k.size(0);
   for (std::int64_t t = 0; t < T; ++t) {
     const std::int64_t n = static_cast<std::int64_t>(visible(t));
+    count_flops(static_cast<std::uint64_t>(n * H * (2 * C + 2)));  // q·k per head, then w·ReLU summed over heads
     for (std::int64_t s = 0; s < E; ++s) {
       if (s >= n) {
         scores(t, s) = -std::numeric_limits<float>::infinity();
@@ -75,6 +77,9 @@ inline void sparse_attention(view<const float, 3> q, view<const float, 2> kvw, v
         m = std::max(m, logit[static_cast<std::size_t>(i)]);
       }
       std::fill(acc.begin(), acc.end(), 0.0);
+      std::int64_t valid = 0;
+      for (std::int64_t i = 0; i < K; ++i) valid += idx(t, i) >= 0;
+      count_flops(static_cast<std::uint64_t>(4 * D * valid));  // q·k and p·v over the valid rows
       double den = std::exp(double(sink(h)) - m);  // the sink: denominator only
       for (std::int64_t i = 0; i < K; ++i) {
         const std::int32_t r = idx(t, i);

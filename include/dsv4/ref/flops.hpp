@@ -1,7 +1,8 @@
 // dsv4/ref/flops.hpp — a FLOP counter inside the scalar reference kernels (compiled in, off by default).
 //
 // The ref kernels add 2 FLOPs per multiply-add of their matrix products (ref::linear, the expert dots of
-// ref::moe_ffn, the mHC mixes of ref::hc_pre / hc_head) while a scoped_flop_count is alive. Elementwise work is
+// ref::moe_ffn, the mHC mixes of ref::hc_pre / hc_head, q·k and p·v of ref::sparse_attention, the indexer's q·k and
+// its weighted ReLU head sum in ref::indexer_scores) while a scoped_flop_count is alive. Elementwise work is
 // not counted. The tests compare these counts with the calculator's formulas (dsv4/model/costs.hpp) on real
 // weights, so the calculator's per-term rules are checked against execution. One relaxed atomic load per kernel
 // call when disabled; the counter is process-wide, so count one thing at a time.
