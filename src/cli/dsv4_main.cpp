@@ -1,6 +1,6 @@
 // dsv4 — the command-line tool. `dsv4 demo` walks through V4's number formats and quantizers on every backend this
-// machine has; `synth` writes a random checkpoint in the official format and `info` describes a model directory
-// (src/cli/cmd_model.cpp); later subcommands (run, report) build on the same library.
+// machine has; `synth` writes a random checkpoint in the official format, `info` describes a model directory
+// (src/cli/cmd_model.cpp), `run` is the forward pass (cmd_run.cpp), `report` the FLOPs/KV calculator (cmd_report.cpp).
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -11,6 +11,7 @@
 
 #include "cmd_model.hpp"
 #include "cmd_report.hpp"
+#include "cmd_run.hpp"
 #include "dsv4/cpu/quant.hpp"
 #include "dsv4/dsv4.hpp"
 
@@ -25,6 +26,8 @@ int usage() {
                "  synth      --preset NAME|--config FILE --out DIR [--seed S] [--sparse] [--shards N] [--no-mtp]\n"
                "             write a random checkpoint in the official format (HF config.json + safetensors)\n"
                "  info       --model DIR | --preset NAME: config, layer schedule, bytes per dtype, weight check\n"
+               "  run        --model DIR --prompt 5,17,301 [--decode 9,44] [--chunk N] [--backend ref|cpu]\n"
+               "             [--threads N] [--logits OUT.npy] [--top K]: the forward pass, logits of every position\n"
                "  report     [--context N] [--json] [--plot DIR] [--layout deployed|bf16] [--fp4 W ...]\n"
                "             FLOPs per token and KV cache of V4-Pro / V4-Flash vs V3.2, next to the paper's figures\n"
                "  backends   which backends this build and machine offer\n"
@@ -119,6 +122,7 @@ int main(int argc, char** argv) {
     if (cmd == "synth") return cli::cmd_synth(argc, argv);
     if (cmd == "info") return cli::cmd_info(argc, argv);
     if (cmd == "report") return cli::cmd_report(argc, argv);
+    if (cmd == "run") return cli::cmd_run(argc, argv);
     if (cmd == "version") return std::printf("dsv4 %s\n", kVersion) < 0;
     return usage();
   } catch (const std::exception& e) {

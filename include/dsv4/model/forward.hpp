@@ -1,0 +1,71 @@
+// dsv4/model/forward.hpp — the reference forward pass of DeepSeek-V4 (spec §4 block order, §7; numerics fp32).
+//
+//   model  = embed(ids) -> expand to hc_mult streams -> blocks -> hc_head -> norm -> head (logits, fp32)
+//   block  = hc_pre(attn) -> attn_norm -> attention (SWA / CSA / HCA from compress_ratios) -> hc_post
+//            -> hc_pre(ffn) -> ffn_norm -> MoE (hash-routed by tid2eid below num_hash_layers, else score-routed with
+//            the gate bias for selection) -> hc_post
+// forward() takes T new tokens of one sequence (any T: a prompt, a chunk of one, a decode step) and returns the logits
+// of every one of them. Every op it calls is batch-independent on the CPU backend and the attention layers keep
+// exact per-sequence state, so logits do not depend on how a sequence is split into calls (tests/test_forward.cpp).
+// Several sequences: one sequence_state each, one call per sequence. The MTP block is not run (the reference's
+// generate.py does not use it either).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <vector>
+
+#include "dsv4/exec.hpp"
+#include "dsv4/model/attention.hpp"
+#include "dsv4/model/config.hpp"
+#include "dsv4/model/weights.hpp"
+#include "dsv4/tensor.hpp"
+
+namespace dsv4::model {
+
+// One sequence: its position and one attention cache per layer.
+struct sequence_state {
+  std::int64_t pos = 0;
+  std::vector<attention_cache> caches;
+  std::int64_t cache_bytes() const;
+};
+
+// What one forward call did, per layer (for the teaching example and tests).
+struct layer_trace {
+  attention_trace attn;
+  std::vector<std::int32_t> last_experts;  // routed experts of the last token, in routing order
+  std::vector<float> last_weights;         // their routing weights
+  bool hash_routed = false;
+};
+
+struct forward_trace {
+  std::vector<layer_trace> layers;
+};
+
+class transformer {
+ public:
+  // The weights (and the checkpoint they view) must outlive the transformer.
+  transformer(const model_config& cfg, const model_weights& w, const exec& ex = {},
+              kv_storage storage = kv_storage::fp32);
+
+  const model_config& config() const { return cfg_; }
+  // A new sequence accepting `capacity` positions (0: max_position_embeddings).
+  sequence_state new_sequence(std::int64_t capacity = 0) const;
+
+  // tokens [T] (ids in [0, vocab)) at positions seq.pos .. -> logits [T, vocab] f32 (an empty view: not needed).
+  // progress(layer) is called after each layer. Errors: empty input, ids out of range, positions past the capacity.
+  void forward(std::span<const std::int64_t> tokens, sequence_state& seq, const tensor_view& logits,
+               forward_trace* trace = nullptr, const std::function<void(std::int64_t)>& progress = {}) const;
+
+ private:
+  model_config cfg_;
+  const model_weights& w_;
+  exec ex_;
+  kv_storage storage_;
+  std::vector<attention_layer> attn_;
+  std::vector<float> norm_;
+  std::vector<std::vector<float>> attn_norm_, ffn_norm_;
+};
+
+}  // namespace dsv4::model

@@ -1,0 +1,146 @@
+// transformer: embed -> expand -> blocks (mHC, attention, MoE) -> hc_head -> norm -> head, for one sequence.
+#include "dsv4/model/forward.hpp"
+
+#include <cmath>
+#include <cstring>
+
+#include "dsv4/buffer.hpp"
+#include "dsv4/error.hpp"
+#include "dsv4/ops/linear.hpp"
+#include "dsv4/ops/mhc.hpp"
+#include "dsv4/ops/moe.hpp"
+
+namespace dsv4::model {
+
+namespace {
+
+constexpr const char* kOp = "forward";
+
+std::vector<float> vec_f32(const tensor_view& t) {
+  std::vector<float> out(static_cast<std::size_t>(t.numel()));
+  if (t.dt() == dtype::f32) {
+    std::memcpy(out.data(), t.data(), out.size() * sizeof(float));
+  } else {
+    const auto* p = static_cast<const bf16*>(t.data());
+    for (std::size_t i = 0; i < out.size(); ++i) out[i] = p[i].to_float();
+  }
+  return out;
+}
+
+// Rows of x [T, D] <- x · rsqrt(mean(x²) + eps) · w (double sum, fp32 result: the same per row in any batch).
+void rms_norm_rows(float* x, std::int64_t T, std::int64_t D, const std::vector<float>& w, double eps) {
+  for (std::int64_t t = 0; t < T; ++t) {
+    float* v = x + t * D;
+    double ss = 0;
+    for (std::int64_t i = 0; i < D; ++i) ss += double(v[i]) * v[i];
+    const float r = static_cast<float>(1.0 / std::sqrt(ss / double(D) + eps));
+    for (std::int64_t i = 0; i < D; ++i) v[i] = v[i] * r * w[static_cast<std::size_t>(i)];
+  }
+}
+
+float* f(const buffer& b) { return static_cast<float*>(b.data()); }
+
+}  // namespace
+
+std::int64_t sequence_state::cache_bytes() const {
+  std::int64_t n = 0;
+  for (const auto& c : caches) n += c.bytes();
+  return n;
+}
+
+transformer::transformer(const model_config& cfg, const model_weights& w, const exec& ex, kv_storage storage)
+    : cfg_(cfg), w_(w), ex_(ex), storage_(storage) {
+  DSV4_CHECK(static_cast<std::int64_t>(w.layers.size()) == cfg.n_layers, kOp, "weights for ", w.layers.size(),
+             " layers, the config has ", cfg.n_layers);
+  attn_.reserve(w.layers.size());
+  for (const auto& b : w.layers) {
+    attn_.emplace_back(cfg, b, ex);
+    attn_norm_.push_back(vec_f32(b.attn_norm));
+    ffn_norm_.push_back(vec_f32(b.ffn_norm));
+  }
+  norm_ = vec_f32(w.norm);
+}
+
+sequence_state transformer::new_sequence(std::int64_t capacity) const {
+  sequence_state s;
+  for (std::size_t i = 0; i < attn_.size(); ++i) s.caches.push_back(attn_[i].new_cache(capacity, storage_));
+  return s;
+}
+
+void transformer::forward(std::span<const std::int64_t> tokens, sequence_state& seq, const tensor_view& logits,
+                          forward_trace* trace, const std::function<void(std::int64_t)>& progress) const {
+  const model_config& c = cfg_;
+  const std::int64_t T = static_cast<std::int64_t>(tokens.size()), D = c.dim, n = c.hc_mult, V = c.vocab_size;
+  DSV4_CHECK(T >= 1, kOp, "no tokens to process");
+  for (std::int64_t t = 0; t < T; ++t)
+    DSV4_CHECK(tokens[static_cast<std::size_t>(t)] >= 0 && tokens[static_cast<std::size_t>(t)] < V, kOp, "token id ",
+               tokens[static_cast<std::size_t>(t)], " at index ", t, " is outside the vocabulary [0, ", V, ")");
+  DSV4_CHECK(seq.caches.size() == attn_.size(), kOp, "the sequence state has ", seq.caches.size(),
+             " layer caches, the model ", attn_.size(), " layers (make it with new_sequence)");
+  const std::int64_t cap = seq.caches.empty() ? 0 : seq.caches[0].capacity;
+  DSV4_CHECK(seq.pos + T <= cap, kOp, "positions [", seq.pos, ", ", seq.pos + T, ") run past the context capacity of ",
+             cap, " tokens");
+  const bool want_logits = logits.rank() != 0 || logits.data() != nullptr;
+  if (want_logits)
+    DSV4_CHECK(logits.rank() == 2 && logits.dt() == dtype::f32 && logits.shape(0) == T && logits.shape(1) == V &&
+                   logits.is_contiguous(),
+               kOp, "logits is ", logits.describe(), ", expected contiguous f32[", T, ", ", V, "]");
+  if (trace) trace->layers.assign(attn_.size(), {});
+
+  // Embedding (a row gather, exact) and the initial expansion into n identical streams.
+  buffer h(dtype::f32, {T, D}), x(dtype::f32, {T, n, D});
+  for (std::int64_t t = 0; t < T; ++t) {
+    const std::int64_t id = tokens[static_cast<std::size_t>(t)];
+    if (w_.embed.dt() == dtype::bf16) {
+      const auto* row = static_cast<const bf16*>(w_.embed.data()) + id * D;
+      for (std::int64_t i = 0; i < D; ++i) f(h)[t * D + i] = row[i].to_float();
+    } else {
+      std::memcpy(f(h) + t * D, static_cast<const float*>(w_.embed.data()) + id * D, sizeof(float) * D);
+    }
+  }
+  ops::hc_expand(h, x, ex_);
+
+  const ops::mhc_config mc{c.hc_sinkhorn_iters, static_cast<float>(c.hc_eps), static_cast<float>(c.norm_eps)};
+  const ops::route_config rc{c.score, static_cast<int>(c.n_activated_experts), static_cast<float>(c.route_scale)};
+  const std::int64_t k = c.n_activated_experts, E = c.n_routed_experts;
+  buffer y(dtype::f32, {T, D}), fo(dtype::f32, {T, D}), post(dtype::f32, {T, n}), comb(dtype::f32, {T, n, n});
+  buffer gl(dtype::f32, {T, E}), rw(dtype::f32, {T, k}), ri(dtype::i32, {T, k}), ids(dtype::i64, {T});
+  std::memcpy(ids.data(), tokens.data(), sizeof(std::int64_t) * static_cast<std::size_t>(T));
+
+  for (std::size_t l = 0; l < attn_.size(); ++l) {
+    const block_weights& b = w_.layers[l];
+    layer_trace* lt = trace ? &trace->layers[l] : nullptr;
+    // Attention sub-block.
+    ops::hc_pre(x, b.hc_attn.fn, b.hc_attn.scale, b.hc_attn.base, y, post, comb, mc, ex_);
+    rms_norm_rows(f(y), T, D, attn_norm_[l], c.norm_eps);
+    attn_[l].forward(y, seq.caches[l], fo, lt ? &lt->attn : nullptr);
+    ops::hc_post(fo, x, post, comb, x, ex_);
+    // MoE sub-block.
+    ops::hc_pre(x, b.hc_ffn.fn, b.hc_ffn.scale, b.hc_ffn.base, y, post, comb, mc, ex_);
+    rms_norm_rows(f(y), T, D, ffn_norm_[l], c.norm_eps);
+    ops::linear(y, ops::qweight{b.ffn.gate, {}}, gl, ex_);
+    const bool hashed = c.hash_routed(b.layer);
+    if (hashed) ops::moe_hash_route(gl, rc, ids, b.ffn.tid2eid, rw, ri, ex_);
+    else ops::moe_route(gl, rc, b.ffn.bias, rw, ri, ex_);
+    ops::moe_ffn(y, rw, ri, b.ffn.experts, b.ffn.shared ? &*b.ffn.shared : nullptr,
+                 static_cast<float>(c.swiglu_limit), fo, ex_);
+    ops::hc_post(fo, x, post, comb, x, ex_);
+    if (lt) {
+      lt->hash_routed = hashed;
+      const auto* e = static_cast<const std::int32_t*>(ri.data()) + (T - 1) * k;
+      const auto* wt = f(rw) + (T - 1) * k;
+      lt->last_experts.assign(e, e + k);
+      lt->last_weights.assign(wt, wt + k);
+    }
+    if (progress) progress(static_cast<std::int64_t>(l));
+  }
+  seq.pos += T;
+  if (!want_logits) return;
+
+  // Head: collapse the streams, final norm, fp32 logits.
+  ops::hc_head(x, w_.hc_head.fn, w_.hc_head.scale, w_.hc_head.base, y, mc, ex_);
+  rms_norm_rows(f(y), T, D, norm_, c.norm_eps);
+  ops::linear(y, ops::qweight{w_.head, {}}, logits, ex_);
+}
+
+}  // namespace dsv4::model
