@@ -1,6 +1,7 @@
 // transformer: embed -> expand -> blocks (mHC, attention, MoE) -> hc_head -> norm -> head, for one sequence.
 #include "dsv4/model/forward.hpp"
 
+#include <chrono>
 #include <cmath>
 #include <cstring>
 
@@ -39,6 +40,17 @@ void rms_norm_rows(float* x, std::int64_t T, std::int64_t D, const std::vector<f
 }
 
 float* f(const buffer& b) { return static_cast<float*>(b.data()); }
+
+// Seconds since the last call (a stopwatch for the trace).
+struct lap {
+  std::chrono::steady_clock::time_point t = std::chrono::steady_clock::now();
+  double operator()() {
+    const auto now = std::chrono::steady_clock::now();
+    const double s = std::chrono::duration<double>(now - t).count();
+    t = now;
+    return s;
+  }
+};
 
 }  // namespace
 
@@ -85,7 +97,9 @@ void transformer::forward(std::span<const std::int64_t> tokens, sequence_state& 
     DSV4_CHECK(logits.rank() == 2 && logits.dt() == dtype::f32 && logits.shape(0) == T && logits.shape(1) == V &&
                    logits.is_contiguous(),
                kOp, "logits is ", logits.describe(), ", expected contiguous f32[", T, ", ", V, "]");
-  if (trace) trace->layers.assign(attn_.size(), {});
+  if (trace) *trace = forward_trace{std::vector<layer_trace>(attn_.size()), 0, 0};
+  lap clock;
+  double sink = 0;  // laps nobody asked for
 
   // Embedding (a row gather, exact) and the initial expansion into n identical streams.
   buffer h(dtype::f32, {T, D}), x(dtype::f32, {T, n, D});
@@ -99,6 +113,7 @@ void transformer::forward(std::span<const std::int64_t> tokens, sequence_state& 
     }
   }
   ops::hc_expand(h, x, ex_);
+  (trace ? trace->embed_s : sink) += clock();
 
   const ops::mhc_config mc{c.hc_sinkhorn_iters, static_cast<float>(c.hc_eps), static_cast<float>(c.norm_eps)};
   const ops::route_config rc{c.score, static_cast<int>(c.n_activated_experts), static_cast<float>(c.route_scale)};
@@ -110,21 +125,28 @@ void transformer::forward(std::span<const std::int64_t> tokens, sequence_state& 
   for (std::size_t l = 0; l < attn_.size(); ++l) {
     const block_weights& b = w_.layers[l];
     layer_trace* lt = trace ? &trace->layers[l] : nullptr;
+    layer_trace scratch;
+    layer_trace& tt = lt ? *lt : scratch;
     // Attention sub-block.
     ops::hc_pre(x, b.hc_attn.fn, b.hc_attn.scale, b.hc_attn.base, y, post, comb, mc, ex_);
     rms_norm_rows(f(y), T, D, attn_norm_[l], c.norm_eps);
+    tt.mhc_s += clock();
     attn_[l].forward(y, seq.caches[l], fo, lt ? &lt->attn : nullptr);
+    tt.attn_s += clock();
     ops::hc_post(fo, x, post, comb, x, ex_);
     // MoE sub-block.
     ops::hc_pre(x, b.hc_ffn.fn, b.hc_ffn.scale, b.hc_ffn.base, y, post, comb, mc, ex_);
     rms_norm_rows(f(y), T, D, ffn_norm_[l], c.norm_eps);
+    tt.mhc_s += clock();
     ops::linear(y, ops::qweight{b.ffn.gate, {}}, gl, ex_);
     const bool hashed = c.hash_routed(b.layer);
     if (hashed) ops::moe_hash_route(gl, rc, ids, b.ffn.tid2eid, rw, ri, ex_);
     else ops::moe_route(gl, rc, b.ffn.bias, rw, ri, ex_);
     ops::moe_ffn(y, rw, ri, b.ffn.experts, b.ffn.shared ? &*b.ffn.shared : nullptr,
                  static_cast<float>(c.swiglu_limit), fo, ex_);
+    tt.moe_s += clock();
     ops::hc_post(fo, x, post, comb, x, ex_);
+    tt.mhc_s += clock();
     if (lt) {
       lt->hash_routed = hashed;
       const auto* e = static_cast<const std::int32_t*>(ri.data()) + (T - 1) * k;
@@ -141,6 +163,7 @@ void transformer::forward(std::span<const std::int64_t> tokens, sequence_state& 
   ops::hc_head(x, w_.hc_head.fn, w_.hc_head.scale, w_.hc_head.base, y, mc, ex_);
   rms_norm_rows(f(y), T, D, norm_, c.norm_eps);
   ops::linear(y, ops::qweight{w_.head, {}}, logits, ex_);
+  (trace ? trace->head_s : sink) += clock();
 }
 
 }  // namespace dsv4::model

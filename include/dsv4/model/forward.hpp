@@ -37,10 +37,12 @@ struct layer_trace {
   std::vector<std::int32_t> last_experts;  // routed experts of the last token, in routing order
   std::vector<float> last_weights;         // their routing weights
   bool hash_routed = false;
+  double attn_s = 0, moe_s = 0, mhc_s = 0;  // wall time of the attention, the MoE (gate, routing, experts) and mHC + norms
 };
 
 struct forward_trace {
   std::vector<layer_trace> layers;
+  double embed_s = 0, head_s = 0;
 };
 
 class transformer {
