@@ -1,5 +1,6 @@
 // The forward pass: logits identical under any chunking / prompt-decode split (bitwise on the CPU backend), ref vs
 // cpu, checkpoints whose shapes differ from the presets, errors.
+#include <algorithm>
 #include <random>
 
 #include "dsv4/io/safetensors.hpp"
@@ -80,7 +81,7 @@ TEST_SUITE("forward") {
     const std::int64_t T = 320;
     const auto ids = tokens(T, m.cfg.vocab_size, 1);
     const auto full = logits(tf, ids, {T});
-    for (float v : full) REQUIRE(std::isfinite(v));
+    REQUIRE(std::all_of(full.begin(), full.end(), [](float v) { return std::isfinite(v); }));
     CHECK(same_bits(logits(tf, ids, every(T, 1)), full));  // --chunk 1: token by token
     CHECK(same_bits(logits(tf, ids, every(T, 7)), full));  // --chunk 7
     for (std::int64_t split : {1, 4, 127, 128, 257, 319}) {  // prompt of `split`, then one decode step at a time
@@ -88,6 +89,15 @@ TEST_SUITE("forward") {
       std::vector<std::int64_t> ch{split};
       for (std::int64_t t = split; t < T; ++t) ch.push_back(1);
       CHECK(same_bits(logits(tf, ids, ch), full));
+    }
+    // Logits for chosen rows only: the same values as those rows of the full call.
+    {
+      sequence_state s = tf.new_sequence();
+      const std::vector<std::int64_t> rows = {T - 1, 0, 200};
+      std::vector<float> part(rows.size() * static_cast<std::size_t>(m.cfg.vocab_size));
+      tf.forward_rows(ids, s, rows, tensor_view(part.data(), dtype::f32, {3, m.cfg.vocab_size}));
+      for (std::size_t i = 0; i < rows.size(); ++i)
+        CHECK(std::memcmp(part.data() + i * 512, full.data() + rows[i] * 512, 512 * sizeof(float)) == 0);
     }
     // Logits depend on the prompt: another token at position 0 changes the last position's logits.
     auto other = ids;

@@ -79,8 +79,9 @@ sequence_state transformer::new_sequence(std::int64_t capacity) const {
   return s;
 }
 
-void transformer::forward(std::span<const std::int64_t> tokens, sequence_state& seq, const tensor_view& logits,
-                          forward_trace* trace, const std::function<void(std::int64_t)>& progress) const {
+void transformer::forward_rows(std::span<const std::int64_t> tokens, sequence_state& seq,
+                               std::span<const std::int64_t> rows, const tensor_view& logits, forward_trace* trace,
+                               const std::function<void(std::int64_t)>& progress) const {
   const model_config& c = cfg_;
   const std::int64_t T = static_cast<std::int64_t>(tokens.size()), D = c.dim, n = c.hc_mult, V = c.vocab_size;
   DSV4_CHECK(T >= 1, kOp, "no tokens to process");
@@ -93,10 +94,13 @@ void transformer::forward(std::span<const std::int64_t> tokens, sequence_state& 
   DSV4_CHECK(seq.pos + T <= cap, kOp, "positions [", seq.pos, ", ", seq.pos + T, ") run past the context capacity of ",
              cap, " tokens");
   const bool want_logits = logits.rank() != 0 || logits.data() != nullptr;
+  const std::int64_t R = rows.empty() ? T : static_cast<std::int64_t>(rows.size());
+  for (std::size_t i = 0; i < rows.size(); ++i)
+    DSV4_CHECK(rows[i] >= 0 && rows[i] < T, kOp, "logits row ", rows[i], " is outside the ", T, " tokens of this call");
   if (want_logits)
-    DSV4_CHECK(logits.rank() == 2 && logits.dt() == dtype::f32 && logits.shape(0) == T && logits.shape(1) == V &&
+    DSV4_CHECK(logits.rank() == 2 && logits.dt() == dtype::f32 && logits.shape(0) == R && logits.shape(1) == V &&
                    logits.is_contiguous(),
-               kOp, "logits is ", logits.describe(), ", expected contiguous f32[", T, ", ", V, "]");
+               kOp, "logits is ", logits.describe(), ", expected contiguous f32[", R, ", ", V, "]");
   if (trace) *trace = forward_trace{std::vector<layer_trace>(attn_.size()), 0, 0};
   lap clock;
   double sink = 0;  // laps nobody asked for
@@ -159,10 +163,16 @@ void transformer::forward(std::span<const std::int64_t> tokens, sequence_state& 
   seq.pos += T;
   if (!want_logits) return;
 
-  // Head: collapse the streams, final norm, fp32 logits.
-  ops::hc_head(x, w_.hc_head.fn, w_.hc_head.scale, w_.hc_head.base, y, mc, ex_);
-  rms_norm_rows(f(y), T, D, norm_, c.norm_eps);
-  ops::linear(y, ops::qweight{w_.head, {}}, logits, ex_);
+  // Head: collapse the streams, final norm, fp32 logits (only the rows asked for).
+  buffer xs = rows.empty() ? buffer() : buffer(dtype::f32, {R, n, D});
+  if (!rows.empty())
+    for (std::int64_t i = 0; i < R; ++i)
+      std::memcpy(f(xs) + i * n * D, f(x) + rows[static_cast<std::size_t>(i)] * n * D, sizeof(float) * n * D);
+  const buffer& xh = rows.empty() ? x : xs;
+  buffer yh(dtype::f32, {R, D});
+  ops::hc_head(xh, w_.hc_head.fn, w_.hc_head.scale, w_.hc_head.base, yh, mc, ex_);
+  rms_norm_rows(f(yh), R, D, norm_, c.norm_eps);
+  ops::linear(yh, ops::qweight{w_.head, {}}, logits, ex_);
   (trace ? trace->head_s : sink) += clock();
 }
 

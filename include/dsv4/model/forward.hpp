@@ -58,7 +58,14 @@ class transformer {
   // tokens [T] (ids in [0, vocab)) at positions seq.pos .. -> logits [T, vocab] f32 (an empty view: not needed).
   // progress(layer) is called after each layer. Errors: empty input, ids out of range, positions past the capacity.
   void forward(std::span<const std::int64_t> tokens, sequence_state& seq, const tensor_view& logits,
-               forward_trace* trace = nullptr, const std::function<void(std::int64_t)>& progress = {}) const;
+               forward_trace* trace = nullptr, const std::function<void(std::int64_t)>& progress = {}) const {
+    forward_rows(tokens, seq, {}, logits, trace, progress);
+  }
+  // The same with logits only for the tokens at indices `rows` of this call (ascending or not, each in [0, T)):
+  // logits [rows.size(), vocab]. Empty rows: every token. The head runs only on the rows asked for.
+  void forward_rows(std::span<const std::int64_t> tokens, sequence_state& seq, std::span<const std::int64_t> rows,
+                    const tensor_view& logits, forward_trace* trace = nullptr,
+                    const std::function<void(std::int64_t)>& progress = {}) const;
 
  private:
   model_config cfg_;
