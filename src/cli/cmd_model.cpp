@@ -14,28 +14,24 @@ namespace dsv4::cli {
 
 namespace {
 
-std::string human_bytes(double b) {
-  const char* unit[] = {"B", "KB", "MB", "GB", "TB"};
+// 1234567 -> "1.23 M" style: thousands steps with the given unit names.
+std::string human(double v, const char* const (&unit)[5], const char* sep) {
   int u = 0;
-  while (b >= 1000 && u < 4) {
-    b /= 1000;
+  while (v >= 1000 && u < 4) {
+    v /= 1000;
     ++u;
   }
   char buf[32];
-  std::snprintf(buf, sizeof buf, u ? "%.2f %s" : "%.0f %s", b, unit[u]);
+  std::snprintf(buf, sizeof buf, u ? "%.2f%s%s" : "%.0f%s%s", v, sep, unit[u]);
   return buf;
 }
-
+std::string human_bytes(double b) {
+  static const char* const unit[5] = {"B", "KB", "MB", "GB", "TB"};
+  return human(b, unit, " ");
+}
 std::string human_count(double n) {
-  const char* unit[] = {"", "K", "M", "B", "T"};
-  int u = 0;
-  while (n >= 1000 && u < 4) {
-    n /= 1000;
-    ++u;
-  }
-  char buf[32];
-  std::snprintf(buf, sizeof buf, u ? "%.2f%s" : "%.0f%s", n, unit[u]);
-  return buf;
+  static const char* const unit[5] = {"", "K", "M", "B", "T"};
+  return human(n, unit, "");
 }
 
 void print_config(const model::model_config& c) {

@@ -49,6 +49,23 @@ std::string sys_error(const char* what, const std::filesystem::path& p) {
   return detail::concat(p.string(), ": ", what, " failed: ", std::strerror(errno));
 }
 
+// A read-only descriptor of a regular file, closed at scope exit, with the file's size.
+struct open_file {
+  int fd = -1;
+  std::uint64_t size = 0;
+  explicit open_file(const std::filesystem::path& p) {
+    fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
+    DSV4_CHECK(fd >= 0, kOp, sys_error("open", p));
+    struct stat st {};
+    DSV4_CHECK(::fstat(fd, &st) == 0, kOp, sys_error("stat", p));
+    DSV4_CHECK(S_ISREG(st.st_mode), kOp, p.string(), ": not a regular file");
+    size = static_cast<std::uint64_t>(st.st_size);
+  }
+  ~open_file() { ::close(fd); }
+  open_file(const open_file&) = delete;
+  open_file& operator=(const open_file&) = delete;
+};
+
 int max_depth(std::string_view s) {
   int depth = 0, worst = 0;
   bool in_str = false, esc = false;
@@ -268,16 +285,9 @@ struct safetensors_file::mapping {
 
 safetensors_file::safetensors_file(std::filesystem::path path) : path_(std::move(path)), map_(new mapping) {
   const std::string where = path_.string();
-  const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
-  DSV4_CHECK(fd >= 0, kOp, sys_error("open", path_));
-  struct closer {
-    int fd;
-    ~closer() { ::close(fd); }
-  } guard{fd};
-  struct stat st {};
-  DSV4_CHECK(::fstat(fd, &st) == 0, kOp, sys_error("stat", path_));
-  DSV4_CHECK(S_ISREG(st.st_mode), kOp, where, ": not a regular file");
-  size_ = static_cast<std::uint64_t>(st.st_size);
+  const open_file file(path_);
+  const int fd = file.fd;
+  size_ = file.size;
   DSV4_CHECK(size_ >= 8, kOp, where, ": truncated file (", size_, " bytes; a safetensors file starts with an ",
              "8-byte header length)");
   unsigned char len[8];
@@ -307,17 +317,10 @@ bool safetensors_file::mapped() const { return map_->base.load() != nullptr; }
 
 const std::byte* safetensors_file::map() const {
   std::call_once(map_->once, [&] {
-    const int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
-    DSV4_CHECK(fd >= 0, kOp, sys_error("open", path_));
-    struct closer {
-      int fd;
-      ~closer() { ::close(fd); }
-    } guard{fd};
-    struct stat st {};
-    DSV4_CHECK(::fstat(fd, &st) == 0, kOp, sys_error("stat", path_));
-    DSV4_CHECK(static_cast<std::uint64_t>(st.st_size) == size_, kOp, path_.string(), ": file changed size since ",
-               "it was opened (", size_, " -> ", st.st_size, " bytes)");
-    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    const open_file file(path_);
+    DSV4_CHECK(file.size == size_, kOp, path_.string(), ": file changed size since it was opened (", size_, " -> ",
+               file.size, " bytes)");
+    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, file.fd, 0);
     DSV4_CHECK(p != MAP_FAILED, kOp, sys_error("mmap", path_));
     map_->len = size_;
     map_->base.store(static_cast<const std::byte*>(p));

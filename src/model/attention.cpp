@@ -11,6 +11,7 @@
 #include "dsv4/ops/hadamard.hpp"
 #include "dsv4/ops/linear.hpp"
 #include "dsv4/ops/quant.hpp"
+#include "common.hpp"
 #include "dsv4/model/costs.hpp"
 
 namespace dsv4::model {
@@ -20,27 +21,8 @@ namespace {
 constexpr const char* kOp = "attention";
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-// A BF16 or F32 vector as fp32.
-std::vector<float> to_f32(const tensor_view& t) {
-  std::vector<float> out(static_cast<std::size_t>(t.numel()));
-  if (t.dt() == dtype::f32) {
-    const auto* p = static_cast<const float*>(t.data());
-    std::copy(p, p + out.size(), out.begin());
-  } else {
-    DSV4_CHECK(t.dt() == dtype::bf16, kOp, "expected a BF16 or F32 vector, got ", t.describe());
-    const auto* p = static_cast<const bf16*>(t.data());
-    for (std::size_t i = 0; i < out.size(); ++i) out[i] = p[i].to_float();
-  }
-  return out;
-}
-
-// v <- v · rsqrt(mean(v²) + eps) (· w when given), fp32 result of a double sum.
-void rms_norm(float* v, std::int64_t n, const float* w, double eps) {
-  double ss = 0;
-  for (std::int64_t i = 0; i < n; ++i) ss += double(v[i]) * v[i];
-  const float r = static_cast<float>(1.0 / std::sqrt(ss / double(n) + eps));
-  for (std::int64_t i = 0; i < n; ++i) v[i] = v[i] * r * (w ? w[i] : 1.f);
-}
+using detail::rms_norm;
+using detail::to_f32;
 
 buffer f32(std::int64_t rows, std::int64_t cols) { return buffer(dtype::f32, {rows, cols}); }
 

@@ -10,6 +10,7 @@
 #include "dsv4/ops/linear.hpp"
 #include "dsv4/ops/mhc.hpp"
 #include "dsv4/ops/moe.hpp"
+#include "common.hpp"
 
 namespace dsv4::model {
 
@@ -17,26 +18,9 @@ namespace {
 
 constexpr const char* kOp = "forward";
 
-std::vector<float> vec_f32(const tensor_view& t) {
-  std::vector<float> out(static_cast<std::size_t>(t.numel()));
-  if (t.dt() == dtype::f32) {
-    std::memcpy(out.data(), t.data(), out.size() * sizeof(float));
-  } else {
-    const auto* p = static_cast<const bf16*>(t.data());
-    for (std::size_t i = 0; i < out.size(); ++i) out[i] = p[i].to_float();
-  }
-  return out;
-}
-
-// Rows of x [T, D] <- x · rsqrt(mean(x²) + eps) · w (double sum, fp32 result: the same per row in any batch).
+// Rows of x [T, D] through RMSNorm with weight w.
 void rms_norm_rows(float* x, std::int64_t T, std::int64_t D, const std::vector<float>& w, double eps) {
-  for (std::int64_t t = 0; t < T; ++t) {
-    float* v = x + t * D;
-    double ss = 0;
-    for (std::int64_t i = 0; i < D; ++i) ss += double(v[i]) * v[i];
-    const float r = static_cast<float>(1.0 / std::sqrt(ss / double(D) + eps));
-    for (std::int64_t i = 0; i < D; ++i) v[i] = v[i] * r * w[static_cast<std::size_t>(i)];
-  }
+  for (std::int64_t t = 0; t < T; ++t) detail::rms_norm(x + t * D, D, w.data(), eps);
 }
 
 float* f(const buffer& b) { return static_cast<float*>(b.data()); }
@@ -67,10 +51,10 @@ transformer::transformer(const model_config& cfg, const model_weights& w, const 
   attn_.reserve(w.layers.size());
   for (const auto& b : w.layers) {
     attn_.emplace_back(cfg, b, ex);
-    attn_norm_.push_back(vec_f32(b.attn_norm));
-    ffn_norm_.push_back(vec_f32(b.ffn_norm));
+    attn_norm_.push_back(detail::to_f32(b.attn_norm));
+    ffn_norm_.push_back(detail::to_f32(b.ffn_norm));
   }
-  norm_ = vec_f32(w.norm);
+  norm_ = detail::to_f32(w.norm);
 }
 
 sequence_state transformer::new_sequence(std::int64_t capacity) const {
