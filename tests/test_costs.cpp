@@ -4,6 +4,7 @@
 #include "dsv4/io/safetensors.hpp"
 #include "dsv4/model/attention.hpp"
 #include "dsv4/model/config.hpp"
+#include "dsv4/model/forward.hpp"
 #include "dsv4/model/costs.hpp"
 #include "dsv4/model/synth.hpp"
 #include "dsv4/model/weights.hpp"
@@ -223,5 +224,29 @@ TEST_SUITE("costs") {
                            term(r, "indexer scores") + term(r, "indexer weighting") + term(r, "core attention"));
       CHECK(held == r.kv_total());
     }
+  }
+
+  TEST_CASE("the whole reference forward pass: one decoded token's counted FLOPs equal the calculator's matrix terms") {
+    temp_dir d("costs_model");
+    const model_config c = preset("tiny");
+    synthesize(c, d.path, {});
+    const io::checkpoint ck = io::checkpoint::open(d.path);
+    const model_weights w = bind_weights(ck, c);
+    const transformer tf(c, w, test::on(backend::ref), kv_storage::deployed);
+    const std::int64_t L = 260;
+    std::vector<std::int64_t> ids(static_cast<std::size_t>(L));
+    for (std::int64_t i = 0; i < L; ++i) ids[static_cast<std::size_t>(i)] = (i * 7 + 3) % c.vocab_size;
+    sequence_state s = tf.new_sequence();
+    tf.forward(std::span<const std::int64_t>(ids.data(), static_cast<std::size_t>(L - 1)), s, {});
+    std::vector<float> logits(static_cast<std::size_t>(c.vocab_size));
+    ref::scoped_flop_count n;
+    tf.forward(std::span<const std::int64_t>(ids.data() + L - 1, 1), s, tensor_view(logits.data(), dtype::f32, {1, c.vocab_size}));
+    const double counted = double(n.flops());
+    const cost_report r = decode_costs(c, L);
+    double matrix = 0;  // every term but the approximate elementwise one
+    for (const auto& t : r.flops)
+      if (t.name != "elementwise") matrix += t.flops;
+    CHECK(counted == matrix);
+    CHECK(double(s.cache_bytes()) == r.kv_total());
   }
 }
