@@ -158,6 +158,43 @@ TEST_SUITE("forward") {
     }
   }
 
+  TEST_CASE("a batch of independent sequences of different lengths: each equals its run alone") {
+    const loaded m("fwd_batch", preset("tiny"));
+    const transformer tf(m.cfg, m.w);
+    const std::int64_t V = m.cfg.vocab_size;
+    const std::int64_t len[3] = {150, 290, 9};
+    std::vector<std::vector<std::int64_t>> ids;
+    std::vector<std::vector<float>> alone, got(3);
+    for (int i = 0; i < 3; ++i) {
+      ids.push_back(tokens(len[i], V, 40 + static_cast<unsigned>(i)));
+      alone.push_back(logits(tf, ids.back(), {len[i]}));
+      got[static_cast<std::size_t>(i)].resize(static_cast<std::size_t>(len[i] * V));
+    }
+    // Step 0: a prefill of 100 / 200 / 9 tokens in one batch, then rounds of one decode token per unfinished sequence.
+    sequence_state st[3] = {tf.new_sequence(), tf.new_sequence(), tf.new_sequence()};
+    const std::int64_t first[3] = {100, 200, 9};
+    std::int64_t done[3] = {0, 0, 0};
+    for (int round = 0;; ++round) {
+      std::vector<transformer::batch_entry> b;
+      for (int i = 0; i < 3; ++i) {
+        const std::int64_t n = round == 0 ? first[i] : std::min<std::int64_t>(1, len[i] - done[i]);
+        if (n == 0) continue;
+        auto& g = got[static_cast<std::size_t>(i)];
+        b.push_back({std::span<const std::int64_t>(ids[static_cast<std::size_t>(i)].data() + done[i], static_cast<std::size_t>(n)), &st[i],
+                     tensor_view(g.data() + done[i] * V, dtype::f32, {n, V})});
+        done[i] += n;
+      }
+      if (b.empty()) break;
+      tf.forward_batch(b);
+    }
+    for (int i = 0; i < 3; ++i) CHECK(same_bits(got[static_cast<std::size_t>(i)], alone[static_cast<std::size_t>(i)]));
+    const std::vector<std::int64_t> one = {1};
+    std::vector<float> out(static_cast<std::size_t>(V));
+    const transformer::batch_entry twice[2] = {{one, &st[0], tensor_view(out.data(), dtype::f32, {1, V})},
+                                               {one, &st[0], tensor_view(out.data(), dtype::f32, {1, V})}};
+    check_error([&] { tf.forward_batch(twice); }, {"share a sequence state"});
+  }
+
   TEST_CASE("errors: token ids out of range, empty input, context past the capacity") {
     const loaded m("fwd_err", preset("tiny"));
     const transformer tf(m.cfg, m.w);

@@ -160,4 +160,16 @@ void transformer::forward_rows(std::span<const std::int64_t> tokens, sequence_st
   (trace ? trace->head_s : sink) += clock();
 }
 
+void transformer::forward_batch(std::span<const batch_entry> batch) const {
+  for (std::size_t i = 0; i < batch.size(); ++i)
+    DSV4_CHECK(batch[i].seq != nullptr, kOp, "batch entry ", i, " has no sequence state");
+  for (std::size_t i = 0; i < batch.size(); ++i)
+    for (std::size_t j = i + 1; j < batch.size(); ++j)
+      DSV4_CHECK(batch[i].seq != batch[j].seq, kOp, "batch entries ", i, " and ", j,
+                 " share a sequence state (one entry per sequence)");
+  // One sequence after the other: each call already spreads its work over the cores, and the caches of different
+  // sequences are independent, so the order does not change any result.
+  for (const batch_entry& e : batch) forward(e.tokens, *e.seq, e.logits);
+}
+
 }  // namespace dsv4::model

@@ -7,8 +7,9 @@
 // forward() takes T new tokens of one sequence (any T: a prompt, a chunk of one, a decode step) and returns the logits
 // of every one of them. Every op it calls is batch-independent on the CPU backend and the attention layers keep
 // exact per-sequence state, so logits do not depend on how a sequence is split into calls (tests/test_forward.cpp).
-// Several sequences: one sequence_state each, one call per sequence. The MTP block is not run (the reference's
-// generate.py does not use it either).
+// Several sequences: one sequence_state each; forward_batch runs a batch of independent sequences with different
+// lengths (each with its own tokens, state and logits). The MTP block is not run (the reference's generate.py does
+// not use it either).
 #pragma once
 
 #include <cstdint>
@@ -66,6 +67,15 @@ class transformer {
   void forward_rows(std::span<const std::int64_t> tokens, sequence_state& seq, std::span<const std::int64_t> rows,
                     const tensor_view& logits, forward_trace* trace = nullptr,
                     const std::function<void(std::int64_t)>& progress = {}) const;
+
+  // A batch of independent sequences, e.g. one prefill chunk of one and decode steps of others. Each entry's
+  // result is exactly what forward() gives for it alone (the sequences share nothing but the weights).
+  struct batch_entry {
+    std::span<const std::int64_t> tokens;
+    sequence_state* seq = nullptr;
+    tensor_view logits;  // [tokens, vocab], or empty
+  };
+  void forward_batch(std::span<const batch_entry> batch) const;
 
  private:
   model_config cfg_;
