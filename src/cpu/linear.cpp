@@ -1,5 +1,6 @@
 // src/cpu/linear.cpp — CPU backend of y = x · W^T: oneTBB over blocks of 16 weight rows; each task decodes its rows
-// into an fp32 panel once and runs every token tile against it (linear_simd_impl.hpp).
+// into an fp32 panel once and runs every token tile against it (linear_simd_impl.hpp). A single token (decode)
+// skips the panel where a fused GEMV exists (AVX-512, FP8 / FP4): same values, same fma chain, same bits.
 #include "dsv4/cpu/linear.hpp"
 
 #include <atomic>
@@ -33,6 +34,16 @@ std::int64_t linear_f32(const float* x, std::int64_t T, std::int64_t ldx, const 
     std::int64_t my_bad = 0;
     for (std::int64_t b = b0; b < b1; ++b) {
       const std::int64_t n0 = b * kRowBlock, n1 = std::min(N, n0 + kRowBlock);
+      if (T == 1) {  // decode: weights straight from their stored bytes into the dot (bitwise the panel's result)
+        bool fused = true;
+        for (std::int64_t j0 = n0; j0 < n1 && fused; j0 += detail::kMaxTileN) {
+          const int nt = static_cast<int>(std::min<std::int64_t>(detail::kMaxTileN, n1 - j0));
+          fused = k.gemv(x, w, j0, nt, out, &my_bad);
+          if (fused)
+            for (int j = 0; j < nt; ++j) y[j0 + j] = out[j];
+        }
+        if (fused) continue;
+      }
       for (std::int64_t n = n0; n < n1; ++n) my_bad += k.decode_row(w, n, panel.data() + (n - n0) * ldw);
       for (std::int64_t t0 = 0; t0 < T; t0 += detail::kMaxTileT) {
         const int mt = static_cast<int>(std::min<std::int64_t>(detail::kMaxTileT, T - t0));

@@ -23,6 +23,11 @@ struct linear_kernels {
   // described in dsv4/cpu/linear.hpp. mt <= kMaxTileT; nt <= kMaxTileN when mt == 1, else nt <= 4.
   void (*dots)(const float* x, std::int64_t ldx, int mt, const float* w, std::int64_t ldw, int nt, std::int64_t K,
                float* out, std::int64_t ldo) = nullptr;
+  // One token (decode): out[j] = x · W[n0 + j] for j < nt <= kMaxTileN, decoding the weights in registers instead of
+  // through a panel; bitwise the same as decode_row + dots (same values, same fma chain). Returns false when this
+  // ISA / format / K has no such kernel (the caller then uses the panel); *bad gets the NaN count as decode_row.
+  bool (*gemv)(const float* x, const ref::weight_ref& w, std::int64_t n0, int nt, float* out,
+               std::int64_t* bad) = nullptr;
 };
 
 struct select_linear_kernels {

@@ -186,6 +186,86 @@ struct linear_simd {
       }
   }
 
+  // Decode-time GEMV (AVX-512, FP8 with K a multiple of 128 or FP4): rows decoded 16 weights at a time into
+  // registers with the decode_fp8 / decode_fp4 arithmetic and multiplied into one accumulator per row, exactly the
+  // chain of dots_tile<1, nt>, then xsimd::hadd. Weight bytes are read once and nothing is written: this is the
+  // bandwidth-bound decode case.
+  static bool gemv(const float* x, const ref::weight_ref& w, std::int64_t n0, int nt, float* out,
+                   std::int64_t* bad_out) {
+#if defined(__AVX512BW__)
+    if constexpr (kAvx512) {
+      const std::int64_t K = w.k;
+      std::int64_t bad = 0;
+      __m512 acc[kMaxTileN];
+      for (int j = 0; j < nt; ++j) acc[j] = _mm512_setzero_ps();
+      if (w.fmt == ref::wfmt::fp8_b128 && K % ref::kFp8WeightTile == 0) {
+        constexpr std::int64_t tile = ref::kFp8WeightTile;
+        const __m512 two120 = _mm512_set1_ps(0x1p120f), qnan = _mm512_set1_ps(__builtin_nanf(""));
+        const __m512i m7f = _mm512_set1_epi32(0x7F), m80 = _mm512_set1_epi32(0x80);
+        const std::uint8_t* src[kMaxTileN];
+        for (int j = 0; j < nt; ++j) src[j] = reinterpret_cast<const std::uint8_t*>(&w.f8(n0 + j, 0));
+        for (std::int64_t k0 = 0; k0 < K; k0 += tile) {
+          std::uint8_t sb[kMaxTileN];
+          __m512 vs[kMaxTileN];
+          for (int j = 0; j < nt; ++j) {
+            sb[j] = w.scale((n0 + j) / tile, k0 / tile).bits;
+            bad += sb[j] == 0xFF ? tile : 0;
+            vs[j] = _mm512_set1_ps(ue8m0{sb[j]}.to_float());
+          }
+          for (std::int64_t i = 0; i < tile; i += 16) {
+            const __m512 xv = _mm512_loadu_ps(x + k0 + i);
+            for (int j = 0; j < nt; ++j) {
+              const __m512i c =
+                  _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src[j] + k0 + i)));
+              const __m512i mag = _mm512_and_si512(c, m7f);
+              const __mmask16 isnan = _mm512_cmpeq_epi32_mask(mag, m7f);
+              if (sb[j] != 0xFF) bad += __builtin_popcount(isnan);
+              __m512 f = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(mag, 20)), two120);
+              f = _mm512_castsi512_ps(
+                  _mm512_or_si512(_mm512_castps_si512(f), _mm512_slli_epi32(_mm512_and_si512(c, m80), 24)));
+              f = _mm512_mul_ps(_mm512_mask_mov_ps(f, isnan, qnan), vs[j]);
+              acc[j] = _mm512_fmadd_ps(xv, f, acc[j]);
+            }
+          }
+        }
+      } else if (w.fmt == ref::wfmt::fp4_b32 && K % ref::kFp4WeightBlock == 0) {
+        constexpr std::int64_t blk = ref::kFp4WeightBlock;
+        const __m512 lut = _mm512_setr_ps(0.f, 0.5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f, -0.f, -0.5f, -1.f, -1.5f, -2.f,
+                                          -3.f, -4.f, -6.f);
+        const __m512i shift = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
+        const __m512i mf = _mm512_set1_epi32(0xF);
+        const std::uint8_t* src[kMaxTileN];
+        for (int j = 0; j < nt; ++j) src[j] = reinterpret_cast<const std::uint8_t*>(&w.f4(n0 + j, 0));
+        for (std::int64_t k0 = 0; k0 < K; k0 += blk) {
+          __m512 vs[kMaxTileN];
+          for (int j = 0; j < nt; ++j) {
+            const std::uint8_t sb = w.scale(n0 + j, k0 / blk).bits;
+            bad += sb == 0xFF ? blk : 0;
+            vs[j] = _mm512_set1_ps(ue8m0{sb}.to_float());
+          }
+          for (std::int64_t i = 0; i < blk; i += 16) {
+            const __m512 xv = _mm512_loadu_ps(x + k0 + i);
+            for (int j = 0; j < nt; ++j) {
+              __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src[j] + (k0 + i) / 2));
+              b = _mm_unpacklo_epi8(b, b);
+              const __m512i code = _mm512_and_si512(_mm512_srlv_epi32(_mm512_cvtepu8_epi32(b), shift), mf);
+              const __m512 f = _mm512_mul_ps(_mm512_permutexvar_ps(code, lut), vs[j]);
+              acc[j] = _mm512_fmadd_ps(xv, f, acc[j]);
+            }
+          }
+        }
+      } else {
+        return false;
+      }
+      for (int j = 0; j < nt; ++j) out[j] = xsimd::hadd(F(acc[j]));
+      *bad_out += bad;
+      return true;
+    }
+#endif
+    (void)x, (void)w, (void)n0, (void)nt, (void)out, (void)bad_out;
+    return false;
+  }
+
   using dots_fn = void (*)(const float*, std::int64_t, const float*, std::int64_t, std::int64_t, float*,
                            std::int64_t);
 
@@ -211,7 +291,8 @@ struct linear_simd {
 
 template <class Arch>
 linear_kernels select_linear_kernels::operator()(Arch) const {
-  return linear_kernels{Arch::name(), &linear_simd<Arch>::decode_row, &linear_simd<Arch>::dots};
+  return linear_kernels{Arch::name(), &linear_simd<Arch>::decode_row, &linear_simd<Arch>::dots,
+                        &linear_simd<Arch>::gemv};
 }
 
 }  // namespace dsv4::cpu::detail
