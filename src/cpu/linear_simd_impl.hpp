@@ -31,6 +31,16 @@ struct linear_simd {
   static constexpr bool kAvx512 = std::is_same_v<Arch, xsimd::avx512bw>;
   static constexpr bool kAvx2 = std::is_same_v<Arch, xsimd::fma3<xsimd::avx2>>;
 
+  // a·b + c with one rounding. xsimd 8.1 has no AVX-512 fma (its generic one is x * y + z, fused or not at the
+  // compiler's discretion, e.g. fused at -O3 and not under the sanitizers), so AVX-512 calls the instruction itself:
+  // the panel dots and the fused GEMV must run the very same operation to agree bit for bit.
+  static F fmadd(const F& a, const F& b, const F& c) {
+#if defined(__AVX512BW__)
+    if constexpr (kAvx512) return F(_mm512_fmadd_ps(a, b, c));
+#endif
+    return xsimd::fma(a, b, c);
+  }
+
   static std::int64_t decode_row(const ref::weight_ref& w, std::int64_t n, float* out) {
     const std::int64_t K = w.k;
     switch (w.fmt) {
@@ -175,7 +185,7 @@ struct linear_simd {
       for (int i = 0; i < MT; ++i) xv[i] = F::load_unaligned(x + i * ldx + k);
       for (int j = 0; j < NT; ++j) {
         const F wv = F::load_unaligned(w + j * ldw + k);
-        for (int i = 0; i < MT; ++i) acc[i][j] = xsimd::fma(xv[i], wv, acc[i][j]);
+        for (int i = 0; i < MT; ++i) acc[i][j] = fmadd(xv[i], wv, acc[i][j]);
       }
     }
     for (int i = 0; i < MT; ++i)
