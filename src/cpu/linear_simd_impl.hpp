@@ -41,6 +41,29 @@ struct linear_simd {
     return xsimd::fma(a, b, c);
   }
 
+#if defined(__AVX512BW__)
+  // 16 FP8 codes at src to fp32 times the tile scale vs; the NaN codes S.1111.111 come back NaN and in *nan.
+  static __m512 fp8x16(const std::uint8_t* src, __m512 vs, __mmask16* nan) {
+    const __m512i m7f = _mm512_set1_epi32(0x7F), m80 = _mm512_set1_epi32(0x80);
+    const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+    const __m512i mag = _mm512_and_si512(c, m7f);
+    *nan = _mm512_cmpeq_epi32_mask(mag, m7f);
+    __m512 f = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(mag, 20)), _mm512_set1_ps(0x1p120f));
+    f = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(f), _mm512_slli_epi32(_mm512_and_si512(c, m80), 24)));
+    return _mm512_mul_ps(_mm512_mask_mov_ps(f, *nan, _mm512_set1_ps(__builtin_nanf(""))), vs);
+  }
+  // 16 FP4 values (8 bytes at src, element 2c in the low nibble) to fp32 times the block scale vs.
+  static __m512 fp4x16(const std::uint8_t* src, __m512 vs) {
+    const __m512 lut = _mm512_setr_ps(0.f, 0.5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f, -0.f, -0.5f, -1.f, -1.5f, -2.f, -3.f,
+                                      -4.f, -6.f);
+    const __m512i shift = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
+    __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src));
+    b = _mm_unpacklo_epi8(b, b);  // byte c twice: lanes 2c (low nibble) and 2c+1 (high nibble)
+    const __m512i code = _mm512_and_si512(_mm512_srlv_epi32(_mm512_cvtepu8_epi32(b), shift), _mm512_set1_epi32(0xF));
+    return _mm512_mul_ps(_mm512_permutexvar_ps(code, lut), vs);
+  }
+#endif
+
   static std::int64_t decode_row(const ref::weight_ref& w, std::int64_t n, float* out) {
     const std::int64_t K = w.k;
     switch (w.fmt) {
@@ -86,18 +109,11 @@ struct linear_simd {
         const float s = ue8m0{sb}.to_float();
 #if defined(__AVX512BW__)
         if constexpr (kAvx512) {
-          const __m512 two120 = _mm512_set1_ps(0x1p120f), vs = _mm512_set1_ps(s);
-          const __m512i m7f = _mm512_set1_epi32(0x7F), m80 = _mm512_set1_epi32(0x80);
+          const __m512 vs = _mm512_set1_ps(s);
           for (std::int64_t i = 0; i < tile; i += 16) {
-            const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k + i)));
-            const __m512i mag = _mm512_and_si512(c, m7f);
-            if (sb != 0xFF) bad += __builtin_popcount(_mm512_cmpeq_epi32_mask(mag, m7f));
-            __m512 f = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(mag, 20)), two120);
-            f = _mm512_castsi512_ps(
-                _mm512_or_si512(_mm512_castps_si512(f), _mm512_slli_epi32(_mm512_and_si512(c, m80), 24)));
-            // NaN codes: force NaN so the value is never silently finite
-            f = _mm512_mask_mov_ps(f, _mm512_cmpeq_epi32_mask(mag, m7f), _mm512_set1_ps(__builtin_nanf("")));
-            _mm512_storeu_ps(out + k + i, _mm512_mul_ps(f, vs));
+            __mmask16 nan;
+            _mm512_storeu_ps(out + k + i, fp8x16(src + k + i, vs, &nan));
+            if (sb != 0xFF) bad += __builtin_popcount(nan);
           }
         }
 #endif
@@ -130,20 +146,11 @@ struct linear_simd {
     [[maybe_unused]] constexpr std::int64_t blk = ref::kFp4WeightBlock;
 #if defined(__AVX512BW__)
     if constexpr (kAvx512) {
-      const __m512 lut = _mm512_setr_ps(0.f, 0.5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f, -0.f, -0.5f, -1.f, -1.5f, -2.f,
-                                        -3.f, -4.f, -6.f);
-      const __m512i shift = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
-      const __m512i mf = _mm512_set1_epi32(0xF);
       for (; k + blk <= K; k += blk) {
         const std::uint8_t sb = w.scale(n, k / blk).bits;
         bad += sb == 0xFF ? blk : 0;
         const __m512 vs = _mm512_set1_ps(ue8m0{sb}.to_float());
-        for (std::int64_t i = 0; i < blk; i += 16) {
-          __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + (k + i) / 2));
-          b = _mm_unpacklo_epi8(b, b);  // byte c twice: lanes 2c (low nibble) and 2c+1 (high nibble)
-          const __m512i code = _mm512_and_si512(_mm512_srlv_epi32(_mm512_cvtepu8_epi32(b), shift), mf);
-          _mm512_storeu_ps(out + k + i, _mm512_mul_ps(_mm512_permutexvar_ps(code, lut), vs));
-        }
+        for (std::int64_t i = 0; i < blk; i += 16) _mm512_storeu_ps(out + k + i, fp4x16(src + (k + i) / 2, vs));
       }
     }
 #endif
@@ -210,8 +217,6 @@ struct linear_simd {
       for (int j = 0; j < nt; ++j) acc[j] = _mm512_setzero_ps();
       if (w.fmt == ref::wfmt::fp8_b128 && K % ref::kFp8WeightTile == 0) {
         constexpr std::int64_t tile = ref::kFp8WeightTile;
-        const __m512 two120 = _mm512_set1_ps(0x1p120f), qnan = _mm512_set1_ps(__builtin_nanf(""));
-        const __m512i m7f = _mm512_set1_epi32(0x7F), m80 = _mm512_set1_epi32(0x80);
         const std::uint8_t* src[kMaxTileN];
         for (int j = 0; j < nt; ++j) src[j] = reinterpret_cast<const std::uint8_t*>(&w.f8(n0 + j, 0));
         for (std::int64_t k0 = 0; k0 < K; k0 += tile) {
@@ -225,25 +230,14 @@ struct linear_simd {
           for (std::int64_t i = 0; i < tile; i += 16) {
             const __m512 xv = _mm512_loadu_ps(x + k0 + i);
             for (int j = 0; j < nt; ++j) {
-              const __m512i c =
-                  _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src[j] + k0 + i)));
-              const __m512i mag = _mm512_and_si512(c, m7f);
-              const __mmask16 isnan = _mm512_cmpeq_epi32_mask(mag, m7f);
-              if (sb[j] != 0xFF) bad += __builtin_popcount(isnan);
-              __m512 f = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(mag, 20)), two120);
-              f = _mm512_castsi512_ps(
-                  _mm512_or_si512(_mm512_castps_si512(f), _mm512_slli_epi32(_mm512_and_si512(c, m80), 24)));
-              f = _mm512_mul_ps(_mm512_mask_mov_ps(f, isnan, qnan), vs[j]);
-              acc[j] = _mm512_fmadd_ps(xv, f, acc[j]);
+              __mmask16 nan;
+              acc[j] = _mm512_fmadd_ps(xv, fp8x16(src[j] + k0 + i, vs[j], &nan), acc[j]);
+              if (sb[j] != 0xFF) bad += __builtin_popcount(nan);
             }
           }
         }
       } else if (w.fmt == ref::wfmt::fp4_b32 && K % ref::kFp4WeightBlock == 0) {
         constexpr std::int64_t blk = ref::kFp4WeightBlock;
-        const __m512 lut = _mm512_setr_ps(0.f, 0.5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f, -0.f, -0.5f, -1.f, -1.5f, -2.f,
-                                          -3.f, -4.f, -6.f);
-        const __m512i shift = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
-        const __m512i mf = _mm512_set1_epi32(0xF);
         const std::uint8_t* src[kMaxTileN];
         for (int j = 0; j < nt; ++j) src[j] = reinterpret_cast<const std::uint8_t*>(&w.f4(n0 + j, 0));
         for (std::int64_t k0 = 0; k0 < K; k0 += blk) {
@@ -255,13 +249,8 @@ struct linear_simd {
           }
           for (std::int64_t i = 0; i < blk; i += 16) {
             const __m512 xv = _mm512_loadu_ps(x + k0 + i);
-            for (int j = 0; j < nt; ++j) {
-              __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src[j] + (k0 + i) / 2));
-              b = _mm_unpacklo_epi8(b, b);
-              const __m512i code = _mm512_and_si512(_mm512_srlv_epi32(_mm512_cvtepu8_epi32(b), shift), mf);
-              const __m512 f = _mm512_mul_ps(_mm512_permutexvar_ps(code, lut), vs[j]);
-              acc[j] = _mm512_fmadd_ps(xv, f, acc[j]);
-            }
+            for (int j = 0; j < nt; ++j)
+              acc[j] = _mm512_fmadd_ps(xv, fp4x16(src[j] + (k0 + i) / 2, vs[j]), acc[j]);
           }
         }
       } else {
