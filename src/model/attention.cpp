@@ -71,17 +71,18 @@ void compressor_state::reset() {
   score.assign(n, kNegInf);
 }
 
+std::int64_t attention_cache::state_bytes() const {
+  return static_cast<std::int64_t>(sizeof(float) *
+                                   (main.kv.size() + main.score.size() + index.kv.size() + index.score.size()));
+}
+
 std::int64_t attention_cache::bytes() const {
-  const std::int64_t state =
-      static_cast<std::int64_t>(sizeof(float) * (main.kv.size() + main.score.size() + index.kv.size() + index.score.size()));
-  return (std::min(pos, window) + n_comp_) * entry_bytes + n_keys_ * key_bytes + state;
+  return (std::min(pos, window) + n_comp_) * entry_bytes + n_keys_ * key_bytes + state_bytes();
 }
 
 std::int64_t attention_cache::capacity_bytes() const {
-  const std::int64_t state =
-      static_cast<std::int64_t>(sizeof(float) * (main.kv.size() + main.score.size() + index.kv.size() + index.score.size()));
   return (std::min(capacity, window) + (ratio ? capacity / ratio : 0)) * entry_bytes +
-         (ratio == 4 ? capacity / 4 : 0) * key_bytes + state;
+         (ratio == 4 ? capacity / 4 : 0) * key_bytes + state_bytes();
 }
 
 void attention_cache::reserve() {
@@ -242,17 +243,10 @@ attention_layer::attention_layer(const model_config& cfg, const block_weights& w
   const tensor_view& wa = w_.wo_a.weight;
   const std::int64_t N = wa.shape(0), K = wa.shape(1);
   wo_a_.resize(static_cast<std::size_t>(N * K));
-  const tensor_view out(wo_a_.data(), dtype::f32, {N, K});
-  if (wa.dt() == dtype::fp8_e4m3) {
-    ops::dequantize(wa, w_.wo_a.scale, out, 128, 128, ex_);
-  } else {
-    buffer eye(dtype::f32, {K, K});  // dense weights: read back exactly through an identity product
-    for (std::int64_t i = 0; i < K; ++i) static_cast<float*>(eye.data())[i * K + i] = 1.f;
-    buffer t(dtype::f32, {K, N});
-    ops::linear(eye, w_.wo_a, t, ex_);
-    for (std::int64_t n = 0; n < N; ++n)
-      for (std::int64_t k = 0; k < K; ++k) wo_a_[static_cast<std::size_t>(n * K + k)] = data(t)[k * N + n];
-  }
+  if (wa.dt() == dtype::fp8_e4m3)
+    ops::dequantize(wa, w_.wo_a.scale, tensor_view(wo_a_.data(), dtype::f32, {N, K}), 128, 128, ex_);
+  else
+    wo_a_ = to_f32(wa);  // a dequantized (BF16 / F32) checkpoint: widen
 }
 
 attention_cache attention_layer::new_cache(std::int64_t capacity, kv_storage storage) const {

@@ -72,6 +72,7 @@ struct attention_cache {
   std::int64_t bytes() const;
   // The same at `capacity` tokens (what reserve() allocates).
   std::int64_t capacity_bytes() const;
+  std::int64_t state_bytes() const;  // the fp32 compressor state (fixed per sequence)
   void reserve();  // allocate for `capacity` tokens up front (sizing for 1M tokens when asked)
   void reset();    // a new sequence
 
