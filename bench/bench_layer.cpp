@@ -161,7 +161,6 @@ sequence_state filled(const block_model& m, std::int64_t ctx) {
     c.write_ring(slot, v.data());
   }
   c.pos = ctx;
-  s.pos = ctx;
   return s;
 }
 

@@ -75,7 +75,8 @@ void transformer::forward_rows(std::span<const std::int64_t> tokens, sequence_st
   DSV4_CHECK(seq.caches.size() == attn_.size(), kOp, "the sequence state has ", seq.caches.size(),
              " layer caches, the model ", attn_.size(), " layers (make it with new_sequence)");
   const std::int64_t cap = seq.caches.empty() ? 0 : seq.caches[0].capacity;
-  DSV4_CHECK(seq.pos + T <= cap, kOp, "positions [", seq.pos, ", ", seq.pos + T, ") run past the context capacity of ",
+  const std::int64_t p0 = seq.pos();
+  DSV4_CHECK(p0 + T <= cap, kOp, "positions [", p0, ", ", p0 + T, ") run past the context capacity of ",
              cap, " tokens");
   const bool want_logits = logits.rank() != 0 || logits.data() != nullptr;
   const std::int64_t R = rows.empty() ? T : static_cast<std::int64_t>(rows.size());
@@ -144,7 +145,6 @@ void transformer::forward_rows(std::span<const std::int64_t> tokens, sequence_st
     }
     if (progress) progress(static_cast<std::int64_t>(l));
   }
-  seq.pos += T;
   if (!want_logits) return;
 
   // Head: collapse the streams, final norm, fp32 logits (only the rows asked for).

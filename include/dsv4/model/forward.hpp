@@ -25,10 +25,10 @@
 
 namespace dsv4::model {
 
-// One sequence: its position and one attention cache per layer.
+// One sequence: one attention cache per layer; its position is theirs (every layer sees every token).
 struct sequence_state {
-  std::int64_t pos = 0;
   std::vector<attention_cache> caches;
+  std::int64_t pos() const { return caches.empty() ? 0 : caches.front().pos; }
   std::int64_t cache_bytes() const;
 };
 
@@ -56,7 +56,7 @@ class transformer {
   // A new sequence accepting `capacity` positions (0: max_position_embeddings).
   sequence_state new_sequence(std::int64_t capacity = 0) const;
 
-  // tokens [T] (ids in [0, vocab)) at positions seq.pos .. -> logits [T, vocab] f32 (an empty view: not needed).
+  // tokens [T] (ids in [0, vocab)) at positions seq.pos() .. -> logits [T, vocab] f32 (an empty view: not needed).
   // progress(layer) is called after each layer. Errors: empty input, ids out of range, positions past the capacity.
   void forward(std::span<const std::int64_t> tokens, sequence_state& seq, const tensor_view& logits,
                forward_trace* trace = nullptr, const std::function<void(std::int64_t)>& progress = {}) const {
