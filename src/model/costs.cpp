@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <map>
 
 #include "dsv4/error.hpp"
 
@@ -71,19 +70,25 @@ std::int64_t index_key_bytes(const model_config& c, kv_layout layout) {
 
 namespace {
 
-// Accumulates terms by (name, precision).
+// Accumulates the report's terms in first-seen order, summing repeats of a (name, precision) / name.
 struct tally {
-  std::map<std::pair<std::string, precision>, double> f;
-  std::map<std::string, double> kv;
-  std::vector<std::string> f_order, kv_order;
+  std::vector<flops_term> flops;
+  std::vector<kv_term> kv;
   void add(const std::string& name, precision p, double v) {
-    const auto key = std::make_pair(name, p);
-    if (!f.count(key)) f_order.push_back(name + "\x1f" + precision_name(p));
-    f[key] += v;
+    for (auto& t : flops)
+      if (t.name == name && t.prec == p) {
+        t.flops += v;
+        return;
+      }
+    flops.push_back({name, p, v});
   }
   void bytes(const std::string& name, double v) {
-    if (!kv.count(name)) kv_order.push_back(name);
-    kv[name] += v;
+    for (auto& t : kv)
+      if (t.name == name) {
+        t.bytes += v;
+        return;
+      }
+    kv.push_back({name, v});
   }
 };
 
@@ -200,13 +205,8 @@ cost_report decode_costs(const model_config& c, std::int64_t L, const cost_assum
   cost_report r;
   r.model = c.name;
   r.context = L;
-  for (const auto& key : t.f_order) {
-    const auto sep = key.find('\x1f');
-    const std::string name = key.substr(0, sep), p = key.substr(sep + 1);
-    for (precision q : {precision::fp4, precision::fp8, precision::bf16, precision::fp32})
-      if (p == precision_name(q)) r.flops.push_back({name, q, t.f.at({name, q})});
-  }
-  for (const auto& name : t.kv_order) r.kv.push_back({name, t.kv.at(name)});
+  r.flops = std::move(t.flops);
+  r.kv = std::move(t.kv);
   return r;
 }
 
