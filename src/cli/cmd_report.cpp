@@ -253,13 +253,12 @@ int cmd_report(int argc, char** argv) {
     cost_assumptions bf = as;
     bf.layout = kv_layout::bf16;
     const double b16 = decode_costs(base.cfg, L, bf).kv_total();
+    const double pro16 = decode_costs(v4[0].cfg, L, bf).kv_total(), flash16 = decode_costs(v4[1].cfg, L, bf).kv_total();
     std::printf("\nSensitivity: every precision at x1 -> FLOPs %.1f%% (Pro) / %.1f%% (Flash) of V3.2; all-BF16 caches "
                 "-> KV %.1f%% / %.1f%% of V3.2 (BF16 too), %.2f%% / %.2f%% of GQA8.\n",
                 100 * v4[0].at.flops_fp8(flat) / base.at.flops_fp8(flat),
-                100 * v4[1].at.flops_fp8(flat) / base.at.flops_fp8(flat),
-                100 * decode_costs(v4[0].cfg, L, bf).kv_total() / b16, 100 * decode_costs(v4[1].cfg, L, bf).kv_total() / b16,
-                100 * decode_costs(v4[0].cfg, L, bf).kv_total() / gqa_kv_bytes(v4[0].cfg.n_layers, L),
-                100 * decode_costs(v4[1].cfg, L, bf).kv_total() / gqa_kv_bytes(v4[1].cfg.n_layers, L));
+                100 * v4[1].at.flops_fp8(flat) / base.at.flops_fp8(flat), 100 * pro16 / b16, 100 * flash16 / b16,
+                100 * pro16 / gqa_kv_bytes(v4[0].cfg.n_layers, L), 100 * flash16 / gqa_kv_bytes(v4[1].cfg.n_layers, L));
   }
 
   std::printf("\nBreakdown (raw GFLOPs per token, by precision; KV in MB):\n");
