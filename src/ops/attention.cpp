@@ -11,11 +11,6 @@ namespace dsv4::ops {
 
 namespace {
 
-void host_only(const char* op, std::initializer_list<const tensor_view*> ts) {
-  for (const tensor_view* t : ts)
-    DSV4_CHECK(t->dev().is_cpu(), op, t->describe(), ": the attention CUDA backend is not implemented yet");
-}
-
 bool inner_contiguous(std::initializer_list<const tensor_view*> ts) {
   for (const tensor_view* t : ts)
     if (t->rank() > 0 && t->stride(-1) != 1 && t->shape(-1) > 1) return false;
@@ -48,7 +43,7 @@ void indexer_scores(const tensor_view& q, const tensor_view& k, const tensor_vie
   detail::check_tensor(op, "w", w, dtype::f32, {T, H});
   detail::check_tensor(op, "scores", scores, dtype::f32, {T, E});
   detail::check_same_device(op, {&q, &k, &w, &visible, &scores});
-  host_only(op, {&q});
+  detail::check_host_only(op, "attention", {&q});
   for (const tensor_view* in : {&q, &k, &w}) detail::check_aliasing(op, *in, scores, false);
   const backend be = detail::choose_backend(op, ex, q.dev(),
                                             inner_contiguous({&q, &k, &w, &scores}) ? nullptr
@@ -71,7 +66,7 @@ void topk_select(const tensor_view& scores, const tensor_view& count, const tens
   DSV4_CHECK(idx.rank() == 2 && idx.dt() == dtype::i32 && idx.shape(0) == T, op, "idx is ", idx.describe(),
              ", expected i32[", T, ", k]");
   detail::check_same_device(op, {&scores, &count, &idx});
-  host_only(op, {&scores});
+  detail::check_host_only(op, "attention", {&scores});
   const backend be = detail::choose_backend(op, ex, scores.dev(),
                                             inner_contiguous({&scores, &idx}) ? nullptr : "innermost stride is not 1");
   with_counts(op, "count", count, T, E, [&]<class TC>(view<const TC, 1> c) {
@@ -104,7 +99,7 @@ void sparse_attention(const tensor_view& q, const tensor_view& kv_window, const 
   detail::check_tensor(op, "out", out, dtype::f32, {T, H, D});
   DSV4_CHECK(std::isfinite(scale), op, "scale ", scale, " is not finite");
   detail::check_same_device(op, {&q, &kv_window, &idx, &sink, &out});
-  host_only(op, {&q});
+  detail::check_host_only(op, "attention", {&q});
   detail::check_aliasing(op, q, out, false);
   detail::check_aliasing(op, kv_window, out, false);
   if (!no_comp) detail::check_aliasing(op, kv_compressed, out, false);

@@ -36,6 +36,11 @@ backend choose_backend(const char* op, const exec& ex, device dev, const char* c
   return cpu_declines ? backend::ref : backend::cpu;
 }
 
+void check_host_only(const char* op, const char* family, std::initializer_list<const tensor_view*> ts) {
+  for (const tensor_view* t : ts)
+    DSV4_CHECK(t->dev().is_cpu(), op, t->describe(), ": the ", family, " CUDA backend is not implemented yet");
+}
+
 void check_same_device(const char* op, std::initializer_list<const tensor_view*> ts) {
   const device d = (*ts.begin())->dev();
   for (const tensor_view* t : ts)

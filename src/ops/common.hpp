@@ -23,6 +23,10 @@ backend choose_backend(const char* op, const exec& ex, device dev, const char* c
 // All tensors on the same device.
 void check_same_device(const char* op, std::initializer_list<const tensor_view*> ts);
 
+// For ops with no CUDA backend yet: every tensor on the host, else "<tensor>: the <family> CUDA backend is not
+// implemented yet".
+void check_host_only(const char* op, const char* family, std::initializer_list<const tensor_view*> ts);
+
 // a and b either do not overlap in memory, or (when allow_identical) are the very same view.
 void check_aliasing(const char* op, const tensor_view& a, const tensor_view& b, bool allow_identical);
 

@@ -11,8 +11,7 @@ namespace {
 // Host tensors only (no CUDA backend yet); the CPU backend needs innermost strides 1.
 backend pick(const char* op, const exec& ex, std::initializer_list<const tensor_view*> ts) {
   detail::check_same_device(op, ts);
-  DSV4_CHECK((*ts.begin())->dev().is_cpu(), op, "tensors live on ", (*ts.begin())->dev(),
-             ": the mHC CUDA backend is not implemented yet");
+  detail::check_host_only(op, "mHC", {*ts.begin()});
   const char* declines = nullptr;
   for (const tensor_view* t : ts)
     if (t->rank() > 0 && t->shape(-1) > 1 && t->stride(-1) != 1) declines = "an innermost stride is not 1";

@@ -37,8 +37,7 @@ std::int64_t check_route(const char* op, const tensor_view& logits, const route_
              " must be finite and > 0");
   detail::check_tensor(op, "weights", w, dtype::f32, {T, cfg.topk});
   detail::check_tensor(op, "experts", idx, dtype::i32, {T, cfg.topk});
-  for (const tensor_view* t : {&logits, &w, &idx})
-    DSV4_CHECK(t->dev().is_cpu(), op, t->describe(), ": the MoE CUDA backend is not implemented yet");
+  detail::check_host_only(op, "MoE", {&logits, &w, &idx});
   detail::check_aliasing(op, logits, w, false);
   detail::check_aliasing(op, logits, idx, false);
   detail::check_aliasing(op, w, idx, false);
@@ -143,8 +142,7 @@ void moe_ffn(const tensor_view& x, const tensor_view& w, const tensor_view& idx,
   DSV4_CHECK(std::isfinite(swiglu_limit) && swiglu_limit >= 0.f, op, "swiglu_limit ", swiglu_limit,
              " must be finite and >= 0 (0 = no clamp)");
   DSV4_CHECK(k == 0 || !routed.empty(), op, "experts are selected (k = ", k, ") but no routed experts are given");
-  for (const tensor_view* t : {&x, &w, &idx, &y})
-    DSV4_CHECK(t->dev().is_cpu(), op, t->describe(), ": the MoE CUDA backend is not implemented yet");
+  detail::check_host_only(op, "MoE", {&x, &w, &idx, &y});
   for (const tensor_view* t : {&x, &w, &idx}) detail::check_aliasing(op, *t, y, false);
   const std::int64_t E = static_cast<std::int64_t>(routed.size());
   const auto iv = idx.as<const std::int32_t, 2>();
