@@ -128,31 +128,43 @@ TEST_SUITE("safetensors") {
     check_rejected(d, image(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0.5,8]}})", 8), {"data offset 0.5"});
     check_rejected(d, image(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],)"
                             R"("data_offsets":[0,8]}})", 8),
-                   {"more than 2^64"});
+                   {"has more than 2^63 elements"});
     check_rejected(d, image(R"({"__metadata__":{"k":1},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 8),
                    {"__metadata__[\"k\"] is not a string"});
-    check_rejected(d, image("{\"a\":" + std::string(40, '[') + std::string(40, ']') + "}", 0), {"nests deeper"});
+    check_rejected(d, image("{\"a\":{\"x\":" + std::string(40, '[') + std::string(40, ']') + "}}", 0), {"nests deeper"});
+    check_rejected(d, image("{\"a\":" + std::string(40, '[') + std::string(40, ']') + "}", 0),
+                   {"entry \"a\" is not an object"});
   }
 
-  TEST_CASE("views refuse types V4 never uses and misaligned data") {
+  TEST_CASE("views refuse types V4 never uses; misaligned data is copied once into aligned memory") {
     temp_dir d("st_views");
     // F8_E5M2 and F64 parse (sizes are validated) but cannot be viewed. The header is padded (JSON allows trailing
     // spaces) so the data section starts 8-aligned and "h" at offset 17 is misaligned for its F32 elements.
-    const std::size_t raw = std::string(R"({"e":{"dtype":"F8_E5M2","shape":[8],"data_offsets":[0,8]},)"
-                                        R"("f":{"dtype":"F64","shape":[1],"data_offsets":[8,16]},)"
-                                        R"("g":{"dtype":"U8","shape":[1],"data_offsets":[16,17]},)"
-                                        R"("h":{"dtype":"F32","shape":[1],"data_offsets":[17,21]}})").size();
-    const std::size_t pad = (8 - (8 + raw) % 8) % 8;
-    write_file(d.path / "t.safetensors",
-               image(R"({"e":{"dtype":"F8_E5M2","shape":[8],"data_offsets":[0,8]},)"
-                     R"("f":{"dtype":"F64","shape":[1],"data_offsets":[8,16]},)"
-                     R"("g":{"dtype":"U8","shape":[1],"data_offsets":[16,17]},)"
-                     R"("h":{"dtype":"F32","shape":[1],"data_offsets":[17,21]}})" + std::string(pad, ' '),
-                     21));
+    const std::string body = R"({"e":{"dtype":"F8_E5M2","shape":[8],"data_offsets":[0,8]},)"
+                             R"("f":{"dtype":"F64","shape":[1],"data_offsets":[8,16]},)"
+                             R"("g":{"dtype":"U8","shape":[1],"data_offsets":[16,17]},)"
+                             R"("h":{"dtype":"F32","shape":[2],"data_offsets":[17,25]}})";
+    const std::size_t pad = (8 - (8 + body.size()) % 8) % 8;
+    std::vector<std::byte> img = image(body + std::string(pad, ' '), 25);
+    const std::size_t data0 = 8 + body.size() + pad;
+    const float hv[2] = {1.5f, -3.25f};
+    std::memcpy(img.data() + data0 + 17, hv, sizeof hv);
+    write_file(d.path / "t.safetensors", img);
     safetensors_file f(d.path / "t.safetensors");
     check_error([&] { (void)f.view(*f.find("e")); }, {"F8_E5M2", "never use", "t.safetensors"});
     check_error([&] { (void)f.view(*f.find("f")); }, {"F64", "cannot view"});
-    check_error([&] { (void)f.view(*f.find("h")); }, {"\"h\"", "not aligned to its 4-byte elements"});
+    CHECK(f.aligned(*f.find("g")));  // 1-byte elements are always aligned
+    CHECK_FALSE(f.aligned(*f.find("h")));
+    CHECK(f.copied_tensors() == 0);
+    const tensor_view h = f.view(*f.find("h"));
+    CHECK(reinterpret_cast<std::uintptr_t>(h.data()) % 64 == 0);
+    CHECK(static_cast<const float*>(h.data())[0] == 1.5f);
+    CHECK(static_cast<const float*>(h.data())[1] == -3.25f);
+    CHECK(f.view(*f.find("h")).data() == h.data());  // copied once, shared by every later view
+    CHECK(f.copied_tensors() == 1);
+    CHECK(f.copied_bytes() == 8);
+    CHECK(f.view(*f.find("g")).data() != nullptr);
+    CHECK(f.copied_tensors() == 1);
   }
 
   TEST_CASE("sharded checkpoints: index problems are named") {

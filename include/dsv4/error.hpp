@@ -27,8 +27,20 @@ class error : public std::runtime_error {
  private:
   static std::string format(const std::string& op, const std::string& message, const char* file, int line) {
     std::ostringstream os;
-    os << "dsv4::" << op << ": " << message << " [" << file << ':' << line << ']';
+    os << "dsv4::" << op << ": " << message << " [" << source_location(file) << ':' << line << ']';
     return os.str();
+  }
+  // The builds of this project map the source root away (-fmacro-prefix-map), so __FILE__ is already
+  // "src/io/safetensors.cpp"; a path that is still absolute (a header compiled by another project) keeps only what
+  // follows its last "/include/", "/src/" or "/cuda/" part, so messages never carry a build machine's directories.
+  static std::string_view source_location(std::string_view f) {
+    if (f.empty() || f.front() != '/') return f;
+    for (std::string_view root : {"/include/dsv4/", "/src/", "/cuda/", "/tests/"}) {
+      const auto at = f.rfind(root);
+      if (at != std::string_view::npos) return f.substr(at + 1);
+    }
+    const auto slash = f.rfind('/');
+    return f.substr(slash + 1);
   }
   std::string op_;
 };
@@ -41,6 +53,32 @@ std::string concat(const Parts&... parts) {
   std::ostringstream os;
   (os << ... << parts);
   return os.str();
+}
+
+// A string from an untrusted source (a tensor name, a JSON value) made safe to put in a message: control bytes, DEL
+// and every non-ASCII byte (C1 controls and invalid UTF-8 included) become \xNN, backslashes and quotes are
+// escaped, and it is cut after `max` bytes with the full length noted, so a hostile name can neither drive the
+// terminal nor make a message unbounded.
+inline std::string printable(std::string_view s, std::size_t max = 120) {
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  const std::size_t n = s.size() < max ? s.size() : max;
+  out.reserve(n + 16);
+  for (std::size_t i = 0; i < n; ++i) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c < 0x20 || c >= 0x7f) {
+      out += "\\x";
+      out += hex[c >> 4];
+      out += hex[c & 15];
+    } else if (c == '\\' || c == '"') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  if (s.size() > n) out += "...(" + std::to_string(s.size()) + " bytes)";
+  return out;
 }
 
 [[noreturn]] inline void fail(std::string_view op, std::string message, const char* file, int line) {

@@ -11,11 +11,14 @@
 //
 // Every header is fully validated before use, and each problem is a dsv4::error("safetensors", "<file>: ...")
 // naming the file, the tensor and the rule: length bounds (N >= 2, N <= 100 MB, 8 + N <= file size), well-formed
-// JSON object, no duplicate names, known dtype strings, shape entries non-negative integers, data_offsets two
-// integers with begin <= end <= data size, end - begin == product(shape) · itemsize (overflow-checked), tensors
-// neither overlapping nor leaving gaps, and the data section fully covered (as the reference implementation
-// requires). A sharded checkpoint (model.safetensors.index.json) is checked for shards outside the directory,
-// names mapped to shards that lack them and names present in two shards.
+// JSON object with no NUL byte (the JSON lexer would stop at one) nested at most 16 deep, no duplicate names, known
+// dtype strings, shape entries non-negative integers whose product (in order, as the reference reader computes it)
+// fits int64, data_offsets two integers with begin <= end <= data size, end - begin == product(shape) · itemsize
+// (overflow-checked), tensors neither overlapping nor leaving gaps, and the data section fully covered (as the
+// reference implementation requires). The parser is a one-pass SAX handler: linear in the header size. A sharded
+// checkpoint (model.safetensors.index.json, at most 100 MB) is checked for shards outside the directory, names
+// mapped to shards that lack them and names present in two shards. Only regular files are opened (io/file.hpp).
+// Names from the files are escaped in messages (detail::printable).
 #pragma once
 
 #include <cstddef>
@@ -27,6 +30,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "dsv4/tensor.hpp"
@@ -80,16 +84,21 @@ class safetensors_file {
 
   // The tensor's bytes, mapping the file on first use (thread-safe).
   std::span<const std::byte> bytes(const tensor_record& t) const;
-  // A read-only tensor_view in the stored dtype (see to_dtype); errors for types dsv4 cannot view, rank > 6, and
-  // data not aligned to its element size.
+  // A read-only tensor_view in the stored dtype (see to_dtype); errors for types dsv4 cannot view and rank > 6.
+  // A tensor whose data does not start at a multiple of its element size (the format allows it; the reference
+  // writer never does it) is copied once into aligned memory owned by this file, and the view shows the copy.
   tensor_view view(const tensor_record& t) const;
+  bool aligned(const tensor_record& t) const;  // its bytes start at a multiple of its element size
+  // Misaligned tensors copied so far, and their bytes.
+  std::size_t copied_tensors() const;
+  std::uint64_t copied_bytes() const;
 
  private:
   const std::byte* map() const;
   std::filesystem::path path_;
   std::uint64_t size_ = 0;
   header hdr_;
-  std::map<std::string, std::size_t, std::less<>> by_name_;
+  std::unordered_map<std::string, std::size_t> by_name_;
   struct mapping;
   std::unique_ptr<mapping> map_;
 };
@@ -113,6 +122,9 @@ class checkpoint {
   // Laziness, observable: bytes read so far (headers + index) and how many shards have been mapped.
   std::uint64_t header_bytes_read() const;
   std::size_t mapped_shards() const;
+  // Misaligned tensors copied into aligned memory so far (see safetensors_file::view), over all shards.
+  std::size_t copied_tensors() const;
+  std::uint64_t copied_bytes() const;
 
  private:
   std::filesystem::path root_;
