@@ -1,13 +1,17 @@
 // model_config: presets, config.json parsing (HF and inference spellings), validation, HF serialization.
 #include "dsv4/model/config.hpp"
 
+#include <algorithm>
 #include <cmath>
-#include <fstream>
-#include <sstream>
+#include <limits>
+#include <optional>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
 #include "dsv4/error.hpp"
+#include "dsv4/io/file.hpp"
+#include "io/json_text.hpp"
 
 namespace dsv4::model {
 
@@ -53,15 +57,19 @@ bool is_pow2(std::int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
 struct rule_list {
   std::string source;
   std::vector<std::string> broken;
+  std::size_t count = 0;  // all broken rules; the first kShow are kept, so a 10^5-entry array gives one short error
+  static constexpr std::size_t kShow = 12;
   template <class... P>
   void check(bool ok, const P&... parts) {
-    if (!ok) broken.push_back(detail::concat(parts...));
+    if (ok) return;
+    if (count++ < kShow) broken.push_back(detail::concat(parts...));
   }
   void raise() const {
     if (broken.empty()) return;
-    std::string msg = source + ": invalid config (" + std::to_string(broken.size()) + " problem" +
-                      (broken.size() > 1 ? "s" : "") + "):";
+    std::string msg = source + ": invalid config (" + std::to_string(count) + " problem" + (count > 1 ? "s" : "") +
+                      "):";
     for (const auto& b : broken) msg += "\n  - " + b;
+    if (count > broken.size()) msg += "\n  - ... and " + std::to_string(count - broken.size()) + " more";
     DSV4_FAIL("model_config", msg);
   }
 };
@@ -69,55 +77,71 @@ struct rule_list {
 }  // namespace
 
 void model_config::validate() const {
-  rule_list r{name, {}};
-  r.check(vocab_size >= 1, "vocab_size ", vocab_size, " must be >= 1");
-  r.check(dim >= 1, "hidden_size ", dim, " must be >= 1");
-  r.check(n_layers >= 1, "num_hidden_layers ", n_layers, " must be >= 1");
-  r.check(n_mtp_layers >= 0, "num_nextn_predict_layers ", n_mtp_layers, " must be >= 0");
-  r.check(n_heads >= 1, "num_attention_heads ", n_heads, " must be >= 1");
-  r.check(q_lora_rank >= 1, "q_lora_rank ", q_lora_rank, " must be >= 1");
-  r.check(n_routed_experts >= 1, "n_routed_experts ", n_routed_experts, " must be >= 1");
+  namespace L = limits;
+  rule_list r{detail::printable(name, 400), {}};
+  // Every integer within [lo, hi] (the caps of dsv4/model/config.hpp keep all products of them inside int64).
+  auto in = [&](const char* field, std::int64_t v, std::int64_t lo, std::int64_t hi, const char* why = "") {
+    r.check(v >= lo && v <= hi, field, " ", v, " must be in [", lo, ", ", hi, "]", why);
+    return v >= lo && v <= hi;
+  };
+  auto real = [&](const char* field, double v, double lo, bool lo_open) {
+    const bool ok = std::isfinite(v) && (lo_open ? v > lo : v >= lo) && v <= L::real;
+    r.check(ok, field, " ", v, lo_open ? " must be > " : " must be >= ", lo, " and finite (at most ", L::real, ")");
+    return ok;
+  };
+  in("vocab_size", vocab_size, 1, L::vocab);
+  in("hidden_size", dim, 1, L::dim);
+  const bool layers_ok = in("num_hidden_layers", n_layers, 1, L::layers) &
+                         in("num_nextn_predict_layers", n_mtp_layers, 0, L::mtp_layers);
+  in("num_attention_heads", n_heads, 1, L::heads);
+  in("q_lora_rank", q_lora_rank, 1, L::rank);
+  in("n_routed_experts", n_routed_experts, 1, L::experts);
+  in("max_position_embeddings", max_position_embeddings, 1, L::positions);
   r.check(n_activated_experts >= 1 && n_activated_experts <= n_routed_experts, "num_experts_per_tok ",
           n_activated_experts, " must be in [1, n_routed_experts = ", n_routed_experts, "]");
   r.check(n_shared_experts == 0 || n_shared_experts == 1, "n_shared_experts ", n_shared_experts,
           " must be 0 or 1 (the reference asserts 1)");
-  r.check(moe_inter_dim >= 1, "moe_intermediate_size ", moe_inter_dim, " must be >= 1");
-  r.check(std::isfinite(route_scale) && route_scale > 0, "routed_scaling_factor ", route_scale, " must be > 0");
-  r.check(std::isfinite(swiglu_limit) && swiglu_limit >= 0, "swiglu_limit ", swiglu_limit,
-          " must be >= 0 (0 = no clamp)");
-  r.check(std::isfinite(norm_eps) && norm_eps > 0, "rms_norm_eps ", norm_eps, " must be > 0");
-  r.check(index_topk >= 1, "index_topk ", index_topk, " must be >= 1");
-  r.check(rope_theta > 0 && std::isfinite(rope_theta), "rope_theta ", rope_theta, " must be > 0");
-  r.check(rope_factor >= 1 && std::isfinite(rope_factor), "rope_scaling.factor ", rope_factor, " must be >= 1");
-  r.check(original_seq_len >= 1, "rope_scaling.original_max_position_embeddings ", original_seq_len,
-          " must be >= 1");
-  r.check(beta_fast > beta_slow && beta_slow > 0, "rope_scaling.beta_fast ", beta_fast, " / beta_slow ", beta_slow,
-          ": YaRN needs beta_fast > beta_slow > 0");
-  r.check(max_position_embeddings >= 1, "max_position_embeddings ", max_position_embeddings, " must be >= 1");
+  in("moe_intermediate_size", moe_inter_dim, 1, L::moe_inter);
+  real("routed_scaling_factor", route_scale, 0, true);
+  real("swiglu_limit", swiglu_limit, 0, false);
+  r.check(std::isfinite(norm_eps) && norm_eps > 0 && norm_eps < 1, "rms_norm_eps ", norm_eps, " must be in (0, 1)");
+  in("index_topk", index_topk, 1, L::positions);  // buffers hold min(index_topk, entries that exist)
+  // YaRN divides by log(theta) (spec §3.1), and a theta of 1 or less has no frequencies to spread.
+  real("rope_theta", rope_theta, 1, true);
+  real("rope_scaling.factor", rope_factor, 1, false);
+  in("rope_scaling.original_max_position_embeddings", original_seq_len, 1, L::positions);
+  if (real("rope_scaling.beta_fast", beta_fast, 0, true) && real("rope_scaling.beta_slow", beta_slow, 0, true))
+    r.check(beta_fast > beta_slow, "rope_scaling.beta_fast ", beta_fast, " / beta_slow ", beta_slow,
+            ": YaRN needs beta_fast > beta_slow > 0");
 
   if (family == model_family::v32) {
-    r.check(kv_lora_rank >= 1 && qk_nope_head_dim >= 1 && v_head_dim >= 1, "V3.2 needs kv_lora_rank, ",
-            "qk_nope_head_dim and v_head_dim >= 1");
+    in("kv_lora_rank", kv_lora_rank, 1, L::rank);
+    in("qk_nope_head_dim", qk_nope_head_dim, 1, L::head_dim);
+    in("v_head_dim", v_head_dim, 1, L::head_dim);
+    in("intermediate_size", dense_inter_dim, 0, L::moe_inter);
     r.check(n_dense_layers >= 0 && n_dense_layers <= n_layers, "first_k_dense_replace ", n_dense_layers,
             " outside [0, ", n_layers, "]");
     r.raise();
     return;
   }
 
-  r.check(rope_head_dim > 0 && rope_head_dim % 2 == 0, "qk_rope_head_dim ", rope_head_dim,
-          " must be even and > 0 (RoPE rotates channel pairs)");
-  r.check(head_dim > rope_head_dim && (head_dim - rope_head_dim) % 64 == 0, "head_dim ", head_dim,
-          " - qk_rope_head_dim ", rope_head_dim, " = ", head_dim - rope_head_dim,
-          " must be a positive multiple of 64 (the KV FP8 round trip uses blocks of 64, spec §6.7)");
-  r.check(o_groups >= 1 && n_heads % o_groups == 0, "num_attention_heads ", n_heads,
+  const bool hd_ok = in("head_dim", head_dim, 1, L::head_dim);
+  const bool rd_ok = rope_head_dim > 0 && rope_head_dim % 2 == 0 && rope_head_dim <= L::head_dim;
+  r.check(rd_ok, "qk_rope_head_dim ", rope_head_dim, " must be even, > 0 and at most ", L::head_dim,
+          " (RoPE rotates channel pairs)");
+  if (hd_ok && rd_ok)  // both bounded: the difference cannot overflow
+    r.check(head_dim > rope_head_dim && (head_dim - rope_head_dim) % 64 == 0, "head_dim ", head_dim,
+            " - qk_rope_head_dim ", rope_head_dim, " = ", head_dim - rope_head_dim,
+            " must be a positive multiple of 64 (the KV FP8 round trip uses blocks of 64, spec §6.7)");
+  r.check(o_groups >= 1 && o_groups <= L::heads && n_heads % o_groups == 0, "num_attention_heads ", n_heads,
           " must be a multiple of o_groups ", o_groups);
-  r.check(o_lora_rank >= 1, "o_lora_rank ", o_lora_rank, " must be >= 1");
-  r.check(window_size >= 1, "sliding_window ", window_size, " must be >= 1");
-  r.check(compress_rope_theta > 0 && std::isfinite(compress_rope_theta), "compress_rope_theta ",
-          compress_rope_theta, " must be > 0");
-  r.check(hc_mult >= 1, "hc_mult ", hc_mult, " must be >= 1");
-  r.check(hc_sinkhorn_iters >= 1, "hc_sinkhorn_iters ", hc_sinkhorn_iters, " must be >= 1");
-  r.check(std::isfinite(hc_eps) && hc_eps > 0, "hc_eps ", hc_eps, " must be > 0");
+  in("o_lora_rank", o_lora_rank, 1, L::rank);
+  // A window longer than the context is harmless (buffers hold min(window, capacity) rows), so only the global cap.
+  in("sliding_window", window_size, 1, L::positions);
+  real("compress_rope_theta", compress_rope_theta, 1, true);
+  in("hc_mult", hc_mult, 1, L::hc_mult);
+  in("hc_sinkhorn_iters", hc_sinkhorn_iters, 1, L::sinkhorn_iters);
+  r.check(std::isfinite(hc_eps) && hc_eps > 0 && hc_eps < 1, "hc_eps ", hc_eps, " must be in (0, 1)");
   r.check(n_hash_layers >= 0 && n_hash_layers <= n_layers, "num_hash_layers ", n_hash_layers, " outside [0, ",
           n_layers, "]");
   if (experts != expert_format::fp8) {
@@ -126,8 +150,8 @@ void model_config::validate() const {
     r.check(moe_inter_dim % 32 == 0, "moe_intermediate_size ", moe_inter_dim,
             " must be a multiple of 32: FP4 experts carry one UE8M0 scale per 32 along K (spec §1.2)");
   }
-  const std::int64_t need = n_layers + n_mtp_layers;
-  r.check(static_cast<std::int64_t>(compress_ratios.size()) >= need, "compress_ratios has ",
+  const std::int64_t need = layers_ok ? n_layers + n_mtp_layers : 0;
+  r.check(!layers_ok || static_cast<std::int64_t>(compress_ratios.size()) >= need, "compress_ratios has ",
           compress_ratios.size(), " entries; ", n_layers, " layers + ", n_mtp_layers, " MTP blocks need ", need);
   bool any_csa = false;
   for (std::size_t i = 0; i < compress_ratios.size(); ++i) {
@@ -137,10 +161,11 @@ void model_config::validate() const {
     if (c == 4 && static_cast<std::int64_t>(i) < need) any_csa = true;
   }
   if (any_csa) {
-    r.check(index_n_heads >= 1, "index_n_heads ", index_n_heads, " must be >= 1 (CSA layers have an indexer)");
-    r.check(is_pow2(index_head_dim) && index_head_dim >= 32, "index_head_dim ", index_head_dim,
+    in("index_n_heads", index_n_heads, 1, L::heads, " (CSA layers have an indexer)");
+    r.check(is_pow2(index_head_dim) && index_head_dim >= 32 && index_head_dim <= L::head_dim, "index_head_dim ",
+            index_head_dim,
             " must be a power of two (Hadamard, spec §6.5) and >= 32 (FP4 blocks of 32, spec §6.3)");
-    r.check(index_head_dim > rope_head_dim, "index_head_dim ", index_head_dim, " must exceed qk_rope_head_dim ",
+    r.check(!rd_ok || index_head_dim > rope_head_dim, "index_head_dim ", index_head_dim, " must exceed qk_rope_head_dim ",
             rope_head_dim, " (RoPE goes on the indexer head's last rope dims)");
   }
   r.raise();
@@ -148,35 +173,86 @@ void model_config::validate() const {
 
 namespace {
 
-// Typed reads with messages that name the source and the key.
+// A JSON value described for a message without ever dumping more than a few dozen bytes of it.
+std::string describe(const json& v) {
+  switch (v.type()) {
+    case json::value_t::null: return "null";
+    case json::value_t::boolean: return v.get<bool>() ? "true" : "false";
+    case json::value_t::string: return "\"" + detail::printable(v.get_ref<const std::string&>(), 40) + "\"";
+    case json::value_t::number_integer:
+    case json::value_t::number_unsigned:
+    case json::value_t::number_float: return detail::printable(v.dump(), 40);
+    case json::value_t::object: return "an object";
+    case json::value_t::array: return "an array of " + std::to_string(v.size());
+    default: return "a value of another kind";
+  }
+}
+
+// Typed reads with messages that name the source and the key; `prefix` names a nested object ("rope_scaling.").
+// Every integer is range-checked before it is narrowed, a float is accepted for an integer field only when it is an
+// exact integer, and a value of the wrong JSON type is an error naming the field (never an escaping type_error).
 struct reader {
   const json& j;
   std::string source;
+  std::string prefix;
 
   bool has(const char* key) const { return j.contains(key) && !j.at(key).is_null(); }
 
-  std::int64_t get_int(const char* key, std::int64_t def) const {
+  [[noreturn]] void bad(const char* key, const char* want) const {
+    DSV4_FAIL("model_config", source, ": \"", prefix, key, "\" must be ", want, ", got ", describe(j.at(key)));
+  }
+
+  std::int64_t get_int(const char* key, std::int64_t def, std::int64_t lo, std::int64_t hi) const {
     if (!has(key)) return def;
     const json& v = j.at(key);
-    if (v.is_number_integer()) return v.get<std::int64_t>();
-    if (v.is_number_float()) {
+    std::int64_t out = 0;
+    if (v.is_number_unsigned()) {
+      const std::uint64_t u = v.get<std::uint64_t>();
+      if (u > static_cast<std::uint64_t>(hi)) out_of_range(key, lo, hi);
+      out = static_cast<std::int64_t>(u);
+    } else if (v.is_number_integer()) {
+      out = v.get<std::int64_t>();
+    } else if (v.is_number_float()) {
       const double d = v.get<double>();
-      if (std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9.0e15) return static_cast<std::int64_t>(d);
+      // Exact integers only, and only where the double is exact (|d| < 2^53); the range check comes before the
+      // conversion so no float-to-int conversion is ever undefined.
+      if (!(std::isfinite(d) && d == std::floor(d))) bad(key, "an integer");
+      if (d < static_cast<double>(lo) || d > static_cast<double>(hi) || std::fabs(d) >= 9007199254740992.0)
+        out_of_range(key, lo, hi);
+      out = static_cast<std::int64_t>(d);
+    } else {
+      bad(key, "an integer");
     }
-    DSV4_FAIL("model_config", source, ": \"", key, "\" must be an integer, got ", v.dump());
+    if (out < lo || out > hi) out_of_range(key, lo, hi);
+    return out;
   }
-  double get_num(const json& obj, const char* key, double def) const {
-    if (!obj.contains(key) || obj.at(key).is_null()) return def;
-    const json& v = obj.at(key);
-    DSV4_CHECK(v.is_number(), "model_config", source, ": \"", key, "\" must be a number, got ", v.dump());
-    return v.get<double>();
+  [[noreturn]] void out_of_range(const char* key, std::int64_t lo, std::int64_t hi) const {
+    DSV4_FAIL("model_config", source, ": \"", prefix, key, "\" = ", describe(j.at(key)), " is outside [", lo, ", ",
+              hi, "]");
   }
-  double get_num(const char* key, double def) const { return get_num(j, key, def); }
+  double get_num(const char* key, double def) const {
+    if (!has(key)) return def;
+    const json& v = j.at(key);
+    if (!v.is_number()) bad(key, "a number");
+    const double d = v.get<double>();
+    if (!std::isfinite(d)) bad(key, "a finite number");
+    return d;
+  }
+  bool get_bool(const char* key, bool def) const {
+    if (!has(key)) return def;
+    if (!j.at(key).is_boolean()) bad(key, "true or false");
+    return j.at(key).get<bool>();
+  }
   std::string get_str(const char* key, std::string def) const {
     if (!has(key)) return def;
-    DSV4_CHECK(j.at(key).is_string(), "model_config", source, ": \"", key, "\" must be a string, got ",
-               j.at(key).dump());
+    if (!j.at(key).is_string()) bad(key, "a string");
     return j.at(key).get<std::string>();
+  }
+  // A nested object (absent: nullopt).
+  std::optional<reader> object(const char* key) const {
+    if (!has(key)) return std::nullopt;
+    if (!j.at(key).is_object()) bad(key, "an object");
+    return reader{j.at(key), source, prefix + key + "."};
   }
 };
 
@@ -188,36 +264,44 @@ constexpr const char* kLaterReleaseKeys[] = {"kv_source_layer_ids", "index_sourc
 expert_format parse_expert_dtype(const reader& rd, const std::string& s) {
   if (s == "fp4") return expert_format::fp4;
   if (s == "fp8") return expert_format::fp8;
-  DSV4_FAIL("model_config", rd.source, ": expert_dtype \"", s, "\" is not supported (expected \"fp4\" or \"fp8\")");
+  DSV4_FAIL("model_config", rd.source, ": expert_dtype \"", detail::printable(s, 40),
+            "\" is not supported (expected \"fp4\" or \"fp8\")");
 }
 
-void read_quantization(const reader& rd, const json& q, model_config& c) {
-  DSV4_CHECK(q.is_object(), "model_config", rd.source, ": quantization_config must be an object");
-  const std::string method = q.value("quant_method", std::string("fp8"));
-  DSV4_CHECK(method == "fp8", "model_config", rd.source, ": quantization_config.quant_method \"", method,
-             "\" is not supported (dsv4 reads the official fp8 checkpoints: quant_method fp8)");
-  if (q.contains("fmt"))
-    DSV4_CHECK(q.at("fmt") == "e4m3", "model_config", rd.source, ": quantization_config.fmt ", q.at("fmt").dump(),
-               " is not supported (expected \"e4m3\")");
-  if (q.contains("scale_fmt") && !q.at("scale_fmt").is_null())
-    DSV4_CHECK(q.at("scale_fmt") == "ue8m0", "model_config", rd.source, ": quantization_config.scale_fmt ",
-               q.at("scale_fmt").dump(), " is not supported (expected \"ue8m0\")");
-  if (q.contains("weight_block_size"))
-    DSV4_CHECK(q.at("weight_block_size") == json::array({128, 128}), "model_config", rd.source,
-               ": quantization_config.weight_block_size ", q.at("weight_block_size").dump(),
+void read_quantization(const reader& q, model_config& c) {
+  const std::string method = q.get_str("quant_method", "fp8");
+  DSV4_CHECK(method == "fp8", "model_config", q.source, ": quantization_config.quant_method \"",
+             detail::printable(method, 40), "\" is not supported (dsv4 reads the official fp8 checkpoints: ",
+             "quant_method fp8)");
+  const std::string fmt = q.get_str("fmt", "e4m3");
+  DSV4_CHECK(fmt == "e4m3", "model_config", q.source, ": quantization_config.fmt \"", detail::printable(fmt, 40),
+             "\" is not supported (expected \"e4m3\")");
+  const std::string scale_fmt = q.get_str("scale_fmt", "ue8m0");
+  DSV4_CHECK(scale_fmt == "ue8m0", "model_config", q.source, ": quantization_config.scale_fmt \"",
+             detail::printable(scale_fmt, 40), "\" is not supported (expected \"ue8m0\")");
+  if (q.has("weight_block_size"))
+    DSV4_CHECK(q.j.at("weight_block_size") == json::array({128, 128}), "model_config", q.source,
+               ": quantization_config.weight_block_size ", describe(q.j.at("weight_block_size")),
                " is not supported (expected [128, 128])");
-  if (q.contains("expert_dtype") && q.at("expert_dtype").is_string())
-    c.experts = parse_expert_dtype(rd, q.at("expert_dtype").get<std::string>());
+  if (q.has("expert_dtype")) c.experts = parse_expert_dtype(q, q.get_str("expert_dtype", ""));
 }
 
-std::vector<int> read_ratios(const reader& rd, const json& v) {
-  DSV4_CHECK(v.is_array(), "model_config", rd.source, ": compress_ratios must be an array, got ", v.dump());
+std::vector<int> read_ratios(const reader& rd) {
+  const json& v = rd.j.at("compress_ratios");
+  if (!v.is_array()) rd.bad("compress_ratios", "an array");
+  DSV4_CHECK(v.size() <= static_cast<std::size_t>(limits::layers + limits::mtp_layers), "model_config", rd.source,
+             ": compress_ratios has ", v.size(), " entries (at most ", limits::layers + limits::mtp_layers,
+             " layers and MTP blocks are supported)");
   std::vector<int> out;
-  for (const json& e : v) {
-    DSV4_CHECK(e.is_number_integer() || (e.is_number_float() && e.get<double>() == std::floor(e.get<double>())),
-               "model_config", rd.source, ": compress_ratios entries must be integers, got ", e.dump());
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    const json& e = v[i];
+    const bool integral = e.is_number_integer() || e.is_number_unsigned() ||
+                          (e.is_number_float() && std::isfinite(e.get<double>()) &&
+                           e.get<double>() == std::floor(e.get<double>()));
+    DSV4_CHECK(integral, "model_config", rd.source, ": compress_ratios[", i, "] must be an integer, got ",
+               describe(e));
     const double d = e.get<double>();
-    DSV4_CHECK(d >= 0 && d <= 1 << 20, "model_config", rd.source, ": compress_ratios entry ", e.dump(),
+    DSV4_CHECK(d >= 0 && d <= 1 << 20, "model_config", rd.source, ": compress_ratios[", i, "] = ", describe(e),
                " out of range");
     out.push_back(static_cast<int>(d));
   }
@@ -225,8 +309,8 @@ std::vector<int> read_ratios(const reader& rd, const json& v) {
 }
 
 model_config from_json(const json& j, std::string_view source) {
-  reader rd{j, std::string(source)};
-  DSV4_CHECK(j.is_object(), "model_config", rd.source, ": expected a JSON object at the top level");
+  DSV4_CHECK(j.is_object(), "model_config", source, ": expected a JSON object at the top level");
+  reader rd{j, std::string(source), ""};
   for (const char* k : kLaterReleaseKeys)
     DSV4_CHECK(!j.contains(k), "model_config", rd.source, ": field \"", k,
                "\" belongs to a later release (V4-Flash-0731 / V4.1 / DSpark / Vision), not the April 2026 V4 this "
@@ -238,74 +322,81 @@ model_config from_json(const json& j, std::string_view source) {
   c.experts = expert_format::detect;
 
   std::string arch;
-  if (j.contains("architectures") && j.at("architectures").is_array() && !j.at("architectures").empty() &&
-      j.at("architectures")[0].is_string())
-    arch = j.at("architectures")[0].get<std::string>();
+  if (rd.has("architectures")) {
+    const json& a = j.at("architectures");
+    if (!a.is_array()) rd.bad("architectures", "an array of strings");
+    if (!a.empty()) {
+      DSV4_CHECK(a[0].is_string(), "model_config", rd.source, ": \"architectures\"[0] must be a string, got ",
+                 describe(a[0]));
+      arch = a[0].get<std::string>();
+    }
+  }
   const std::string model_type = rd.get_str("model_type", "");
   if (arch == "DeepseekV32ForCausalLM" || model_type == "deepseek_v32") c.family = model_family::v32;
   else if (!arch.empty() && arch != "DeepseekV4ForCausalLM")
-    DSV4_FAIL("model_config", rd.source, ": architectures[0] \"", arch,
+    DSV4_FAIL("model_config", rd.source, ": architectures[0] \"", detail::printable(arch, 60),
               "\" is not DeepseekV4ForCausalLM (or the DeepseekV32ForCausalLM baseline)");
 
   const bool hf = j.contains("hidden_size") || j.contains("num_hidden_layers");
   auto pick = [&](const char* hf_key, const char* inf_key) { return hf ? hf_key : inf_key; };
+  namespace L = limits;
+  constexpr std::int64_t kAny = std::numeric_limits<std::int64_t>::max();
 
-  c.vocab_size = rd.get_int("vocab_size", c.vocab_size);
-  c.dim = rd.get_int(pick("hidden_size", "dim"), c.dim);
-  c.n_layers = rd.get_int(pick("num_hidden_layers", "n_layers"), c.n_layers);
-  c.n_mtp_layers = rd.get_int(pick("num_nextn_predict_layers", "n_mtp_layers"), c.n_mtp_layers);
-  c.n_heads = rd.get_int(pick("num_attention_heads", "n_heads"), c.n_heads);
-  c.head_dim = rd.get_int("head_dim", c.head_dim);
-  c.rope_head_dim = rd.get_int(pick("qk_rope_head_dim", "rope_head_dim"), c.rope_head_dim);
-  c.q_lora_rank = rd.get_int("q_lora_rank", c.q_lora_rank);
-  c.o_lora_rank = rd.get_int("o_lora_rank", c.o_lora_rank);
-  c.o_groups = rd.get_int("o_groups", c.o_groups);
-  c.window_size = rd.get_int(pick("sliding_window", "window_size"), c.window_size);
-  if (rd.has("compress_ratios")) c.compress_ratios = read_ratios(rd, j.at("compress_ratios"));
+  // Integers are read over their whole meaningful range (a negative or absurd value reaches validate(), which lists
+  // every broken rule); only what cannot be represented is refused here.
+  c.vocab_size = rd.get_int("vocab_size", c.vocab_size, -kAny, kAny);
+  c.dim = rd.get_int(pick("hidden_size", "dim"), c.dim, -kAny, kAny);
+  c.n_layers = rd.get_int(pick("num_hidden_layers", "n_layers"), c.n_layers, -kAny, kAny);
+  c.n_mtp_layers = rd.get_int(pick("num_nextn_predict_layers", "n_mtp_layers"), c.n_mtp_layers, -kAny, kAny);
+  c.n_heads = rd.get_int(pick("num_attention_heads", "n_heads"), c.n_heads, -kAny, kAny);
+  c.head_dim = rd.get_int("head_dim", c.head_dim, -kAny, kAny);
+  c.rope_head_dim = rd.get_int(pick("qk_rope_head_dim", "rope_head_dim"), c.rope_head_dim, -kAny, kAny);
+  c.q_lora_rank = rd.get_int("q_lora_rank", c.q_lora_rank, -kAny, kAny);
+  c.o_lora_rank = rd.get_int("o_lora_rank", c.o_lora_rank, -kAny, kAny);
+  c.o_groups = rd.get_int("o_groups", c.o_groups, -kAny, kAny);
+  c.window_size = rd.get_int(pick("sliding_window", "window_size"), c.window_size, -kAny, kAny);
+  if (rd.has("compress_ratios")) c.compress_ratios = read_ratios(rd);
   c.rope_theta = rd.get_num("rope_theta", c.rope_theta);
   c.compress_rope_theta = rd.get_num("compress_rope_theta", c.compress_rope_theta);
   if (hf) {
-    if (rd.has("rope_scaling")) {
-      const json& rs = j.at("rope_scaling");
-      DSV4_CHECK(rs.is_object(), "model_config", rd.source, ": rope_scaling must be an object");
-      const std::string type = rs.value("type", rs.value("rope_type", std::string("yarn")));
-      DSV4_CHECK(type == "yarn", "model_config", rd.source, ": rope_scaling type \"", type,
+    if (const auto rs = rd.object("rope_scaling")) {
+      const std::string type = rs->has("type") ? rs->get_str("type", "yarn") : rs->get_str("rope_type", "yarn");
+      DSV4_CHECK(type == "yarn", "model_config", rd.source, ": rope_scaling type \"", detail::printable(type, 40),
                  "\" is not supported (V4 uses yarn)");
-      c.rope_factor = rd.get_num(rs, "factor", c.rope_factor);
-      c.original_seq_len = static_cast<std::int64_t>(
-          rd.get_num(rs, "original_max_position_embeddings", static_cast<double>(c.original_seq_len)));
-      c.beta_fast = rd.get_num(rs, "beta_fast", c.beta_fast);
-      c.beta_slow = rd.get_num(rs, "beta_slow", c.beta_slow);
+      c.rope_factor = rs->get_num("factor", c.rope_factor);
+      c.original_seq_len = rs->get_int("original_max_position_embeddings", c.original_seq_len, -kAny, kAny);
+      c.beta_fast = rs->get_num("beta_fast", c.beta_fast);
+      c.beta_slow = rs->get_num("beta_slow", c.beta_slow);
       for (const char* k : {"mscale", "mscale_all_dim"})
-        if (rs.contains(k) && c.family == model_family::v4)
-          DSV4_CHECK(rs.at(k).is_number() && rs.at(k).get<double>() == 1.0, "model_config", rd.source,
-                     ": rope_scaling.", k, " = ", rs.at(k).dump(),
-                     ": V4 has no YaRN attention temperature (spec §3.1); only 1.0 is accepted");
+        if (rs->has(k) && c.family == model_family::v4)
+          DSV4_CHECK(rs->get_num(k, 1.0) == 1.0, "model_config", rd.source, ": rope_scaling.", k, " = ",
+                     describe(rs->j.at(k)), ": V4 has no YaRN attention temperature (spec §3.1); only 1.0 is accepted");
     }
-    c.max_position_embeddings = rd.get_int("max_position_embeddings", c.max_position_embeddings);
+    c.max_position_embeddings = rd.get_int("max_position_embeddings", c.max_position_embeddings, -kAny, kAny);
   } else {
     c.rope_factor = rd.get_num("rope_factor", c.rope_factor);
-    c.original_seq_len = rd.get_int("original_seq_len", c.original_seq_len);
+    c.original_seq_len = rd.get_int("original_seq_len", c.original_seq_len, -kAny, kAny);
     c.beta_fast = rd.get_num("beta_fast", c.beta_fast);
     c.beta_slow = rd.get_num("beta_slow", c.beta_slow);
-    c.max_position_embeddings = rd.get_int("max_seq_len", c.max_position_embeddings);
+    c.max_position_embeddings = rd.get_int("max_seq_len", c.max_position_embeddings, -kAny, kAny);
   }
-  c.index_n_heads = rd.get_int("index_n_heads", c.index_n_heads);
-  c.index_head_dim = rd.get_int("index_head_dim", c.index_head_dim);
-  c.index_topk = rd.get_int("index_topk", c.index_topk);
-  c.hc_mult = rd.get_int("hc_mult", c.hc_mult);
-  c.hc_sinkhorn_iters = static_cast<int>(rd.get_int("hc_sinkhorn_iters", c.hc_sinkhorn_iters));
+  c.index_n_heads = rd.get_int("index_n_heads", c.index_n_heads, -kAny, kAny);
+  c.index_head_dim = rd.get_int("index_head_dim", c.index_head_dim, -kAny, kAny);
+  c.index_topk = rd.get_int("index_topk", c.index_topk, -kAny, kAny);
+  c.hc_mult = rd.get_int("hc_mult", c.hc_mult, -kAny, kAny);
+  c.hc_sinkhorn_iters = static_cast<int>(rd.get_int("hc_sinkhorn_iters", c.hc_sinkhorn_iters, 1, L::sinkhorn_iters));
   c.hc_eps = rd.get_num("hc_eps", c.hc_eps);
-  c.n_routed_experts = rd.get_int("n_routed_experts", c.n_routed_experts);
-  c.n_shared_experts = rd.get_int("n_shared_experts", c.n_shared_experts);
-  c.n_activated_experts = rd.get_int(pick("num_experts_per_tok", "n_activated_experts"), c.n_activated_experts);
-  c.moe_inter_dim = rd.get_int(pick("moe_intermediate_size", "moe_inter_dim"), c.moe_inter_dim);
+  c.n_routed_experts = rd.get_int("n_routed_experts", c.n_routed_experts, -kAny, kAny);
+  c.n_shared_experts = rd.get_int("n_shared_experts", c.n_shared_experts, -kAny, kAny);
+  c.n_activated_experts =
+      rd.get_int(pick("num_experts_per_tok", "n_activated_experts"), c.n_activated_experts, -kAny, kAny);
+  c.moe_inter_dim = rd.get_int(pick("moe_intermediate_size", "moe_inter_dim"), c.moe_inter_dim, -kAny, kAny);
   {
     const std::string s = rd.get_str(pick("scoring_func", "score_func"), ops::score_func_name(c.score));
     try {
       c.score = ops::parse_score_func(s);
     } catch (const error&) {
-      DSV4_FAIL("model_config", rd.source, ": unknown scoring function \"", s,
+      DSV4_FAIL("model_config", rd.source, ": unknown scoring function \"", detail::printable(s, 40),
                 "\" (expected sqrtsoftplus, sigmoid or softmax)");
     }
   }
@@ -313,36 +404,37 @@ model_config from_json(const json& j, std::string_view source) {
   c.swiglu_limit = rd.get_num("swiglu_limit", c.family == model_family::v32 ? 0.0 : c.swiglu_limit);
   c.norm_eps = rd.get_num(pick("rms_norm_eps", "norm_eps"), c.norm_eps);
   c.n_hash_layers = rd.get_int(pick("num_hash_layers", "n_hash_layers"),
-                               c.family == model_family::v32 ? 0 : c.n_hash_layers);
-  if (rd.has("quantization_config")) read_quantization(rd, j.at("quantization_config"), c);
+                               c.family == model_family::v32 ? 0 : c.n_hash_layers, -kAny, kAny);
+  if (const auto q = rd.object("quantization_config")) read_quantization(*q, c);
   if (rd.has("expert_dtype")) c.experts = parse_expert_dtype(rd, rd.get_str("expert_dtype", ""));
   if (!hf && rd.has("scale_fmt"))
     DSV4_CHECK(rd.get_str("scale_fmt", "") == "ue8m0", "model_config", rd.source, ": scale_fmt \"",
-               rd.get_str("scale_fmt", ""), "\" is not supported (expected \"ue8m0\")");
+               detail::printable(rd.get_str("scale_fmt", ""), 40), "\" is not supported (expected \"ue8m0\")");
 
   // Things V4 does not have and this library does not implement: refuse rather than run something else.
   if (c.family == model_family::v4) {
-    DSV4_CHECK(rd.get_int("num_key_value_heads", 1) == 1, "model_config", rd.source,
+    DSV4_CHECK(rd.get_int("num_key_value_heads", 1, -kAny, kAny) == 1, "model_config", rd.source,
                ": num_key_value_heads must be 1 (V4 has one shared K=V head)");
-    DSV4_CHECK(!j.value("tie_word_embeddings", false), "model_config", rd.source,
+    DSV4_CHECK(!rd.get_bool("tie_word_embeddings", false), "model_config", rd.source,
                ": tie_word_embeddings = true is not V4 (embed and head are separate tensors)");
-    DSV4_CHECK(j.value("norm_topk_prob", true), "model_config", rd.source,
+    DSV4_CHECK(rd.get_bool("norm_topk_prob", true), "model_config", rd.source,
                ": norm_topk_prob = false is not supported (V4 normalizes the selected scores)");
-    DSV4_CHECK(rd.get_int("n_group", 1) <= 1 && rd.get_int("topk_group", 1) <= 1, "model_config", rd.source,
-               ": group-limited routing (n_group / topk_group > 1) is not V4");
-    DSV4_CHECK(rd.get_int("first_k_dense_replace", 0) == 0, "model_config", rd.source,
+    DSV4_CHECK(rd.get_int("n_group", 1, -kAny, kAny) <= 1 && rd.get_int("topk_group", 1, -kAny, kAny) <= 1,
+               "model_config", rd.source, ": group-limited routing (n_group / topk_group > 1) is not V4");
+    DSV4_CHECK(rd.get_int("first_k_dense_replace", 0, -kAny, kAny) == 0, "model_config", rd.source,
                ": first_k_dense_replace > 0 (dense FFN layers) is not V4; every V4 layer is MoE");
-    DSV4_CHECK(rd.get_str("hidden_act", "silu") == "silu", "model_config", rd.source, ": hidden_act \"",
-               rd.get_str("hidden_act", ""), "\" is not supported (V4 experts are SwiGLU)");
+    const std::string act = rd.get_str("hidden_act", "silu");
+    DSV4_CHECK(act == "silu", "model_config", rd.source, ": hidden_act \"", detail::printable(act, 40),
+               "\" is not supported (V4 experts are SwiGLU)");
     DSV4_CHECK(rd.has("compress_ratios"), "model_config", rd.source,
                ": compress_ratios is missing (it selects each layer's attention type, spec §2)");
   } else {
-    c.kv_lora_rank = rd.get_int("kv_lora_rank", 512);
-    c.qk_nope_head_dim = rd.get_int("qk_nope_head_dim", 128);
-    c.v_head_dim = rd.get_int("v_head_dim", 128);
-    c.head_dim = c.qk_nope_head_dim + c.rope_head_dim;
-    c.n_dense_layers = rd.get_int(pick("first_k_dense_replace", "n_dense_layers"), 3);
-    c.dense_inter_dim = rd.get_int(pick("intermediate_size", "inter_dim"), 18432);
+    c.kv_lora_rank = rd.get_int("kv_lora_rank", 512, -kAny, kAny);
+    c.qk_nope_head_dim = rd.get_int("qk_nope_head_dim", 128, 1, L::head_dim);
+    c.v_head_dim = rd.get_int("v_head_dim", 128, -kAny, kAny);
+    c.head_dim = c.qk_nope_head_dim + std::clamp<std::int64_t>(c.rope_head_dim, 0, L::head_dim);
+    c.n_dense_layers = rd.get_int(pick("first_k_dense_replace", "n_dense_layers"), 3, -kAny, kAny);
+    c.dense_inter_dim = rd.get_int(pick("intermediate_size", "inter_dim"), 18432, -kAny, kAny);
     c.experts = expert_format::fp8;
     c.hc_mult = 0;
   }
@@ -350,30 +442,71 @@ model_config from_json(const json& j, std::string_view source) {
   return c;
 }
 
-std::string read_text(const std::filesystem::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  DSV4_CHECK(f.good(), "model_config", "cannot open ", p.string());
-  std::ostringstream os;
-  os << f.rdbuf();
-  return os.str();
-}
+// Duplicate keys are legal JSON but ambiguous (the DOM keeps one of them): one SAX pass finds them at any depth.
+struct duplicate_finder {
+  using json_t = nlohmann::json;
+  std::vector<std::set<std::string>> stack;
+  std::string dup, path;
+  bool null() { return true; }
+  bool boolean(bool) { return true; }
+  bool number_integer(json_t::number_integer_t) { return true; }
+  bool number_unsigned(json_t::number_unsigned_t) { return true; }
+  bool number_float(json_t::number_float_t, const std::string&) { return true; }
+  bool string(std::string&) { return true; }
+  bool binary(json_t::binary_t&) { return true; }
+  bool start_object(std::size_t) {
+    stack.emplace_back();
+    return true;
+  }
+  bool key(std::string& k) {
+    if (!stack.back().insert(k).second && dup.empty()) dup = k;
+    return dup.empty();
+  }
+  bool end_object() {
+    stack.pop_back();
+    return true;
+  }
+  bool start_array(std::size_t) {
+    stack.emplace_back();
+    return true;
+  }
+  bool end_array() {
+    stack.pop_back();
+    return true;
+  }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) { return false; }
+};
 
 }  // namespace
 
 model_config parse_config(std::string_view text, std::string_view source) {
+  const std::string where = detail::printable(source, 400);
+  DSV4_CHECK(text.size() <= io::kMaxConfigBytes, "model_config", where, ": ", text.size(),
+             " bytes, more than the limit of ", io::kMaxConfigBytes, " bytes for a config");
+  io::json_text::check_json_text(text, "model_config", where, 32);
   json j;
   try {
     j = json::parse(text.begin(), text.end());
   } catch (const json::exception& e) {
-    DSV4_FAIL("model_config", source, ": not valid JSON (", e.what(), ")");
+    DSV4_FAIL("model_config", where, ": not valid JSON (", e.what(), ")");
   }
-  return from_json(j, source);
+  duplicate_finder d;
+  json::sax_parse(text.begin(), text.end(), &d);
+  DSV4_CHECK(d.dup.empty(), "model_config", where, ": key \"", detail::printable(d.dup, 60),
+             "\" appears twice in one object");
+  try {
+    return from_json(j, where);
+  } catch (const json::exception& e) {  // a safety net: every read above is typed, so this is a bug if it fires
+    DSV4_FAIL("model_config", where, ": unexpected JSON content (", e.what(), ")");
+  }
 }
 
 model_config load_config(const std::filesystem::path& path) {
-  const std::filesystem::path file = std::filesystem::is_directory(path) ? path / "config.json" : path;
-  DSV4_CHECK(std::filesystem::is_regular_file(file), "model_config", "no config file at ", file.string());
-  return parse_config(read_text(file), file.string());
+  std::error_code ec;
+  const std::filesystem::path file = std::filesystem::is_directory(path, ec) ? path / "config.json" : path;
+  DSV4_CHECK(std::filesystem::exists(std::filesystem::symlink_status(file, ec)), "model_config", "no config file at ",
+             detail::printable(file.string(), 400));
+  return parse_config(io::read_text_file(file, io::kMaxConfigBytes, "model_config"), file.string());
 }
 
 std::string to_hf_json(const model_config& c) {

@@ -24,8 +24,13 @@ rope_table rope_table::make(std::int64_t rope_dim, double base, bool yarn, doubl
   auto corr = [&](double rot) {
     return dim * std::log(static_cast<double>(original_len) / (rot * 2 * M_PI)) / (2 * std::log(base));
   };
-  const int low = std::max(static_cast<int>(std::floor(corr(beta_fast))), 0);
-  const int high = std::min(static_cast<int>(std::ceil(corr(beta_slow))), static_cast<int>(rope_dim - 1));
+  // The reference's clamps (low >= 0, high <= rope_dim - 1), plus a bound of +-2^20 on the other side applied in
+  // double before the conversion: with theta barely above 1 or extreme betas the range is astronomically large and
+  // converting it to int would be undefined behaviour. The bound changes no result: the ramp saturates long before.
+  static constexpr double kFar = 1 << 20;
+  auto to_int = [](double v) { return static_cast<int>(std::isnan(v) ? 0.0 : std::clamp(v, -kFar, kFar)); };
+  const int low = std::max(to_int(std::floor(corr(beta_fast))), 0);
+  const int high = std::min(to_int(std::ceil(corr(beta_slow))), static_cast<int>(rope_dim - 1));
   t.yarn_low = low;
   t.yarn_high = high;
   const float span = high == low ? 0.001f : static_cast<float>(high - low);

@@ -24,6 +24,25 @@ namespace dsv4::model {
 
 enum class model_family : std::uint8_t { v4, v32 };
 
+// Upper bounds validate() enforces on a config (ours: each at least 8x the V4-Pro value, spec §1.1). They keep
+// every product of config fields that sizes a tensor, a buffer or an index far inside int64 (the largest, experts x
+// moe_inter x dim x layers, stays below 2^61), so a hostile config.json is refused by name instead of overflowing.
+namespace limits {
+inline constexpr std::int64_t vocab = 1 << 24;           // V4: 129,280
+inline constexpr std::int64_t dim = 1 << 16;             // V4-Pro: 7,168
+inline constexpr std::int64_t layers = 1024;             // V4-Pro: 61
+inline constexpr std::int64_t mtp_layers = 64;           // V4: 1
+inline constexpr std::int64_t heads = 4096;              // V4-Pro: 128 (and 64 indexer heads)
+inline constexpr std::int64_t head_dim = 1 << 14;        // V4: 512 (indexer 128)
+inline constexpr std::int64_t rank = 1 << 16;            // q_lora / o_lora ranks, V4-Pro: 1,536 / 1,024
+inline constexpr std::int64_t positions = 1 << 30;       // max_position_embeddings, V4: 2^20
+inline constexpr std::int64_t hc_mult = 64;              // V4: 4
+inline constexpr std::int64_t sinkhorn_iters = 10000;    // V4: 20
+inline constexpr std::int64_t experts = 1 << 16;         // V4-Pro: 384
+inline constexpr std::int64_t moe_inter = 1 << 18;       // V4-Pro: 3,072
+inline constexpr double real = 1e12;                     // theta, factor, beta, scales: finite and below this
+}  // namespace limits
+
 // Attention type of a layer, from its compress ratio (spec §2): 0 → sliding window only, 4 → CSA, 128 → HCA.
 enum class attn_kind : std::uint8_t { swa, csa, hca };
 const char* attn_kind_name(attn_kind k);
