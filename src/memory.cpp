@@ -18,8 +18,9 @@ buffer::buffer(dtype dt, std::span<const std::int64_t> shape, device dev) {
   const std::size_t n = static_cast<std::size_t>(bytes_ > 0 ? bytes_ : 1);
   void* p = nullptr;
   if (dev.is_cpu()) {
+    DSV4_CHECK(n <= (std::size_t{1} << 62), "buffer", "cannot allocate ", view_.describe(), " (", n, " bytes)");
     p = std::aligned_alloc(64, (n + 63) / 64 * 64);  // 64 B: one AVX-512 vector, one cache line
-    if (!p) throw std::bad_alloc();
+    DSV4_CHECK(p != nullptr, "buffer", "out of memory allocating ", view_.describe(), " (", n, " bytes)");
     std::memset(p, 0, n);
   } else {
 #if DSV4_WITH_CUDA

@@ -1,6 +1,8 @@
 // The forward pass: logits identical under any chunking / prompt-decode split (bitwise on the CPU backend), ref vs
 // cpu, checkpoints whose shapes differ from the presets, errors.
 #include <algorithm>
+#include <filesystem>
+#include <fstream>
 #include <random>
 
 #include "dsv4/io/safetensors.hpp"
@@ -193,6 +195,36 @@ TEST_SUITE("forward") {
     const transformer::batch_entry twice[2] = {{one, &st[0], tensor_view(out.data(), dtype::f32, {1, V})},
                                                {one, &st[0], tensor_view(out.data(), dtype::f32, {1, V})}};
     check_error([&] { tf.forward_batch(twice); }, {"share a sequence state"});
+  }
+
+  TEST_CASE("a checkpoint whose tensors are misaligned loads and gives bitwise the logits of the aligned one") {
+    // The safetensors format does not require alignment. Shifting every shard's data section by one byte (one more
+    // space in the header, which JSON allows) misaligns every F32 / BF16 / I64 tensor.
+    loaded m("fw_aligned", preset("tiny"));
+    temp_dir mis("fw_misaligned");
+    for (const auto& e : std::filesystem::directory_iterator(m.dir.path)) {
+      std::ifstream in(e.path(), std::ios::binary);
+      std::string b((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      if (e.path().extension() == ".safetensors") {
+        std::uint64_t n = 0;
+        for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(b[static_cast<std::size_t>(i)]);
+        b.insert(8 + n, " ");
+        ++n;
+        for (int i = 0; i < 8; ++i) b[static_cast<std::size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xFF);
+      }
+      std::ofstream(mis.path / e.path().filename(), std::ios::binary) << b;
+    }
+    const io::checkpoint ck = io::checkpoint::open(mis.path);
+    const model_weights w = bind_weights(ck, load_config(mis.path));
+    std::size_t wide = 0;  // every tensor with elements wider than a byte is now misaligned, and bound
+    for (const auto& name : ck.names()) wide += io::st_dtype_size(ck.find(name)->dt) > 1 && ck.find(name)->nbytes() > 0;
+    CHECK(wide > 50);
+    CHECK(ck.copied_tensors() == wide);
+    const std::uint64_t copied = ck.copied_bytes();
+    const auto ids = tokens(40, m.cfg.vocab_size, 3);
+    const transformer a(m.cfg, m.w), b(m.cfg, w);
+    CHECK(same_bits(logits(a, ids, {40}), logits(b, ids, {40})));
+    CHECK(ck.copied_bytes() == copied);  // the copies were made once, at binding
   }
 
   TEST_CASE("errors: token ids out of range, empty input, context past the capacity") {

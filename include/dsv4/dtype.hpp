@@ -29,7 +29,13 @@ inline constexpr int dtype_bits(dtype t) {
 inline constexpr bool is_packed(dtype t) { return dtype_bits(t) < 8; }
 
 // Bytes that n contiguous elements occupy (a trailing odd fp4 element still takes a byte).
-inline constexpr std::int64_t dtype_bytes(dtype t, std::int64_t n) { return (n * dtype_bits(t) + 7) / 8; }
+// Bytes of n elements (saturates at INT64_MAX instead of overflowing; no real tensor comes near it).
+inline constexpr std::int64_t dtype_bytes(dtype t, std::int64_t n) {
+  std::int64_t bits = 0;
+  if (__builtin_mul_overflow(n, static_cast<std::int64_t>(dtype_bits(t)), &bits) || bits > INT64_MAX - 7)
+    return INT64_MAX;
+  return (bits + 7) / 8;
+}
 
 inline constexpr const char* dtype_name(dtype t) {
   switch (t) {

@@ -19,9 +19,12 @@ inline constexpr const char* backend_name(backend b) {
   return "?";
 }
 
+// The most CPU worker threads an exec may ask for (every op refuses more, and negative counts, by name).
+inline constexpr int kMaxThreads = 1024;
+
 struct exec {
   backend prefer = backend::automatic;
-  int threads = 0;               // CPU backend: worker threads (0 = oneTBB's default, all cores)
+  int threads = 0;               // CPU backend: worker threads in [1, kMaxThreads] (0 = oneTBB's default, all cores)
   void* cuda_stream = nullptr;   // CUDA backend: a cudaStream_t (nullptr = the default stream)
 };
 

@@ -73,12 +73,14 @@ class tensor_view {
       : data_(data), dtype_(dt), device_(dev), rank_(static_cast<int>(shape.size())) {
     check_rank();
     std::int64_t s = 1;
+    bool overflow = false;
     for (int d = rank_ - 1; d >= 0; --d) {
       shape_[d] = shape[d];
       strides_[d] = s;
-      s *= shape[d];
+      overflow = overflow || __builtin_mul_overflow(s, shape[d] < 0 ? 0 : shape[d], &s);
     }
     check_layout();
+    DSV4_CHECK(!overflow, "tensor_view", "a contiguous ", describe(), " has more than 2^63 elements");
   }
   tensor_view(void* data, dtype dt, std::initializer_list<std::int64_t> shape, device dev = device::cpu())
       : tensor_view(data, dt, std::span<const std::int64_t>(shape.begin(), shape.size()), dev) {}

@@ -155,7 +155,7 @@ void attention_cache::read_ring(float* rows) const {
     std::copy(ring.begin(), ring.end(), rows);
     return;
   }
-  for (std::int64_t s = 0; s < window; ++s)
+  for (std::int64_t s = 0; s < ring_rows; ++s)
     unpack_entry(ring_packed.data() + s * entry_bytes, head_dim, nope, rows + s * head_dim);
 }
 
@@ -202,20 +202,23 @@ attention_cache make_attention_cache(const model_config& cfg, std::int64_t layer
   const int r = cfg.compress_ratio(layer);
   attention_cache c;
   c.capacity = capacity > 0 ? capacity : cfg.max_position_embeddings;
+  DSV4_CHECK(c.capacity <= limits::positions, kOp, "capacity ", c.capacity, " exceeds the supported ",
+             limits::positions, " positions");
   c.head_dim = cfg.head_dim;
   c.nope = cfg.nope_head_dim();
   c.window = cfg.window_size;
+  c.ring_rows = std::min(c.window, c.capacity);  // a window longer than the sequence can ever be is never filled
   c.ratio = r;
   c.index_dim = r == 4 ? cfg.index_head_dim : 0;
   c.storage = storage;
   if (storage == kv_storage::fp32) {
     c.entry_bytes = 4 * cfg.head_dim;
     c.key_bytes = 4 * c.index_dim;
-    c.ring.assign(static_cast<std::size_t>(cfg.window_size * cfg.head_dim), 0.f);
+    c.ring.assign(static_cast<std::size_t>(c.ring_rows * cfg.head_dim), 0.f);
   } else {
     c.entry_bytes = kv_entry_bytes(cfg, kv_layout::deployed);
     c.key_bytes = r == 4 ? index_key_bytes(cfg, kv_layout::deployed) : 0;
-    c.ring_packed.assign(static_cast<std::size_t>(cfg.window_size * c.entry_bytes), 0);
+    c.ring_packed.assign(static_cast<std::size_t>(c.ring_rows * c.entry_bytes), 0);
   }
   if (r) c.main = {r, r == 4, cfg.head_dim, {}, {}};
   if (r == 4) c.index = {4, true, cfg.index_head_dim, {}, {}};
@@ -304,13 +307,14 @@ void attention_layer::forward(const tensor_view& x, attention_cache& c, const te
       rope_.apply(v, nope, p0 + t);
     }
 
-  // Window KV path: new rows after the W rows of the ring (in slot order).
-  buffer win = f32(W + T, hd);
+  // Window KV path: new rows after the Wr = min(W, capacity) rows of the ring (in slot order).
+  const std::int64_t Wr = c.ring_rows;
+  buffer win = f32(Wr + T, hd);
   c.read_ring(data(win));
-  const tensor_view kv_new = win.view().narrow(0, W, T);
+  const tensor_view kv_new = win.view().narrow(0, Wr, T);
   ops::linear(x, w_.wkv, kv_new, ex_);
   for (std::int64_t t = 0; t < T; ++t) {
-    float* v = data(win) + (W + t) * hd;
+    float* v = data(win) + (Wr + t) * hd;
     rms_norm(v, hd, kv_norm_.data(), cf.norm_eps);
     rope_.apply(v, nope, p0 + t);
   }
@@ -318,7 +322,7 @@ void attention_layer::forward(const tensor_view& x, attention_cache& c, const te
   if (c.storage == kv_storage::deployed)  // attend to exactly what the cache will hold: BF16 rope dims
     for (std::int64_t t = 0; t < T; ++t)
       for (std::int64_t i = nope; i < hd; ++i) {
-        float& v = data(win)[(W + t) * hd + i];
+        float& v = data(win)[(Wr + t) * hd + i];
         v = bf16::from_float(v).to_float();
       }
 
@@ -364,7 +368,8 @@ void attention_layer::forward(const tensor_view& x, attention_cache& c, const te
       }
 
     // Score in blocks of tokens so a long prefill never holds a [T, n_keys] matrix.
-    const std::int64_t E = c.n_keys(), k = cf.index_topk;
+    // k = min(index_topk, entries that exist): the result is the same set, and nothing is sized by the config alone.
+    const std::int64_t E = c.n_keys(), k = std::max<std::int64_t>(1, std::min(cf.index_topk, E));
     constexpr std::int64_t kTokBlock = 64;
     std::vector<float> decoded;  // deployed storage: the FP4 keys decoded for the fp32 kernels
     const float* kp = c.keys.data();
@@ -402,12 +407,12 @@ void attention_layer::forward(const tensor_view& x, attention_cache& c, const te
     const std::int64_t p = p0 + t;
     auto& l = lists[static_cast<std::size_t>(t)];
     for (std::int64_t s = std::max<std::int64_t>(0, p - W + 1); s <= p; ++s)
-      l.push_back(static_cast<std::int32_t>(s >= p0 ? W + (s - p0) : s % W));
+      l.push_back(static_cast<std::int32_t>(s >= p0 ? Wr + (s - p0) : s % W));
     const std::int64_t nw = static_cast<std::int64_t>(l.size());
     if (ratio_ == 4) {
-      for (std::int32_t e : picks[static_cast<std::size_t>(t)]) l.push_back(static_cast<std::int32_t>(W + T + e));
+      for (std::int32_t e : picks[static_cast<std::size_t>(t)]) l.push_back(static_cast<std::int32_t>(Wr + T + e));
     } else if (ratio_ == 128) {
-      for (std::int64_t e = 0; e < (p + 1) / 128; ++e) l.push_back(static_cast<std::int32_t>(W + T + e));
+      for (std::int64_t e = 0; e < (p + 1) / 128; ++e) l.push_back(static_cast<std::int32_t>(Wr + T + e));
     }
     K = std::max<std::int64_t>(K, static_cast<std::int64_t>(l.size()));
     if (t == T - 1) {
@@ -430,15 +435,16 @@ void attention_layer::forward(const tensor_view& x, attention_cache& c, const te
   if (c.storage != kv_storage::fp32 && nc > 0) {
     std::vector<std::int32_t> used;
     for (std::int64_t i = 0; i < T * K; ++i)
-      if (ip[i] >= W + T) used.push_back(ip[i] - static_cast<std::int32_t>(W + T));
+      if (ip[i] >= Wr + T) used.push_back(ip[i] - static_cast<std::int32_t>(Wr + T));
     std::sort(used.begin(), used.end());
     used.erase(std::unique(used.begin(), used.end()), used.end());
     used_rows.resize(std::max<std::size_t>(used.size(), 1) * static_cast<std::size_t>(hd));
     for (std::size_t u = 0; u < used.size(); ++u) c.read_entry(used[u], used_rows.data() + u * static_cast<std::size_t>(hd));
     for (std::int64_t i = 0; i < T * K; ++i)
-      if (ip[i] >= W + T)
+      if (ip[i] >= Wr + T)
         ip[i] = static_cast<std::int32_t>(
-            W + T + (std::lower_bound(used.begin(), used.end(), ip[i] - static_cast<std::int32_t>(W + T)) - used.begin()));
+            Wr + T +
+            (std::lower_bound(used.begin(), used.end(), ip[i] - static_cast<std::int32_t>(Wr + T)) - used.begin()));
     comp = used.empty() ? tensor_view()
                         : tensor_view(used_rows.data(), dtype::f32, {static_cast<std::int64_t>(used.size()), hd});
   }
@@ -459,7 +465,8 @@ void attention_layer::forward(const tensor_view& x, attention_cache& c, const te
   ops::linear(o2, w_.wo_b, y, ex_);
 
   // The ring keeps the last W positions.
-  for (std::int64_t t = std::max<std::int64_t>(0, T - W); t < T; ++t) c.write_ring((p0 + t) % W, data(win) + (W + t) * hd);
+  for (std::int64_t t = std::max<std::int64_t>(0, T - W); t < T; ++t)
+    c.write_ring((p0 + t) % W, data(win) + (Wr + t) * hd);
   c.pos += T;
 }
 

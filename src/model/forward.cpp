@@ -25,6 +25,14 @@ void rms_norm_rows(float* x, std::int64_t T, std::int64_t D, const std::vector<f
 
 float* f(const buffer& b) { return static_cast<float*>(b.data()); }
 
+// Index of the first non-finite value of p[0, n), or -1. The forward pass never returns NaN or Inf silently: every
+// block's output and the logits are checked (a pass over T·n·D floats per block, noise next to the block's work).
+std::int64_t first_non_finite(const float* p, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(p[i])) return i;
+  return -1;
+}
+
 // Seconds since the last call (a stopwatch for the trace).
 struct lap {
   std::chrono::steady_clock::time_point t = std::chrono::steady_clock::now();
@@ -51,6 +59,7 @@ transformer::transformer(const model_config& cfg, const model_weights& w, const 
   attn_.reserve(w.layers.size());
   for (const auto& b : w.layers) {
     attn_.emplace_back(cfg, b, ex);
+    gate_.push_back(ops::qweight{b.ffn.gate, {}, "layers." + std::to_string(b.layer) + ".ffn.gate"});
     attn_norm_.push_back(detail::to_f32(b.attn_norm));
     ffn_norm_.push_back(detail::to_f32(b.ffn_norm));
   }
@@ -100,6 +109,8 @@ void transformer::forward_rows(std::span<const std::int64_t> tokens, sequence_st
     } else {
       std::memcpy(f(h) + t * D, static_cast<const float*>(w_.embed.data()) + id * D, sizeof(float) * D);
     }
+    const std::int64_t bad = first_non_finite(f(h) + t * D, D);
+    DSV4_CHECK(bad < 0, kOp, "embed.weight row ", id, " (token ", id, ") holds a non-finite value at column ", bad);
   }
   ops::hc_expand(h, x, ex_);
   (trace ? trace->embed_s : sink) += clock();
@@ -127,7 +138,7 @@ void transformer::forward_rows(std::span<const std::int64_t> tokens, sequence_st
     ops::hc_pre(x, b.hc_ffn.fn, b.hc_ffn.scale, b.hc_ffn.base, y, post, comb, mc, ex_);
     rms_norm_rows(f(y), T, D, ffn_norm_[l], c.norm_eps);
     tt.mhc_s += clock();
-    ops::linear(y, ops::qweight{b.ffn.gate, {}}, gl, ex_);
+    ops::linear(y, gate_[l], gl, ex_);
     const bool hashed = c.hash_routed(b.layer);
     if (hashed) ops::moe_hash_route(gl, rc, ids, b.ffn.tid2eid, rw, ri, ex_);
     else ops::moe_route(gl, rc, b.ffn.bias, rw, ri, ex_);
@@ -143,6 +154,9 @@ void transformer::forward_rows(std::span<const std::int64_t> tokens, sequence_st
       lt->last_experts.assign(e, e + k);
       lt->last_weights.assign(wt, wt + k);
     }
+    if (const std::int64_t bad = first_non_finite(f(x), T * n * D); bad >= 0)
+      DSV4_FAIL(kOp, "layer ", l, " produced a non-finite activation (position ", p0 + bad / (n * D),
+                "): the weights of layers.", l, " overflow fp32 for this input");
     if (progress) progress(static_cast<std::int64_t>(l));
   }
   if (!want_logits) return;
@@ -156,7 +170,14 @@ void transformer::forward_rows(std::span<const std::int64_t> tokens, sequence_st
   buffer yh(dtype::f32, {R, D});
   ops::hc_head(xh, w_.hc_head.fn, w_.hc_head.scale, w_.hc_head.base, yh, mc, ex_);
   rms_norm_rows(f(yh), R, D, norm_, c.norm_eps);
-  ops::linear(yh, ops::qweight{w_.head, {}}, logits, ex_);
+  const std::int64_t bad_h = first_non_finite(f(yh), R * D);
+  DSV4_CHECK(bad_h < 0, kOp, "the final norm produced a non-finite value (row ", bad_h / std::max<std::int64_t>(D, 1),
+             "): hc_head_fn / hc_head_base / hc_head_scale or norm.weight overflow fp32 for this input");
+  ops::linear(yh, ops::qweight{w_.head, {}, "head"}, logits, ex_);
+  const auto* lg = static_cast<const float*>(logits.data());
+  if (const std::int64_t bad = first_non_finite(lg, R * V); bad >= 0)
+    DSV4_FAIL(kOp, "logit ", bad % V, " of row ", bad / V, " is not finite: head.weight row ", bad % V,
+              " holds a value that overflows fp32 for this input");
   (trace ? trace->head_s : sink) += clock();
 }
 

@@ -2,6 +2,7 @@
 #include "dsv4/model/weights.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <set>
 #include <sstream>
 
@@ -33,7 +34,8 @@ enum class lin { fp8, dense, expert };
 
 class binder {
  public:
-  binder(const io::checkpoint& c, const model_config& cfg) : ckpt_(c), cfg_(cfg), experts_(cfg.experts) {}
+  binder(const io::checkpoint& c, const model_config& cfg, const bind_options& opt)
+      : ckpt_(c), cfg_(cfg), opt_(opt), experts_(cfg.experts) {}
 
   // A plain tensor of one of `dts` with exactly `shape`; an empty view (and a recorded problem) otherwise.
   tensor_view get(const std::string& name, std::initializer_list<st_dtype> dts, const shape_t& shape) {
@@ -51,12 +53,46 @@ class binder {
       problem(name, ": shape ", shape_str(t->shape), ", expected ", shape_str(shape), " for this config");
       return {};
     }
+    tensor_view v;
     try {
-      return ckpt_.view(name);
+      v = ckpt_.view(name);
     } catch (const error& e) {
       problem(name, ": ", e.what());
       return {};
     }
+    if (opt_.verify_dense && (v.dt() == dtype::f32 || v.dt() == dtype::bf16)) check_finite(name, v);
+    if (opt_.verify_quantized && (v.dt() == dtype::fp8_e4m3 || v.dt() == dtype::ue8m0)) check_codes(name, v);
+    return v;
+  }
+
+  // NaN / Inf in a float tensor: named with the count and the first position.
+  void check_finite(const std::string& name, const tensor_view& v) {
+    const std::int64_t n = v.numel();
+    std::int64_t bad = 0, first = -1;
+    auto scan = [&](auto get) {
+      for (std::int64_t i = 0; i < n; ++i)
+        if (!std::isfinite(get(i))) {
+          if (bad++ == 0) first = i;
+        }
+    };
+    if (v.dt() == dtype::f32) scan([p = static_cast<const float*>(v.data())](std::int64_t i) { return p[i]; });
+    else scan([p = static_cast<const bf16*>(v.data())](std::int64_t i) { return p[i].to_float(); });
+    if (bad) problem(name, ": ", bad, " non-finite value", bad > 1 ? "s" : "", " (NaN or Inf), the first at flat index ",
+                     first, " of ", shape_str(std::vector<std::int64_t>(v.shape().begin(), v.shape().end())));
+  }
+
+  // NaN FP8 codes (0x7F / 0xFF) and NaN E8M0 scales (0xFF).
+  void check_codes(const std::string& name, const tensor_view& v) {
+    const auto* p = static_cast<const std::uint8_t*>(v.data());
+    const std::int64_t n = v.numel();
+    const bool fp8 = v.dt() == dtype::fp8_e4m3;
+    std::int64_t bad = 0, first = -1;
+    for (std::int64_t i = 0; i < n; ++i)
+      if (fp8 ? (p[i] & 0x7F) == 0x7F : p[i] == 0xFF) {
+        if (bad++ == 0) first = i;
+      }
+    if (bad) problem(name, ": ", bad, fp8 ? " NaN FP8 code" : " NaN (0xFF) E8M0 scale", bad > 1 ? "s" : "",
+                     ", the first at flat index ", first);
   }
 
   // prefix.weight (+ prefix.scale) of a linear layer [N, K].
@@ -64,6 +100,7 @@ class binder {
     const std::string wn = prefix + ".weight", sn = prefix + ".scale";
     const io::tensor_record* w = ckpt_.find(wn);
     ops::qweight q;
+    q.name = prefix;
     if (kind == lin::dense) {
       q.weight = get(wn, {st_dtype::BF16, st_dtype::F32}, {N, K});
       return q;
@@ -154,7 +191,7 @@ class binder {
     } else {
       m.bias = get(ff + "gate.bias", {st_dtype::F32}, {E});
     }
-    m.experts.resize(static_cast<std::size_t>(E));
+    m.experts.resize(static_cast<std::size_t>(E));  // E <= the checkpoint's tensor count (checked in bind)
     for (std::int64_t e = 0; e < E; ++e) {
       const std::string ex = ff + "experts." + std::to_string(e) + ".";
       auto& fw = m.experts[static_cast<std::size_t>(e)];
@@ -193,8 +230,17 @@ class binder {
     }
   }
 
-  model_weights bind(const bind_options& opt) {
+  model_weights bind() {
+    const bind_options& opt = opt_;
     const model_config& c = cfg_;
+    // Every routed expert has at least three weight tensors in every layer: a config asking for more expert tensors
+    // than the checkpoint holds cannot describe it, and is refused before anything is sized by it.
+    const std::int64_t have = static_cast<std::int64_t>(ckpt_.names().size());
+    const std::int64_t need = c.n_layers * c.n_routed_experts * 3;  // < 2^31 under the config limits
+    DSV4_CHECK(need <= have, "bind_weights", dsv4::detail::printable(ckpt_.root().string(), 400),
+               " does not match config ", dsv4::detail::printable(cfg_.name, 400), ": ", c.n_layers, " layers x ",
+               c.n_routed_experts, " routed experts need at least ", need, " expert tensors, the checkpoint holds ",
+               have, " tensors in all");
     model_weights w;
     w.embed = get("embed.weight", {st_dtype::BF16, st_dtype::F32}, {c.vocab_size, c.dim});
     w.head = get("head.weight", {st_dtype::BF16, st_dtype::F32}, {c.vocab_size, c.dim});
@@ -229,24 +275,30 @@ class binder {
   }
 
  private:
+  static constexpr std::size_t kShow = 40;
+
+  // Problems are collected until kShow of them: then binding stops and reports (a config that does not describe the
+  // checkpoint would otherwise walk, and list, its whole inventory). Names from the checkpoint are escaped.
   template <class... P>
   void problem(const P&... parts) {
-    problems_.push_back(detail::concat(parts...));
+    problems_.push_back(dsv4::detail::printable(detail::concat(parts...), 300));
+    if (problems_.size() >= kShow) raise(true);
   }
 
-  void raise() const {
+  void raise(bool stopped = false) const {
     if (problems_.empty()) return;
-    constexpr std::size_t kShow = 40;
     std::ostringstream os;
-    os << ckpt_.root().string() << " does not match config " << cfg_.name << ": " << problems_.size() << " problem"
-       << (problems_.size() > 1 ? "s" : "");
-    for (std::size_t i = 0; i < problems_.size() && i < kShow; ++i) os << "\n  - " << problems_[i];
-    if (problems_.size() > kShow) os << "\n  ... and " << problems_.size() - kShow << " more";
+    os << dsv4::detail::printable(ckpt_.root().string(), 400) << " does not match config "
+       << dsv4::detail::printable(cfg_.name, 400) << ": " << problems_.size() << (stopped ? " or more" : "")
+       << " problem" << (problems_.size() > 1 ? "s" : "");
+    for (const auto& p : problems_) os << "\n  - " << p;
+    if (stopped) os << "\n  ... stopped after the first " << kShow;
     DSV4_FAIL("bind_weights", os.str());
   }
 
   const io::checkpoint& ckpt_;
   const model_config& cfg_;
+  const bind_options& opt_;
   expert_format experts_;
   std::vector<std::string> problems_;
   std::set<std::string, std::less<>> used_;
@@ -258,8 +310,8 @@ model_weights bind_weights(const io::checkpoint& ckpt, const model_config& cfg, 
   DSV4_CHECK(cfg.family == model_family::v4, "bind_weights", "config ", cfg.name,
              " is not a V4 model (the V3.2 preset exists for the calculator only)");
   cfg.validate();
-  binder b(ckpt, cfg);
-  return b.bind(opt);
+  binder b(ckpt, cfg, opt);
+  return b.bind();
 }
 
 }  // namespace dsv4::model

@@ -15,6 +15,8 @@ bool have_cuda() noexcept {
 }
 
 backend choose_backend(const char* op, const exec& ex, device dev, const char* cpu_declines) {
+  DSV4_CHECK(ex.threads >= 0 && ex.threads <= kMaxThreads, op, "exec.threads = ", ex.threads, " is outside [0, ",
+             kMaxThreads, "] (0 = all cores)");
   if (dev.is_cuda()) {
     DSV4_CHECK(ex.prefer == backend::automatic || ex.prefer == backend::cuda, op, "backend ",
                backend_name(ex.prefer), " requested but the tensors live on ", dev);

@@ -10,7 +10,7 @@ namespace dsv4::ops {
 std::string describe(const qweight& w) {
   std::string s = w.weight.describe();
   if (!detail::is_absent(w.scale)) s += " + scale " + w.scale.describe();
-  return s;
+  return w.name.empty() ? s : dsv4::detail::printable(w.name) + " (" + s + ")";
 }
 
 namespace detail {

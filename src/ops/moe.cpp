@@ -190,7 +190,25 @@ void moe_ffn(const tensor_view& x, const tensor_view& w, const tensor_view& idx,
                                : cpu::moe_ffn(xv, wv, iv, rr, shared ? &sr : nullptr, swiglu_limit, yv, ex);
     });
   });
-  DSV4_CHECK(bad == 0, op, bad, " expert weights decode to NaN (NaN codes, or codes under a 0xFF scale)");
+  if (bad == 0) return;
+  // Name the first expert weight that holds a NaN (an error path only: decoding every used expert again is fine).
+  std::vector<float> row;
+  auto nan_in = [&](const qweight& q, const ref::weight_ref& r) -> std::string {
+    row.resize(static_cast<std::size_t>(r.k));
+    for (std::int64_t n = 0; n < r.n; ++n)
+      if (ref::decode_row(r, n, 0, r.k, row.data()) > 0) return describe(q) + " row " + std::to_string(n);
+    return {};
+  };
+  std::string where;
+  for (std::int64_t e = 0; e < E && where.empty(); ++e)
+    if (bound[e])
+      for (auto [q, r] : {std::pair{&routed[e].w1, &rr[e].w1}, std::pair{&routed[e].w2, &rr[e].w2},
+                          std::pair{&routed[e].w3, &rr[e].w3}})
+        if (where.empty()) where = nan_in(*q, *r);
+  if (where.empty() && shared)
+    for (auto [q, r] : {std::pair{&shared->w1, &sr.w1}, std::pair{&shared->w2, &sr.w2}, std::pair{&shared->w3, &sr.w3}})
+      if (where.empty()) where = nan_in(*q, *r);
+  DSV4_FAIL(op, bad, " expert weights decode to NaN (NaN codes, or codes under a 0xFF scale); first in ", where);
 }
 
 }  // namespace dsv4::ops

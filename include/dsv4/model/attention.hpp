@@ -55,10 +55,11 @@ struct attention_cache {
   std::int64_t pos = 0;        // tokens processed
   std::int64_t capacity = 0;   // positions accepted; more is an error
   std::int64_t head_dim = 0, nope = 0, index_dim = 0, window = 0, ratio = 0;
+  std::int64_t ring_rows = 0;  // min(window, capacity): the ring never holds more rows than the sequence can have
   kv_storage storage = kv_storage::fp32;
   std::int64_t entry_bytes = 0, key_bytes = 0;  // per stored entry / key in this storage
   // fp32 storage:
-  std::vector<float> ring;     // [window, head_dim], position p in slot p mod window
+  std::vector<float> ring;     // [ring_rows, head_dim], position p in slot p mod window (< ring_rows)
   std::vector<float> comp;     // [n_comp, head_dim] compressed entries (CSA / HCA)
   std::vector<float> keys;     // [n_keys, index_head_dim] indexer keys (CSA)
   // deployed storage: the same rows packed, entry_bytes / key_bytes each.
@@ -77,7 +78,7 @@ struct attention_cache {
   void reset();    // a new sequence
 
   // Row access in either storage (fp32 out/in).
-  void read_ring(float* rows) const;                          // [window, head_dim]
+  void read_ring(float* rows) const;                          // [ring_rows, head_dim]
   void write_ring(std::int64_t slot, const float* v);
   void append_entry(const float* v);
   void read_entry(std::int64_t j, float* v) const;

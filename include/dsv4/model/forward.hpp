@@ -83,6 +83,7 @@ class transformer {
   exec ex_;
   kv_storage storage_;
   std::vector<attention_layer> attn_;
+  std::vector<ops::qweight> gate_;  // the router weights, named for messages
   std::vector<float> norm_;
   std::vector<std::vector<float>> attn_norm_, ffn_norm_;
 };

@@ -7,8 +7,12 @@
 // prefers decoded weights can dequantize these views into its own cache. Nothing is copied and no weight page is
 // read except the tid2eid tables, whose values are range-checked.
 //
-// Every tensor is checked (presence, dtype, exact shape from the config), and all problems are reported at once in
-// one dsv4::error("bind_weights", ...) listing each missing, misshapen, mistyped or unexpected tensor.
+// Every tensor is checked (presence, dtype, exact shape from the config; with bind_options::verify_dense, finite
+// values), and the problems are reported at once in one dsv4::error("bind_weights", ...) listing each missing,
+// misshapen, mistyped, non-finite or unexpected tensor (the first 40; binding stops there, so a config that does not
+// describe the checkpoint fails fast). A config whose inventory cannot fit in the checkpoint (more expert tensors
+// than the checkpoint holds tensors) is refused before anything is allocated for it. Every ops::qweight carries its
+// tensor name, so a NaN code met later in ops::linear names the tensor too.
 #pragma once
 
 #include <optional>
@@ -89,6 +93,13 @@ struct model_weights {
 
 struct bind_options {
   bool mtp = true;  // bind mtp.* (false: ignore them, e.g. for a checkpoint converted without MTP)
+  // Read every BF16 / F32 tensor (embeddings, head, norms, mHC, sinks, compressor and gate weights: ~2.3 GB of
+  // V4-Flash's 160) and refuse NaN or Inf by tensor name. On by default: a non-finite value there would otherwise
+  // surface only as NaN logits.
+  bool verify_dense = true;
+  // Also read every FP8 / FP4 weight and E8M0 scale and refuse NaN codes and 0xFF scales by name (the whole
+  // checkpoint: `dsv4 info --verify`). Off by default: ops::linear refuses them, by name, when it meets them.
+  bool verify_quantized = false;
 };
 
 model_weights bind_weights(const io::checkpoint& ckpt, const model_config& cfg, const bind_options& opt = {});

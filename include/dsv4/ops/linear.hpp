@@ -9,6 +9,8 @@
 // thread count — so prefill, chunked prefill and decode give bit-identical rows. There is no CUDA backend yet.
 #pragma once
 
+#include <string>
+
 #include "dsv4/exec.hpp"
 #include "dsv4/tensor.hpp"
 
@@ -22,13 +24,14 @@ namespace dsv4::ops {
 struct qweight {
   tensor_view weight;
   tensor_view scale;
+  std::string name{};  // the checkpoint tensor it came from ("layers.3.attn.wq_a"), named in every message; optional
 };
 
 // x [T, K] f32 | bf16, y [T, N] f32 | bf16. Errors: shape, dtype or scale-layout mismatch; a NaN code or a NaN
 // (0xFF) scale met while decoding (counted and reported, never propagated silently).
 void linear(const tensor_view& x, const qweight& w, const tensor_view& y, const exec& ex = {});
 
-// Short description of a weight for messages: "fp4_e2m1[2048, 4096] + ue8m0[2048, 128]".
+// Short description of a weight for messages: "layers.3.ffn.experts.7.w1 (fp4_e2m1[2048, 4096] + scale ...)".
 std::string describe(const qweight& w);
 
 }  // namespace dsv4::ops
