@@ -8,7 +8,7 @@ bash scripts/install-deps.sh
 cmake --preset release >/dev/null
 cmake --build --preset release
 ./build/release/dsv4 demo
-./build/release/dsv4 synth --preset small --seed 1 --out build/models/small
+./build/release/dsv4 synth --preset small --seed 1 --out build/models/small --force
 ./build/release/dsv4 info --model build/models/small
 ./build/release/dsv4 run --model build/models/small --prompt "$(seq -s, 1 300)" --decode 7,8 --chunk 64 \
   --logits build/models/small/logits.npy --top 5

@@ -36,7 +36,7 @@ std::string human_count(double n) {
 
 void print_config(const model::model_config& c) {
   using model::attn_kind;
-  std::printf("config %s\n", c.name.c_str());
+  std::printf("config %s\n", detail::printable(c.name, 400).c_str());
   std::printf("  hidden %lld, %lld layers + %lld MTP, %lld heads x %lld (rope %lld), q_lora %lld, "
               "wo %lld groups x %lld, window %lld\n",
               (long long)c.dim, (long long)c.n_layers, (long long)c.n_mtp_layers, (long long)c.n_heads,
@@ -74,30 +74,54 @@ void print_config(const model::model_config& c) {
 
 }  // namespace
 
+const char* const kSynthUsage =
+    "usage: dsv4 synth (--preset NAME | --config FILE) --out DIR [--seed S] [--sparse] [--shards N | --shard-mb M]\n"
+    "                  [--no-mtp] [--force]\n"
+    "  Writes a random checkpoint in the official format: DIR/config.json (HF spelling) and\n"
+    "  model-0000i-of-0000n.safetensors shards + model.safetensors.index.json with the official tensor names.\n"
+    "  --preset NAME   v4-flash, v4-pro, tiny or small (v3.2 is for the calculator only)\n"
+    "  --config FILE   a config.json to take the shapes from instead\n"
+    "  --seed S        S >= 0 (default 1): the same seed writes the same bytes\n"
+    "  --sparse        headers only, data left as holes (full-size layouts in a few MB)\n"
+    "  --shards N      N >= 1 shards of about equal size; --shard-mb M: shards of at most M MiB (default 4096)\n"
+    "  --no-mtp        leave out the mtp.* block(s)\n"
+    "  --force         replace the checkpoint files (config.json, model*.safetensors, index) already in DIR\n";
+
+const char* const kInfoUsage =
+    "usage: dsv4 info (--model DIR | --preset NAME) [--verify]\n"
+    "  Prints the config, the layer schedule, bytes per dtype and binds every tensor by its official name:\n"
+    "  dtype, exact shape and finite values of every BF16 / F32 tensor, as `dsv4 run` does before its first token.\n"
+    "  --verify        also read every FP8 / FP4 weight and E8M0 scale and refuse NaN codes (reads the whole\n"
+    "                  checkpoint; `dsv4 run` meets such codes only when a token uses them)\n";
+
 int cmd_synth(int argc, char** argv) {
   const args a(argc, argv, 2, "synth", {"preset", "config", "seed", "out", "shards", "shard-mb"},
-               {"sparse", "no-mtp"});
+               {"sparse", "no-mtp", "force"}, kSynthUsage);
+  if (a.help()) return a.print_usage();
   DSV4_CHECK(a.has("preset") != a.has("config"), "synth", "give exactly one of --preset NAME or --config FILE");
+  DSV4_CHECK(!(a.has("shards") && a.has("shard-mb")), "synth", "give at most one of --shards N and --shard-mb M");
   const model::model_config cfg = a.has("preset") ? model::preset(a.str("preset")) : model::load_config(a.str("config"));
   model::synth_options opt;
-  opt.seed = static_cast<std::uint64_t>(a.integer("seed", 1));
+  opt.seed = static_cast<std::uint64_t>(a.integer("seed", 1, 0, INT64_MAX));
   opt.sparse = a.has("sparse");
   opt.mtp = !a.has("no-mtp");
-  opt.shards = static_cast<int>(a.integer("shards", 0));
-  if (a.has("shard-mb")) opt.shard_bytes = static_cast<std::uint64_t>(a.integer("shard-mb", 4096)) << 20;
+  opt.overwrite = a.has("force");
+  opt.shards = static_cast<int>(a.integer("shards", 0, 1, 99999));  // the shard names have five digits
+  if (a.has("shard-mb")) opt.shard_bytes = static_cast<std::uint64_t>(a.integer("shard-mb", 4096, 1, 1 << 30)) << 20;
   const std::uint64_t bytes = model::checkpoint_bytes(cfg, opt.mtp);
   constexpr std::uint64_t kMaxDense = 8ull << 30;
   DSV4_CHECK(opt.sparse || bytes <= kMaxDense, "synth", cfg.name, " needs ", human_bytes(double(bytes)),
              " of weights; write it with --sparse (headers only, data as holes) or pick a small preset");
   const auto r = model::synthesize(cfg, a.str("out"), opt);
-  std::printf("wrote %s: %s, %zu tensors in %zu shard%s, %s of weights%s, seed %llu\n", a.str("out").c_str(),
-              cfg.name.c_str(), r.tensors, r.shards, r.shards == 1 ? "" : "s", human_bytes(double(r.bytes)).c_str(),
+  std::printf("wrote %s: %s, %zu tensors in %zu shard%s, %s of weights%s, seed %llu\n",
+              detail::printable(a.str("out"), 400).c_str(), detail::printable(cfg.name, 400).c_str(), r.tensors, r.shards, r.shards == 1 ? "" : "s", human_bytes(double(r.bytes)).c_str(),
               opt.sparse ? " (sparse: holes, no data written)" : "", (unsigned long long)opt.seed);
   return 0;
 }
 
 int cmd_info(int argc, char** argv) {
-  const args a(argc, argv, 2, "info", {"model", "preset"}, {});
+  const args a(argc, argv, 2, "info", {"model", "preset"}, {"verify"}, kInfoUsage);
+  if (a.help()) return a.print_usage();
   DSV4_CHECK(a.has("preset") != a.has("model"), "info", "give exactly one of --model DIR or --preset NAME");
   if (a.has("preset")) {
     print_config(model::preset(a.str("preset")));
@@ -108,31 +132,40 @@ int cmd_info(int argc, char** argv) {
   print_config(cfg);
 
   const io::checkpoint ck = io::checkpoint::open(dir);
-  std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> per_dtype;  // bytes, tensors
-  std::uint64_t total = 0, params = 0;
+  // Sums in double: each shard is at most 2^63 bytes, but a hostile sparse checkpoint could make their sum wrap.
+  std::map<std::string, std::pair<double, std::uint64_t>> per_dtype;  // bytes, tensors
+  double total = 0, params = 0;
   const auto names = ck.names();
   for (const auto& name : names) {
     const io::tensor_record* t = ck.find(name);
     auto& slot = per_dtype[io::st_dtype_name(t->dt)];
-    slot.first += t->nbytes();
+    slot.first += double(t->nbytes());
     ++slot.second;
-    total += t->nbytes();
+    total += double(t->nbytes());
     // Weights only (scales are metadata of their weight); I8 expert bytes hold two FP4 values each.
     if (t->dt == io::st_dtype::F8_E8M0) continue;
-    params += static_cast<std::uint64_t>(t->numel()) * (t->dt == io::st_dtype::I8 ? 2u : 1u);
+    params += double(t->numel()) * (t->dt == io::st_dtype::I8 ? 2 : 1);
   }
-  std::printf("checkpoint %s: %zu shard%s, %zu tensors, %s (read %s of headers to open)\n", dir.c_str(),
-              ck.shard_count(), ck.shard_count() == 1 ? "" : "s", names.size(), human_bytes(double(total)).c_str(),
+  std::printf("checkpoint %s: %zu shard%s, %zu tensors, %s (read %s of headers to open)\n",
+              detail::printable(dir, 400).c_str(),
+              ck.shard_count(), ck.shard_count() == 1 ? "" : "s", names.size(), human_bytes(total).c_str(),
               human_bytes(double(ck.header_bytes_read())).c_str());
   std::printf("  bytes per dtype:");
   for (const auto& [dt, v] : per_dtype)
-    std::printf("  %s %s (%llu)", dt.c_str(), human_bytes(double(v.first)).c_str(), (unsigned long long)v.second);
+    std::printf("  %s %s (%llu)", dt.c_str(), human_bytes(v.first).c_str(), (unsigned long long)v.second);
   std::printf("\n  parameters %s (I8 expert bytes count as two FP4 values; E8M0 scales not counted)\n",
-              human_count(double(params)).c_str());
-  const model::model_weights w = model::bind_weights(ck, cfg);
-  std::printf("weights: every tensor present with the dtype and shape this config implies (%zu layers, %zu MTP, "
-              "experts stored %s)\n",
-              w.layers.size(), w.mtp.size(), model::expert_format_name(w.experts));
+              human_count(params).c_str());
+  model::bind_options bo;
+  bo.verify_quantized = a.has("verify");
+  const model::model_weights w = model::bind_weights(ck, cfg, bo);
+  std::printf("weights: every tensor present with the dtype and shape this config implies, BF16/F32 values finite%s "
+              "(%zu layers, %zu MTP, experts stored %s)\n",
+              bo.verify_quantized ? ", no NaN FP8 code or E8M0 scale" : "", w.layers.size(), w.mtp.size(),
+              model::expert_format_name(w.experts));
+  if (ck.copied_tensors() > 0)
+    std::printf("  %zu tensors are not aligned to their element size in the file: copied once into aligned memory "
+                "(%s)\n",
+                ck.copied_tensors(), human_bytes(double(ck.copied_bytes())).c_str());
   return 0;
 }
 

@@ -2,6 +2,11 @@
 // as text, JSON (--json) or Figure-1-style SVG charts (--plot DIR, plus PNG when gnuplot is installed).
 #include "cmd_report.hpp"
 
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -112,14 +117,50 @@ std::string svg_chart(const std::string& title, const std::string& ylabel, const
   return o.str();
 }
 
-void write_plots(const std::string& dir, const cost_assumptions& a) {
-  std::filesystem::create_directories(dir);
+// A file written whole, checked: an error names the file when it cannot be created or written.
+void write_file(const std::filesystem::path& p, const std::string& text) {
+  std::ofstream f(p, std::ios::binary);
+  DSV4_CHECK(f.good(), "report", "cannot create ", detail::printable(p.string(), 400));
+  f << text;
+  f.close();
+  DSV4_CHECK(!f.fail(), "report", "write failed: ", detail::printable(p.string(), 400));
+}
+
+// gnuplot run on a script in `dir` with `dir` as its working directory, through fork + exec with an argument
+// vector: no shell ever sees the directory name, and the script names only relative files. Returns false when
+// gnuplot is not installed or fails.
+bool run_gnuplot(const std::filesystem::path& dir) {
+  const pid_t pid = ::fork();
+  if (pid < 0) return false;
+  if (pid == 0) {
+    const int null = ::open("/dev/null", O_WRONLY);
+    if (null >= 0) {
+      ::dup2(null, 1);
+      ::dup2(null, 2);
+    }
+    if (::chdir(dir.c_str()) != 0) ::_exit(127);
+    char* const argv[] = {const_cast<char*>("gnuplot"), const_cast<char*>("report.gp"), nullptr};
+    ::execvp("gnuplot", argv);
+    ::_exit(127);
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+void write_plots(const std::string& dir_name, const cost_assumptions& a) {
+  const std::filesystem::path dir(dir_name);
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  DSV4_CHECK(!ec && std::filesystem::is_directory(dir, ec), "report", "cannot create the directory ",
+             detail::printable(dir_name, 400), ec ? ": " + ec.message() : std::string());
   const std::vector<std::int64_t> xs(std::begin(kContexts), std::end(kContexts));
   const char* names[] = {"v3.2", "v4-pro", "v4-flash"};
   const char* colors[] = {"#888888", "#1f5fbf", "#e0801f"};
   const char* labels[] = {"DeepSeek-V3.2", "DeepSeek-V4-Pro", "DeepSeek-V4-Flash"};
   std::vector<series> flops, kv;
-  std::ofstream dat(std::filesystem::path(dir) / "report.dat");
+  std::ostringstream dat;
   dat << "# context  flops_fp8eq_T[v3.2 v4-pro v4-flash]  kv_GB[v3.2 v4-pro v4-flash]\n";
   for (int m = 0; m < 3; ++m) {
     flops.push_back({labels[m], colors[m], {}});
@@ -138,50 +179,63 @@ void write_plots(const std::string& dir, const cost_assumptions& a) {
     for (double v : row) dat << ' ' << v;
     dat << '\n';
   }
-  std::ofstream(std::filesystem::path(dir) / "flops_per_token.svg")
-      << svg_chart("Single-token inference FLOPs (equivalent FP8)", "TFLOPs per token", xs, flops);
-  std::ofstream(std::filesystem::path(dir) / "kv_cache.svg")
-      << svg_chart("Accumulated KV cache (one sequence)", "KV cache (GB)", xs, kv);
-  std::printf("wrote %s/flops_per_token.svg, %s/kv_cache.svg, %s/report.dat\n", dir.c_str(), dir.c_str(), dir.c_str());
-  if (std::system("command -v gnuplot >/dev/null 2>&1") == 0) {
-    const std::string gp = dir + "/report.gp";
-    std::ofstream g(gp);
-    g << "set terminal pngcairo size 1100,420\nset output '" << dir << "/report.png'\nset multiplot layout 1,2\n"
-      << "set logscale x 2\nset xlabel 'context length'\nset key top left\nset grid\n"
-      << "set ylabel 'TFLOPs per token (eq. FP8)'\nplot for [i=2:4] '" << dir
-      << "/report.dat' using 1:i with linespoints lw 2 title word('V3.2 V4-Pro V4-Flash', i-1)\n"
-      << "set ylabel 'KV cache (GB)'\nplot for [i=5:7] '" << dir
-      << "/report.dat' using 1:i with linespoints lw 2 title word('V3.2 V4-Pro V4-Flash', i-4)\n";
-    g.close();
-    if (std::system(("gnuplot '" + gp + "'").c_str()) == 0) std::printf("wrote %s/report.png (gnuplot)\n", dir.c_str());
-  } else {
-    std::printf("(gnuplot not installed: SVG only)\n");
-  }
+  write_file(dir / "report.dat", dat.str());
+  write_file(dir / "flops_per_token.svg",
+             svg_chart("Single-token inference FLOPs (equivalent FP8)", "TFLOPs per token", xs, flops));
+  write_file(dir / "kv_cache.svg", svg_chart("Accumulated KV cache (one sequence)", "KV cache (GB)", xs, kv));
+  const std::string shown = detail::printable(dir_name, 400);
+  std::printf("wrote %s/flops_per_token.svg, %s/kv_cache.svg, %s/report.dat\n", shown.c_str(), shown.c_str(),
+              shown.c_str());
+  std::ostringstream gp;
+  gp << "set terminal pngcairo size 1100,420\nset output 'report.png'\nset multiplot layout 1,2\n"
+     << "set logscale x 2\nset xlabel 'context length'\nset key top left\nset grid\n"
+     << "set ylabel 'TFLOPs per token (eq. FP8)'\nplot for [i=2:4] 'report.dat' using 1:i with linespoints lw 2 "
+     << "title word('V3.2 V4-Pro V4-Flash', i-1)\n"
+     << "set ylabel 'KV cache (GB)'\nplot for [i=5:7] 'report.dat' using 1:i with linespoints lw 2 "
+     << "title word('V3.2 V4-Pro V4-Flash', i-4)\n";
+  write_file(dir / "report.gp", gp.str());
+  if (run_gnuplot(dir)) std::printf("wrote %s/report.png (gnuplot)\n", shown.c_str());
+  else std::printf("(gnuplot not installed or failed: SVG only)\n");
 }
 
 }  // namespace
 
+const char* const kReportUsage =
+    "usage: dsv4 report [--context N] [--json] [--plot DIR] [--layout deployed|bf16] [--fp4 W] [--fp8 W]\n"
+    "                   [--bf16 W] [--fp32 W] [--no-elementwise] [--no-head] [--mtp]\n"
+    "  FLOPs per decoded token and KV cache of V4-Pro / V4-Flash against V3.2 (and BF16 GQA8), next to the V4\n"
+    "  paper's figures; the counting rules are in the README and include/dsv4/model/costs.hpp.\n"
+    "  --context N     context length in [1, 2^30] (default 1048576)\n"
+    "  --json          the figures as JSON\n"
+    "  --plot DIR      flops_per_token.svg, kv_cache.svg and report.dat over context lengths (and report.png\n"
+    "                  when gnuplot is installed)\n"
+    "  --layout        KV layout: deployed (FP8 / FP4 caches, default) or bf16\n"
+    "  --fp4 .. --fp32 weight of each precision in the FP8-equivalent sum (default 0.5, 1, 2, 4)\n"
+    "  --no-elementwise, --no-head, --mtp   leave out elementwise ops / the head, count the MTP block\n";
+
 int cmd_report(int argc, char** argv) {
   const args a(argc, argv, 2, "report", {"context", "plot", "layout", "fp4", "fp8", "bf16", "fp32"},
-               {"json", "no-elementwise", "mtp", "no-head"});
+               {"json", "no-elementwise", "mtp", "no-head"}, kReportUsage);
+  if (a.help()) return a.print_usage();
   cost_assumptions as;
   const std::string layout = a.str("layout", "deployed");
-  DSV4_CHECK(layout == "deployed" || layout == "bf16", "report", "--layout ", layout, " (expected deployed or bf16)");
+  DSV4_CHECK(layout == "deployed" || layout == "bf16", "report", "--layout ", detail::printable(layout, 40),
+             " (expected deployed or bf16)");
   as.layout = layout == "bf16" ? kv_layout::bf16 : kv_layout::deployed;
   auto weight = [&](const char* k, double def) {
     if (!a.has(k)) return def;
     const std::string v = a.str(k);
     char* end = nullptr;
     const double w = std::strtod(v.c_str(), &end);
-    DSV4_CHECK(end && *end == 0 && w >= 0 && std::isfinite(w), "report", "--", k, " expects a weight >= 0, got ", v);
+    DSV4_CHECK(!v.empty() && end && *end == 0 && w >= 0 && std::isfinite(w), "report", "--", k,
+               " expects a finite weight >= 0, got \"", detail::printable(v, 40), "\"");
     return w;
   };
   as.weights = {weight("fp4", 0.5), weight("fp8", 1.0), weight("bf16", 2.0), weight("fp32", 4.0)};
   as.count_elementwise = !a.has("no-elementwise");
   as.count_mtp = a.has("mtp");
   as.count_head = !a.has("no-head");
-  const std::int64_t L = a.integer("context", 1048576);
-  DSV4_CHECK(L >= 1, "report", "--context must be >= 1");
+  const std::int64_t L = a.integer("context", 1048576, 1, std::int64_t{1} << 30);
 
   if (a.has("plot")) {
     write_plots(a.str("plot"), as);

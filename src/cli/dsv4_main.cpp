@@ -11,28 +11,34 @@
 
 #include "cmd_model.hpp"
 #include "cmd_report.hpp"
+#include "args.hpp"
 #include "cmd_run.hpp"
 #include "dsv4/cpu/quant.hpp"
+#include "dsv4/io/file.hpp"
 #include "dsv4/dsv4.hpp"
 
 namespace {
 
 using namespace dsv4;
 
-int usage() {
-  std::fprintf(stderr,
-               "usage: dsv4 <command>\n"
-               "  demo       the V4 number formats, block quantizers and Hadamard transform on each backend\n"
-               "  synth      --preset NAME|--config FILE --out DIR [--seed S] [--sparse] [--shards N] [--no-mtp]\n"
-               "             write a random checkpoint in the official format (HF config.json + safetensors)\n"
-               "  info       --model DIR | --preset NAME: config, layer schedule, bytes per dtype, weight check\n"
-               "  run        --model DIR --prompt 5,17,301 [--decode 9,44] [--chunk N] [--backend ref|cpu]\n"
-               "             [--threads N] [--logits OUT.npy] [--top K]: the forward pass, logits of every position\n"
-               "  report     [--context N] [--json] [--plot DIR] [--layout deployed|bf16] [--fp4 W ...]\n"
-               "             FLOPs per token and KV cache of V4-Pro / V4-Flash vs V3.2, next to the paper's figures\n"
-               "  backends   which backends this build and machine offer\n"
-               "  version    print the library version\n");
-  return 2;
+const char* const kUsage =
+    "usage: dsv4 <command> [options]        (dsv4 <command> --help for a command's options)\n"
+    "  demo       the V4 number formats, block quantizers and Hadamard transform on each backend\n"
+    "  synth      --preset NAME|--config FILE --out DIR [--seed S] [--sparse] [--shards N] [--no-mtp] [--force]\n"
+    "             write a random checkpoint in the official format (HF config.json + safetensors)\n"
+    "  info       --model DIR | --preset NAME [--verify]: config, layer schedule, bytes per dtype, weight check\n"
+    "  run        --model DIR --prompt 5,17,301 [--decode 9,44] [--chunk N] [--backend ref|cpu]\n"
+    "             [--threads N] [--logits OUT.npy] [--top K]: the forward pass, logits of every position\n"
+    "  report     [--context N] [--json] [--plot DIR] [--layout deployed|bf16] [--fp4 W ...]\n"
+    "             FLOPs per token and KV cache of V4-Pro / V4-Flash vs V3.2, next to the paper's figures\n"
+    "  backends   which backends this build and machine offer\n"
+    "  version    print the library version\n";
+
+// Commands without options still answer --help; anything else after them is an error.
+bool plain_command(int argc, char** argv, const char* usage) {
+  cli::args a(argc, argv, 2, argv[1], {}, {}, usage);
+  if (a.help()) a.print_usage();
+  return a.help();
 }
 
 int backends() {
@@ -111,22 +117,61 @@ int demo() {
   return backends();
 }
 
+// One line on stderr: multi-line messages (lists of problems) are joined with "; ".
+void print_error(const char* what) {
+  std::string m = what;
+  std::string out;
+  out.reserve(m.size());
+  for (std::size_t i = 0; i < m.size(); ++i) {
+    if (m[i] != '\n') {
+      out += m[i];
+      continue;
+    }
+    while (i + 1 < m.size() && m[i + 1] == ' ') ++i;
+    if (i + 1 < m.size() && m[i + 1] == '-') ++i;
+    while (i + 1 < m.size() && m[i + 1] == ' ') ++i;
+    out += "; ";
+  }
+  std::fprintf(stderr, "dsv4: %s\n", out.c_str());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2) return usage();
+  if (argc < 2) {
+    std::fprintf(stderr, "%s", kUsage);
+    return 2;
+  }
   const std::string cmd = argv[1];
+  if (cmd == "--help" || cmd == "-h" || cmd == "help") return std::printf("%s", kUsage) < 0;
+  // A checkpoint truncated while mapped raises SIGBUS: say which file instead of dying silently.
+  io::install_sigbus_handler();
   try {
-    if (cmd == "demo") return demo();
-    if (cmd == "backends") return backends();
+    if (cmd == "demo")
+      return plain_command(argc, argv,
+                           "usage: dsv4 demo\n  the V4 number formats, block quantizers and Hadamard transform on "
+                           "each backend\n")
+                 ? 0
+                 : demo();
+    if (cmd == "backends")
+      return plain_command(argc, argv, "usage: dsv4 backends\n  which backends this build and machine offer\n")
+                 ? 0
+                 : backends();
     if (cmd == "synth") return cli::cmd_synth(argc, argv);
     if (cmd == "info") return cli::cmd_info(argc, argv);
     if (cmd == "report") return cli::cmd_report(argc, argv);
     if (cmd == "run") return cli::cmd_run(argc, argv);
-    if (cmd == "version") return std::printf("dsv4 %s\n", kVersion) < 0;
-    return usage();
+    if (cmd == "version") {
+      if (plain_command(argc, argv, "usage: dsv4 version\n  print the library version\n")) return 0;
+      return std::printf("dsv4 %s\n", kVersion) < 0;
+    }
+    std::fprintf(stderr, "dsv4: unknown command \"%s\"\n%s", detail::printable(cmd, 60).c_str(), kUsage);
+    return 2;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "dsv4: out of memory\n");
+    return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "dsv4: %s\n", e.what());
+    print_error(e.what());
     return 1;
   }
 }

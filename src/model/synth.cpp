@@ -286,6 +286,33 @@ std::uint64_t checkpoint_bytes(const model_config& cfg, bool mtp) {
   return total;
 }
 
+namespace {
+
+// The files a checkpoint directory's writer owns: config.json, model.safetensors, model-*.safetensors, the index.
+bool checkpoint_file(const std::string& n) {
+  return n == "config.json" || n == "model.safetensors.index.json" ||
+         (n.rfind("model", 0) == 0 && n.size() > 12 && n.compare(n.size() - 12, 12, ".safetensors") == 0);
+}
+
+void prepare_dir(const std::filesystem::path& dir, bool overwrite) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const auto st = fs::status(dir, ec);
+  if (fs::exists(st)) {
+    DSV4_CHECK(fs::is_directory(st), "synth", detail::printable(dir.string(), 400), " exists and is not a directory");
+    std::vector<fs::path> owned;
+    for (const auto& e : fs::directory_iterator(dir))
+      if (checkpoint_file(e.path().filename().string())) owned.push_back(e.path());
+    DSV4_CHECK(owned.empty() || overwrite, "synth", detail::printable(dir.string(), 400), " already holds a ",
+               "checkpoint (", owned.size(), " files such as ", detail::printable(owned.front().filename().string()),
+               "); pass --force to replace it");
+    for (const auto& p : owned) fs::remove(p);
+  }
+  fs::create_directories(dir);
+}
+
+}  // namespace
+
 synth_result synthesize(const model_config& cfg_in, const std::filesystem::path& dir, const synth_options& opt) {
   check_v4(cfg_in);
   model_config cfg = cfg_in;
@@ -303,7 +330,7 @@ synth_result synthesize(const model_config& cfg_in, const std::filesystem::path&
     while (io::plan_shards(all, shard).size() > static_cast<std::size_t>(opt.shards)) shard += shard / 1000 + 1;
   }
   DSV4_CHECK(shard > 0, "synth", "shard size must be > 0");
-  std::filesystem::create_directories(dir);
+  prepare_dir(dir, opt.overwrite);
   r.shards = io::write_sharded(dir, all, shard);
   std::ofstream f(dir / "config.json", std::ios::binary);
   f << to_hf_json(cfg);

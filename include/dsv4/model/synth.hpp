@@ -32,6 +32,9 @@ struct synth_options {
   std::uint64_t shard_bytes = 4ull << 30;  // official shards are 3.4–4.3 GB
   int shards = 0;                          // > 0: aim for this many shards instead (shard_bytes = total / shards)
   bool mtp = true;                         // write the mtp.* block(s)
+  // A directory that already holds a checkpoint (config.json, model*.safetensors, the index) is refused, so stale
+  // shards of an earlier, larger checkpoint can never be mixed in; overwrite removes exactly those files first.
+  bool overwrite = false;
 };
 
 struct synth_result {
