@@ -3,7 +3,8 @@
 # already on the machine (/usr/local/cuda); without it the CUDA backend is simply not built.
 set -euo pipefail
 pkgs=(cmake ninja-build g++ libeigen3-dev libxsimd-dev libtbb-dev libbenchmark-dev doctest-dev libdlpack-dev
-      nlohmann-json3-dev)
+      nlohmann-json3-dev
+      clang libfuzzer-14-dev libclang-rt-14-dev)  # the fuzz preset (scripts/fuzz.sh)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: Release build (CPU + CUDA compiled when nvcc exists; CUDA tests skip without a GPU), then
-# the CPU parts again under AddressSanitizer + UndefinedBehaviorSanitizer.
+# the CPU parts again under AddressSanitizer + UndefinedBehaviorSanitizer, then the libFuzzer harnesses of the two
+# file parsers for FUZZ_SECONDS each (default 60; clang + libFuzzer from install-deps.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -10,3 +11,4 @@ for preset in release asan; do
   cmake --build --preset "$preset"
   ctest --preset "$preset"
 done
+bash scripts/fuzz.sh

@@ -130,7 +130,7 @@ void print_error(const char* what) {
     while (i + 1 < m.size() && m[i + 1] == ' ') ++i;
     if (i + 1 < m.size() && m[i + 1] == '-') ++i;
     while (i + 1 < m.size() && m[i + 1] == ' ') ++i;
-    out += "; ";
+    out += !out.empty() && out.back() == ':' ? " " : "; ";
   }
   std::fprintf(stderr, "dsv4: %s\n", out.c_str());
 }

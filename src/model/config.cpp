@@ -227,6 +227,9 @@ struct reader {
     return out;
   }
   [[noreturn]] void out_of_range(const char* key, std::int64_t lo, std::int64_t hi) const {
+    if (hi == std::numeric_limits<std::int64_t>::max())
+      DSV4_FAIL("model_config", source, ": \"", prefix, key, "\" = ", describe(j.at(key)),
+                " does not fit a 64-bit integer");
     DSV4_FAIL("model_config", source, ": \"", prefix, key, "\" = ", describe(j.at(key)), " is outside [", lo, ", ",
               hi, "]");
   }

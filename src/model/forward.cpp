@@ -131,19 +131,27 @@ void transformer::forward_rows(std::span<const std::int64_t> tokens, sequence_st
     ops::hc_pre(x, b.hc_attn.fn, b.hc_attn.scale, b.hc_attn.base, y, post, comb, mc, ex_);
     rms_norm_rows(f(y), T, D, attn_norm_[l], c.norm_eps);
     tt.mhc_s += clock();
-    attn_[l].forward(y, seq.caches[l], fo, lt ? &lt->attn : nullptr);
+    try {
+      attn_[l].forward(y, seq.caches[l], fo, lt ? &lt->attn : nullptr);
+    } catch (const error& e) {  // say where: an op deep inside a layer only knows its own tensors
+      DSV4_FAIL(kOp, "layer ", l, " attention: ", e.what());
+    }
     tt.attn_s += clock();
     ops::hc_post(fo, x, post, comb, x, ex_);
     // MoE sub-block.
     ops::hc_pre(x, b.hc_ffn.fn, b.hc_ffn.scale, b.hc_ffn.base, y, post, comb, mc, ex_);
     rms_norm_rows(f(y), T, D, ffn_norm_[l], c.norm_eps);
     tt.mhc_s += clock();
-    ops::linear(y, gate_[l], gl, ex_);
     const bool hashed = c.hash_routed(b.layer);
-    if (hashed) ops::moe_hash_route(gl, rc, ids, b.ffn.tid2eid, rw, ri, ex_);
-    else ops::moe_route(gl, rc, b.ffn.bias, rw, ri, ex_);
-    ops::moe_ffn(y, rw, ri, b.ffn.experts, b.ffn.shared ? &*b.ffn.shared : nullptr,
-                 static_cast<float>(c.swiglu_limit), fo, ex_);
+    try {
+      ops::linear(y, gate_[l], gl, ex_);
+      if (hashed) ops::moe_hash_route(gl, rc, ids, b.ffn.tid2eid, rw, ri, ex_);
+      else ops::moe_route(gl, rc, b.ffn.bias, rw, ri, ex_);
+      ops::moe_ffn(y, rw, ri, b.ffn.experts, b.ffn.shared ? &*b.ffn.shared : nullptr,
+                   static_cast<float>(c.swiglu_limit), fo, ex_);
+    } catch (const error& e) {
+      DSV4_FAIL(kOp, "layer ", l, " MoE: ", e.what());
+    }
     tt.moe_s += clock();
     ops::hc_post(fo, x, post, comb, x, ex_);
     tt.mhc_s += clock();

@@ -9,21 +9,6 @@
 
 namespace dsv4::ops {
 
-const char* score_func_name(score_func f) {
-  switch (f) {
-    case score_func::sqrtsoftplus: return "sqrtsoftplus";
-    case score_func::sigmoid: return "sigmoid";
-    case score_func::softmax: return "softmax";
-  }
-  return "?";
-}
-
-score_func parse_score_func(std::string_view name) {
-  for (score_func f : {score_func::sqrtsoftplus, score_func::sigmoid, score_func::softmax})
-    if (name == score_func_name(f)) return f;
-  DSV4_FAIL("parse_score_func", "unknown scoring function \"", name, "\" (expected sqrtsoftplus, sigmoid or softmax)");
-}
-
 namespace {
 
 // Common checks of both routers; returns E.

@@ -11,6 +11,7 @@
 #include <span>
 #include <string_view>
 
+#include "dsv4/error.hpp"
 #include "dsv4/exec.hpp"
 #include "dsv4/ops/linear.hpp"
 #include "dsv4/tensor.hpp"
@@ -19,8 +20,21 @@ namespace dsv4::ops {
 
 // Expert affinity (config `scoring_func`): V4 uses sqrtsoftplus, V3/V3.2 sigmoid, softmax for older models.
 enum class score_func : std::uint8_t { sqrtsoftplus, sigmoid, softmax };
-const char* score_func_name(score_func f);
-score_func parse_score_func(std::string_view name);  // error naming the accepted values on anything else
+inline const char* score_func_name(score_func f) {
+  switch (f) {
+    case score_func::sqrtsoftplus: return "sqrtsoftplus";
+    case score_func::sigmoid: return "sigmoid";
+    case score_func::softmax: return "softmax";
+  }
+  return "?";
+}
+// The function a config names; an error naming the accepted values on anything else.
+inline score_func parse_score_func(std::string_view name) {
+  for (score_func f : {score_func::sqrtsoftplus, score_func::sigmoid, score_func::softmax})
+    if (name == score_func_name(f)) return f;
+  DSV4_FAIL("parse_score_func", "unknown scoring function \"", detail::printable(name, 40),
+            "\" (expected sqrtsoftplus, sigmoid or softmax)");
+}
 
 struct route_config {
   score_func score = score_func::sqrtsoftplus;
