@@ -252,3 +252,24 @@ TEST_SUITE("hostile") {
     CHECK(msg.find("truncated or changed on disk while dsv4 had it mapped") != std::string::npos);
   }
 }
+
+TEST_SUITE("hostile") {
+  TEST_CASE("every kept fuzz reproducer is refused with dsv4::error (tests/fuzz/regressions, also replayed by the fuzzers)") {
+    const fs::path root = fs::path(DSV4_TEST_DATA_DIR).parent_path() / "fuzz" / "regressions";
+    int n = 0;
+    for (const auto& e : fs::directory_iterator(root / "safetensors")) {
+      std::ifstream f(e.path(), std::ios::binary);
+      const std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+      const std::span<const std::byte> img(reinterpret_cast<const std::byte*>(s.data()), s.size());
+      CAPTURE(e.path().filename().string());
+      CHECK_THROWS_AS((void)io::parse_file_bytes(img, e.path().filename().string()), dsv4::error);
+      ++n;
+    }
+    for (const auto& e : fs::directory_iterator(root / "config")) {
+      CAPTURE(e.path().filename().string());
+      CHECK_THROWS_AS((void)load_config(e.path()), dsv4::error);
+      ++n;
+    }
+    CHECK(n >= 17);
+  }
+}
