@@ -14,6 +14,7 @@
 
 #include "attention_simd.hpp"
 #include "dsv4/ref/attention.hpp"
+#include "dsv4/ref/cache.hpp"
 #include "parallel.hpp"
 
 namespace dsv4::cpu {
@@ -76,25 +77,30 @@ void topk_select(view<const float, 2> scores, view<const TC, 1> count, view<std:
   });
 }
 
-void sparse_attention(view<const float, 3> q, view<const float, 2> kvw, view<const float, 2> kvc,
-                      view<const std::int32_t, 2> idx, view<const float, 1> sink, float scale, view<float, 3> out,
-                      const exec& ex) {
+void sparse_attention_rows(view<const float, 3> q, const float* const* rows, const std::int64_t* counts,
+                           std::int64_t K, view<const float, 1> sink, float scale, view<float, 3> out, float* lse,
+                           const exec& ex) {
   const auto& kr = kernels();
-  const std::int64_t T = q.size(0), H = q.size(1), D = q.size(2), K = idx.size(1);
+  const std::int64_t T = q.size(0), H = q.size(1), D = q.size(2);
   // Tasks are (token, group of up to 8 heads). The K = V rows are shared by all heads (one MQA head), so a group
   // reads each selected row twice (logits, then P·V) for 8 heads instead of twice per head. Per (token, head) the
   // arithmetic is the same whatever the grouping: logits, max, then Σp and Σp·v in list order, then the sink.
   constexpr std::int64_t kGroup = 8;
   const std::int64_t ng = (H + kGroup - 1) / kGroup;
   detail::parallel_rows(T * ng, 1, ex, [&](std::int64_t r0, std::int64_t r1) {
-    std::vector<float> logit(static_cast<std::size_t>(kGroup * K)), prob(logit.size());
-    std::vector<const float*> rows(static_cast<std::size_t>(K));
+    std::vector<float> logit(static_cast<std::size_t>(kGroup * std::max<std::int64_t>(K, 1))), prob(logit.size());
     float m[kGroup], den[kGroup];
     for (std::int64_t r = r0; r < r1; ++r) {
       const std::int64_t t = r / ng, h0 = (r % ng) * kGroup, G = std::min(kGroup, H - h0);
-      std::int64_t n = 0;  // the valid rows, in list order
-      for (std::int64_t i = 0; i < K; ++i)
-        if (idx(t, i) >= 0) rows[static_cast<std::size_t>(n++)] = ref::kv_row(kvw, kvc, idx(t, i));
+      const float* const* rw = rows + t * K;  // the valid rows, in list order
+      const std::int64_t n = counts[t];
+      float* o = &out(t, h0, 0);
+      if (n == 0) {  // no valid entry: out 0, lse +inf (FlashMLA's empty-row semantics)
+        std::fill(o, o + G * D, 0.f);
+        if (lse)
+          for (std::int64_t g = 0; g < G; ++g) lse[t * H + h0 + g] = std::numeric_limits<float>::infinity();
+        continue;
+      }
       // Logits: rows in L2-sized blocks, every head of the group over a block before the next block, so each row
       // comes from memory once per group rather than once per head.
       for (std::int64_t g = 0; g < G; ++g) m[g] = -std::numeric_limits<float>::infinity();
@@ -105,18 +111,65 @@ void sparse_attention(view<const float, 3> q, view<const float, 2> kvw, view<con
           const float* qh = &q(t, h0 + g, 0);
           float* lg = logit.data() + g * n;
           for (std::int64_t i = i0; i < i1; ++i) {
-            lg[i] = scale * kr.dot(qh, rows[static_cast<std::size_t>(i)], D);
+            lg[i] = scale * kr.dot(qh, rw[i], D);
             m[g] = std::max(m[g], lg[i]);
           }
         }
       }
       for (std::int64_t g = 0; g < G; ++g) {
         den[g] = kr.exp_sum(logit.data() + g * n, m[g], prob.data() + g * n, n);
+        if (lse) lse[t * H + h0 + g] = m[g] + std::log(den[g]);  // the real logits only
         den[g] += std::exp(sink(h0 + g) - m[g]);  // the sink: denominator only
       }
-      float* o = &out(t, h0, 0);
-      kr.pv(rows.data(), n, prob.data(), G, D, o);
+      kr.pv(rw, n, prob.data(), G, D, o);
       for (std::int64_t g = 0; g < G; ++g) kr.scale(o + g * D, 1.f / den[g], D);
+    }
+  });
+}
+
+void sparse_attention(view<const float, 3> q, view<const float, 2> kvw, view<const float, 2> kvc,
+                      view<const std::int32_t, 2> idx, view<const float, 1> sink, float scale, view<float, 3> out,
+                      const exec& ex) {
+  const std::int64_t T = q.size(0), K = idx.size(1);
+  std::vector<const float*> rows(static_cast<std::size_t>(T * K));
+  std::vector<std::int64_t> counts(static_cast<std::size_t>(T));
+  for (std::int64_t t = 0; t < T; ++t) {
+    std::int64_t n = 0;
+    for (std::int64_t i = 0; i < K; ++i)
+      if (idx(t, i) >= 0) rows[static_cast<std::size_t>(t * K + n++)] = ref::kv_row(kvw, kvc, idx(t, i));
+    counts[static_cast<std::size_t>(t)] = n;
+  }
+  sparse_attention_rows(q, rows.data(), counts.data(), K, sink, scale, out, nullptr, ex);
+}
+
+void indexer_scores_paged(view<const float, 3> q, view<const float, 2> w, const cache::key_pages& keys,
+                          view<const std::int32_t, 2> block_table, view<const std::int32_t, 1> row_req,
+                          view<const std::int32_t, 1> n_keys, view<float, 2> logits, const exec& ex) {
+  const auto& kr = kernels();
+  const std::int64_t T = q.size(0), H = q.size(1), C = q.size(2), L = logits.size(1), B = keys.geo.page_tokens;
+  const std::int64_t hp = (H + kr.lanes - 1) / kr.lanes * kr.lanes;
+  std::vector<float> qT(static_cast<std::size_t>(T * C * hp), 0.f), wp(static_cast<std::size_t>(T * hp), 0.f);
+  for (std::int64_t t = 0; t < T; ++t)
+    for (std::int64_t h = 0; h < H; ++h) {
+      wp[static_cast<std::size_t>(t * hp + h)] = w(t, h);
+      for (std::int64_t c = 0; c < C; ++c) qT[static_cast<std::size_t>((t * C + c) * hp + h)] = q(t, h, c);
+    }
+  // Tasks are (token, page): a page's keys are decoded once into scratch (exact: FP4/FP8 codes times their scales)
+  // and scored by the same kernel as contiguous keys, so a key's score does not depend on the paging.
+  const std::int64_t np = std::max<std::int64_t>((L + B - 1) / B, 1);
+  detail::parallel_rows(T * np, 1, ex, [&](std::int64_t r0, std::int64_t r1) {
+    std::vector<float> scratch(static_cast<std::size_t>(B * C));
+    for (std::int64_t r = r0; r < r1; ++r) {
+      const std::int64_t t = r / np, pg = r % np;
+      const std::int64_t n = n_keys(t), s0 = pg * B, s1 = std::min(L, s0 + B), v1 = std::min(n, s1);
+      float* out = logits.row(t);
+      if (v1 > s0) {
+        const std::int32_t* bt = block_table.row(row_req(t));
+        for (std::int64_t s = s0; s < v1; ++s)
+          ref::load_key(keys, cache::slot_of(bt, s, B), scratch.data() + (s - s0) * C);
+        kr.index_scores(qT.data() + t * C * hp, wp.data() + t * hp, hp, scratch.data(), C, v1 - s0, out + s0);
+      }
+      for (std::int64_t s = std::max(s0, n); s < s1; ++s) out[s] = -std::numeric_limits<float>::infinity();
     }
   });
 }

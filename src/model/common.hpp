@@ -8,6 +8,7 @@
 
 #include "dsv4/error.hpp"
 #include "dsv4/formats.hpp"
+#include "dsv4/ref/rotary.hpp"
 #include "dsv4/tensor.hpp"
 
 namespace dsv4::model::detail {
@@ -25,13 +26,7 @@ inline std::vector<float> to_f32(const tensor_view& t) {
   return out;
 }
 
-// RMSNorm of one vector in place: v <- v · rsqrt(mean(v²) + eps) (· w when given). The sum runs in double and the
-// scale is rounded once to fp32, so a row's result does not depend on the other rows.
-inline void rms_norm(float* v, std::int64_t n, const float* w, double eps) {
-  double ss = 0;
-  for (std::int64_t i = 0; i < n; ++i) ss += double(v[i]) * v[i];
-  const float r = static_cast<float>(1.0 / std::sqrt(ss / double(n) + eps));
-  for (std::int64_t i = 0; i < n; ++i) v[i] = v[i] * r * (w ? w[i] : 1.f);
-}
+// RMSNorm of one vector in place (the one definition: dsv4/ref/rotary.hpp).
+inline void rms_norm(float* v, std::int64_t n, const float* w, double eps) { ref::rms_norm(v, n, w, eps); }
 
 }  // namespace dsv4::model::detail

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "dsv4/error.hpp"
+#include "dsv4/ref/rotary.hpp"
 
 namespace dsv4::model {
 
@@ -51,16 +52,7 @@ rope_table rope_table::for_layer(const model_config& c, std::int64_t layer) {
 }
 
 void rope_table::apply(float* v, std::int64_t off, std::int64_t pos, bool inverse) const {
-  const float p = static_cast<float>(pos);
-  for (std::size_t i = 0; i < freq.size(); ++i) {
-    const float ang = p * freq[i];
-    const float c = std::cos(ang), s = inverse ? -std::sin(ang) : std::sin(ang);
-    float& a = v[off + 2 * static_cast<std::int64_t>(i)];
-    float& b = v[off + 2 * static_cast<std::int64_t>(i) + 1];
-    const float na = a * c - b * s, nb = a * s + b * c;
-    a = na;
-    b = nb;
-  }
+  ref::rope_rotate(v + off, freq.data(), static_cast<std::int64_t>(freq.size()), pos, inverse);
 }
 
 }  // namespace dsv4::model

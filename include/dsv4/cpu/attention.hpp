@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "dsv4/cache.hpp"
 #include "dsv4/exec.hpp"
 #include "dsv4/tensor.hpp"
 
@@ -19,5 +20,14 @@ void topk_select(view<const float, 2> scores, view<const TC, 1> count, view<std:
 void sparse_attention(view<const float, 3> q, view<const float, 2> kv_window, view<const float, 2> kv_compressed,
                       view<const std::int32_t, 2> idx, view<const float, 1> sink, float scale, view<float, 3> out,
                       const exec& ex);
+// The same over row pointers: token t attends rows[t·K .. t·K + counts[t]) in list order (counts[t] may be 0: out 0,
+// lse +inf); lse f32 [T·H] (natural-log sum of the real logits) when not null.
+void sparse_attention_rows(view<const float, 3> q, const float* const* rows, const std::int64_t* counts,
+                           std::int64_t K, view<const float, 1> sink, float scale, view<float, 3> out, float* lse,
+                           const exec& ex);
+// Indexer scores over paged keys (ops::indexer_logits): each page's keys decoded once, scored by the same kernel.
+void indexer_scores_paged(view<const float, 3> q, view<const float, 2> w, const cache::key_pages& keys,
+                          view<const std::int32_t, 2> block_table, view<const std::int32_t, 1> row_req,
+                          view<const std::int32_t, 1> n_keys, view<float, 2> logits, const exec& ex);
 
 }  // namespace dsv4::cpu

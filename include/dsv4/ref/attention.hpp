@@ -59,38 +59,56 @@ inline const float* kv_row(view<const float, 2> kvw, view<const float, 2> kvc, s
   return r < kvw.size(0) ? kvw.row(r) : kvc.row(r - kvw.size(0));
 }
 
-inline void sparse_attention(view<const float, 3> q, view<const float, 2> kvw, view<const float, 2> kvc,
-                             view<const std::int32_t, 2> idx, view<const float, 1> sink, float scale,
-                             view<float, 3> out) {
-  const std::int64_t T = q.size(0), H = q.size(1), D = q.size(2), K = idx.size(1);
-  std::vector<double> logit(static_cast<std::size_t>(K)), acc(static_cast<std::size_t>(D));
+// Token t attends rows[t·K .. t·K + counts[t]) in list order. A token with no row gets out 0 and lse +inf (FlashMLA);
+// lse (f32 [T·H], natural log over the real logits, the sink excluded) is written when not null.
+inline void sparse_attention_rows(view<const float, 3> q, const float* const* rows, const std::int64_t* counts,
+                                  std::int64_t K, view<const float, 1> sink, float scale, view<float, 3> out,
+                                  float* lse) {
+  const std::int64_t T = q.size(0), H = q.size(1), D = q.size(2);
+  std::vector<double> logit(static_cast<std::size_t>(std::max<std::int64_t>(K, 1))), acc(static_cast<std::size_t>(D));
   for (std::int64_t t = 0; t < T; ++t)
     for (std::int64_t h = 0; h < H; ++h) {
+      const float* const* rw = rows + t * K;
+      const std::int64_t n = counts[t];
+      if (n == 0) {
+        for (std::int64_t d = 0; d < D; ++d) out(t, h, d) = 0.f;
+        if (lse) lse[t * H + h] = std::numeric_limits<float>::infinity();
+        continue;
+      }
       double m = -std::numeric_limits<double>::infinity();
-      for (std::int64_t i = 0; i < K; ++i) {
-        const std::int32_t r = idx(t, i);
-        if (r < 0) continue;
-        const float* kr = kv_row(kvw, kvc, r);
+      for (std::int64_t i = 0; i < n; ++i) {
         double dot = 0;
-        for (std::int64_t d = 0; d < D; ++d) dot += double(q(t, h, d)) * kr[d];
+        for (std::int64_t d = 0; d < D; ++d) dot += double(q(t, h, d)) * rw[i][d];
         logit[static_cast<std::size_t>(i)] = double(scale) * dot;
         m = std::max(m, logit[static_cast<std::size_t>(i)]);
       }
       std::fill(acc.begin(), acc.end(), 0.0);
-      std::int64_t valid = 0;
-      for (std::int64_t i = 0; i < K; ++i) valid += idx(t, i) >= 0;
-      count_flops(static_cast<std::uint64_t>(4 * D * valid));  // q·k and p·v over the valid rows
-      double den = std::exp(double(sink(h)) - m);  // the sink: denominator only
-      for (std::int64_t i = 0; i < K; ++i) {
-        const std::int32_t r = idx(t, i);
-        if (r < 0) continue;
+      count_flops(static_cast<std::uint64_t>(4 * D * n));  // q·k and p·v over the valid rows
+      double den = std::exp(double(sink(h)) - m), real = 0;  // the sink: denominator only
+      for (std::int64_t i = 0; i < n; ++i) {
         const double p = std::exp(logit[static_cast<std::size_t>(i)] - m);
         den += p;
-        const float* kr = kv_row(kvw, kvc, r);
-        for (std::int64_t d = 0; d < D; ++d) acc[static_cast<std::size_t>(d)] += p * kr[d];
+        real += p;
+        for (std::int64_t d = 0; d < D; ++d) acc[static_cast<std::size_t>(d)] += p * rw[i][d];
       }
+      if (lse) lse[t * H + h] = static_cast<float>(m + std::log(real));
       for (std::int64_t d = 0; d < D; ++d) out(t, h, d) = static_cast<float>(acc[static_cast<std::size_t>(d)] / den);
     }
+}
+
+inline void sparse_attention(view<const float, 3> q, view<const float, 2> kvw, view<const float, 2> kvc,
+                             view<const std::int32_t, 2> idx, view<const float, 1> sink, float scale,
+                             view<float, 3> out) {
+  const std::int64_t T = q.size(0), K = idx.size(1);
+  std::vector<const float*> rows(static_cast<std::size_t>(T * K));
+  std::vector<std::int64_t> counts(static_cast<std::size_t>(T));
+  for (std::int64_t t = 0; t < T; ++t) {
+    std::int64_t n = 0;
+    for (std::int64_t i = 0; i < K; ++i)
+      if (idx(t, i) >= 0) rows[static_cast<std::size_t>(t * K + n++)] = kv_row(kvw, kvc, idx(t, i));
+    counts[static_cast<std::size_t>(t)] = n;
+  }
+  sparse_attention_rows(q, rows.data(), counts.data(), K, sink, scale, out, nullptr);
 }
 
 }  // namespace dsv4::ref

@@ -1,0 +1,674 @@
+// src/ops/paged.cpp — validated entry points of the paged-cache ops (dsv4/ops/paged.hpp): page stores and loads,
+// the position-keyed compressor, the indexer over paged keys, top-k, slot mapping and sparse MQA over two segments.
+//
+// Every slot, block-table entry and length an op dereferences is range-checked here, before any kernel runs, so a
+// hostile or stale table gives a dsv4::error naming the row, never an out-of-bounds read. Backends: the byte packing
+// (stores, loads, compressor append, slot mapping) has one implementation, run serially (ref) or over oneTBB rows
+// (cpu): both write identical bytes. Scores, top-k and attention use the ref kernels or the CPU SIMD kernels of
+// ops/attention (the same kernels as the contiguous ops, fed page rows through pointers or one decoded page at a time).
+#include "dsv4/ops/paged.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "common.hpp"
+#include "dsv4/cpu/attention.hpp"
+#include "dsv4/ops/hadamard.hpp"
+#include "dsv4/ops/quant.hpp"
+#include "dsv4/ref/attention.hpp"
+#include "dsv4/ref/cache.hpp"
+#include "dsv4/ref/rotary.hpp"
+#include "parallel.hpp"
+
+namespace dsv4 {
+
+namespace cache {
+
+namespace {
+void check_page_tensor(const char* op, const char* what, const tensor_view& t, std::int64_t page_bytes,
+                       std::int64_t page_tokens) {
+  DSV4_CHECK(t.rank() == 2 && t.dt() == dtype::u8, op, what, " pages are ", t.describe(),
+             ", expected u8[num_pages, page_bytes]");
+  DSV4_CHECK(t.shape(1) >= page_bytes && (t.shape(1) <= 1 || t.stride(1) == 1) && (t.shape(0) <= 1 ||
+                                                                                     t.stride(0) >= page_bytes),
+             op, what, " pages ", t.describe(), ": each page needs ", page_bytes, " contiguous bytes");
+  DSV4_CHECK(page_tokens >= 1 && page_tokens <= (1 << 20), op, what, " pages hold ", page_tokens,
+             " entries each, expected 1 .. 2^20");
+  DSV4_CHECK(t.shape(0) * page_tokens <= std::numeric_limits<std::int32_t>::max(), op, what, " pages: ",
+             t.shape(0), " pages x ", page_tokens, " entries do not fit i32 slots");
+  ops::detail::check_host_only(op, "paged-cache", {&t});
+}
+}  // namespace
+
+void check_pages(const char* op, const kv_pages& kv) {
+  const kv_geometry& g = kv.geo;
+  DSV4_CHECK(g.head_dim > g.rope_dim && g.rope_dim >= 2 && g.rope_dim % 2 == 0 && g.head_dim <= (1 << 14), op,
+             "KV geometry head_dim ", g.head_dim, " / rope ", g.rope_dim, ": need head_dim > rope_dim >= 2, rope even");
+  DSV4_CHECK(g.format == kv_format::f32 || (g.nope() % 64 == 0), op, "fp8_ds_mla needs head_dim - rope_dim (", g.nope(),
+             ") a multiple of 64 (FP8 blocks of 64)");
+  check_page_tensor(op, "KV", kv.pages, g.page_bytes(), g.page_tokens);
+  if (g.format == kv_format::f32)
+    DSV4_CHECK(reinterpret_cast<std::uintptr_t>(kv.pages.data()) % 4 == 0 && kv.pages.stride(0) % 4 == 0, op,
+               "f32 KV pages must start 4-byte aligned");
+}
+
+void check_pages(const char* op, const key_pages& keys) {
+  const key_geometry& g = keys.geo;
+  DSV4_CHECK(g.dim >= 32 && g.dim % 32 == 0 && g.dim <= (1 << 14), op, "key dim ", g.dim,
+             " must be a multiple of 32 (FP4 blocks of 32)");
+  check_page_tensor(op, "key", keys.pages, g.page_bytes(), g.page_tokens);
+}
+
+void check_state(const char* op, const state_rows& s, std::int64_t width) {
+  DSV4_CHECK(s.rows.rank() == 2 && s.rows.dt() == dtype::f32 && s.rows.shape(1) == width &&
+                 (width <= 1 || s.rows.stride(1) == 1),
+             op, "state rows are ", s.rows.describe(), ", expected f32[slots, ", width, "] with unit inner stride");
+  DSV4_CHECK(s.page_tokens >= 1, op, "state pages hold ", s.page_tokens, " rows, expected >= 1");
+  ops::detail::check_host_only(op, "paged-cache", {&s.rows});
+}
+
+}  // namespace cache
+
+namespace ops {
+
+namespace {
+
+using detail::check_tensor;
+using detail::is_absent;
+
+const std::int32_t* i32p(const tensor_view& t) { return static_cast<const std::int32_t*>(t.data()); }
+const std::int64_t* i64p(const tensor_view& t) { return static_cast<const std::int64_t*>(t.data()); }
+const float* f32p(const tensor_view& t) { return static_cast<const float*>(t.data()); }
+float* f32w(const tensor_view& t) { return static_cast<float*>(t.data()); }
+
+void need_contiguous(const char* op, const char* name, const tensor_view& t) {
+  DSV4_CHECK(t.is_contiguous(), op, name, " ", t.describe(), " must be contiguous");
+  detail::check_host_only(op, "paged-cache", {&t});
+}
+
+// Rows 0..n-1, in parallel over oneTBB for the cpu backend, in order for ref.
+template <class Fn>
+void for_rows(backend be, std::int64_t n, const exec& ex, Fn&& fn) {
+  if (be == backend::ref) {
+    for (std::int64_t i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  cpu::detail::parallel_rows(n, 16, ex, [&](std::int64_t a, std::int64_t b) {
+    for (std::int64_t i = a; i < b; ++i) fn(i);
+  });
+}
+
+// Slots in [-1, num_slots); with `unique`, no two rows write one slot.
+void check_slots(const char* op, const char* name, const tensor_view& slots, std::int64_t n, std::int64_t num_slots,
+                 bool unique) {
+  check_tensor(op, name, slots, dtype::i32, {n});
+  need_contiguous(op, name, slots);
+  const std::int32_t* s = i32p(slots);
+  for (std::int64_t i = 0; i < n; ++i)
+    DSV4_CHECK(s[i] >= -1 && s[i] < num_slots, op, name, "[", i, "] = ", s[i], " is outside [-1, ", num_slots,
+               ") (the pages hold ", num_slots, " slots)");
+  if (!unique) return;
+  std::vector<std::int32_t> sorted(s, s + n);
+  std::sort(sorted.begin(), sorted.end());
+  for (std::size_t i = 1; i < sorted.size(); ++i)
+    DSV4_CHECK(sorted[i] < 0 || sorted[i] != sorted[i - 1], op, name, ": slot ", sorted[i],
+               " is written by two rows");
+}
+
+// A [T] request column and its block table: row_req[t] in [0, R).
+void check_requests(const char* op, const tensor_view& row_req, const tensor_view& table, std::int64_t T) {
+  check_tensor(op, "row_req", row_req, dtype::i32, {T});
+  need_contiguous(op, "row_req", row_req);
+  DSV4_CHECK(table.rank() == 2 && table.dt() == dtype::i32, op, "block_table is ", table.describe(),
+             ", expected i32[requests, max_pages]");
+  need_contiguous(op, "block_table", table);
+  for (std::int64_t t = 0; t < T; ++t)
+    DSV4_CHECK(i32p(row_req)[t] >= 0 && i32p(row_req)[t] < table.shape(0), op, "row_req[", t, "] = ",
+               i32p(row_req)[t], " is outside the block table's ", table.shape(0), " requests");
+}
+
+// Logical entries [0, n) of request r are mapped to pages inside [0, num_pages).
+void check_mapped(const char* op, const char* what, const tensor_view& table, std::int64_t r, std::int64_t n,
+                  std::int64_t page_tokens, std::int64_t num_pages, std::int64_t row) {
+  const std::int64_t pages = (n + page_tokens - 1) / page_tokens;
+  DSV4_CHECK(pages <= table.shape(1), op, "row ", row, ": ", n, " ", what, " need ", pages, " pages, the block table ",
+             "has ", table.shape(1), " columns");
+  const std::int32_t* bt = i32p(table) + r * table.shape(1);
+  for (std::int64_t p = 0; p < pages; ++p)
+    DSV4_CHECK(bt[p] >= 0 && bt[p] < num_pages, op, "row ", row, ": block_table[", r, ", ", p, "] = ", bt[p],
+               " while ", what, " up to ", n, " are read (pages: ", num_pages, ")");
+}
+
+backend host_backend(const char* op, const exec& ex) {
+  return detail::choose_backend(op, ex, device::cpu(), nullptr);
+}
+
+exec with_backend(const exec& ex, backend be) {
+  exec e = ex;
+  e.prefer = be;
+  return e;
+}
+
+}  // namespace
+
+// ---- stores and loads --------------------------------------------------------------------------------------------
+
+void kv_store(const tensor_view& values, const tensor_view& slots, const cache::kv_pages& kv, const exec& ex) {
+  constexpr const char* op = "kv_store";
+  cache::check_pages(op, kv);
+  DSV4_CHECK(values.rank() == 2 && values.dt() == dtype::f32 && values.shape(1) == kv.geo.head_dim, op, "values ",
+             values.describe(), ", expected f32[T, ", kv.geo.head_dim, "]");
+  need_contiguous(op, "values", values);
+  const std::int64_t T = values.shape(0);
+  check_slots(op, "slots", slots, T, kv.num_slots(), true);
+  const backend be = host_backend(op, ex);
+  std::vector<std::int64_t> bad(static_cast<std::size_t>(T), 0);
+  for_rows(be, T, ex, [&](std::int64_t t) {
+    const std::int32_t s = i32p(slots)[t];
+    if (s >= 0) bad[static_cast<std::size_t>(t)] = ref::store_kv_entry(kv, s, f32p(values) + t * kv.geo.head_dim);
+  });
+  for (std::int64_t t = 0; t < T; ++t)
+    DSV4_CHECK(bad[static_cast<std::size_t>(t)] == 0, op, "values row ", t, " holds inf or NaN");
+}
+
+void kv_load(const cache::kv_pages& kv, const tensor_view& slots, const tensor_view& values, const exec& ex) {
+  constexpr const char* op = "kv_load";
+  cache::check_pages(op, kv);
+  DSV4_CHECK(values.rank() == 2 && values.dt() == dtype::f32 && values.shape(1) == kv.geo.head_dim, op, "values ",
+             values.describe(), ", expected f32[N, ", kv.geo.head_dim, "]");
+  need_contiguous(op, "values", values);
+  const std::int64_t N = values.shape(0), D = kv.geo.head_dim;
+  check_slots(op, "slots", slots, N, kv.num_slots(), false);
+  for_rows(host_backend(op, ex), N, ex, [&](std::int64_t i) {
+    float* v = f32w(values) + i * D;
+    const std::int32_t s = i32p(slots)[i];
+    if (s < 0) std::fill(v, v + D, 0.f);
+    else ref::load_kv_entry(kv, s, v);
+  });
+}
+
+void key_store(const tensor_view& values, const tensor_view& slots, const cache::key_pages& keys, const exec& ex) {
+  constexpr const char* op = "key_store";
+  cache::check_pages(op, keys);
+  DSV4_CHECK(values.rank() == 2 && values.dt() == dtype::f32 && values.shape(1) == keys.geo.dim, op, "values ",
+             values.describe(), ", expected f32[T, ", keys.geo.dim, "]");
+  need_contiguous(op, "values", values);
+  const std::int64_t T = values.shape(0);
+  check_slots(op, "slots", slots, T, keys.num_slots(), true);
+  std::vector<std::int64_t> bad(static_cast<std::size_t>(T), 0);
+  for_rows(host_backend(op, ex), T, ex, [&](std::int64_t t) {
+    const std::int32_t s = i32p(slots)[t];
+    if (s >= 0) bad[static_cast<std::size_t>(t)] = ref::store_key(keys, s, f32p(values) + t * keys.geo.dim);
+  });
+  for (std::int64_t t = 0; t < T; ++t)
+    DSV4_CHECK(bad[static_cast<std::size_t>(t)] == 0, op, "values row ", t, " holds inf or NaN");
+}
+
+void key_load(const cache::key_pages& keys, const tensor_view& slots, const tensor_view& values, const exec& ex) {
+  constexpr const char* op = "key_load";
+  cache::check_pages(op, keys);
+  DSV4_CHECK(values.rank() == 2 && values.dt() == dtype::f32 && values.shape(1) == keys.geo.dim, op, "values ",
+             values.describe(), ", expected f32[N, ", keys.geo.dim, "]");
+  need_contiguous(op, "values", values);
+  const std::int64_t N = values.shape(0), C = keys.geo.dim;
+  check_slots(op, "slots", slots, N, keys.num_slots(), false);
+  for_rows(host_backend(op, ex), N, ex, [&](std::int64_t i) {
+    float* v = f32w(values) + i * C;
+    const std::int32_t s = i32p(slots)[i];
+    if (s < 0) std::fill(v, v + C, 0.f);
+    else ref::load_key(keys, s, v);
+  });
+}
+
+// ---- compressor ------------------------------------------------------------------------------------------------
+
+namespace {
+void check_params(const char* op, const compressor_params& p) {
+  DSV4_CHECK(p.ratio == 4 || p.ratio == 128, op, "ratio ", p.ratio, " (expected 4 or 128)");
+  DSV4_CHECK(p.c >= 2 && p.c <= (1 << 14) && p.rope_dim >= 2 && p.rope_dim % 2 == 0 && p.rope_dim < p.c, op,
+             "entry width ", p.c, " / rope ", p.rope_dim, ": need c > rope_dim >= 2, rope even");
+  DSV4_CHECK(std::isfinite(p.norm_eps) && p.norm_eps > 0, op, "norm_eps ", p.norm_eps, " must be > 0");
+}
+}  // namespace
+
+void compressor_append(const tensor_view& kv, const tensor_view& score, const tensor_view& ape,
+                       const tensor_view& positions, const tensor_view& state_slot, const cache::state_rows& state,
+                       const compressor_params& p, const exec& ex) {
+  constexpr const char* op = "compressor_append";
+  check_params(op, p);
+  const std::int64_t cw = p.coff() * p.c, T = kv.rank() == 2 ? kv.shape(0) : -1;
+  check_tensor(op, "kv", kv, dtype::f32, {T, cw});
+  check_tensor(op, "score", score, dtype::f32, {T, cw});
+  check_tensor(op, "ape", ape, dtype::f32, {p.ratio, cw});
+  check_tensor(op, "positions", positions, dtype::i64, {T});
+  for (const auto* t : {&kv, &score, &ape, &positions}) need_contiguous(op, "input", *t);
+  cache::check_state(op, state, 2 * cw);
+  check_slots(op, "state_slot", state_slot, T, state.rows.shape(0), true);
+  for (std::int64_t t = 0; t < T; ++t)
+    DSV4_CHECK(i64p(positions)[t] >= 0, op, "positions[", t, "] = ", i64p(positions)[t], " is negative");
+  for_rows(host_backend(op, ex), T, ex, [&](std::int64_t t) {
+    const std::int32_t s = i32p(state_slot)[t];
+    if (s < 0) return;
+    float* row = f32w(state.rows) + s * state.rows.stride(0);
+    const float* a = f32p(ape) + (i64p(positions)[t] % p.ratio) * cw;  // ape is added before the overlap split
+    for (std::int64_t ch = 0; ch < cw; ++ch) {
+      row[ch] = f32p(kv)[t * cw + ch];
+      row[cw + ch] = f32p(score)[t * cw + ch] + a[ch];
+    }
+  });
+}
+
+void compressor_emit(const tensor_view& positions, const tensor_view& row_req, const tensor_view& state_table,
+                     const cache::state_rows& state, const tensor_view& norm_weight, const tensor_view& rope_freq,
+                     const tensor_view& out_slot, const compressor_params& p, const cache::kv_pages* main_out,
+                     const cache::key_pages* key_out, const tensor_view& entries, const exec& ex) {
+  constexpr const char* op = "compressor_emit";
+  check_params(op, p);
+  const std::int64_t r = p.ratio, c = p.c, coff = p.coff(), cw = coff * c;
+  const std::int64_t T = positions.rank() == 1 ? positions.shape(0) : -1;
+  check_tensor(op, "positions", positions, dtype::i64, {T});
+  need_contiguous(op, "positions", positions);
+  check_requests(op, row_req, state_table, T);
+  cache::check_state(op, state, 2 * cw);
+  check_tensor(op, "norm_weight", norm_weight, dtype::f32, {c});
+  check_tensor(op, "rope_freq", rope_freq, dtype::f32, {p.rope_dim / 2});
+  need_contiguous(op, "norm_weight", norm_weight);
+  need_contiguous(op, "rope_freq", rope_freq);
+  DSV4_CHECK(p.indexer ? (key_out && !main_out) : (main_out && !key_out), op,
+             p.indexer ? "the indexer compressor stores into key pages (key_out), not KV pages"
+                       : "the main compressor stores into KV pages (main_out), not key pages");
+  std::int64_t out_slots = 0;
+  if (p.indexer) {
+    cache::check_pages(op, *key_out);
+    DSV4_CHECK(key_out->geo.dim == c, op, "key pages of dim ", key_out->geo.dim, " for entries of ", c);
+    out_slots = key_out->num_slots();
+  } else {
+    cache::check_pages(op, *main_out);
+    DSV4_CHECK(main_out->geo.head_dim == c && main_out->geo.rope_dim == p.rope_dim, op, "KV pages of head_dim ",
+               main_out->geo.head_dim, " / rope ", main_out->geo.rope_dim, " for entries of ", c, " / ", p.rope_dim);
+    DSV4_CHECK((c - p.rope_dim) % 64 == 0, op, "the FP8 round trip needs c - rope_dim a multiple of 64");
+    out_slots = main_out->num_slots();
+  }
+  check_slots(op, "out_slot", out_slot, T, out_slots, true);
+  const bool want_entries = !is_absent(entries);
+  if (want_entries) {
+    check_tensor(op, "entries", entries, dtype::f32, {T, c});
+    need_contiguous(op, "entries", entries);
+  }
+  // The rows that emit, and every state row they read is mapped (positions below 0 read as (0, -inf)).
+  const std::int64_t S = state.page_tokens, P = state_table.shape(1), nslots = state.rows.shape(0);
+  std::vector<std::int64_t> emit;
+  for (std::int64_t t = 0; t < T; ++t) {
+    const std::int64_t pos = i64p(positions)[t];
+    DSV4_CHECK(pos >= 0, op, "positions[", t, "] = ", pos, " is negative");
+    if ((pos + 1) % r != 0 || i32p(out_slot)[t] < 0) continue;
+    const std::int32_t* bt = i32p(state_table) + i32p(row_req)[t] * P;
+    for (std::int64_t q = std::max<std::int64_t>(0, pos + 1 - coff * r); q <= pos; ++q) {
+      DSV4_CHECK(q / S < P, op, "row ", t, ": the state row of position ", q, " is past the state table's ", P,
+                 " pages");
+      const std::int64_t s = cache::slot_of(bt, q, S);
+      DSV4_CHECK(s >= 0 && s < nslots, op, "row ", t, ": the state row of position ", q, " is not mapped (slot ", s,
+                 ")");
+    }
+    emit.push_back(t);
+  }
+  const backend be = host_backend(op, ex);
+  const std::int64_t n = static_cast<std::int64_t>(emit.size());
+  if (n == 0) return;
+
+  // Pool, RMSNorm and RoPE per emitted entry (scalar and fixed-order: the same bits on every backend), then the
+  // format's round trip on all of them at once with the chosen backend's kernels (row-independent).
+  std::vector<float> buf(static_cast<std::size_t>(n * c));
+  const float kNegInf = -std::numeric_limits<float>::infinity();
+  for_rows(be, n, ex, [&](std::int64_t i) {
+    const std::int64_t t = emit[static_cast<std::size_t>(i)], pos = i64p(positions)[t], j = pos / r;
+    const std::int32_t* bt = i32p(state_table) + i32p(row_req)[t] * P;
+    const std::int64_t first = (j + 1) * r - coff * r;  // coff·r candidate rows per channel, oldest first
+    float* out = buf.data() + i * c;
+    for (std::int64_t ch = 0; ch < c; ++ch) {
+      // Candidate k: position first + k; overlapped, the older r rows give channel ch and the newer r rows c + ch.
+      auto at = [&](std::int64_t k, float& kv_v, float& sc_v) {
+        const std::int64_t q = first + k;
+        if (q < 0) {
+          kv_v = 0.f;
+          sc_v = kNegInf;
+          return;
+        }
+        const float* row = f32p(state.rows) + cache::slot_of(bt, q, S) * state.rows.stride(0);
+        const std::int64_t col = coff == 2 && k >= r ? c + ch : ch;
+        kv_v = row[col];
+        sc_v = row[cw + col];
+      };
+      float m = kNegInf;
+      for (std::int64_t k = 0; k < coff * r; ++k) {
+        float kv_v, sc_v;
+        at(k, kv_v, sc_v);
+        m = std::max(m, sc_v);
+      }
+      float den = 0.f, num = 0.f;
+      for (std::int64_t k = 0; k < coff * r; ++k) {
+        float kv_v, sc_v;
+        at(k, kv_v, sc_v);
+        const float e = std::exp(sc_v - m);  // exp(-inf) = 0: a row before the sequence weighs nothing
+        den += e;
+        num += e * kv_v;
+      }
+      out[ch] = num / den;
+    }
+    ref::rms_norm(out, c, f32p(norm_weight), p.norm_eps);
+    ref::rope_rotate(out + (c - p.rope_dim), f32p(rope_freq), p.rope_dim / 2, r * j, false);
+  });
+  const exec inner = with_backend(ex, be);
+  const tensor_view v(buf.data(), dtype::f32, {n, c});
+  if (p.indexer) {
+    hadamard(v, v, inner);
+    block_round_trip(v, v, quant_format::fp4_e2m1, 32, inner);
+  } else {
+    block_round_trip(v.narrow(1, 0, c - p.rope_dim), v.narrow(1, 0, c - p.rope_dim), quant_format::fp8_e4m3, 64,
+                     inner);
+  }
+  for_rows(be, n, ex, [&](std::int64_t i) {
+    const std::int64_t t = emit[static_cast<std::size_t>(i)];
+    const float* e = buf.data() + i * c;
+    if (p.indexer) ref::store_key(*key_out, i32p(out_slot)[t], e);
+    else ref::store_kv_entry(*main_out, i32p(out_slot)[t], e);
+    if (want_entries) std::copy(e, e + c, f32w(entries) + t * c);
+  });
+}
+
+// ---- indexer ----------------------------------------------------------------------------------------------------
+
+namespace {
+
+// Shared checks of indexer_logits and indexer_topk; returns (T, H).
+std::pair<std::int64_t, std::int64_t> check_indexer(const char* op, const tensor_view& q, const tensor_view& w,
+                                                    const cache::key_pages& keys, const tensor_view& table,
+                                                    const tensor_view& row_req, const tensor_view& n_keys,
+                                                    std::int64_t max_keys) {
+  cache::check_pages(op, keys);
+  DSV4_CHECK(q.rank() == 3 && q.dt() == dtype::f32 && q.shape(2) == keys.geo.dim, op, "q is ", q.describe(),
+             ", expected f32[T, heads, ", keys.geo.dim, "]");
+  const std::int64_t T = q.shape(0), H = q.shape(1);
+  check_tensor(op, "w", w, dtype::f32, {T, H});
+  need_contiguous(op, "q", q);
+  need_contiguous(op, "w", w);
+  check_requests(op, row_req, table, T);
+  check_tensor(op, "n_keys", n_keys, dtype::i32, {T});
+  need_contiguous(op, "n_keys", n_keys);
+  const std::int64_t pages = keys.pages.shape(0);
+  for (std::int64_t t = 0; t < T; ++t) {
+    const std::int64_t n = i32p(n_keys)[t];
+    DSV4_CHECK(n >= 0 && n <= max_keys, op, "n_keys[", t, "] = ", n, " is outside [0, ", max_keys, "]");
+    check_mapped(op, "keys", table, i32p(row_req)[t], n, keys.geo.page_tokens, pages, t);
+  }
+  return {T, H};
+}
+
+void scores_rows(backend be, const tensor_view& q, const tensor_view& w, const cache::key_pages& keys,
+                 const tensor_view& table, const tensor_view& row_req, const tensor_view& n_keys,
+                 const tensor_view& logits, const exec& ex) {
+  const std::int64_t T = q.shape(0), H = q.shape(1), C = q.shape(2), L = logits.shape(1);
+  if (be == backend::cpu) {
+    cpu::indexer_scores_paged(q.as<const float, 3>(), w.as<const float, 2>(), keys, table.as<const std::int32_t, 2>(),
+                              row_req.as<const std::int32_t, 1>(), n_keys.as<const std::int32_t, 1>(),
+                              logits.as<float, 2>(), ex);
+    return;
+  }
+  // ref: each row's keys decoded into a contiguous block, then the reference scores of that one row.
+  std::vector<float> k;
+  for (std::int64_t t = 0; t < T; ++t) {
+    const std::int64_t n = i32p(n_keys)[t];
+    const std::int32_t* bt = i32p(table) + i32p(row_req)[t] * table.shape(1);
+    k.assign(static_cast<std::size_t>(std::max<std::int64_t>(n, 1) * C), 0.f);
+    for (std::int64_t s = 0; s < n; ++s) ref::load_key(keys, cache::slot_of(bt, s, keys.geo.page_tokens), k.data() + s * C);
+    const std::int32_t vis = static_cast<std::int32_t>(n);
+    const tensor_view kv(k.data(), dtype::f32, {std::max<std::int64_t>(n, 1), C});
+    ref::indexer_scores<std::int32_t>(q.narrow(0, t, 1).as<const float, 3>(), kv.narrow(0, 0, n).as<const float, 2>(),
+                                      w.narrow(0, t, 1).as<const float, 2>(),
+                                      tensor_view(const_cast<std::int32_t*>(&vis), dtype::i32, {1}).as<const std::int32_t, 1>(),
+                                      logits.narrow(0, t, 1).narrow(1, 0, n).as<float, 2>());
+    for (std::int64_t s = n; s < L; ++s) f32w(logits)[t * L + s] = -std::numeric_limits<float>::infinity();
+  }
+  (void)H;
+}
+
+void topk_kernel(backend be, const tensor_view& logits, const tensor_view& n_keys, const tensor_view& idx,
+                 const tensor_view& len, const exec& ex) {
+  const std::int64_t T = logits.shape(0), L = logits.shape(1), K = idx.shape(1);
+  for (std::int64_t t = 0; t < T; ++t) {
+    const std::int64_t n = i32p(n_keys)[t];
+    for (std::int64_t s = 0; s < n; ++s)
+      DSV4_CHECK(!std::isnan(f32p(logits)[t * L + s]), "topk_rows", "logits[", t, ", ", s, "] is NaN");
+  }
+  if (be == backend::cpu)
+    cpu::topk_select<std::int32_t>(logits.as<const float, 2>(), n_keys.as<const std::int32_t, 1>(),
+                                   idx.as<std::int32_t, 2>(), ex);
+  else
+    ref::topk_select<std::int32_t>(logits.as<const float, 2>(), n_keys.as<const std::int32_t, 1>(),
+                                   idx.as<std::int32_t, 2>());
+  for (std::int64_t t = 0; t < T; ++t)
+    static_cast<std::int32_t*>(len.data())[t] = static_cast<std::int32_t>(std::min<std::int64_t>(K, i32p(n_keys)[t]));
+}
+
+void slots_kernel(const tensor_view& idx, const tensor_view& len, const tensor_view& row_req,
+                  const tensor_view& table, std::int64_t B, const tensor_view& slots) {
+  const std::int64_t T = idx.shape(0), K = idx.shape(1), P = table.shape(1);
+  for (std::int64_t t = 0; t < T; ++t) {
+    const std::int64_t n = is_absent(len) ? K : i32p(len)[t];
+    const std::int32_t* bt = i32p(table) + i32p(row_req)[t] * P;
+    std::int32_t* out = static_cast<std::int32_t*>(slots.data()) + t * K;
+    for (std::int64_t i = 0; i < K; ++i) {
+      const std::int32_t e = i32p(idx)[t * K + i];
+      out[i] = i < n && e >= 0 ? static_cast<std::int32_t>(cache::slot_of(bt, e, B)) : -1;
+    }
+  }
+}
+
+void check_slot_inputs(const char* op, const tensor_view& idx, const tensor_view& len, const tensor_view& row_req,
+                       const tensor_view& table, std::int64_t B, const tensor_view& slots) {
+  DSV4_CHECK(idx.rank() == 2 && idx.dt() == dtype::i32, op, "idx is ", idx.describe(), ", expected i32[T, k]");
+  const std::int64_t T = idx.shape(0), K = idx.shape(1);
+  need_contiguous(op, "idx", idx);
+  if (!is_absent(len)) {
+    check_tensor(op, "len", len, dtype::i32, {T});
+    need_contiguous(op, "len", len);
+  }
+  check_tensor(op, "slots", slots, dtype::i32, {T, K});
+  need_contiguous(op, "slots", slots);
+  check_requests(op, row_req, table, T);
+  DSV4_CHECK(B >= 1, op, "page_tokens ", B, " must be >= 1");
+  const std::int64_t P = table.shape(1);
+  for (std::int64_t t = 0; t < T; ++t) {
+    const std::int64_t n = is_absent(len) ? K : i32p(len)[t];
+    DSV4_CHECK(n >= 0 && n <= K, op, "len[", t, "] = ", n, " is outside [0, ", K, "]");
+    const std::int32_t* bt = i32p(table) + i32p(row_req)[t] * P;
+    for (std::int64_t i = 0; i < n; ++i) {
+      const std::int32_t e = i32p(idx)[t * K + i];
+      if (e < 0) continue;
+      DSV4_CHECK(e / B < P && bt[e / B] >= 0, op, "idx[", t, ", ", i, "] = ", e, " is on page ", e / B,
+                 ", which request ", i32p(row_req)[t], " has not mapped");
+    }
+  }
+}
+
+}  // namespace
+
+void indexer_logits(const tensor_view& q, const tensor_view& w, const cache::key_pages& keys,
+                    const tensor_view& block_table, const tensor_view& row_req, const tensor_view& n_keys,
+                    const tensor_view& logits, const exec& ex) {
+  constexpr const char* op = "indexer_logits";
+  DSV4_CHECK(logits.rank() == 2 && logits.dt() == dtype::f32, op, "logits is ", logits.describe(),
+             ", expected f32[T, L]");
+  need_contiguous(op, "logits", logits);
+  const auto [T, H] = check_indexer(op, q, w, keys, block_table, row_req, n_keys, logits.shape(1));
+  DSV4_CHECK(logits.shape(0) == T, op, "logits has ", logits.shape(0), " rows for ", T, " queries");
+  (void)H;
+  scores_rows(host_backend(op, ex), q, w, keys, block_table, row_req, n_keys, logits, ex);
+}
+
+void topk_rows(const tensor_view& logits, const tensor_view& n_keys, const tensor_view& idx, const tensor_view& len,
+               const exec& ex) {
+  constexpr const char* op = "topk_rows";
+  DSV4_CHECK(logits.rank() == 2 && logits.dt() == dtype::f32, op, "logits is ", logits.describe(),
+             ", expected f32[T, L]");
+  need_contiguous(op, "logits", logits);
+  const std::int64_t T = logits.shape(0), L = logits.shape(1);
+  DSV4_CHECK(idx.rank() == 2 && idx.dt() == dtype::i32 && idx.shape(0) == T && idx.shape(1) >= 1, op, "idx is ",
+             idx.describe(), ", expected i32[", T, ", k >= 1]");
+  need_contiguous(op, "idx", idx);
+  check_tensor(op, "n_keys", n_keys, dtype::i32, {T});
+  check_tensor(op, "len", len, dtype::i32, {T});
+  need_contiguous(op, "len", len);
+  for (std::int64_t t = 0; t < T; ++t)
+    DSV4_CHECK(i32p(n_keys)[t] >= 0 && i32p(n_keys)[t] <= L, op, "n_keys[", t, "] = ", i32p(n_keys)[t],
+               " is outside [0, ", L, "]");
+  topk_kernel(host_backend(op, ex), logits, n_keys, idx, len, ex);
+}
+
+void to_slots(const tensor_view& idx, const tensor_view& len, const tensor_view& row_req,
+              const tensor_view& block_table, std::int64_t page_tokens, const tensor_view& slots, const exec& ex) {
+  constexpr const char* op = "to_slots";
+  check_slot_inputs(op, idx, len, row_req, block_table, page_tokens, slots);
+  (void)host_backend(op, ex);
+  slots_kernel(idx, len, row_req, block_table, page_tokens, slots);
+}
+
+void indexer_topk(const tensor_view& q, const tensor_view& w, const cache::key_pages& keys,
+                  const tensor_view& block_table, const tensor_view& row_req, const tensor_view& n_keys,
+                  const tensor_view& idx, const tensor_view& len, const tensor_view& slots, const exec& ex) {
+  constexpr const char* op = "indexer_topk";
+  const std::int64_t max_keys = keys.num_slots();
+  const auto [T, H] = check_indexer(op, q, w, keys, block_table, row_req, n_keys, max_keys);
+  (void)H;
+  DSV4_CHECK(idx.rank() == 2 && idx.dt() == dtype::i32 && idx.shape(0) == T && idx.shape(1) >= 1, op, "idx is ",
+             idx.describe(), ", expected i32[", T, ", k >= 1]");
+  need_contiguous(op, "idx", idx);
+  check_tensor(op, "len", len, dtype::i32, {T});
+  need_contiguous(op, "len", len);
+  const backend be = host_backend(op, ex);
+  // One row of scores at a time: the scratch is [n_keys[t]], never [T, L].
+  std::vector<float> scores;
+  for (std::int64_t t = 0; t < T; ++t) {
+    const std::int64_t n = i32p(n_keys)[t];
+    scores.resize(static_cast<std::size_t>(std::max<std::int64_t>(n, 1)));
+    const tensor_view lg(scores.data(), dtype::f32, {1, std::max<std::int64_t>(n, 1)});
+    const tensor_view one_n = n_keys.narrow(0, t, 1);
+    if (n > 0)
+      scores_rows(be, q.narrow(0, t, 1), w.narrow(0, t, 1), keys, block_table, row_req.narrow(0, t, 1), one_n,
+                  lg.narrow(1, 0, n), ex);
+    topk_kernel(be, lg.narrow(1, 0, std::max<std::int64_t>(n, 0)), one_n, idx.narrow(0, t, 1), len.narrow(0, t, 1),
+                ex);
+  }
+  if (!is_absent(slots)) {
+    check_slot_inputs(op, idx, len, row_req, block_table, keys.geo.page_tokens, slots);
+    slots_kernel(idx, len, row_req, block_table, keys.geo.page_tokens, slots);
+  }
+}
+
+// ---- sparse MQA ----------------------------------------------------------------------------------------------------
+
+namespace {
+void check_segment(const char* op, const char* name, const sparse_segment& s, std::int64_t T, std::int64_t D) {
+  cache::check_pages(op, s.kv);
+  DSV4_CHECK(s.kv.geo.head_dim == D, op, name, " KV pages hold entries of ", s.kv.geo.head_dim, " dims, q has ", D);
+  DSV4_CHECK(s.slots.rank() == 2 && s.slots.dt() == dtype::i32 && s.slots.shape(0) == T, op, name, " slots are ",
+             s.slots.describe(), ", expected i32[", T, ", K]");
+  need_contiguous(op, "slots", s.slots);
+  const std::int64_t K = s.slots.shape(1), n = s.kv.num_slots();
+  if (!is_absent(s.len)) {
+    check_tensor(op, "len", s.len, dtype::i32, {T});
+    need_contiguous(op, "len", s.len);
+  }
+  for (std::int64_t t = 0; t < T; ++t) {
+    const std::int64_t len = is_absent(s.len) ? K : i32p(s.len)[t];
+    DSV4_CHECK(len >= 0 && len <= K, op, name, " len[", t, "] = ", len, " is outside [0, ", K, "]");
+    for (std::int64_t i = 0; i < len; ++i) {  // lanes past len are never read, whatever they hold
+      const std::int32_t v = i32p(s.slots)[t * K + i];
+      DSV4_CHECK(v >= -1 && v < n, op, name, " slots[", t, ", ", i, "] = ", v, " is outside [-1, ", n, ")");
+    }
+  }
+}
+}  // namespace
+
+void sparse_mqa(const tensor_view& q, const sparse_segment& window, const sparse_segment* compressed,
+                const tensor_view& sink, float scale, const tensor_view& out, const tensor_view& lse,
+                const exec& ex) {
+  constexpr const char* op = "sparse_mqa";
+  DSV4_CHECK(q.rank() == 3 && q.dt() == dtype::f32, op, "q is ", q.describe(), ", expected f32[T, H, D]");
+  need_contiguous(op, "q", q);
+  const std::int64_t T = q.shape(0), H = q.shape(1), D = q.shape(2);
+  check_tensor(op, "sink", sink, dtype::f32, {H});
+  check_tensor(op, "out", out, dtype::f32, {T, H, D});
+  need_contiguous(op, "out", out);
+  detail::check_aliasing(op, q, out, false);
+  const bool want_lse = !is_absent(lse);
+  if (want_lse) {
+    check_tensor(op, "lse", lse, dtype::f32, {T, H});
+    need_contiguous(op, "lse", lse);
+  }
+  DSV4_CHECK(std::isfinite(scale), op, "scale ", scale, " is not finite");
+  check_segment(op, "window", window, T, D);
+  if (compressed) check_segment(op, "compressed", *compressed, T, D);
+  const backend be = host_backend(op, ex);
+
+  // Row pointers per token, window lanes then compressed lanes in list order. f32 pages are read in place; an
+  // fp8_ds_mla entry is decoded once into scratch however many rows reference it.
+  const sparse_segment* segs[2] = {&window, compressed};
+  std::int64_t K = 0;
+  for (const sparse_segment* s : segs)
+    if (s) K += s->slots.shape(1);
+  std::vector<std::int64_t> keys;  // (segment << 40 | slot) of every fp8 entry read, then unique
+  for (int si = 0; si < 2; ++si) {
+    const sparse_segment* s = segs[si];
+    if (!s || s->kv.geo.format == cache::kv_format::f32) continue;
+    const std::int64_t Ks = s->slots.shape(1);
+    for (std::int64_t t = 0; t < T; ++t) {
+      const std::int64_t len = is_absent(s->len) ? Ks : i32p(s->len)[t];
+      for (std::int64_t i = 0; i < len; ++i)
+        if (const std::int32_t v = i32p(s->slots)[t * Ks + i]; v >= 0) keys.push_back((std::int64_t(si) << 40) | v);
+    }
+  }
+  std::sort(keys.begin(), keys.end());
+  keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+  std::vector<float> decoded(keys.size() * static_cast<std::size_t>(D));
+  for_rows(be, static_cast<std::int64_t>(keys.size()), ex, [&](std::int64_t u) {
+    const std::int64_t key = keys[static_cast<std::size_t>(u)];
+    ref::load_kv_entry(segs[key >> 40]->kv, key & ((std::int64_t(1) << 40) - 1), decoded.data() + u * D);
+  });
+  std::vector<const float*> rows(static_cast<std::size_t>(T * std::max<std::int64_t>(K, 1)));
+  std::vector<std::int64_t> counts(static_cast<std::size_t>(T), 0);
+  for (std::int64_t t = 0; t < T; ++t) {
+    std::int64_t n = 0;
+    for (int si = 0; si < 2; ++si) {
+      const sparse_segment* s = segs[si];
+      if (!s) continue;
+      const std::int64_t Ks = s->slots.shape(1), len = is_absent(s->len) ? Ks : i32p(s->len)[t];
+      const cache::kv_geometry& g = s->kv.geo;
+      for (std::int64_t i = 0; i < len; ++i) {
+        const std::int32_t v = i32p(s->slots)[t * Ks + i];
+        if (v < 0) continue;
+        const float* row;
+        if (g.format == cache::kv_format::f32) {
+          row = reinterpret_cast<const float*>(s->kv.page(v / g.page_tokens) + g.data_offset(v % g.page_tokens));
+        } else {
+          const auto it = std::lower_bound(keys.begin(), keys.end(), (std::int64_t(si) << 40) | v);
+          row = decoded.data() + (it - keys.begin()) * D;
+        }
+        rows[static_cast<std::size_t>(t * K + n++)] = row;
+      }
+    }
+    counts[static_cast<std::size_t>(t)] = n;
+  }
+  float* lp = want_lse ? f32w(lse) : nullptr;
+  if (be == backend::cpu)
+    cpu::sparse_attention_rows(q.as<const float, 3>(), rows.data(), counts.data(), K, sink.as<const float, 1>(), scale,
+                               out.as<float, 3>(), lp, ex);
+  else
+    ref::sparse_attention_rows(q.as<const float, 3>(), rows.data(), counts.data(), K, sink.as<const float, 1>(), scale,
+                               out.as<float, 3>(), lp);
+}
+
+}  // namespace ops
+}  // namespace dsv4
