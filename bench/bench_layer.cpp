@@ -2,6 +2,8 @@
 // indexer 64 x 128 top-512, window 128, 256 experts x 2048 top-6 + shared, mHC 4 streams) through the reference
 // forward pass on the CPU backend, 2 threads:
 //   BM_block_decode/kind/ctx   one decoded token with 4K or 64K tokens of context in the caches (CSA and HCA blocks);
+//   BM_block_decode_batch/n    one decode step of n sequences at 4K context in one batched call (n = 1, 4, 16): the
+//                              tokens/s gain of reading every weight once per step, and the weight bytes per token;
 //   BM_block_prefill512/kind   a 512-token prefill from an empty cache.
 // Counters: tokens/s and the share of wall time per sub-block (attention, MoE, mHC + norms). The layout comes from a
 // sparse synthetic checkpoint; every projection and expert is then replaced by random bytes in memory (FP8 / FP4
@@ -22,6 +24,7 @@
 #include "dsv4/io/safetensors.hpp"
 #include "dsv4/model/forward.hpp"
 #include "dsv4/model/synth.hpp"
+#include "dsv4/ops/paged.hpp"
 
 using namespace dsv4;
 using namespace dsv4::model;
@@ -140,27 +143,32 @@ block_model& model_for(int ratio) {
   return *m;
 }
 
-// A sequence whose layer cache holds `ctx` tokens of random (grid-free) entries, keys and window rows.
+// A sequence whose layer pages hold `ctx` tokens of random (grid-free) compressed entries, keys and window rows.
 sequence_state filled(const block_model& m, std::int64_t ctx) {
   sequence_state s = m.tf->new_sequence(ctx + 1000000);
-  attention_cache& c = s.caches[0];
+  page_pool& pool = s.pool();
+  const std::int64_t id = s.id(), hd = m.cfg.head_dim, ic = m.cfg.index_head_dim, W = m.cfg.window_size;
+  const std::int64_t B = pool.options().page_tokens, ratio = m.cfg.compress_ratio(0);
+  // Map the pages the context needs, then write straight into them: the window (the last W positions), the
+  // compressed entries and the indexer keys; state rows stay zero (a harmless pool input).
+  pool.prepare(id, 0, ctx);
   std::mt19937_64 r(2);
   std::normal_distribution<float> nd(0.f, 1.f);
-  std::vector<float> v(static_cast<std::size_t>(c.head_dim));
-  for (std::int64_t j = 0; j < (c.ratio ? ctx / c.ratio : 0); ++j) {
+  auto fill = [&](page_pool::region reg, std::int64_t from, std::int64_t to, std::int64_t width, bool key) {
+    if (to <= from) return;
+    const auto& t = pool.table(id, 0, reg);
+    std::vector<float> v(static_cast<std::size_t>((to - from) * width));
     for (auto& x : v) x = nd(r);
-    c.append_entry(v.data());
-  }
-  std::vector<float> k(static_cast<std::size_t>(c.index_dim));
-  for (std::int64_t j = 0; j < (c.ratio == 4 ? ctx / 4 : 0); ++j) {
-    for (auto& x : k) x = nd(r);
-    c.append_key(k.data());
-  }
-  for (std::int64_t slot = 0; slot < c.window; ++slot) {
-    for (auto& x : v) x = nd(r);
-    c.write_ring(slot, v.data());
-  }
-  c.pos = ctx;
+    std::vector<std::int32_t> slots;
+    for (std::int64_t j = from; j < to; ++j) slots.push_back(static_cast<std::int32_t>(cache::slot_of(t.data(), j, B)));
+    const tensor_view vv(v.data(), dtype::f32, {to - from, width}), sv(slots.data(), dtype::i32, {to - from});
+    if (key) ops::key_store(vv, sv, pool.key_view(0));
+    else ops::kv_store(vv, sv, pool.kv_view(0));
+  };
+  fill(page_pool::region::window, std::max<std::int64_t>(0, ctx - W), ctx, hd, false);
+  if (ratio) fill(page_pool::region::compressed, 0, ctx / ratio, hd, false);
+  if (ratio == 4) fill(page_pool::region::keys, 0, ctx / 4, ic, true);
+  pool.commit(id, 0, ctx);
   return s;
 }
 
@@ -197,6 +205,49 @@ void BM_block_decode(benchmark::State& st) {
   report(st, acc, double(st.iterations()));
 }
 
+// One decode step of `batch` sequences at once (4K context each): one forward_batch call, every weight read once
+// per step. weightMB/token = the attention weights (read once per step) + the shared expert + the distinct routed
+// experts the step touched, divided by the tokens of the step.
+void BM_block_decode_batch(benchmark::State& st) {
+  const std::int64_t ctx = 4096, batch = st.range(0);
+  block_model& m = model_for(4);
+  std::vector<sequence_state> seqs;
+  for (std::int64_t i = 0; i < batch; ++i) seqs.push_back(filled(m, ctx));
+  std::vector<float> logits(static_cast<std::size_t>(batch * m.cfg.vocab_size));
+  std::vector<std::int64_t> toks(static_cast<std::size_t>(batch));
+  forward_trace acc, t;
+  double distinct = 0;
+  std::int64_t step = 0;
+  for (auto _ : st) {
+    std::vector<transformer::batch_entry> b;
+    for (std::int64_t i = 0; i < batch; ++i) {
+      toks[static_cast<std::size_t>(i)] = (17 + 31 * i + 7 * step) % m.cfg.vocab_size;  // different tokens: real routing
+      b.push_back({std::span<const std::int64_t>(&toks[static_cast<std::size_t>(i)], 1), &seqs[static_cast<std::size_t>(i)],
+                   tensor_view(logits.data() + i * m.cfg.vocab_size, dtype::f32, {1, m.cfg.vocab_size})});
+    }
+    m.tf->forward_batch(b, &t);
+    add(acc, t);
+    distinct += double(t.layers[0].distinct_experts);
+    ++step;
+    if (seqs[0].pos() >= ctx + 200)  // keep the context near 4K
+      for (auto& s : seqs) s.truncate(s.pos() - 1);
+  }
+  report(st, acc, double(st.iterations() * batch));
+  const block_weights& L = m.w.layers[0];
+  auto bytes = [](const ops::qweight& q) { return double(q.weight.nbytes() + (q.scale.rank() ? q.scale.nbytes() : 0)); };
+  double attn = 0;
+  for (const ops::qweight* q : {&L.attn.wq_a, &L.attn.wq_b, &L.attn.wkv, &L.attn.wo_b}) attn += bytes(*q);
+  attn += 4.0 * double(L.attn.wo_a.weight.numel());  // decoded to fp32 at load
+  attn += bytes(L.attn.compressor->wkv) + bytes(L.attn.compressor->wgate);
+  attn += bytes(L.attn.indexer->wq_b) + bytes(L.attn.indexer->weights_proj) + bytes(L.attn.indexer->compressor.wkv) +
+          bytes(L.attn.indexer->compressor.wgate);
+  const double expert = bytes(L.ffn.experts[0].w1) + bytes(L.ffn.experts[0].w2) + bytes(L.ffn.experts[0].w3);
+  const double shared = bytes(L.ffn.shared->w1) + bytes(L.ffn.shared->w2) + bytes(L.ffn.shared->w3);
+  const double per_step = attn + shared + expert * distinct / double(st.iterations());
+  st.counters["weightMB/token"] = per_step / double(batch) / 1e6;
+  st.counters["experts/step"] = distinct / double(st.iterations());
+}
+
 void BM_block_prefill512(benchmark::State& st) {
   const int ratio = static_cast<int>(st.range(0));
   block_model& m = model_for(ratio);
@@ -215,5 +266,7 @@ void BM_block_prefill512(benchmark::State& st) {
 
 BENCHMARK(BM_block_decode)->ArgNames({"ratio", "ctx"})->Args({4, 4096})->Args({4, 65536})->Args({128, 4096})
     ->Args({128, 65536})->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_block_decode_batch)->ArgNames({"batch"})->Arg(1)->Arg(4)->Arg(16)->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_block_prefill512)->ArgNames({"ratio"})->Arg(4)->Arg(128)->Iterations(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK_MAIN();

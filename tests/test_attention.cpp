@@ -11,6 +11,7 @@
 #include "dsv4/ops/attention.hpp"
 #include "dsv4/ops/hadamard.hpp"
 #include "dsv4/ops/linear.hpp"
+#include "dsv4/ops/paged.hpp"
 #include "dsv4/ops/quant.hpp"
 #include "harness.hpp"
 
@@ -39,21 +40,44 @@ tiny_model& tiny() {
   return m;
 }
 
+pool_options opts(cache::kv_format fmt = cache::kv_format::f32, std::int64_t page_tokens = 16) {
+  pool_options o;
+  o.kv = fmt;
+  o.page_tokens = page_tokens;
+  return o;
+}
+
+// One sequence through layer L in the given chunks, in a fresh pool.
 std::vector<float> run(const attention_layer& L, const std::vector<float>& x, std::int64_t T,
                        const std::vector<std::int64_t>& chunks, attention_trace* trace = nullptr,
-                       kv_storage storage = kv_storage::fp32) {
+                       const pool_options& po = opts()) {
   const std::int64_t D = tiny().cfg.dim;
-  attention_cache c = L.new_cache(0, storage);
+  page_pool pool(tiny().cfg, po);
+  const std::int64_t id = pool.add_sequence();
   std::vector<float> y(static_cast<std::size_t>(T * D));
   std::int64_t t0 = 0;
   for (std::int64_t n : chunks) {
     const tensor_view xv(const_cast<float*>(x.data()) + t0 * D, dtype::f32, {n, D});
     const tensor_view yv(y.data() + t0 * D, dtype::f32, {n, D});
-    L.forward(xv, c, yv, trace);
+    L.forward(xv, row_batch::one(pool, id, t0, n), yv, trace);
     t0 += n;
   }
   REQUIRE(t0 == T);
   return y;
+}
+
+// Entries [0, n) of a region of sequence `id` in layer `layer`, decoded.
+std::vector<float> read_entries(const page_pool& pool, std::int64_t id, std::int64_t layer, page_pool::region r,
+                                std::int64_t n, std::int64_t width) {
+  const auto& t = pool.table(id, layer, r);
+  std::vector<std::int32_t> slots;
+  for (std::int64_t j = 0; j < n; ++j)
+    slots.push_back(static_cast<std::int32_t>(cache::slot_of(t.data(), j, pool.options().page_tokens)));
+  std::vector<float> out(static_cast<std::size_t>(n * width));
+  const tensor_view sv(slots.data(), dtype::i32, {n}), ov(out.data(), dtype::f32, {n, width});
+  if (r == page_pool::region::keys) ops::key_load(pool.key_view(layer), sv, ov);
+  else ops::kv_load(pool.kv_view(layer), sv, ov);
+  return out;
 }
 
 // Independent pieces for the recomputation tests (ref backend ops, plain loops).
@@ -199,13 +223,14 @@ TEST_SUITE("attention") {
       CAPTURE(layer);
       const auto& bw = m.w.layers[static_cast<std::size_t>(layer)];
       const attention_layer L(c, bw, test::on(backend::ref));
-      attention_cache cache = L.new_cache();
+      page_pool pool(c, opts());
+      const std::int64_t id = pool.add_sequence();
       std::vector<float> y(static_cast<std::size_t>(T * D));
-      L.forward(tensor_view(const_cast<float*>(x.data()), dtype::f32, {T, D}), cache,
+      L.forward(tensor_view(const_cast<float*>(x.data()), dtype::f32, {T, D}), row_batch::one(pool, id, 0, T),
                 tensor_view(y.data(), dtype::f32, {T, D}));
       const int r = L.ratio();
       const std::int64_t coff = r == 4 ? 2 : 1, cw = coff * hd;
-      REQUIRE(cache.n_comp() == T / r);
+      const auto comp = read_entries(pool, id, layer, page_pool::region::compressed, T / r, hd);
       // Direct: projections for every token, then each entry's softmax pool written out from spec §3.4.
       buffer xb = test::host_f32(T, D, x), kvp(dtype::f32, {T, cw}), sc(dtype::f32, {T, cw});
       ops::linear(xb, bw.attn.compressor->wkv, kvp, test::on(backend::ref));
@@ -246,7 +271,7 @@ TEST_SUITE("attention") {
         L.rope().apply(e.data(), nope, r * j);  // compressed RoPE at the block's first position
         const tensor_view ev(e.data(), dtype::f32, {1, hd});
         ops::block_round_trip(ev.narrow(1, 0, nope), ev.narrow(1, 0, nope), ops::quant_format::fp8_e4m3, 64);
-        const float* got = cache.comp.data() + j * hd;
+        const float* got = comp.data() + j * hd;
         int far = 0;
         for (std::int64_t i = 0; i < hd; ++i) {
           // FP8 codes: equal unless a value sat on a rounding boundary (one grid step, 2^-3 relative, allowed on a
@@ -339,68 +364,50 @@ TEST_SUITE("attention") {
     }
   }
 
-  TEST_CASE("cache: capacity, reset and shape errors") {
+  TEST_CASE("pool: capacity, a new sequence, rows out of order, a pool of another model") {
     const tiny_model& m = tiny();
     const std::int64_t D = m.cfg.dim;
     const attention_layer L(m.cfg, m.w.layers[1]);
-    attention_cache c = L.new_cache(10);
+    page_pool pool(m.cfg, opts());
+    const std::int64_t id = pool.add_sequence(10);
     const auto x = test::randn(static_cast<std::size_t>(12 * D), 9);
     std::vector<float> y(static_cast<std::size_t>(12 * D));
-    L.forward(tensor_view(const_cast<float*>(x.data()), dtype::f32, {8, D}), c, tensor_view(y.data(), dtype::f32, {8, D}));
-    check_error([&] {
-      L.forward(tensor_view(const_cast<float*>(x.data()), dtype::f32, {3, D}), c,
-                tensor_view(y.data(), dtype::f32, {3, D}));
-    }, {"positions [8, 11) run past the cache capacity of 10 tokens"});
-    check_error([&] {
-      L.forward(tensor_view(const_cast<float*>(x.data()), dtype::f32, {2, D - 1}), c,
-                tensor_view(y.data(), dtype::f32, {2, D - 1}));
-    }, {"expected contiguous f32[T, 64]"});
-    // A reset cache is a new sequence: the same output as a fresh cache.
-    c.reset();
-    std::vector<float> y2(static_cast<std::size_t>(8 * D));
-    L.forward(tensor_view(const_cast<float*>(x.data()), dtype::f32, {8, D}), c, tensor_view(y2.data(), dtype::f32, {8, D}));
-    CHECK(std::memcmp(y.data(), y2.data(), y2.size() * sizeof(float)) == 0);
-    attention_cache other = attention_layer(m.cfg, m.w.layers[2]).new_cache();
-    check_error([&] {
-      L.forward(tensor_view(const_cast<float*>(x.data()), dtype::f32, {1, D}), other,
-                tensor_view(y.data(), dtype::f32, {1, D}));
-    }, {"another layer shape"});
+    auto X = [&](std::int64_t n, std::int64_t d = -1) {
+      return tensor_view(const_cast<float*>(x.data()), dtype::f32, {n, d < 0 ? D : d});
+    };
+    auto Y = [&](std::int64_t n, std::int64_t d = -1) { return tensor_view(y.data(), dtype::f32, {n, d < 0 ? D : d}); };
+    L.forward(X(8), row_batch::one(pool, id, 0, 8), Y(8));
+    check_error([&] { L.forward(X(3), row_batch::one(pool, id, 8, 3), Y(3)); },
+                {"positions [8, 11) run past the sequence's capacity of 10 positions"});
+    check_error([&] { L.forward(X(2, D - 1), row_batch::one(pool, id, 8, 2), Y(2, D - 1)); },
+                {"expected contiguous f32[T, 64]"});
+    check_error([&] { L.forward(X(1), row_batch::one(pool, id, 9, 1), Y(1)); },
+                {"row 0 is position 9 of sequence", "next position in layer 1 is 8"});
+    // A new sequence in the same pool (the old one handed back) gives the same output as the first one did.
+    const std::vector<float> first(y.begin(), y.begin() + 8 * D);
+    pool.remove_sequence(id);
+    const std::int64_t id2 = pool.add_sequence(10);
+    L.forward(X(8), row_batch::one(pool, id2, 0, 8), Y(8));
+    CHECK(std::memcmp(first.data(), y.data(), first.size() * sizeof(float)) == 0);
+    page_pool other(preset("small"));
+    const std::int64_t o = other.add_sequence();
+    check_error([&] { L.forward(X(1), row_batch::one(other, o, 0, 1), Y(1)); }, {"another model shape"});
   }
 
-  TEST_CASE("deployed storage: 584/68-byte layout, lossless FP8/FP4 parts, chunk-invariant, bytes == calculator") {
-    // Packing: nope dims and keys come back bit for bit (they are already on the FP8/FP4 grids), rope dims as BF16.
-    const model_config v4 = preset("v4-flash");
-    attention_cache flash = make_attention_cache(v4, 2, 1024, kv_storage::deployed);
-    CHECK(flash.entry_bytes == 584);
-    CHECK(flash.key_bytes == 68);
-    std::vector<float> e = test::randn(512, 10), k = test::randn(128, 11);
-    const tensor_view ev(e.data(), dtype::f32, {1, 512});
-    ops::block_round_trip(ev.narrow(1, 0, 448), ev.narrow(1, 0, 448), ops::quant_format::fp8_e4m3, 64);
-    ops::block_round_trip(tensor_view(k.data(), dtype::f32, {1, 128}), tensor_view(k.data(), dtype::f32, {1, 128}),
-                          ops::quant_format::fp4_e2m1, 32);
-    flash.append_entry(e.data());
-    flash.append_key(k.data());
-    std::vector<float> e2(512), k2(128);
-    flash.read_entry(0, e2.data());
-    flash.read_keys(1, k2.data());
-    for (int i = 0; i < 448; ++i) CHECK(e2[static_cast<std::size_t>(i)] == e[static_cast<std::size_t>(i)]);
-    for (int i = 448; i < 512; ++i) CHECK(e2[static_cast<std::size_t>(i)] == bf16::from_float(e[static_cast<std::size_t>(i)]).to_float());
-    CHECK(k2 == k);
-    CHECK(flash.comp_packed.size() == 584);
-    CHECK(flash.keys_packed.size() == 68);
-
-    // The tiny model in deployed storage: still bitwise chunk-invariant, close to fp32 storage (BF16 rope dims), and
+  TEST_CASE("fp8_ds_mla pages: chunk-invariant, close to f32 pages (BF16 rope dims), bytes held == calculator") {
+    // The tiny model with the engines' layout: still bitwise chunk-invariant, close to f32 pages (BF16 rope dims), and
     // the bytes held after T tokens equal the calculator's KV count for the same context, term for term.
     const tiny_model& m = tiny();
     const std::int64_t T = 300, D = m.cfg.dim;
     const auto x = test::randn(static_cast<std::size_t>(T * D), 12);
+    const pool_options fp8 = opts(cache::kv_format::fp8_ds_mla, 7);
     std::int64_t held = 0;
     for (int layer : {0, 1, 2, 3}) {
       CAPTURE(layer);
       const attention_layer L(m.cfg, m.w.layers[static_cast<std::size_t>(layer)]);
-      const auto full = run(L, x, T, {T}, nullptr, kv_storage::deployed);
-      CHECK(same_bits(run(L, x, T, std::vector<std::int64_t>(static_cast<std::size_t>(T), 1), nullptr, kv_storage::deployed), full));
-      CHECK(same_bits(run(L, x, T, {7, 130, 163}, nullptr, kv_storage::deployed), full));
+      const auto full = run(L, x, T, {T}, nullptr, fp8);
+      CHECK(same_bits(run(L, x, T, std::vector<std::int64_t>(static_cast<std::size_t>(T), 1), nullptr, fp8), full));
+      CHECK(same_bits(run(L, x, T, {7, 130, 163}, nullptr, opts(cache::kv_format::fp8_ds_mla, 64)), full));
       const auto f32 = run(L, x, T, {T});
       double num = 0, den = 0;
       for (std::size_t i = 0; i < f32.size(); ++i) {
@@ -409,53 +416,83 @@ TEST_SUITE("attention") {
       }
       // BF16 rope dims (8 mantissa bits, relative 2^-9) in the cached rows: outputs move by ~1e-3 relative.
       CHECK(std::sqrt(num / den) < 1e-2);
-      attention_cache c = L.new_cache(0, kv_storage::deployed);
+      page_pool pool(m.cfg, fp8);
+      const std::int64_t id = pool.add_sequence();
       std::vector<float> y(static_cast<std::size_t>(T * D));
-      L.forward(tensor_view(const_cast<float*>(x.data()), dtype::f32, {T, D}), c, tensor_view(y.data(), dtype::f32, {T, D}));
-      held += c.bytes();
+      L.forward(tensor_view(const_cast<float*>(x.data()), dtype::f32, {T, D}), row_batch::one(pool, id, 0, T),
+                tensor_view(y.data(), dtype::f32, {T, D}));
+      held += pool.held_bytes(id, layer);
     }
     CHECK(double(held) == decode_costs(m.cfg, T).kv_total());
   }
 
-  TEST_CASE("a 1M-token V4-Flash cache in the deployed layout has exactly the calculator's size") {
+  TEST_CASE("a 1M-token V4-Flash sequence in fp8_ds_mla pages holds exactly the calculator's KV bytes") {
     const model_config f = preset("v4-flash");
     constexpr std::int64_t kCtx = 1 << 20;
-    std::int64_t total = 0, allocated = 0;
-    for (std::int64_t layer = 0; layer < f.n_layers; ++layer) {
-      attention_cache c = make_attention_cache(f, layer, kCtx, kv_storage::deployed);
-      c.reserve();  // address space only: the pages stay untouched
-      total += c.capacity_bytes();
-      allocated += static_cast<std::int64_t>(c.ring_packed.size() + c.comp_packed.capacity() + c.keys_packed.capacity() +
-                                             sizeof(float) * (c.main.kv.size() + c.main.score.size() +
-                                                              c.index.kv.size() + c.index.score.size()));
-    }
+    pool_options o;
+    o.kv = cache::kv_format::fp8_ds_mla;
+    page_pool pool(f, o);
+    CHECK(pool.kv_view(2).geo.entry_bytes() == 584);
+    CHECK(pool.key_view(2).geo.key_bytes() == 68);
+    const std::int64_t id = pool.add_sequence(kCtx);
+    // The arithmetic only: positions advanced without mapping pages (nothing is allocated).
+    for (std::int64_t layer = 0; layer < f.n_layers; ++layer) pool.commit(id, layer, kCtx);
     const double calc = decode_costs(f, kCtx).kv_total();
-    CHECK(double(total) == calc);
-    CHECK(double(allocated) >= calc);
-    CHECK(double(allocated) <= calc * 1.001);
-    MESSAGE("V4-Flash, 1M tokens, deployed layout: ", double(total) / 1e9, " GB per sequence (", double(total) / kCtx,
-            " B/token)");
+    CHECK(double(pool.held_bytes(id)) == calc);
+    MESSAGE("V4-Flash, 1M tokens, fp8_ds_mla: ", calc / 1e9, " GB per sequence (", calc / kCtx, " B/token)");
   }
 
-  TEST_CASE("independent sequences: interleaved decoding of three sequences equals each one alone") {
+  TEST_CASE("independent sequences: interleaved decoding, and all of them in one batched call, equal each alone") {
     const tiny_model& m = tiny();
     const std::int64_t D = m.cfg.dim;
     const attention_layer L(m.cfg, m.w.layers[1]);
     const std::int64_t len[3] = {40, 75, 9};
-    std::vector<std::vector<float>> xs, alone, inter(3);
+    std::vector<std::vector<float>> xs, alone, inter(3), batched(3);
     for (int s = 0; s < 3; ++s) {
       xs.push_back(test::randn(static_cast<std::size_t>(len[s] * D), 20 + static_cast<std::uint64_t>(s)));
       alone.push_back(run(L, xs.back(), len[s], {len[s]}));
       inter[static_cast<std::size_t>(s)].resize(static_cast<std::size_t>(len[s] * D));
+      batched[static_cast<std::size_t>(s)].resize(static_cast<std::size_t>(len[s] * D));
     }
-    attention_cache caches[3] = {L.new_cache(), L.new_cache(), L.new_cache()};
+    page_pool pool(m.cfg, opts(cache::kv_format::f32, 5));
+    const std::int64_t ids[3] = {pool.add_sequence(), pool.add_sequence(), pool.add_sequence()};
     for (std::int64_t step = 0; step < 75; ++step)
       for (int s = 0; s < 3; ++s) {
         if (step >= len[s]) continue;
-        L.forward(tensor_view(xs[static_cast<std::size_t>(s)].data() + step * D, dtype::f32, {1, D}), caches[s],
+        L.forward(tensor_view(xs[static_cast<std::size_t>(s)].data() + step * D, dtype::f32, {1, D}),
+                  row_batch::one(pool, ids[s], step, 1),
                   tensor_view(inter[static_cast<std::size_t>(s)].data() + step * D, dtype::f32, {1, D}));
       }
     for (int s = 0; s < 3; ++s) CHECK(same_bits(inter[static_cast<std::size_t>(s)], alone[static_cast<std::size_t>(s)]));
+    // One call per step holding a chunk of every sequence, their rows interleaved.
+    page_pool pool2(m.cfg, opts(cache::kv_format::f32, 64));
+    const std::int64_t ids2[3] = {pool2.add_sequence(), pool2.add_sequence(), pool2.add_sequence()};
+    std::int64_t done[3] = {0, 0, 0};
+    const std::int64_t chunk[3] = {7, 13, 2};
+    while (done[0] < len[0] || done[1] < len[1] || done[2] < len[2]) {
+      row_batch rb;
+      rb.pool = &pool2;
+      std::vector<float> xb, yb;
+      std::vector<std::pair<int, std::int64_t>> who;  // (sequence, position) of each row
+      for (std::int64_t i = 0; i < 13; ++i)
+        for (int s = 0; s < 3; ++s)
+          if (i < chunk[s] && done[s] + i < len[s]) {
+            rb.seq.push_back(ids2[s]);
+            rb.pos.push_back(done[s] + i);
+            who.push_back({s, done[s] + i});
+            const float* src = xs[static_cast<std::size_t>(s)].data() + (done[s] + i) * D;
+            xb.insert(xb.end(), src, src + D);
+          }
+      const std::int64_t T = rb.size();
+      yb.resize(static_cast<std::size_t>(T * D));
+      L.forward(tensor_view(xb.data(), dtype::f32, {T, D}), rb, tensor_view(yb.data(), dtype::f32, {T, D}));
+      for (std::int64_t t = 0; t < T; ++t)
+        std::copy(yb.begin() + t * D, yb.begin() + (t + 1) * D,
+                  batched[static_cast<std::size_t>(who[static_cast<std::size_t>(t)].first)].begin() +
+                      who[static_cast<std::size_t>(t)].second * D);
+      for (int s = 0; s < 3; ++s) done[s] = std::min(len[s], done[s] + chunk[s]);
+    }
+    for (int s = 0; s < 3; ++s) CHECK(same_bits(batched[static_cast<std::size_t>(s)], alone[static_cast<std::size_t>(s)]));
   }
 
   TEST_CASE("a sliding-window token recomputed from the spec: q rescale, KV FP8, sink, inverse RoPE, wo_a groups") {
@@ -531,10 +568,12 @@ TEST_SUITE("attention") {
     const std::int64_t D = c.dim, ih = c.index_n_heads, ic = c.index_head_dim, T = 300, p = T - 1;
     const auto x = test::randn(static_cast<std::size_t>(T * D), 14);
     const attention_layer L(c, m.w.layers[1], test::on(backend::ref));
-    attention_cache cache = L.new_cache();
+    page_pool pool(c, opts());
+    const std::int64_t id = pool.add_sequence();
     attention_trace tr;
     std::vector<float> y(static_cast<std::size_t>(T * D));
-    L.forward(tensor_view(const_cast<float*>(x.data()), dtype::f32, {T, D}), cache, tensor_view(y.data(), dtype::f32, {T, D}), &tr);
+    L.forward(tensor_view(const_cast<float*>(x.data()), dtype::f32, {T, D}), row_batch::one(pool, id, 0, T),
+              tensor_view(y.data(), dtype::f32, {T, D}), &tr);
     // Query: q latent -> wq_b -> RoPE on each head's last rope dims -> Hadamard -> FP4 round trip.
     auto qr = lin(aw.wq_a, x.data() + p * D, D);
     rms(qr.data(), c.q_lora_rank, aw.q_norm, c.norm_eps);
@@ -545,9 +584,7 @@ TEST_SUITE("attention") {
     ops::block_round_trip(qv, qv, ops::quant_format::fp4_e2m1, 32, test::on(backend::ref));
     auto wts = lin(ix.weights_proj, x.data() + p * D, D);
     const std::int64_t E = (p + 1) / 4;
-    REQUIRE(cache.n_keys() == E);
-    std::vector<float> keys(static_cast<std::size_t>(E * ic));
-    cache.read_keys(E, keys.data());
+    const std::vector<float> keys = read_entries(pool, id, 1, page_pool::region::keys, E, ic);
     std::vector<std::pair<double, std::int32_t>> sc;
     for (std::int64_t e = 0; e < E; ++e) {
       double s = 0;

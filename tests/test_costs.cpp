@@ -206,18 +206,21 @@ TEST_SUITE("costs") {
       CAPTURE(L);
       const auto x = test::randn(static_cast<std::size_t>(L * c.dim), 9);
       double counted = 0, held = 0;
+      pool_options po;
+      po.kv = cache::kv_format::fp8_ds_mla;  // the deployed layout the calculator counts
+      page_pool pool(c, po);
+      const std::int64_t id = pool.add_sequence();
       for (const auto& b : w.layers) {
         const attention_layer layer(c, b, test::on(backend::ref));
-        attention_cache cache = layer.new_cache(0, kv_storage::deployed);
         std::vector<float> y(static_cast<std::size_t>(L * c.dim));
         if (L > 1)
-          layer.forward(tensor_view(const_cast<float*>(x.data()), dtype::f32, {L - 1, c.dim}), cache,
-                        tensor_view(y.data(), dtype::f32, {L - 1, c.dim}));
+          layer.forward(tensor_view(const_cast<float*>(x.data()), dtype::f32, {L - 1, c.dim}),
+                        row_batch::one(pool, id, 0, L - 1), tensor_view(y.data(), dtype::f32, {L - 1, c.dim}));
         ref::scoped_flop_count n;
-        layer.forward(tensor_view(const_cast<float*>(x.data()) + (L - 1) * c.dim, dtype::f32, {1, c.dim}), cache,
-                      tensor_view(y.data(), dtype::f32, {1, c.dim}));
+        layer.forward(tensor_view(const_cast<float*>(x.data()) + (L - 1) * c.dim, dtype::f32, {1, c.dim}),
+                      row_batch::one(pool, id, L - 1, 1), tensor_view(y.data(), dtype::f32, {1, c.dim}));
         counted += double(n.flops());
-        held += double(cache.bytes());
+        held += double(pool.held_bytes(id, b.layer));
       }
       const cost_report r = decode_costs(c, L);
       CHECK(counted == term(r, "projections") + term(r, "compressor") + term(r, "indexer") +
@@ -232,7 +235,9 @@ TEST_SUITE("costs") {
     synthesize(c, d.path, {});
     const io::checkpoint ck = io::checkpoint::open(d.path);
     const model_weights w = bind_weights(ck, c);
-    const transformer tf(c, w, test::on(backend::ref), kv_storage::deployed);
+    pool_options po;
+    po.kv = cache::kv_format::fp8_ds_mla;
+    const transformer tf(c, w, test::on(backend::ref), po);
     const std::int64_t L = 260;
     std::vector<std::int64_t> ids(static_cast<std::size_t>(L));
     for (std::int64_t i = 0; i < L; ++i) ids[static_cast<std::size_t>(i)] = (i * 7 + 3) % c.vocab_size;

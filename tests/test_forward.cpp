@@ -1,6 +1,7 @@
 // The forward pass: logits identical under any chunking / prompt-decode split (bitwise on the CPU backend), ref vs
 // cpu, checkpoints whose shapes differ from the presets, errors.
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -195,6 +196,119 @@ TEST_SUITE("forward") {
     const transformer::batch_entry twice[2] = {{one, &st[0], tensor_view(out.data(), dtype::f32, {1, V})},
                                                {one, &st[0], tensor_view(out.data(), dtype::f32, {1, V})}};
     check_error([&] { tf.forward_batch(twice); }, {"share a sequence state"});
+  }
+
+  TEST_CASE("rollback: truncate and continue == never having seen the rejected tokens, around every block boundary") {
+    const loaded m("fwd_rollback", preset("tiny"));  // layers: SWA, CSA (ratio 4), HCA (ratio 128), CSA
+    const transformer tf(m.cfg, m.w);
+    const std::int64_t V = m.cfg.vocab_size, N = 272;
+    const auto ids = tokens(N, V, 61);
+    const auto straight = logits(tf, ids, {N});
+    // Offsets around ratio-4 boundaries and the first two ratio-128 boundaries; drafts of 1 and 6 rejected tokens
+    // (a verify call of the draft, as speculative decoding does), then the true tokens from n on.
+    int bad = 0, cases = 0;
+    for (std::int64_t n : {1, 3, 4, 5, 7, 8, 9, 126, 127, 128, 129, 130, 131, 254, 255, 256, 257}) {
+      for (std::int64_t d : {1, 6}) {
+        sequence_state s = tf.new_sequence();
+        tf.forward(std::span<const std::int64_t>(ids.data(), static_cast<std::size_t>(n)), s, {});
+        const auto draft = tokens(d, V, 900 + static_cast<unsigned>(n * 10 + d));
+        tf.forward(draft, s, {});
+        s.truncate(n);
+        CHECK(s.pos() == n);
+        const std::int64_t k = std::min<std::int64_t>(N - n, 12);
+        std::vector<float> got(static_cast<std::size_t>(k * V));
+        tf.forward(std::span<const std::int64_t>(ids.data() + n, static_cast<std::size_t>(k)), s,
+                   tensor_view(got.data(), dtype::f32, {k, V}));
+        bad += std::memcmp(got.data(), straight.data() + n * V, got.size() * sizeof(float)) != 0;
+        ++cases;
+      }
+    }
+    CHECK(bad == 0);
+    CHECK(cases == 34);
+    // Twice in a row, and a rollback by more than the pool keeps is an error naming the limit.
+    sequence_state s = tf.new_sequence();
+    tf.forward(std::span<const std::int64_t>(ids.data(), 100), s, {});
+    s.truncate(90);
+    tf.forward(std::span<const std::int64_t>(ids.data() + 90, 5), s, {});
+    s.truncate(93);
+    std::vector<float> got(static_cast<std::size_t>(10 * V));
+    tf.forward(std::span<const std::int64_t>(ids.data() + 93, 10), s, tensor_view(got.data(), dtype::f32, {10, V}));
+    CHECK(std::memcmp(got.data(), straight.data() + 93 * V, got.size() * sizeof(float)) == 0);
+    check_error([&] { s.truncate(40); }, {"max_rollback = 32", "can go back to 71 at most"});
+  }
+
+  TEST_CASE("page layouts do not change a bit: pages of 2, 53 and 256 entries, sequences interleaved in one pool") {
+    const loaded m("fwd_pages", preset("tiny"));
+    const transformer tf(m.cfg, m.w);
+    const std::int64_t V = m.cfg.vocab_size, N = 150;
+    const auto a = tokens(N, V, 71), b = tokens(N, V, 72);
+    const auto la = logits(tf, a, {N}), lb = logits(tf, b, {N});
+    for (std::int64_t B : {2, 53, 256}) {
+      CAPTURE(B);
+      pool_options po;
+      po.page_tokens = B;
+      const auto pool = tf.make_pool(po);
+      sequence_state sa = tf.new_sequence(pool), sb = tf.new_sequence(pool);
+      std::vector<float> ga(static_cast<std::size_t>(N * V)), gb(ga.size());
+      // Interleaved chunks of 7 and 11: the two sequences' pages alternate in the pool (non-contiguous tables).
+      for (std::int64_t ta = 0, tb = 0; ta < N || tb < N;) {
+        std::vector<transformer::batch_entry> e;
+        const std::int64_t na = std::min<std::int64_t>(7, N - ta), nb = std::min<std::int64_t>(11, N - tb);
+        if (na > 0) e.push_back({std::span<const std::int64_t>(a.data() + ta, static_cast<std::size_t>(na)), &sa,
+                                 tensor_view(ga.data() + ta * V, dtype::f32, {na, V})});
+        if (nb > 0) e.push_back({std::span<const std::int64_t>(b.data() + tb, static_cast<std::size_t>(nb)), &sb,
+                                 tensor_view(gb.data() + tb * V, dtype::f32, {nb, V})});
+        tf.forward_batch(e);
+        ta += std::max<std::int64_t>(na, 0);
+        tb += std::max<std::int64_t>(nb, 0);
+      }
+      CHECK(same_bits(ga, la));
+      CHECK(same_bits(gb, lb));
+    }
+  }
+
+  TEST_CASE("a prompt of exactly 4 tokens (the first ratio-4 boundary), then decode; fp8_ds_mla pages stay close") {
+    const loaded m("fwd_four", preset("tiny"));
+    const transformer tf(m.cfg, m.w);
+    const std::int64_t V = m.cfg.vocab_size;
+    const auto ids = tokens(40, V, 81);
+    const auto full = logits(tf, ids, {40});
+    CHECK(same_bits(logits(tf, ids, {4, 1, 1, 1, 1, 32}), full));
+    CHECK(same_bits(logits(tf, ids, {1, 1, 1, 1, 36}), full));
+    pool_options po;
+    po.kv = cache::kv_format::fp8_ds_mla;
+    const transformer t8(m.cfg, m.w, {}, po);
+    const auto f8 = logits(t8, ids, {40});
+    CHECK(same_bits(logits(t8, ids, {4, 1, 35}), f8));
+    // The engines' layout rounds the rope dims of cached entries to BF16 (2^-9 relative): logits move by ~1e-3.
+    double num = 0, den = 0;
+    for (std::size_t i = 0; i < full.size(); ++i) {
+      num += (double(f8[i]) - full[i]) * (double(f8[i]) - full[i]);
+      den += double(full[i]) * full[i];
+    }
+    CHECK(std::sqrt(num / den) < 1e-2);
+    MESSAGE("fp8_ds_mla vs f32 pages, whole-model logits: relative L2 ", std::sqrt(num / den));
+  }
+
+  TEST_CASE("forward_batch: rows asked per entry, one pool per batch") {
+    const loaded m("fwd_batchrows", preset("tiny"));
+    const transformer tf(m.cfg, m.w);
+    const std::int64_t V = m.cfg.vocab_size;
+    const auto a = tokens(30, V, 91), b = tokens(20, V, 92);
+    const auto la = logits(tf, a, {30}), lb = logits(tf, b, {20});
+    sequence_state sa = tf.new_sequence(), sb = tf.new_sequence();
+    std::vector<float> ra(static_cast<std::size_t>(2 * V)), rb(static_cast<std::size_t>(V));
+    const std::int64_t rows_a[2] = {29, 3}, rows_b[1] = {19};
+    const transformer::batch_entry e[2] = {{a, &sa, tensor_view(ra.data(), dtype::f32, {2, V}), rows_a},
+                                           {b, &sb, tensor_view(rb.data(), dtype::f32, {1, V}), rows_b}};
+    tf.forward_batch(e);
+    CHECK(std::memcmp(ra.data(), la.data() + 29 * V, V * sizeof(float)) == 0);
+    CHECK(std::memcmp(ra.data() + V, la.data() + 3 * V, V * sizeof(float)) == 0);
+    CHECK(std::memcmp(rb.data(), lb.data() + 19 * V, V * sizeof(float)) == 0);
+    sequence_state other = tf.new_sequence(tf.make_pool());
+    const std::vector<std::int64_t> one = {1};
+    const transformer::batch_entry mixed[2] = {{one, &sa, {}, {}}, {one, &other, {}, {}}};
+    check_error([&] { tf.forward_batch(mixed); }, {"in another page pool"});
   }
 
   TEST_CASE("a checkpoint whose tensors are misaligned loads and gives bitwise the logits of the aligned one") {

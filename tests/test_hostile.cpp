@@ -134,15 +134,16 @@ TEST_SUITE("hostile") {
     check_error([&] { (void)run(e.path, v); }, {"layers.3.ffn.shared_experts.w2.scale", "0xFF"});
   }
 
-  TEST_CASE("buffers are sized by the run: the window ring holds min(window, capacity) rows; top-k the entries") {
+  TEST_CASE("buffers are sized by the run: window pages by the positions that exist; top-k by the entries") {
+    // A window of 2^20 positions in a sequence of capacity 3 maps one page of window entries, not 2^20 / B.
     model_config c = preset("tiny");
     c.window_size = 1 << 20;
     c.max_position_embeddings = 1 << 21;
-    const attention_cache a = make_attention_cache(c, 1, 3);
-    CHECK(a.ring_rows == 3);
-    CHECK(a.ring.size() == 3u * static_cast<std::size_t>(c.head_dim));
-    const attention_cache b = make_attention_cache(c, 1, 100, kv_storage::deployed);
-    CHECK(b.ring_packed.size() == 100u * static_cast<std::size_t>(b.entry_bytes));
+    page_pool pool(c);
+    const std::int64_t id = pool.add_sequence(3);
+    for (std::int64_t l = 0; l < c.n_layers; ++l) pool.prepare(id, l, 3);
+    CHECK(pool.table(id, 1, page_pool::region::window).size() == 1);
+    CHECK(pool.pages_in_use() <= 4 * 5);  // per layer at most: window, compressed, keys, two state pages
 
     // A window longer than the run, and an index_topk far above the entries that exist, give bitwise the logits of
     // a window as long as the run and a top-k equal to the most entries there can be (every entry is selected).

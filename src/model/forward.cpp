@@ -1,6 +1,7 @@
 // transformer: embed -> expand -> blocks (mHC, attention, MoE) -> hc_head -> norm -> head, for one sequence.
 #include "dsv4/model/forward.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -46,14 +47,48 @@ struct lap {
 
 }  // namespace
 
-std::int64_t sequence_state::cache_bytes() const {
-  std::int64_t n = 0;
-  for (const auto& c : caches) n += c.bytes();
-  return n;
+// ---- sequence_state ------------------------------------------------------------------------------------------
+
+sequence_state::sequence_state(std::shared_ptr<page_pool> pool, std::int64_t capacity)
+    : pool_(std::move(pool)), id_(pool_->add_sequence(capacity)) {}
+
+sequence_state::~sequence_state() {
+  if (pool_) pool_->remove_sequence(id_);
 }
 
-transformer::transformer(const model_config& cfg, const model_weights& w, const exec& ex, kv_storage storage)
-    : cfg_(cfg), w_(w), ex_(ex), storage_(storage) {
+sequence_state::sequence_state(sequence_state&& o) noexcept : pool_(std::move(o.pool_)), id_(o.id_) { o.id_ = -1; }
+
+sequence_state& sequence_state::operator=(sequence_state&& o) noexcept {
+  if (this != &o) {
+    if (pool_) pool_->remove_sequence(id_);
+    pool_ = std::move(o.pool_);
+    id_ = o.id_;
+    o.id_ = -1;
+  }
+  return *this;
+}
+
+std::int64_t sequence_state::pos() const {
+  DSV4_CHECK(pool_, kOp, "an empty sequence_state (make it with transformer::new_sequence)");
+  return pool_->pos(id_, 0);
+}
+
+std::int64_t sequence_state::capacity() const {
+  DSV4_CHECK(pool_, kOp, "an empty sequence_state (make it with transformer::new_sequence)");
+  return pool_->capacity(id_);
+}
+
+std::int64_t sequence_state::cache_bytes() const { return pool_ ? pool_->held_bytes(id_) : 0; }
+
+void sequence_state::truncate(std::int64_t n) {
+  DSV4_CHECK(pool_, kOp, "an empty sequence_state (make it with transformer::new_sequence)");
+  pool_->truncate(id_, n);
+}
+
+// ---- transformer -----------------------------------------------------------------------------------------------
+
+transformer::transformer(const model_config& cfg, const model_weights& w, const exec& ex, const pool_options& pool)
+    : cfg_(cfg), w_(w), ex_(ex), pool_(std::make_shared<page_pool>(cfg, pool)) {
   DSV4_CHECK(static_cast<std::int64_t>(w.layers.size()) == cfg.n_layers, kOp, "weights for ", w.layers.size(),
              " layers, the config has ", cfg.n_layers);
   attn_.reserve(w.layers.size());
@@ -66,35 +101,93 @@ transformer::transformer(const model_config& cfg, const model_weights& w, const 
   norm_ = detail::to_f32(w.norm);
 }
 
-sequence_state transformer::new_sequence(std::int64_t capacity) const {
-  sequence_state s;
-  for (std::size_t i = 0; i < attn_.size(); ++i) s.caches.push_back(attn_[i].new_cache(capacity, storage_));
-  return s;
+std::shared_ptr<page_pool> transformer::make_pool(const pool_options& opt) const {
+  return std::make_shared<page_pool>(cfg_, opt);
+}
+
+sequence_state transformer::new_sequence(std::int64_t capacity) const { return sequence_state(pool_, capacity); }
+
+sequence_state transformer::new_sequence(const std::shared_ptr<page_pool>& pool, std::int64_t capacity) const {
+  DSV4_CHECK(pool != nullptr, kOp, "no page pool");
+  const model_config& pc = pool->config();
+  DSV4_CHECK(pc.n_layers == cfg_.n_layers && pc.head_dim == cfg_.head_dim && pc.compress_ratios == cfg_.compress_ratios,
+             kOp, "the page pool was made for another model (", pc.name, ")");
+  return sequence_state(pool, capacity);
 }
 
 void transformer::forward_rows(std::span<const std::int64_t> tokens, sequence_state& seq,
                                std::span<const std::int64_t> rows, const tensor_view& logits, forward_trace* trace,
                                const std::function<void(std::int64_t)>& progress) const {
+  const batch_entry e{tokens, &seq, logits, rows};
+  forward_batch(std::span<const batch_entry>(&e, 1), trace, progress);
+}
+
+void transformer::forward_batch(std::span<const batch_entry> batch, forward_trace* trace,
+                                const std::function<void(std::int64_t)>& progress) const {
   const model_config& c = cfg_;
-  const std::int64_t T = static_cast<std::int64_t>(tokens.size()), D = c.dim, n = c.hc_mult, V = c.vocab_size;
-  DSV4_CHECK(T >= 1, kOp, "no tokens to process");
-  for (std::int64_t t = 0; t < T; ++t)
-    DSV4_CHECK(tokens[static_cast<std::size_t>(t)] >= 0 && tokens[static_cast<std::size_t>(t)] < V, kOp, "token id ",
-               tokens[static_cast<std::size_t>(t)], " at index ", t, " is outside the vocabulary [0, ", V, ")");
-  DSV4_CHECK(seq.caches.size() == attn_.size(), kOp, "the sequence state has ", seq.caches.size(),
-             " layer caches, the model ", attn_.size(), " layers (make it with new_sequence)");
-  const std::int64_t cap = seq.caches.empty() ? 0 : seq.caches[0].capacity;
-  const std::int64_t p0 = seq.pos();
-  DSV4_CHECK(p0 + T <= cap, kOp, "positions [", p0, ", ", p0 + T, ") run past the context capacity of ",
-             cap, " tokens");
-  const bool want_logits = logits.rank() != 0 || logits.data() != nullptr;
-  const std::int64_t R = rows.empty() ? T : static_cast<std::int64_t>(rows.size());
-  for (std::size_t i = 0; i < rows.size(); ++i)
-    DSV4_CHECK(rows[i] >= 0 && rows[i] < T, kOp, "logits row ", rows[i], " is outside the ", T, " tokens of this call");
-  if (want_logits)
-    DSV4_CHECK(logits.rank() == 2 && logits.dt() == dtype::f32 && logits.shape(0) == R && logits.shape(1) == V &&
-                   logits.is_contiguous(),
-               kOp, "logits is ", logits.describe(), ", expected contiguous f32[", R, ", ", V, "]");
+  const std::int64_t D = c.dim, n = c.hc_mult, V = c.vocab_size;
+  if (batch.empty()) return;
+  // Validation: every entry names a live sequence of one pool, once; tokens in the vocabulary; room in the sequence.
+  page_pool* pool = nullptr;
+  std::int64_t T = 0;
+  for (std::size_t i = 0; i < batch.size(); ++i) {
+    const batch_entry& e = batch[i];
+    DSV4_CHECK(e.seq != nullptr && e.seq->valid(), kOp, "batch entry ", i, " has no sequence state");
+    DSV4_CHECK(pool == nullptr || &e.seq->pool() == pool, kOp, "batch entry ", i, " is in another page pool than ",
+               "entry 0 (the sequences of one batch share a pool: transformer::new_sequence(pool, capacity))");
+    pool = &e.seq->pool();
+    for (std::size_t j = i + 1; j < batch.size(); ++j)
+      DSV4_CHECK(batch[j].seq != e.seq && (batch[j].seq == nullptr || batch[j].seq->id() != e.seq->id() ||
+                                           &batch[j].seq->pool() != pool),
+                 kOp, "batch entries ", i, " and ", j, " share a sequence state (one entry per sequence)");
+    const std::int64_t Ti = static_cast<std::int64_t>(e.tokens.size());
+    DSV4_CHECK(Ti >= 1, kOp, batch.size() > 1 ? "batch entry " + std::to_string(i) + ": " : std::string(),
+               "no tokens to process");
+    for (std::int64_t t = 0; t < Ti; ++t)
+      DSV4_CHECK(e.tokens[static_cast<std::size_t>(t)] >= 0 && e.tokens[static_cast<std::size_t>(t)] < V, kOp,
+                 "token id ", e.tokens[static_cast<std::size_t>(t)], " at index ", t, " is outside the vocabulary [0, ",
+                 V, ")");
+    const std::int64_t p0 = e.seq->pos(), cap = e.seq->capacity();
+    DSV4_CHECK(p0 + Ti <= cap, kOp, "positions [", p0, ", ", p0 + Ti, ") run past the context capacity of ", cap,
+               " tokens");
+    const bool want = e.logits.rank() != 0 || e.logits.data() != nullptr;
+    const std::int64_t R = e.rows.empty() ? Ti : static_cast<std::int64_t>(e.rows.size());
+    for (std::size_t k = 0; k < e.rows.size(); ++k)
+      DSV4_CHECK(e.rows[k] >= 0 && e.rows[k] < Ti, kOp, "logits row ", e.rows[k], " is outside the ", Ti,
+                 " tokens of this call");
+    if (want)
+      DSV4_CHECK(e.logits.rank() == 2 && e.logits.dt() == dtype::f32 && e.logits.shape(0) == R &&
+                     e.logits.shape(1) == V && e.logits.is_contiguous(),
+                 kOp, "logits is ", e.logits.describe(), ", expected contiguous f32[", R, ", ", V, "]");
+    T += Ti;
+  }
+  DSV4_CHECK(&pool->config() == &pool->config() && pool->config().n_layers == c.n_layers, kOp,
+             "the page pool was made for another model");
+
+  // The flattened rows: entry after entry, each sequence's tokens at its next positions.
+  row_batch rb;
+  rb.pool = pool;
+  buffer ids(dtype::i64, {T});
+  std::vector<std::int64_t> head_rows;  // flattened rows whose logits are wanted, entry by entry
+  {
+    std::int64_t at = 0;
+    for (const batch_entry& e : batch) {
+      const std::int64_t Ti = static_cast<std::int64_t>(e.tokens.size()), p0 = e.seq->pos();
+      for (std::int64_t t = 0; t < Ti; ++t) {
+        static_cast<std::int64_t*>(ids.data())[at + t] = e.tokens[static_cast<std::size_t>(t)];
+        rb.seq.push_back(e.seq->id());
+        rb.pos.push_back(p0 + t);
+      }
+      if (e.logits.rank() != 0 || e.logits.data() != nullptr) {
+        if (e.rows.empty())
+          for (std::int64_t t = 0; t < Ti; ++t) head_rows.push_back(at + t);
+        else
+          for (std::int64_t r : e.rows) head_rows.push_back(at + r);
+      }
+      at += Ti;
+    }
+  }
+  const auto* tok = static_cast<const std::int64_t*>(ids.data());
   if (trace) *trace = forward_trace{std::vector<layer_trace>(attn_.size()), 0, 0};
   lap clock;
   double sink = 0;  // laps nobody asked for
@@ -102,7 +195,7 @@ void transformer::forward_rows(std::span<const std::int64_t> tokens, sequence_st
   // Embedding (a row gather, exact) and the initial expansion into n identical streams.
   buffer h(dtype::f32, {T, D}), x(dtype::f32, {T, n, D});
   for (std::int64_t t = 0; t < T; ++t) {
-    const std::int64_t id = tokens[static_cast<std::size_t>(t)];
+    const std::int64_t id = tok[t];
     if (w_.embed.dt() == dtype::bf16) {
       const auto* row = static_cast<const bf16*>(w_.embed.data()) + id * D;
       for (std::int64_t i = 0; i < D; ++i) f(h)[t * D + i] = row[i].to_float();
@@ -119,8 +212,7 @@ void transformer::forward_rows(std::span<const std::int64_t> tokens, sequence_st
   const ops::route_config rc{c.score, static_cast<int>(c.n_activated_experts), static_cast<float>(c.route_scale)};
   const std::int64_t k = c.n_activated_experts, E = c.n_routed_experts;
   buffer y(dtype::f32, {T, D}), fo(dtype::f32, {T, D}), post(dtype::f32, {T, n}), comb(dtype::f32, {T, n, n});
-  buffer gl(dtype::f32, {T, E}), rw(dtype::f32, {T, k}), ri(dtype::i32, {T, k}), ids(dtype::i64, {T});
-  std::memcpy(ids.data(), tokens.data(), sizeof(std::int64_t) * static_cast<std::size_t>(T));
+  buffer gl(dtype::f32, {T, E}), rw(dtype::f32, {T, k}), ri(dtype::i32, {T, k});
 
   for (std::size_t l = 0; l < attn_.size(); ++l) {
     const block_weights& b = w_.layers[l];
@@ -132,7 +224,7 @@ void transformer::forward_rows(std::span<const std::int64_t> tokens, sequence_st
     rms_norm_rows(f(y), T, D, attn_norm_[l], c.norm_eps);
     tt.mhc_s += clock();
     try {
-      attn_[l].forward(y, seq.caches[l], fo, lt ? &lt->attn : nullptr);
+      attn_[l].forward(y, rb, fo, lt ? &lt->attn : nullptr);
     } catch (const error& e) {  // say where: an op deep inside a layer only knows its own tensors
       DSV4_FAIL(kOp, "layer ", l, " attention: ", e.what());
     }
@@ -156,6 +248,9 @@ void transformer::forward_rows(std::span<const std::int64_t> tokens, sequence_st
     ops::hc_post(fo, x, post, comb, x, ex_);
     tt.mhc_s += clock();
     if (lt) {
+      std::vector<char> used(static_cast<std::size_t>(E), 0);
+      for (std::int64_t i = 0; i < T * k; ++i) used[static_cast<std::size_t>(static_cast<const std::int32_t*>(ri.data())[i])] = 1;
+      lt->distinct_experts = std::count(used.begin(), used.end(), 1);
       lt->hash_routed = hashed;
       const auto* e = static_cast<const std::int32_t*>(ri.data()) + (T - 1) * k;
       const auto* wt = f(rw) + (T - 1) * k;
@@ -163,42 +258,43 @@ void transformer::forward_rows(std::span<const std::int64_t> tokens, sequence_st
       lt->last_weights.assign(wt, wt + k);
     }
     if (const std::int64_t bad = first_non_finite(f(x), T * n * D); bad >= 0)
-      DSV4_FAIL(kOp, "layer ", l, " produced a non-finite activation (position ", p0 + bad / (n * D),
-                "): the weights of layers.", l, " overflow fp32 for this input");
+      DSV4_FAIL(kOp, "layer ", l, " produced a non-finite activation (position ",
+                rb.pos[static_cast<std::size_t>(bad / (n * D))], "): the weights of layers.", l,
+                " overflow fp32 for this input");
     if (progress) progress(static_cast<std::int64_t>(l));
   }
-  if (!want_logits) return;
+  if (head_rows.empty()) return;
 
-  // Head: collapse the streams, final norm, fp32 logits (only the rows asked for).
-  buffer xs = rows.empty() ? buffer() : buffer(dtype::f32, {R, n, D});
-  if (!rows.empty())
-    for (std::int64_t i = 0; i < R; ++i)
-      std::memcpy(f(xs) + i * n * D, f(x) + rows[static_cast<std::size_t>(i)] * n * D, sizeof(float) * n * D);
-  const buffer& xh = rows.empty() ? x : xs;
-  buffer yh(dtype::f32, {R, D});
-  ops::hc_head(xh, w_.hc_head.fn, w_.hc_head.scale, w_.hc_head.base, yh, mc, ex_);
-  rms_norm_rows(f(yh), R, D, norm_, c.norm_eps);
-  const std::int64_t bad_h = first_non_finite(f(yh), R * D);
+  // Head: collapse the streams, final norm, fp32 logits, for the rows asked for (all entries at once).
+  const std::int64_t Rh = static_cast<std::int64_t>(head_rows.size());
+  buffer xs(dtype::f32, {Rh, n, D});
+  for (std::int64_t i = 0; i < Rh; ++i)
+    std::memcpy(f(xs) + i * n * D, f(x) + head_rows[static_cast<std::size_t>(i)] * n * D, sizeof(float) * n * D);
+  buffer yh(dtype::f32, {Rh, D});
+  ops::hc_head(xs, w_.hc_head.fn, w_.hc_head.scale, w_.hc_head.base, yh, mc, ex_);
+  rms_norm_rows(f(yh), Rh, D, norm_, c.norm_eps);
+  const std::int64_t bad_h = first_non_finite(f(yh), Rh * D);
   DSV4_CHECK(bad_h < 0, kOp, "the final norm produced a non-finite value (row ", bad_h / std::max<std::int64_t>(D, 1),
              "): hc_head_fn / hc_head_base / hc_head_scale or norm.weight overflow fp32 for this input");
-  ops::linear(yh, ops::qweight{w_.head, {}, "head"}, logits, ex_);
-  const auto* lg = static_cast<const float*>(logits.data());
-  if (const std::int64_t bad = first_non_finite(lg, R * V); bad >= 0)
+  // One head GEMM for every entry when they want logits together; a single entry writes straight into its view.
+  const bool direct = batch.size() == 1;
+  buffer all = direct ? buffer() : buffer(dtype::f32, {Rh, V});
+  const tensor_view& out = direct ? batch[0].logits : all.view();
+  ops::linear(yh, ops::qweight{w_.head, {}, "head"}, out, ex_);
+  const auto* lg = static_cast<const float*>(out.data());
+  if (const std::int64_t bad = first_non_finite(lg, Rh * V); bad >= 0)
     DSV4_FAIL(kOp, "logit ", bad % V, " of row ", bad / V, " is not finite: head.weight row ", bad % V,
               " holds a value that overflows fp32 for this input");
+  if (!direct) {
+    std::int64_t at = 0;
+    for (const batch_entry& e : batch) {
+      if (e.logits.rank() == 0 && e.logits.data() == nullptr) continue;
+      const std::int64_t R = e.logits.shape(0);
+      std::memcpy(e.logits.data(), lg + at * V, sizeof(float) * static_cast<std::size_t>(R * V));
+      at += R;
+    }
+  }
   (trace ? trace->head_s : sink) += clock();
-}
-
-void transformer::forward_batch(std::span<const batch_entry> batch) const {
-  for (std::size_t i = 0; i < batch.size(); ++i)
-    DSV4_CHECK(batch[i].seq != nullptr, kOp, "batch entry ", i, " has no sequence state");
-  for (std::size_t i = 0; i < batch.size(); ++i)
-    for (std::size_t j = i + 1; j < batch.size(); ++j)
-      DSV4_CHECK(batch[i].seq != batch[j].seq, kOp, "batch entries ", i, " and ", j,
-                 " share a sequence state (one entry per sequence)");
-  // One sequence after the other: each call already spreads its work over the cores, and the caches of different
-  // sequences are independent, so the order does not change any result.
-  for (const batch_entry& e : batch) forward(e.tokens, *e.seq, e.logits);
 }
 
 }  // namespace dsv4::model

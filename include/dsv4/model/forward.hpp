@@ -5,31 +5,56 @@
 //            -> hc_pre(ffn) -> ffn_norm -> MoE (hash-routed by tid2eid below num_hash_layers, else score-routed with
 //            the gate bias for selection) -> hc_post
 // forward() takes T new tokens of one sequence (any T: a prompt, a chunk of one, a decode step) and returns the logits
-// of every one of them. Every op it calls is batch-independent on the CPU backend and the attention layers keep
-// exact per-sequence state, so logits do not depend on how a sequence is split into calls (tests/test_forward.cpp).
-// Several sequences: one sequence_state each; forward_batch runs a batch of independent sequences with different
-// lengths (each with its own tokens, state and logits). The MTP block is not run (the reference's generate.py does
-// not use it either).
+// of every one of them. forward_batch() takes the new tokens of several sequences at once (prefill chunks and decode
+// steps mixed): every row-wise op (projections, mHC, norms, gate, experts, compressor projections, head) runs once
+// over all their rows, so each weight is read once per step, and attention runs per row against that row's sequence
+// pages. Every op is batch-independent on the CPU backend and the caches hold exact per-position state, so a
+// sequence's logits do not depend on how it is split into calls, on what else is in the batch, on the thread count
+// or on rollbacks (tests/test_forward.cpp). Sequences live in a page_pool (dsv4/model/pool.hpp); the MTP block is
+// not run (the reference's generate.py does not use it either).
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <vector>
 
 #include "dsv4/exec.hpp"
 #include "dsv4/model/attention.hpp"
 #include "dsv4/model/config.hpp"
+#include "dsv4/model/pool.hpp"
 #include "dsv4/model/weights.hpp"
 #include "dsv4/tensor.hpp"
 
 namespace dsv4::model {
 
-// One sequence: one attention cache per layer; its position is theirs (every layer sees every token).
-struct sequence_state {
-  std::vector<attention_cache> caches;
-  std::int64_t pos() const { return caches.empty() ? 0 : caches.front().pos; }
+// One sequence in a page pool (a handle: moving it is cheap; destroying it hands its pages back).
+class sequence_state {
+ public:
+  sequence_state() = default;
+  sequence_state(std::shared_ptr<page_pool> pool, std::int64_t capacity);
+  ~sequence_state();
+  sequence_state(sequence_state&& o) noexcept;
+  sequence_state& operator=(sequence_state&& o) noexcept;
+  sequence_state(const sequence_state&) = delete;
+  sequence_state& operator=(const sequence_state&) = delete;
+
+  bool valid() const { return pool_ != nullptr; }
+  std::int64_t pos() const;        // tokens processed
+  std::int64_t capacity() const;
+  // Bytes this sequence holds, in the calculator's terms (window entries, compressed entries, indexer keys, state).
   std::int64_t cache_bytes() const;
+  // Rollback for speculative decoding: back to position n; continuing gives bitwise what a sequence that never saw
+  // the rejected tokens gives. n >= pos() − max_rollback of the pool (see page_pool::truncate).
+  void truncate(std::int64_t n);
+
+  page_pool& pool() const { return *pool_; }
+  std::int64_t id() const { return id_; }
+
+ private:
+  std::shared_ptr<page_pool> pool_;
+  std::int64_t id_ = -1;
 };
 
 // What one forward call did, per layer (for the teaching example and tests).
@@ -38,6 +63,7 @@ struct layer_trace {
   std::vector<std::int32_t> last_experts;  // routed experts of the last token, in routing order
   std::vector<float> last_weights;         // their routing weights
   bool hash_routed = false;
+  std::int64_t distinct_experts = 0;       // routed experts used by any row of the call (weights read once each)
   double attn_s = 0, moe_s = 0, mhc_s = 0;  // wall time of the attention, the MoE (gate, routing, experts) and mHC + norms
 };
 
@@ -48,13 +74,17 @@ struct forward_trace {
 
 class transformer {
  public:
-  // The weights (and the checkpoint they view) must outlive the transformer.
-  transformer(const model_config& cfg, const model_weights& w, const exec& ex = {},
-              kv_storage storage = kv_storage::fp32);
+  // The weights (and the checkpoint they view) must outlive the transformer. `pool` sets the page layout of the
+  // transformer's own pool (what new_sequence(capacity) uses).
+  transformer(const model_config& cfg, const model_weights& w, const exec& ex = {}, const pool_options& pool = {});
 
   const model_config& config() const { return cfg_; }
-  // A new sequence accepting `capacity` positions (0: max_position_embeddings).
+  // A new sequence accepting `capacity` positions (0: max_position_embeddings), in the transformer's own pool or in
+  // a pool the caller shares between sequences (one pool per batch).
   sequence_state new_sequence(std::int64_t capacity = 0) const;
+  sequence_state new_sequence(const std::shared_ptr<page_pool>& pool, std::int64_t capacity = 0) const;
+  std::shared_ptr<page_pool> make_pool(const pool_options& opt = {}) const;
+  const std::shared_ptr<page_pool>& pool() const { return pool_; }
 
   // tokens [T] (ids in [0, vocab)) at positions seq.pos() .. -> logits [T, vocab] f32 (an empty view: not needed).
   // progress(layer) is called after each layer. Errors: empty input, ids out of range, positions past the capacity.
@@ -68,20 +98,22 @@ class transformer {
                     const tensor_view& logits, forward_trace* trace = nullptr,
                     const std::function<void(std::int64_t)>& progress = {}) const;
 
-  // A batch of independent sequences, e.g. one prefill chunk of one and decode steps of others. Each entry's
-  // result is exactly what forward() gives for it alone (the sequences share nothing but the weights).
+  // One step for several sequences of one pool (e.g. one prefill chunk of one and decode steps of others), run as
+  // one batch: each entry's logits are exactly what forward_rows() gives for it alone.
   struct batch_entry {
     std::span<const std::int64_t> tokens;
     sequence_state* seq = nullptr;
-    tensor_view logits;  // [tokens, vocab], or empty
+    tensor_view logits;                  // [tokens or rows, vocab], or empty
+    std::span<const std::int64_t> rows;  // logits for these token indices only (empty: every token)
   };
-  void forward_batch(std::span<const batch_entry> batch) const;
+  void forward_batch(std::span<const batch_entry> batch, forward_trace* trace = nullptr,
+                     const std::function<void(std::int64_t)>& progress = {}) const;
 
  private:
   model_config cfg_;
   const model_weights& w_;
   exec ex_;
-  kv_storage storage_;
+  std::shared_ptr<page_pool> pool_;
   std::vector<attention_layer> attn_;
   std::vector<ops::qweight> gate_;  // the router weights, named for messages
   std::vector<float> norm_;

@@ -38,7 +38,7 @@ struct compressor_params {
   int ratio = 4;                 // 4 (overlapped: coff = 2) or 128
   std::int64_t c = 0;            // entry width: head_dim (main) or index_head_dim (indexer)
   std::int64_t rope_dim = 0;     // RoPE on the last rope_dim channels of the entry
-  float norm_eps = 1e-6f;
+  double norm_eps = 1e-6;
   bool indexer = false;          // false: FP8 round trip of dims [0, c − rope_dim) (block 64) into KV pages;
                                  // true: Hadamard over c + FP4 round trip (block 32) into key pages
   int coff() const { return ratio == 4 ? 2 : 1; }
