@@ -136,6 +136,16 @@ expect 1 "cannot write --logits" -- "$D" run --model "$W/base" --prompt 1 --logi
 mkfifo "$W/logits.fifo"
 expect 1 "cannot write --logits" -- "$D" run --model "$W/base" --prompt 1 --logits "$W/logits.fifo"
 
+# The --batch file: special files, control characters, a missing '|' side.
+mkfifo "$W/batch.fifo"
+expect 1 "a FIFO" -- "$D" run --model "$W/base" --batch "$W/batch.fifo"
+printf '1,2\n3,\033[31m\n' >"$W/batch.esc"
+expect 1 '"\x1b[31m" is not a token id' -- "$D" run --model "$W/base" --batch "$W/batch.esc"
+if grep -q $'\x1b' "$W/err"; then fails=$((fails + 1)); echo "FAIL: raw ESC byte in the message" >&2; fi
+printf '1,2|\n' >"$W/batch.empty"
+expect 1 "line 1: --decode is empty" -- "$D" run --model "$W/base" --batch "$W/batch.empty"
+expect 1 "give --prompt IDS (one sequence) or --batch FILE" -- "$D" run --model "$W/base" --batch "$W/batch.empty" --prompt 1
+
 # ---- report --plot: no shell sees the directory; write failures are reported ------------------------------------
 PLOT="$W/plot dir'; touch $W/pwned; echo '"
 expect 0 "report.dat" -- "$D" report --plot "$PLOT"

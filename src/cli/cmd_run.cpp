@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <numeric>
 #include <string>
@@ -19,6 +20,7 @@
 
 #include "args.hpp"
 #include "dsv4/buffer.hpp"
+#include "dsv4/io/file.hpp"
 #include "dsv4/io/safetensors.hpp"
 #include "dsv4/model/config.hpp"
 #include "dsv4/model/forward.hpp"
@@ -28,8 +30,9 @@ namespace dsv4::cli {
 
 namespace {
 
-std::vector<std::int64_t> parse_ids(const std::string& opt, const std::string& s) {
-  DSV4_CHECK(!s.empty(), "run", "--", opt, " is empty (expected comma-separated token ids, e.g. 5,17,301)");
+// Comma-separated token ids; `where` prefixes messages (a batch file's line).
+std::vector<std::int64_t> parse_ids(const std::string& opt, const std::string& s, const std::string& where = "") {
+  DSV4_CHECK(!s.empty(), "run", where, "--", opt, " is empty (expected comma-separated token ids, e.g. 5,17,301)");
   std::vector<std::int64_t> out;
   std::size_t i = 0;
   while (i <= s.size()) {
@@ -42,7 +45,7 @@ std::vector<std::int64_t> parse_ids(const std::string& opt, const std::string& s
     } catch (const std::exception&) {
       used = 0;
     }
-    DSV4_CHECK(!tok.empty() && used == tok.size(), "run", "--", opt, ": \"", detail::printable(tok, 40),
+    DSV4_CHECK(!tok.empty() && used == tok.size(), "run", where, "--", opt, ": \"", detail::printable(tok, 40),
                "\" is not a token id (expected comma-separated integers, e.g. 5,17,301)");
     out.push_back(v);
     i = j + 1;
@@ -126,25 +129,89 @@ bool ranks_before(const float* l, std::int64_t x, std::int64_t y) {
 }  // namespace
 
 const char* const kRunUsage =
-    "usage: dsv4 run --model DIR --prompt IDS [--decode IDS] [--chunk N] [--backend ref|cpu] [--threads N]\n"
-    "                [--logits OUT.npy] [--top K]\n"
+    "usage: dsv4 run --model DIR --prompt IDS [--decode IDS] [--logits OUT.npy]\n"
+    "       dsv4 run --model DIR --batch FILE [--logits-dir DIR]\n"
+    "                [--chunk N] [--backend ref|cpu] [--threads N] [--kv f32|fp8_ds_mla] [--top K]\n"
     "  Loads DIR (HF config.json + safetensors), prefills the prompt (at once, or in chunks of N tokens), feeds\n"
     "  each --decode token as one step (teacher forcing), and prints the top K next tokens after the last one.\n"
     "  --prompt, --decode  comma-separated token ids in [0, vocab), e.g. 5,17,301\n"
+    "  --batch FILE        one sequence per line, PROMPT_IDS or PROMPT_IDS|DECODE_IDS; all sequences advance\n"
+    "                      together, each step one batched forward call holding the next prefill chunk or decode\n"
+    "                      token of every unfinished sequence (every weight is read once per step)\n"
+    "  --logits-dir DIR    with --batch: DIR/seq<i>.npy per sequence (i from 0, in file order), the same contents\n"
+    "                      as `dsv4 run --logits` on that sequence alone\n"
     "  --chunk N           prefill chunk size, N >= 1 (default: the whole prompt in one call)\n"
     "  --backend           cpu (default) or ref (the scalar reference)\n"
     "  --threads N         CPU worker threads in [0, 1024] (0, the default: all cores)\n"
+    "  --kv FORMAT         KV page format: f32 (default; exact under the fp32 policy) or fp8_ds_mla (FlashMLA's\n"
+    "                      584-byte layout: FP8 nope dims, BF16 rope dims, UE8M0 scales)\n"
     "  --logits OUT.npy    float32 [n_prompt + n_decode, vocab] logits of every position, streamed as computed\n"
-    "  --top K             K >= 1 most likely next tokens after the last position\n";
+    "  --top K             K >= 1 most likely next tokens after the last position (of each sequence)\n";
+
+namespace {
+
+// One sequence of the run: its tokens, where it is, where its logits go.
+struct job {
+  std::vector<std::int64_t> prompt, decode;
+  std::string out_path;
+  std::unique_ptr<npy_writer> out;
+  model::sequence_state seq;
+  std::int64_t done = 0;
+  std::vector<float> step_logits, last;
+  std::int64_t total() const { return static_cast<std::int64_t>(prompt.size() + decode.size()); }
+  std::int64_t token(std::int64_t i) const {
+    const std::int64_t np = static_cast<std::int64_t>(prompt.size());
+    return i < np ? prompt[static_cast<std::size_t>(i)] : decode[static_cast<std::size_t>(i - np)];
+  }
+};
+
+// The --batch file: one sequence per line, PROMPT_IDS or PROMPT_IDS|DECODE_IDS; a final newline is allowed.
+std::vector<job> read_batch(const std::string& path) {
+  const std::string text = io::read_text_file(path, 64u << 20, "run");
+  std::vector<job> jobs;
+  std::size_t at = 0;
+  for (std::int64_t line = 1; at < text.size(); ++line) {
+    const std::size_t end = std::min(text.find('\n', at), text.size());
+    std::string l = text.substr(at, end - at);
+    if (!l.empty() && l.back() == '\r') l.pop_back();
+    const std::string where = detail::printable(path, 200) + " line " + std::to_string(line);
+    DSV4_CHECK(!l.empty(), "run", where, " is empty (expected PROMPT_IDS or PROMPT_IDS|DECODE_IDS)");
+    const std::size_t bar = l.find('|');
+    DSV4_CHECK(bar == std::string::npos || l.find('|', bar + 1) == std::string::npos, "run", where,
+               " has more than one '|' (expected PROMPT_IDS or PROMPT_IDS|DECODE_IDS)");
+    job j;
+    j.prompt = parse_ids("prompt", l.substr(0, bar), where + ": ");
+    if (bar != std::string::npos) j.decode = parse_ids("decode", l.substr(bar + 1), where + ": ");
+    jobs.push_back(std::move(j));
+    at = end + 1;
+  }
+  DSV4_CHECK(!jobs.empty(), "run", detail::printable(path, 200), " holds no sequence");
+  return jobs;
+}
+
+}  // namespace
 
 int cmd_run(int argc, char** argv) {
-  const args a(argc, argv, 2, "run", {"model", "prompt", "decode", "chunk", "backend", "threads", "logits", "top"},
+  const args a(argc, argv, 2, "run",
+               {"model", "prompt", "decode", "chunk", "backend", "threads", "logits", "top", "batch", "logits-dir",
+                "kv"},
                {}, kRunUsage);
   if (a.help()) return a.print_usage();
   const std::string dir = a.str("model");
-  const std::vector<std::int64_t> prompt = parse_ids("prompt", a.str("prompt"));
-  const std::vector<std::int64_t> decode = a.has("decode") ? parse_ids("decode", a.str("decode"))
-                                                           : std::vector<std::int64_t>{};
+  const bool batch = a.has("batch");
+  DSV4_CHECK(batch != a.has("prompt"), "run", "give --prompt IDS (one sequence) or --batch FILE (several)");
+  DSV4_CHECK(!batch || (!a.has("decode") && !a.has("logits")), "run",
+             "--decode and --logits are for one sequence; with --batch, decode ids go after '|' on each line and "
+             "logits into --logits-dir");
+  DSV4_CHECK(batch || !a.has("logits-dir"), "run", "--logits-dir goes with --batch (one sequence: --logits FILE)");
+  std::vector<job> jobs;
+  if (batch) {
+    jobs = read_batch(a.str("batch"));
+  } else {
+    jobs.emplace_back();
+    jobs[0].prompt = parse_ids("prompt", a.str("prompt"));
+    if (a.has("decode")) jobs[0].decode = parse_ids("decode", a.str("decode"));
+  }
   const std::int64_t chunk = a.integer("chunk", 0, 1, model::limits::positions);
   const std::string be = a.str("backend", "cpu");
   DSV4_CHECK(be == "cpu" || be == "ref", "run", "--backend ", detail::printable(be, 40), " (expected ref or cpu)");
@@ -152,75 +219,107 @@ int cmd_run(int argc, char** argv) {
   ex.prefer = be == "ref" ? backend::ref : backend::cpu;
   ex.threads = static_cast<int>(a.integer("threads", 0, 0, kMaxThreads));
   const std::int64_t top = a.integer("top", 0, 1, model::limits::vocab);
+  model::pool_options po;
+  const std::string kv = a.str("kv", "f32");
+  DSV4_CHECK(kv == "f32" || kv == "fp8_ds_mla", "run", "--kv ", detail::printable(kv, 40),
+             " (expected f32 or fp8_ds_mla)");
+  po.kv = kv == "f32" ? cache::kv_format::f32 : cache::kv_format::fp8_ds_mla;
 
   const model::model_config cfg = model::load_config(dir);
-  for (const auto* list : {&prompt, &decode})
-    for (std::size_t i = 0; i < list->size(); ++i)
-      DSV4_CHECK((*list)[i] >= 0 && (*list)[i] < cfg.vocab_size, "run", list == &prompt ? "--prompt" : "--decode",
-                 " token ", (*list)[i], " at index ", i, " is outside the vocabulary [0, ", cfg.vocab_size, ")");
-  const std::int64_t total = static_cast<std::int64_t>(prompt.size() + decode.size());
-  DSV4_CHECK(total <= cfg.max_position_embeddings, "run", total, " tokens exceed the model's context of ",
-             cfg.max_position_embeddings, " positions");
   const std::int64_t V = cfg.vocab_size;
-  std::unique_ptr<npy_writer> out;
-  if (a.has("logits")) out = std::make_unique<npy_writer>(a.str("logits"), total, V);
+  for (std::size_t i = 0; i < jobs.size(); ++i) {
+    const std::string who = batch ? "sequence " + std::to_string(i) + " (line " + std::to_string(i + 1) + "): " : "";
+    for (const auto* list : {&jobs[i].prompt, &jobs[i].decode})
+      for (std::size_t k = 0; k < list->size(); ++k)
+        DSV4_CHECK((*list)[k] >= 0 && (*list)[k] < V, "run", who, list == &jobs[i].prompt ? "--prompt" : "--decode",
+                   " token ", (*list)[k], " at index ", k, " is outside the vocabulary [0, ", V, ")");
+    DSV4_CHECK(jobs[i].total() <= cfg.max_position_embeddings, "run", who, jobs[i].total(),
+               " tokens exceed the model's context of ", cfg.max_position_embeddings, " positions");
+  }
+  // Outputs are opened before the model is read, so an unwritable path fails at once.
+  if (batch && a.has("logits-dir")) {
+    std::error_code ec;
+    std::filesystem::create_directories(a.str("logits-dir"), ec);
+    for (std::size_t i = 0; i < jobs.size(); ++i)
+      jobs[i].out_path = (std::filesystem::path(a.str("logits-dir")) / ("seq" + std::to_string(i) + ".npy")).string();
+  }
+  if (!batch && a.has("logits")) jobs[0].out_path = a.str("logits");
+  std::int64_t total = 0;
+  for (job& j : jobs) {
+    if (!j.out_path.empty()) j.out = std::make_unique<npy_writer>(j.out_path, j.total(), V);
+    total += j.total();
+  }
 
   const io::checkpoint ck = io::checkpoint::open(dir);
   const model::model_weights w = model::bind_weights(ck, cfg);
-  const model::transformer tf(cfg, w, ex);
-  model::sequence_state seq = tf.new_sequence(total);
+  const model::transformer tf(cfg, w, ex, po);
+  for (job& j : jobs) {
+    j.seq = tf.new_sequence(j.total());
+    j.last.assign(static_cast<std::size_t>(V), 0.f);
+  }
 
-  // Logits held at any time: one step's rows when --logits streams them, else only the last position's row (for
-  // --top), so memory does not grow with tokens x vocab.
-  std::vector<float> step_logits, last(static_cast<std::size_t>(V));
+  // Steps: every unfinished sequence contributes its next prefill chunk or decode token to one batched call. Logits
+  // held at any time: one step's rows of a sequence whose logits are streamed, else only the last position's row of
+  // a finishing sequence (for --top); memory does not grow with tokens x vocab.
   const auto t0 = std::chrono::steady_clock::now();
   auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
-  std::int64_t done = 0;
+  std::int64_t done = 0, steps = 0;
   double last_report = 0;
-  auto step = [&](const std::int64_t* ids, std::int64_t n) {
-    const bool final_step = done + n == total;
-    const std::span<const std::int64_t> toks(ids, static_cast<std::size_t>(n));
-    auto progress = [&](std::int64_t layer) {
+  for (;;) {
+    std::vector<model::transformer::batch_entry> entries;
+    std::vector<job*> in_step;
+    std::vector<std::int64_t> counts;
+    for (job& j : jobs) {
+      const std::int64_t np = static_cast<std::int64_t>(j.prompt.size());
+      if (j.done >= j.total()) continue;
+      const std::int64_t n = j.done < np ? (chunk > 0 ? std::min(chunk, np - j.done) : np - j.done) : 1;
+      in_step.push_back(&j);
+      counts.push_back(n);
+    }
+    if (in_step.empty()) break;
+    std::vector<std::vector<std::int64_t>> toks(in_step.size());
+    std::vector<std::int64_t> last_rows(in_step.size());
+    for (std::size_t i = 0; i < in_step.size(); ++i) {
+      job& j = *in_step[i];
+      const std::int64_t n = counts[i];
+      for (std::int64_t t = 0; t < n; ++t) toks[i].push_back(j.token(j.done + t));
+      model::transformer::batch_entry e{toks[i], &j.seq, {}, {}};
+      const bool final_step = j.done + n == j.total();
+      if (j.out) {
+        j.step_logits.resize(static_cast<std::size_t>(n * V));
+        e.logits = tensor_view(j.step_logits.data(), dtype::f32, {n, V});
+      } else if (final_step && top > 0) {
+        last_rows[i] = n - 1;
+        e.rows = std::span<const std::int64_t>(&last_rows[i], 1);
+        e.logits = tensor_view(j.last.data(), dtype::f32, {1, V});
+      }
+      entries.push_back(e);
+    }
+    tf.forward_batch(entries, nullptr, [&](std::int64_t layer) {
       if (elapsed() > 1.0 && elapsed() - last_report > 0.5) {
         last_report = elapsed();
-        std::fprintf(stderr, "\r[dsv4 run] tokens %lld/%lld, layer %lld/%lld, %.1f tokens/s   ", (long long)done,
-                     (long long)total, (long long)layer + 1, (long long)cfg.n_layers, double(done) / elapsed());
+        std::fprintf(stderr, "\r[dsv4 run] tokens %lld/%lld, step %lld, layer %lld/%lld, %.1f tokens/s   ",
+                     (long long)done, (long long)total, (long long)steps + 1, (long long)layer + 1,
+                     (long long)cfg.n_layers, double(done) / elapsed());
       }
-    };
-    if (out) {
-      step_logits.resize(static_cast<std::size_t>(n * V));
-      tf.forward(toks, seq, tensor_view(step_logits.data(), dtype::f32, {n, V}), nullptr, progress);
-      out->rows(step_logits.data(), n);
-      if (final_step) std::copy(step_logits.end() - V, step_logits.end(), last.begin());
-    } else if (final_step && top > 0) {
-      const std::int64_t row = n - 1;
-      tf.forward_rows(toks, seq, std::span<const std::int64_t>(&row, 1), tensor_view(last.data(), dtype::f32, {1, V}),
-                      nullptr, progress);
-    } else {
-      tf.forward(toks, seq, tensor_view(), nullptr, progress);
+    });
+    for (std::size_t i = 0; i < in_step.size(); ++i) {
+      job& j = *in_step[i];
+      const std::int64_t n = counts[i];
+      if (j.out) {
+        j.out->rows(j.step_logits.data(), n);
+        if (j.done + n == j.total()) std::copy(j.step_logits.end() - V, j.step_logits.end(), j.last.begin());
+      }
+      j.done += n;
+      done += n;
     }
-    done += n;
-  };
-  const std::int64_t np = static_cast<std::int64_t>(prompt.size());
-  for (std::int64_t s = 0; s < np;) {
-    const std::int64_t n = chunk > 0 ? std::min(chunk, np - s) : np;
-    step(prompt.data() + s, n);
-    s += n;
+    ++steps;
   }
-  for (const std::int64_t id : decode) step(&id, 1);
   if (last_report > 0)
-    std::fprintf(stderr, "\r[dsv4 run] %lld tokens in %.2f s, %.1f tokens/s%30s\n", (long long)total, elapsed(),
+    std::fprintf(stderr, "\r[dsv4 run] %lld tokens in %.2f s, %.1f tokens/s%40s\n", (long long)total, elapsed(),
                  double(total) / elapsed(), "");
 
-  std::printf("model %s: %lld prompt + %lld decode tokens on %s%s, cache %.1f KB\n",
-              detail::printable(dir, 400).c_str(), (long long)np, (long long)decode.size(), be.c_str(),
-              chunk > 0 ? (" in chunks of " + std::to_string(chunk)).c_str() : "", double(seq.cache_bytes()) / 1e3);
-  if (out) {
-    out->finish();
-    std::printf("wrote %s: float32 [%lld, %lld]\n", detail::printable(a.str("logits"), 400).c_str(), (long long)total,
-                (long long)V);
-  }
-  if (top > 0) {
+  auto print_top = [&](const std::vector<float>& last, std::int64_t position, const std::string& what) {
     const float* l = last.data();
     std::vector<std::int64_t> order(static_cast<std::size_t>(V));
     std::iota(order.begin(), order.end(), 0);
@@ -230,11 +329,31 @@ int cmd_run(int argc, char** argv) {
     const float mx = l[order[0]];
     double z = 0;
     for (std::int64_t i = 0; i < V; ++i) z += std::exp(double(l[i]) - mx);
-    std::printf("top %lld next tokens after position %lld:\n", (long long)kk, (long long)total - 1);
+    std::printf("top %lld next tokens%s after position %lld:\n", (long long)kk, what.c_str(), (long long)position);
     for (std::int64_t i = 0; i < kk; ++i) {
       const std::int64_t id = order[static_cast<std::size_t>(i)];
       std::printf("  %8lld  logit %9.4f  p %.4f\n", (long long)id, l[id], std::exp(double(l[id]) - mx) / z);
     }
+  };
+  if (!batch) {
+    job& j = jobs[0];
+    std::printf("model %s: %lld prompt + %lld decode tokens on %s%s, %s KV pages, cache %.1f KB\n",
+                detail::printable(dir, 400).c_str(), (long long)j.prompt.size(), (long long)j.decode.size(),
+                be.c_str(), chunk > 0 ? (" in chunks of " + std::to_string(chunk)).c_str() : "", kv.c_str(),
+                double(j.seq.cache_bytes()) / 1e3);
+  } else {
+    std::printf("model %s: %zu sequences, %lld tokens in %lld batched steps on %s%s, %s KV pages\n",
+                detail::printable(dir, 400).c_str(), jobs.size(), (long long)total, (long long)steps, be.c_str(),
+                chunk > 0 ? (", prefill chunks of " + std::to_string(chunk)).c_str() : "", kv.c_str());
+  }
+  for (std::size_t i = 0; i < jobs.size(); ++i) {
+    job& j = jobs[i];
+    if (j.out) {
+      j.out->finish();
+      std::printf("wrote %s: float32 [%lld, %lld]\n", detail::printable(j.out_path, 400).c_str(),
+                  (long long)j.total(), (long long)V);
+    }
+    if (top > 0) print_top(j.last, j.total() - 1, batch ? " of sequence " + std::to_string(i) : std::string());
   }
   return 0;
 }
