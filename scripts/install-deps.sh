@@ -4,7 +4,8 @@
 set -euo pipefail
 pkgs=(cmake ninja-build g++ libeigen3-dev libxsimd-dev libtbb-dev libbenchmark-dev doctest-dev libdlpack-dev
       nlohmann-json3-dev
-      clang libfuzzer-14-dev libclang-rt-14-dev)  # the fuzz preset (scripts/fuzz.sh)
+      clang libfuzzer-14-dev libclang-rt-14-dev      # the fuzz preset (scripts/fuzz.sh)
+      pkg-config pybind11-dev python3-dev python3-numpy python3-pytest python3-torch)  # the C ABI and Python tests
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then

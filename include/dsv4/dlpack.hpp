@@ -52,7 +52,12 @@ inline dtype from_dlpack_dtype(DLDataType t) {
   if (code == kDLFloat8_e8m0fnu && bits == 8) return dtype::ue8m0;
   if (code == kDLFloat4_e2m1fn && bits == 4) return dtype::fp4_e2m1;
 #endif
-  DSV4_FAIL("from_dlpack", "unsupported DLPack dtype code ", code, " with ", bits, " bits");
+  const char* kind = code == kDLFloat ? "float" : code == kDLInt ? "int" : code == kDLUInt ? "uint"
+                    : code == kDLBfloat ? "bfloat" : "DLPack code ";
+  DSV4_FAIL("from_dlpack", "dtype ", kind, code == kDLFloat || code == kDLInt || code == kDLUInt || code == kDLBfloat
+                                               ? std::string()
+                                               : std::to_string(code),
+            bits, " is not a dsv4 dtype (float32, float16, bfloat16, int8, uint8, int32, int64)");
 }
 
 inline DLDevice to_dlpack_device(device d) {
