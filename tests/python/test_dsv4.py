@@ -228,3 +228,23 @@ def test_torch_zero_copy(ref):
     q = x.to(torch.bfloat16)  # bfloat16 crosses through DLPack
     rt = dsv4.ops.block_round_trip(q, "fp8_e4m3", 128)
     assert rt.dtype == np.float32
+
+
+def test_arrays_released_while_in_use(model, ref):
+    # The caller drops its only reference while dsv4 computes on another thread: the binding holds its own
+    # reference (and DLPack capsule) for the whole call, so the memory stays valid.
+    results = {}
+    tokens = np.array(ref("model_prompt"))
+    x = ref("x").copy()
+
+    def run(tokens, x):
+        results["logits"] = model.forward(tokens)
+        results["h"] = dsv4.ops.hadamard(x)
+
+    t = threading.Thread(target=run, args=(tokens, x))
+    t.start()
+    del tokens, x
+    gc.collect()
+    t.join()
+    assert same(results["logits"], ref("model_logits"))
+    assert same(results["h"], ref("hadamard"))
