@@ -15,6 +15,7 @@
 #include "dsv4/buffer.hpp"
 #include "dsv4/cpu/quant.hpp"
 #include "dsv4/error.hpp"
+#include "dsv4/io/safetensors.hpp"
 #include "dsv4/ops/memory.hpp"
 
 namespace dsv4::test {
@@ -120,6 +121,25 @@ void check_error(F&& f, std::initializer_list<const char*> needles) {
     const std::string msg = e.what();
     for (const char* n : needles) CHECK_MESSAGE(msg.find(n) != std::string::npos, "message: ", msg, " lacks: ", n);
   }
+}
+
+// Every tensor of a checkpoint, copied (to rewrite a mutated checkpoint), and one of them by name.
+inline std::vector<io::tensor_data> load_all(const io::checkpoint& c) {
+  std::vector<io::tensor_data> out;
+  for (const auto& name : c.names()) {
+    const io::tensor_record* r = c.find(name);
+    io::tensor_data t{name, r->dt, r->shape, {}};
+    const auto b = c.bytes(name);
+    t.data.assign(b.begin(), b.end());
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+inline io::tensor_data* find_tensor(std::vector<io::tensor_data>& ts, const std::string& name) {
+  for (auto& t : ts)
+    if (t.name == name) return &t;
+  FAIL("no tensor ", name);
+  return nullptr;
 }
 
 // A fresh directory under the system temp dir, removed with everything in it at scope exit.

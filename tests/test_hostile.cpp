@@ -25,23 +25,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::vector<io::tensor_data> load_all(const io::checkpoint& c) {
-  std::vector<io::tensor_data> out;
-  for (const auto& name : c.names()) {
-    const io::tensor_record* r = c.find(name);
-    io::tensor_data t{name, r->dt, r->shape, {}};
-    const auto b = c.bytes(name);
-    t.data.assign(b.begin(), b.end());
-    out.push_back(std::move(t));
-  }
-  return out;
-}
-
-io::tensor_data& find(std::vector<io::tensor_data>& ts, const std::string& name) {
-  for (auto& t : ts)
-    if (t.name == name) return t;
-  throw std::runtime_error("no tensor " + name);
-}
+using test::load_all;
+io::tensor_data& find(std::vector<io::tensor_data>& ts, const std::string& name) { return *test::find_tensor(ts, name); }
 
 // The tiny model with one tensor's bytes changed by `edit`, written to dir.
 template <class Edit>

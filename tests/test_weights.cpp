@@ -18,25 +18,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Every tensor of a checkpoint, copied (to rewrite a mutated checkpoint).
-std::vector<io::tensor_data> load_all(const io::checkpoint& c) {
-  std::vector<io::tensor_data> out;
-  for (const auto& name : c.names()) {
-    const io::tensor_record* r = c.find(name);
-    io::tensor_data t{name, r->dt, r->shape, {}};
-    const auto b = c.bytes(name);
-    t.data.assign(b.begin(), b.end());
-    out.push_back(std::move(t));
-  }
-  return out;
-}
-
-io::tensor_data* find(std::vector<io::tensor_data>& ts, const std::string& name) {
-  for (auto& t : ts)
-    if (t.name == name) return &t;
-  FAIL("no tensor ", name);
-  return nullptr;
-}
+using test::load_all;
+io::tensor_data* find(std::vector<io::tensor_data>& ts, const std::string& name) { return test::find_tensor(ts, name); }
 
 void write_model(const fs::path& dir, const std::vector<io::tensor_data>& ts, const model_config& cfg) {
   fs::create_directories(dir);

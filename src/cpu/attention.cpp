@@ -26,21 +26,35 @@ const detail::attention_kernels& kernels() {
   return k;
 }
 
+// The indexer kernel's query layout: per token, q transposed to [C, hp] and w padded to hp heads (hp = H rounded up
+// to the vector lanes; zero heads add exact zeros).
+struct queries {
+  std::int64_t hp;
+  std::vector<float> qT, wp;
+  queries(view<const float, 3> q, view<const float, 2> w, std::int64_t lanes) {
+    const std::int64_t T = q.size(0), H = q.size(1), C = q.size(2);
+    hp = (H + lanes - 1) / lanes * lanes;
+    qT.assign(static_cast<std::size_t>(T * C * hp), 0.f);
+    wp.assign(static_cast<std::size_t>(T * hp), 0.f);
+    for (std::int64_t t = 0; t < T; ++t)
+      for (std::int64_t h = 0; h < H; ++h) {
+        wp[static_cast<std::size_t>(t * hp + h)] = w(t, h);
+        for (std::int64_t c = 0; c < C; ++c) qT[static_cast<std::size_t>((t * C + c) * hp + h)] = q(t, h, c);
+      }
+  }
+};
+
 }  // namespace
 
 template <class TV>
 void indexer_scores(view<const float, 3> q, view<const float, 2> k, view<const float, 2> w, view<const TV, 1> visible,
                     view<float, 2> scores, const exec& ex) {
   const auto& kr = kernels();
-  const std::int64_t T = q.size(0), H = q.size(1), C = q.size(2), E = k.size(0);
-  const std::int64_t hp = (H + kr.lanes - 1) / kr.lanes * kr.lanes;
-  // Per token: q transposed to [C, hp] and w padded to hp (zero heads add exact zeros).
-  std::vector<float> qT(static_cast<std::size_t>(T * C * hp), 0.f), wp(static_cast<std::size_t>(T * hp), 0.f);
-  for (std::int64_t t = 0; t < T; ++t)
-    for (std::int64_t h = 0; h < H; ++h) {
-      wp[static_cast<std::size_t>(t * hp + h)] = w(t, h);
-      for (std::int64_t c = 0; c < C; ++c) qT[static_cast<std::size_t>((t * C + c) * hp + h)] = q(t, h, c);
-    }
+  const std::int64_t T = q.size(0), C = q.size(2), E = k.size(0);
+  const queries qs(q, w, kr.lanes);
+  const std::int64_t hp = qs.hp;
+  const std::vector<float>& qT = qs.qT;
+  const std::vector<float>& wp = qs.wp;
   // Tasks are (token, block of 256 keys), so a single decode token still spreads over the cores; a key's score
   // does not depend on the blocking.
   constexpr std::int64_t kBlock = 256;
@@ -131,16 +145,8 @@ void sparse_attention_rows(view<const float, 3> q, const float* const* rows, con
 void sparse_attention(view<const float, 3> q, view<const float, 2> kvw, view<const float, 2> kvc,
                       view<const std::int32_t, 2> idx, view<const float, 1> sink, float scale, view<float, 3> out,
                       const exec& ex) {
-  const std::int64_t T = q.size(0), K = idx.size(1);
-  std::vector<const float*> rows(static_cast<std::size_t>(T * K));
-  std::vector<std::int64_t> counts(static_cast<std::size_t>(T));
-  for (std::int64_t t = 0; t < T; ++t) {
-    std::int64_t n = 0;
-    for (std::int64_t i = 0; i < K; ++i)
-      if (idx(t, i) >= 0) rows[static_cast<std::size_t>(t * K + n++)] = ref::kv_row(kvw, kvc, idx(t, i));
-    counts[static_cast<std::size_t>(t)] = n;
-  }
-  sparse_attention_rows(q, rows.data(), counts.data(), K, sink, scale, out, nullptr, ex);
+  const ref::row_lists l(kvw, kvc, idx);
+  sparse_attention_rows(q, l.rows.data(), l.counts.data(), idx.size(1), sink, scale, out, nullptr, ex);
 }
 
 namespace {
@@ -176,14 +182,11 @@ void indexer_scores_paged(view<const float, 3> q, view<const float, 2> w, const 
                           view<const std::int32_t, 2> block_table, view<const std::int32_t, 1> row_req,
                           view<const std::int32_t, 1> n_keys, view<float, 2> logits, const exec& ex) {
   const auto& kr = kernels();
-  const std::int64_t T = q.size(0), H = q.size(1), C = q.size(2), L = logits.size(1), B = keys.geo.page_tokens;
-  const std::int64_t hp = (H + kr.lanes - 1) / kr.lanes * kr.lanes;
-  std::vector<float> qT(static_cast<std::size_t>(T * C * hp), 0.f), wp(static_cast<std::size_t>(T * hp), 0.f);
-  for (std::int64_t t = 0; t < T; ++t)
-    for (std::int64_t h = 0; h < H; ++h) {
-      wp[static_cast<std::size_t>(t * hp + h)] = w(t, h);
-      for (std::int64_t c = 0; c < C; ++c) qT[static_cast<std::size_t>((t * C + c) * hp + h)] = q(t, h, c);
-    }
+  const std::int64_t T = q.size(0), C = q.size(2), L = logits.size(1), B = keys.geo.page_tokens;
+  const queries qs(q, w, kr.lanes);
+  const std::int64_t hp = qs.hp;
+  const std::vector<float>& qT = qs.qT;
+  const std::vector<float>& wp = qs.wp;
   // Tasks are (token, page): a page's keys are decoded once into scratch (exact: FP4/FP8 codes times their scales)
   // and scored by the same kernel as contiguous keys, so a key's score does not depend on the paging.
   const std::int64_t np = std::max<std::int64_t>((L + B - 1) / B, 1);

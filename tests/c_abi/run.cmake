@@ -2,13 +2,7 @@
 # with the C compiler (C11, -Wall -Werror) against it through pkg-config, write a tiny model and the C++ reference
 # results, then run both C programs against the installed libdsv4.so.
 file(REMOVE_RECURSE "${WORK_DIR}")
-function(step)
-  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-  if(NOT rc EQUAL 0)
-    message(FATAL_ERROR "step failed (${rc}): ${ARGN}\n${out}\n${err}")
-  endif()
-  message("${out}")
-endfunction()
+include("${CMAKE_CURRENT_LIST_DIR}/../cmake_step.cmake")
 step(${CMAKE_COMMAND} --install "${BUILD_DIR}" --prefix "${WORK_DIR}/prefix")
 file(GLOB_RECURSE pcs "${WORK_DIR}/prefix/*/dsv4.pc")
 list(GET pcs 0 pc)

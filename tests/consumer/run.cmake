@@ -1,12 +1,6 @@
 # ctest driver: cmake --install into WORK_DIR/prefix, configure + build the consumer against it, run it.
 file(REMOVE_RECURSE "${WORK_DIR}")
-function(step)
-  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-  if(NOT rc EQUAL 0)
-    message(FATAL_ERROR "step failed (${rc}): ${ARGN}\n${out}\n${err}")
-  endif()
-  message("${out}")
-endfunction()
+include("${CMAKE_CURRENT_LIST_DIR}/../cmake_step.cmake")
 step(${CMAKE_COMMAND} --install "${BUILD_DIR}" --prefix "${WORK_DIR}/prefix")
 set(extra)
 if(CUDA_COMPILER)

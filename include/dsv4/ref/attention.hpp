@@ -59,6 +59,22 @@ inline const float* kv_row(view<const float, 2> kvw, view<const float, 2> kvc, s
   return r < kvw.size(0) ? kvw.row(r) : kvc.row(r - kvw.size(0));
 }
 
+// An index list as row pointers: token t's valid entries (−1 skipped, list order kept) at rows[t·K ..), counts[t].
+struct row_lists {
+  std::vector<const float*> rows;
+  std::vector<std::int64_t> counts;
+  row_lists(view<const float, 2> kvw, view<const float, 2> kvc, view<const std::int32_t, 2> idx)
+      : rows(static_cast<std::size_t>(idx.size(0) * idx.size(1))), counts(static_cast<std::size_t>(idx.size(0))) {
+    const std::int64_t K = idx.size(1);
+    for (std::int64_t t = 0; t < idx.size(0); ++t) {
+      std::int64_t n = 0;
+      for (std::int64_t i = 0; i < K; ++i)
+        if (idx(t, i) >= 0) rows[static_cast<std::size_t>(t * K + n++)] = kv_row(kvw, kvc, idx(t, i));
+      counts[static_cast<std::size_t>(t)] = n;
+    }
+  }
+};
+
 // Token t attends rows[t·K .. t·K + counts[t]) in list order. A token with no row gets out 0 and lse +inf (FlashMLA);
 // lse (f32 [T·H], natural log over the real logits, the sink excluded) is written when not null.
 inline void sparse_attention_rows(view<const float, 3> q, const float* const* rows, const std::int64_t* counts,
@@ -99,16 +115,8 @@ inline void sparse_attention_rows(view<const float, 3> q, const float* const* ro
 inline void sparse_attention(view<const float, 3> q, view<const float, 2> kvw, view<const float, 2> kvc,
                              view<const std::int32_t, 2> idx, view<const float, 1> sink, float scale,
                              view<float, 3> out) {
-  const std::int64_t T = q.size(0), K = idx.size(1);
-  std::vector<const float*> rows(static_cast<std::size_t>(T * K));
-  std::vector<std::int64_t> counts(static_cast<std::size_t>(T));
-  for (std::int64_t t = 0; t < T; ++t) {
-    std::int64_t n = 0;
-    for (std::int64_t i = 0; i < K; ++i)
-      if (idx(t, i) >= 0) rows[static_cast<std::size_t>(t * K + n++)] = kv_row(kvw, kvc, idx(t, i));
-    counts[static_cast<std::size_t>(t)] = n;
-  }
-  sparse_attention_rows(q, rows.data(), counts.data(), K, sink, scale, out, nullptr);
+  const row_lists l(kvw, kvc, idx);
+  sparse_attention_rows(q, l.rows.data(), l.counts.data(), idx.size(1), sink, scale, out, nullptr);
 }
 
 }  // namespace dsv4::ref
