@@ -12,6 +12,21 @@
 static const char* g_dir;
 static int g_checks = 0, g_failed = 0;
 
+/* Every buffer this program allocates, freed at the end (the sanitizer build checks for leaks). */
+static void* g_allocs[1024];
+static int g_nallocs = 0;
+static void* track(void* p) {
+  if (!p || g_nallocs == 1024) {
+    fprintf(stderr, "check: out of memory\n");
+    exit(1);
+  }
+  g_allocs[g_nallocs++] = p;
+  return p;
+}
+static void free_all(void) {
+  while (g_nallocs > 0) free(g_allocs[--g_nallocs]);
+}
+
 typedef struct arr {
   DLTensor t;
   int64_t shape[6];
@@ -34,6 +49,7 @@ static arr load(const char* name) {
   if (fread(pre, 1, 10, f) != 10) die(path);
   const size_t hl = (size_t)pre[8] | ((size_t)pre[9] << 8);
   char* h = (char*)calloc(hl + 1, 1);
+  if (!h) die("out of memory");
   if (fread(h, 1, hl, f) != hl) die(path);
   arr a;
   memset(&a, 0, sizeof a);
@@ -58,7 +74,7 @@ static arr load(const char* name) {
   }
   free(h);
   a.bytes = n * (size_t)(bits / 8);
-  a.data = malloc(a.bytes ? a.bytes : 1);
+  a.data = track(malloc(a.bytes ? a.bytes : 1));
   if (fread(a.data, 1, a.bytes, f) != a.bytes) die(path);
   fclose(f);
   a.t.data = a.data;
@@ -67,7 +83,7 @@ static arr load(const char* name) {
   a.t.dtype.code = (uint8_t)code;
   a.t.dtype.bits = (uint8_t)bits;
   a.t.dtype.lanes = 1;
-  a.t.shape = (int64_t*)malloc(sizeof(int64_t) * 6); /* on the heap: the struct is returned by value */
+  a.t.shape = (int64_t*)track(malloc(sizeof(int64_t) * 6)); /* on the heap: the struct is returned by value */
   memcpy(a.t.shape, a.shape, sizeof a.shape);
   a.t.strides = NULL;
   return a;
@@ -76,9 +92,9 @@ static arr load(const char* name) {
 /* A zeroed output shaped like reference `ref`. */
 static arr like(const arr* ref) {
   arr a = *ref;
-  a.data = calloc(a.bytes ? a.bytes : 1, 1);
+  a.data = track(calloc(a.bytes ? a.bytes : 1, 1));
   a.t.data = a.data;
-  a.t.shape = (int64_t*)malloc(sizeof(int64_t) * 6);
+  a.t.shape = (int64_t*)track(malloc(sizeof(int64_t) * 6));
   memcpy(a.t.shape, a.shape, sizeof a.shape);
   return a;
 }
@@ -90,7 +106,6 @@ static void same(const char* what, const arr* got, const char* ref_name) {
     ++g_failed;
     fprintf(stderr, "MISMATCH %s vs %s\n", what, ref_name);
   }
-  free(ref.data);
 }
 
 static void ok(int status, const char* what) {
@@ -278,5 +293,6 @@ int main(int argc, char** argv) {
   ok(dsv4_sequence_free(b), "sequence_free");
 
   printf("c_abi: %d checks, %d mismatches\n", g_checks, g_failed);
+  free_all();
   return g_failed == 0 ? 0 : 1;
 }
