@@ -267,6 +267,42 @@ TEST_SUITE("forward") {
     }
   }
 
+  TEST_CASE("pages follow what a sequence holds: window and state pages are handed back as it advances") {
+    const loaded m("fwd_sliding", preset("tiny"));  // window 16; layers SWA, CSA, HCA, CSA
+    const transformer tf(m.cfg, m.w);
+    pool_options po;
+    po.page_tokens = 8;
+    po.max_rollback = 4;
+    const auto pool = tf.make_pool(po);
+    sequence_state s = tf.new_sequence(pool);
+    const std::int64_t V = m.cfg.vocab_size, N = 700;
+    const auto ids = tokens(N, V, 99);
+    std::int64_t most = 0;
+    for (std::int64_t t = 0; t < N; ++t) {
+      tf.forward(std::span<const std::int64_t>(ids.data() + t, 1), s, {});
+      if (t % 50 != 49) continue;
+      // Per layer at most: the window (W + max_rollback + 1 positions) and each compressor's state (coff·ratio +
+      // max_rollback + 1 positions) over pages of 8, +1 for a straddled page each; plus every compressed entry and key.
+      const std::int64_t pos = t + 1, B = 8, W = 16, R = 4;
+      auto pages = [&](std::int64_t n) { return (n + B - 1) / B + 1; };
+      std::int64_t bound = 0;
+      for (std::int64_t l = 0; l < m.cfg.n_layers; ++l) {
+        const int r = m.cfg.compress_ratio(l);
+        bound += pages(W + R + 1);
+        if (r) bound += pages((r == 4 ? 8 : r) + R + 1) + pages(pos / r);
+        if (r == 4) bound += pages(8 + R + 1) + pages(pos / 4);
+      }
+      CHECK(pool->pages_in_use() <= bound);
+      most = std::max(most, pool->pages_in_use());
+    }
+    // Without the release the window alone would hold 700 / 8 = 88 pages per layer.
+    CHECK(most < 4 * 88);
+    MESSAGE("700 tokens decoded: ", pool->pages_in_use(), " pages in use (", pool->allocated_bytes() / 1000, " KB allocated)");
+    // The sequence's end hands everything back.
+    s = sequence_state();
+    CHECK(pool->pages_in_use() == 0);
+  }
+
   TEST_CASE("a prompt of exactly 4 tokens (the first ratio-4 boundary), then decode; fp8_ds_mla pages stay close") {
     const loaded m("fwd_four", preset("tiny"));
     const transformer tf(m.cfg, m.w);
