@@ -29,7 +29,7 @@ std::int64_t linear_f32(const float* x, std::int64_t T, std::int64_t ldx, const 
   const std::int64_t ldw = (K + 15) / 16 * 16;
   std::atomic<std::int64_t> bad{0};
   detail::parallel_rows((N + kRowBlock - 1) / kRowBlock, 1, ex, [&](std::int64_t b0, std::int64_t b1) {
-    std::vector<float> panel(static_cast<std::size_t>(kRowBlock * ldw));
+    std::vector<float> panel;  // sized on first use: a decode task that takes the fused GEMV never touches it
     float out[detail::kMaxTileT * detail::kMaxTileN];
     std::int64_t my_bad = 0;
     for (std::int64_t b = b0; b < b1; ++b) {
@@ -44,6 +44,7 @@ std::int64_t linear_f32(const float* x, std::int64_t T, std::int64_t ldx, const 
         }
         if (fused) continue;
       }
+      if (panel.empty()) panel.resize(static_cast<std::size_t>(kRowBlock * ldw));
       for (std::int64_t n = n0; n < n1; ++n) my_bad += k.decode_row(w, n, panel.data() + (n - n0) * ldw);
       for (std::int64_t t0 = 0; t0 < T; t0 += detail::kMaxTileT) {
         const int mt = static_cast<int>(std::min<std::int64_t>(detail::kMaxTileT, T - t0));
