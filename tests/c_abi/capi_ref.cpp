@@ -2,6 +2,7 @@
 // files per check: the C ABI test (check.c) and the Python tests (tests/python) run the same inputs through their
 // bindings and must reproduce every output file bit for bit. The model logits come from the tiny checkpoint in
 // MODEL_DIR: a chunked prefill, a batched decode of two sequences and a rollback.
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -129,6 +130,12 @@ int main(int argc, char** argv) {
     save("hc_f", hf);
     ops::hc_post(hf, hx, hp, hc, ho);
     save("hc_post_out", ho);
+    buffer hfn = randn({4, 256}, 0.05f), hsc = randn({1}, 0.5f), hba = randn({4}, 0.3f), hh(dtype::f32, {5, 64});
+    save("hc_head_fn", hfn);
+    save("hc_head_scale", hsc);
+    save("hc_head_base", hba);
+    ops::hc_head(hx, hfn, hsc, hba, hh);
+    save("hc_head_y", hh);
     buffer sl = randn({5, 4, 4}, 2.f), so(dtype::f32, {5, 4, 4});
     save("sinkhorn_in", sl);
     ops::sinkhorn_knopp(sl, so, 20, 1e-6f);
@@ -196,6 +203,42 @@ int main(int argc, char** argv) {
     save("key_slots", kslots);
     ops::key_store(kvals, kslots, kp);
     save("key_pages", kpages);
+    buffer kback(dtype::f32, {24, 64});
+    ops::key_load(kp, kslots, kback);
+    save("key_back", kback);
+    // The compressor: ratio 4, c 96, rope 32, 8 positions of one request; state rows in pages of 4 (table {1, 0}),
+    // entries of positions 3 and 7 into f32 KV pages of 2 entries.
+    {
+      buffer ckv = randn({8, 192}), csc = randn({8, 192}), cape = randn({4, 192}, 0.5f), cnorm = randn({96}, 0.1f);
+      for (auto& v : cnorm.host_span<float>()) v += 1.f;
+      buffer cfreq(dtype::f32, {16});
+      for (int i = 0; i < 16; ++i) cfreq.host_span<float>()[static_cast<std::size_t>(i)] = std::pow(10000.f, -i / 16.f);
+      buffer cpos(dtype::i64, {8}), cslot(dtype::i32, {8}), creq = ints<std::int32_t>(dtype::i32, {8}, {0, 0, 0, 0, 0, 0, 0, 0});
+      buffer ctab = ints<std::int32_t>(dtype::i32, {1, 2}, {1, 0}), cout = ints<std::int32_t>(dtype::i32, {8}, {-1, -1, -1, 1, -1, -1, -1, 0});
+      for (int i = 0; i < 8; ++i) {
+        cpos.host_span<std::int64_t>()[static_cast<std::size_t>(i)] = i;
+        cslot.host_span<std::int32_t>()[static_cast<std::size_t>(i)] = (i < 4 ? 4 : 0) + i % 4;
+      }
+      buffer state(dtype::f32, {8, 384});
+      ops::compressor_params p;
+      p.ratio = 4;
+      p.c = 96;
+      p.rope_dim = 32;
+      for (const auto& [n, b] : {std::pair{"comp_kv", &ckv}, std::pair{"comp_score", &csc}, std::pair{"comp_ape", &cape},
+                                 std::pair{"comp_norm", &cnorm}, std::pair{"comp_freq", &cfreq}, std::pair{"comp_pos", &cpos},
+                                 std::pair{"comp_slot", &cslot}, std::pair{"comp_req", &creq}, std::pair{"comp_table", &ctab},
+                                 std::pair{"comp_out", &cout}})
+        save(n, *b);
+      ops::compressor_append(ckv, csc, cape, cpos, cslot, cache::state_rows{state, 4}, p);
+      save("comp_state", state);
+      const cache::kv_geometry cg{cache::kv_format::f32, 96, 32, 2};
+      buffer cpages(dtype::u8, {1, cg.page_bytes()}), centries(dtype::f32, {8, 96});
+      const cache::kv_pages ckvp{cpages, cg};
+      ops::compressor_emit(cpos, creq, ctab, cache::state_rows{state, 4}, cnorm, cfreq, cout, p, &ckvp, nullptr,
+                           centries);
+      save("comp_pages", cpages);
+      save("comp_entries", centries);
+    }
     // Two requests: block tables [2, 3]; rows 0, 1 of request 1, row 2 of request 0.
     buffer bt = ints<std::int32_t>(dtype::i32, {2, 3}, {4, 1, 0, 2, 5, 3});
     buffer rq = ints<std::int32_t>(dtype::i32, {3}, {1, 1, 0});

@@ -159,6 +159,10 @@ int main(int argc, char** argv) {
   arr hf = load("hc_f"), ho = like(&hx);
   ok(dsv4_hc_post(&hf.t, &hx.t, &hp.t, &hc.t, &ho.t, NULL), "hc_post");
   same("hc_post", &ho, "hc_post_out");
+  arr hhfn = load("hc_head_fn"), hhs = load("hc_head_scale"), hhb = load("hc_head_base"), hh_ref = load("hc_head_y");
+  arr hh = like(&hh_ref);
+  ok(dsv4_hc_head(&hx.t, &hhfn.t, &hhs.t, &hhb.t, &hh.t, NULL, NULL), "hc_head");
+  same("hc_head", &hh, "hc_head_y");
   arr sl = load("sinkhorn_in"), so = like(&sl);
   ok(dsv4_sinkhorn_knopp(&sl.t, &so.t, 20, 1e-6f, NULL), "sinkhorn");
   same("sinkhorn_knopp", &so, "sinkhorn_out");
@@ -192,6 +196,10 @@ int main(int argc, char** argv) {
   ok(dsv4_kv_page_bytes(DSV4_KV_FP8_DS_MLA, 512, 64, 64, &entry, &page), "kv_page_bytes");
   ++g_checks;
   if (entry != 584 || page != 37440) { ++g_failed; fprintf(stderr, "MISMATCH V4 page geometry\n"); }
+  int64_t key = 0, kpage = 0;
+  ok(dsv4_key_page_bytes(DSV4_KEY_FP4, 128, 64, &key, &kpage), "key_page_bytes");
+  ++g_checks;
+  if (key != 68 || kpage != 64 * 68) { ++g_failed; fprintf(stderr, "MISMATCH FP4 key page geometry\n"); }
   arr pages_ref = load("kv_pages"), pages = like(&pages_ref), vals = load("kv_values"), slots = load("kv_slots");
   dsv4_kv_pages kv = {&pages.t, DSV4_KV_FP8_DS_MLA, 96, 32, 5};
   ok(dsv4_kv_store(&vals.t, &slots.t, &kv, NULL), "kv_store");
@@ -203,6 +211,25 @@ int main(int argc, char** argv) {
   dsv4_key_pages keys = {&kpages.t, DSV4_KEY_FP4, 64, 5};
   ok(dsv4_key_store(&kvals.t, &kslots.t, &keys, NULL), "key_store");
   same("key_store page bytes", &kpages, "key_pages");
+  arr kback = like(&kvals);
+  ok(dsv4_key_load(&keys, &kslots.t, &kback.t, NULL), "key_load");
+  same("key_load", &kback, "key_back");
+  {
+    arr ckv = load("comp_kv"), csc = load("comp_score"), cape = load("comp_ape"), cnorm = load("comp_norm");
+    arr cfreq = load("comp_freq"), cpos = load("comp_pos"), cslot = load("comp_slot"), creq = load("comp_req");
+    arr ctab = load("comp_table"), cout = load("comp_out"), state_ref = load("comp_state"), state = like(&state_ref);
+    arr cpages_ref = load("comp_pages"), cpages = like(&cpages_ref), cent_ref = load("comp_entries");
+    arr cent = like(&cent_ref);
+    dsv4_state_rows rows = {&state.t, 4};
+    dsv4_compressor_params p = {4, 96, 32, 1e-6, 0};
+    ok(dsv4_compressor_append(&ckv.t, &csc.t, &cape.t, &cpos.t, &cslot.t, &rows, &p, NULL), "compressor_append");
+    same("compressor_append state rows", &state, "comp_state");
+    dsv4_kv_pages cp = {&cpages.t, DSV4_KV_F32, 96, 32, 2};
+    ok(dsv4_compressor_emit(&cpos.t, &creq.t, &ctab.t, &rows, &cnorm.t, &cfreq.t, &cout.t, &p, &cp, NULL, &cent.t, NULL),
+       "compressor_emit");
+    same("compressor_emit pages", &cpages, "comp_pages");
+    same("compressor_emit entries", &cent, "comp_entries");
+  }
   arr pq = load("pi_q"), pw = load("pi_w"), bt = load("pi_table"), rq = load("pi_req"), nk = load("pi_nkeys");
   arr pl_ref = load("pi_logits"), pl = like(&pl_ref);
   ok(dsv4_indexer_logits(&pq.t, &pw.t, &keys, &bt.t, &rq.t, &nk.t, &pl.t, NULL), "indexer_logits");
@@ -225,7 +252,10 @@ int main(int argc, char** argv) {
 
   /* The model: chunked prefill, a batched decode of two sequences, a rollback. */
   dsv4_model* model = NULL;
-  ok(dsv4_model_open(argv[1], NULL, &model), "model_open");
+  dsv4_model_options opts;
+  dsv4_model_options_default(&opts);
+  opts.threads = 2;
+  ok(dsv4_model_open(argv[1], &opts, &model), "model_open");
   dsv4_model_info info;
   ok(dsv4_model_info_get(model, &info), "model_info");
   arr prompt = load("model_prompt"), lg_ref = load("model_logits"), lg = like(&lg_ref);

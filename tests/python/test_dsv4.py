@@ -66,6 +66,8 @@ def test_mhc(ref):
     assert same(y, ref("hc_pre_y")) and same(post, ref("hc_pre_post")) and same(comb, ref("hc_pre_comb"))
     assert same(dsv4.ops.hc_post(ref("hc_f"), ref("hc_x"), post, comb), ref("hc_post_out"))
     assert same(dsv4.ops.sinkhorn_knopp(ref("sinkhorn_in"), 20, 1e-6), ref("sinkhorn_out"))
+    assert same(dsv4.ops.hc_head(ref("hc_x"), ref("hc_head_fn"), ref("hc_head_scale"), ref("hc_head_base")),
+                ref("hc_head_y"))
 
 
 def test_routing(ref):
@@ -97,6 +99,7 @@ def test_paged_ops(ref):
     keys = dsv4.KeyPages(kpages, 64, 5)
     dsv4.ops.key_store(ref("key_values"), ref("key_slots"), keys)
     assert same(kpages, ref("key_pages"))
+    assert same(dsv4.ops.key_load(keys, ref("key_slots")), ref("key_back"))
     logits = dsv4.ops.indexer_logits(ref("pi_q"), ref("pi_w"), keys, ref("pi_table"), ref("pi_req"), ref("pi_nkeys"), 16)
     assert same(logits, ref("pi_logits"))
     idx, n = dsv4.ops.topk_rows(logits, ref("pi_nkeys"), 6)
@@ -108,6 +111,18 @@ def test_paged_ops(ref):
     out, lse = dsv4.ops.sparse_mqa(ref("mqa_q"), kv, ref("mqa_wslots"), ref("mqa_wlen"), ref("mqa_sink"), 0.1,
                                    compressed_slots=ref("mqa_cslots"), compressed_len=ref("mqa_clen"))
     assert same(out, ref("mqa_out")) and same(lse, ref("mqa_lse"))
+
+
+def test_compressor_against_cpp(ref):
+    state = np.zeros_like(ref("comp_state"))
+    dsv4.ops.compressor_append(ref("comp_kv"), ref("comp_score"), ref("comp_ape"), ref("comp_pos"), ref("comp_slot"),
+                               state, 4, 4, 96, 32)
+    assert same(state, ref("comp_state"))
+    pages = dsv4.KVPages(np.zeros_like(ref("comp_pages")), 96, 32, 2, "f32")
+    entries = dsv4.ops.compressor_emit(ref("comp_pos"), ref("comp_req"), ref("comp_table"), state, 4, ref("comp_norm"),
+                                       ref("comp_freq"), ref("comp_out"), pages, 4, 96, 32)
+    assert same(entries, ref("comp_entries"))
+    assert same(dsv4.ops.kv_load(pages, np.array([0, 1], np.int32)), ref("comp_entries")[[7, 3]])
 
 
 def test_compressor_ops():
