@@ -79,10 +79,11 @@ const fmt_case kCases[] = {{dtype::f32, 37, 83}, {dtype::bf16, 40, 133}, {dtype:
 TEST_SUITE("linear") {
 
 TEST_CASE("every format and backend matches an independent exact decode") {
-  for (const auto& fc : kCases) {
+  for (const auto& fc : kCases)
+  for (const std::int64_t T : {1, 9}) {  // 1: the decode GEMV where one exists, 9: the panel path
     CAPTURE(dtype_name(fc.dt));
+    CAPTURE(T);
     const auto tw = make_weight(fc.dt, fc.N, fc.K, 11);
-    const std::int64_t T = 9;
     const auto xv = randn(static_cast<std::size_t>(T * fc.K), 12);
     const buffer x = host_f32(T, fc.K, xv);
     for (backend be : host_backends()) {
@@ -128,21 +129,31 @@ TEST_CASE("decode is exact: x = identity gives W^T bit for bit on every backend"
 
 TEST_CASE("cpu: an output row does not depend on the batch it is in, or on the thread count") {
   if (!cpu::simd_isa()) return;
-  const auto tw = make_weight(dtype::fp4_e2m1, 70, 512, 31);
-  const std::int64_t T = 23;
-  const auto xv = randn(static_cast<std::size_t>(T * 512), 32);
-  const buffer x = host_f32(T, 512, xv);
-  buffer all(dtype::f32, {T, 70}), two(dtype::f32, {T, 70});
-  ops::linear(x, tw.q(), all, on(backend::cpu, 1));
-  ops::linear(x, tw.q(), two, on(backend::cpu, 2));
-  CHECK(bytes_of(all) == bytes_of(two));
-  // each token alone (decode), and odd slices (chunked prefill)
-  for (std::int64_t t0 : {0, 5, 22}) {
-    const std::int64_t len = t0 == 5 ? 7 : 1;
-    buffer y(dtype::f32, {len, 70});
-    ops::linear(x.view().narrow(0, t0, len), tw.q(), y, on(backend::cpu));
-    for (std::int64_t i = 0; i < len * 70; ++i)
-      REQUIRE(f32_to_bits(y.host_span<float>()[i]) == f32_to_bits(all.host_span<float>()[t0 * 70 + i]));
+  // Every format; FP8 with K % 64 == 0 (the decode GEMV in the VBMI lane order) and with a tail (panel only), rows
+  // crossing a 128-row scale tile; FP4 with N % 8 != 0 (a short last GEMV tile).
+  const fmt_case cases[] = {{dtype::fp4_e2m1, 70, 512}, {dtype::fp8_e4m3, 136, 1024}, {dtype::fp8_e4m3, 200, 300},
+                            {dtype::bf16, 40, 133},     {dtype::f32, 37, 83}};
+  for (const auto& fc : cases) {
+    CAPTURE(dtype_name(fc.dt));
+    CAPTURE(fc.K);
+    const std::int64_t N = fc.N, K = fc.K, T = 23;
+    const auto tw = make_weight(fc.dt, N, K, 31);
+    const auto xv = randn(static_cast<std::size_t>(T * K), 32);
+    const buffer x = host_f32(T, K, xv);
+    buffer all(dtype::f32, {T, N}), two(dtype::f32, {T, N});
+    ops::linear(x, tw.q(), all, on(backend::cpu, 1));
+    ops::linear(x, tw.q(), two, on(backend::cpu, 2));
+    CHECK(bytes_of(all) == bytes_of(two));
+    // each token alone (decode), and odd slices (chunked prefill)
+    for (std::int64_t t0 : {0, 5, 22}) {
+      const std::int64_t len = t0 == 5 ? 7 : 1;
+      for (int threads : {1, 2}) {
+        buffer y(dtype::f32, {len, N});
+        ops::linear(x.view().narrow(0, t0, len), tw.q(), y, on(backend::cpu, threads));
+        for (std::int64_t i = 0; i < len * N; ++i)
+          REQUIRE(f32_to_bits(y.host_span<float>()[i]) == f32_to_bits(all.host_span<float>()[t0 * N + i]));
+      }
+    }
   }
 }
 
@@ -178,6 +189,9 @@ TEST_CASE("errors: shapes, scale layout, dtypes, NaN codes and scales") {
   for (backend be : host_backends()) {
     fp8.s.host_span<ue8m0>()[1].bits = 0xFF;
     check_error([&] { ops::linear(x, fp8.q(), y, on(be)); }, {"linear", "16384 weights decode to NaN"});
+    // one token: the decode GEMV, which counts NaN weights only on the rows whose output came out NaN
+    check_error([&] { ops::linear(x.view().narrow(0, 0, 1), fp8.q(), y.view().narrow(0, 0, 1), on(be)); },
+                {"linear", "16384 weights decode to NaN"});
     fp8.s.host_span<ue8m0>()[1].bits = 127;
     fp8.w.host_span<fp8_e4m3>()[5].bits = 0xFF;
     fp8.w.host_span<fp8_e4m3>()[300].bits = 0x7F;
@@ -186,6 +200,8 @@ TEST_CASE("errors: shapes, scale layout, dtypes, NaN codes and scales") {
     fp8.w.host_span<fp8_e4m3>()[300].bits = 0;
     fp4.s.host_span<ue8m0>()[3].bits = 0xFF;
     check_error([&] { ops::linear(x.view().narrow(1, 0, 64), fp4.q(), y8, on(be)); }, {"32 weights decode to NaN"});
+    check_error([&] { ops::linear(x.view().narrow(0, 0, 1).narrow(1, 0, 64), fp4.q(), y8.view().narrow(0, 0, 1), on(be)); },
+                {"32 weights decode to NaN"});
     fp4.s.host_span<ue8m0>()[3].bits = 127;
   }
 }

@@ -1,5 +1,13 @@
 // src/cpu/linear_simd.hpp — per-ISA kernels of the CPU linear layer (declarations; see quant_simd.hpp for how ISAs
 // are compiled and chosen).
+//
+// The dot order. Every output is one fp32 dot over K with a W-lane vector accumulator (one fma per W elements, in
+// increasing position), a fixed horizontal add, then the K % W tail in order. "Position" is K in a lane order that
+// the ISA may choose per weight format so that its weight decode needs no shuffles back into element order
+// (AVX-512: FP4 takes the even then the odd elements of every 32-block, FP8 a 4x4 transpose of 4-element groups in
+// every 64-block; see linear_simd_impl.hpp). The decode GEMV and the panel path (decode_row + dots on x passed
+// through order_x) run that one order, so an output row is bit-identical whatever T, the tile it lands in and the
+// thread count.
 #pragma once
 
 #include <cstdint>
@@ -17,17 +25,21 @@ inline constexpr int kMaxTileN = 8;   // weight rows per register tile (8 only f
 
 struct linear_kernels {
   const char* isa = "";
-  // W[n, 0:K) decoded to fp32 into out; returns how many weights decode to NaN (as ref::decode_row).
-  std::int64_t (*decode_row)(const ref::weight_ref& w, std::int64_t n, float* out) = nullptr;
-  // out[i·ldo + j] = x_i · w_j over K for i < mt, j < nt (x_i = x + i·ldx, w_j = w + j·ldw): the fixed-order dot
-  // described in dsv4/cpu/linear.hpp. mt <= kMaxTileT; nt <= kMaxTileN when mt == 1, else nt <= 4.
+  // Whether W's dots run in a lane order other than element order (then x goes through order_x first).
+  bool (*permutes)(const ref::weight_ref& w) = nullptr;
+  // out [T, K] (row stride K) = x [T, K] (row stride ldx) in W's lane order.
+  void (*order_x)(const ref::weight_ref& w, const float* x, std::int64_t T, std::int64_t ldx, float* out) = nullptr;
+  // W[n, 0:K) decoded to fp32 into out, in W's lane order. NaN codes decode to NaN (not counted here: the caller
+  // counts them on the rows whose outputs came out NaN).
+  void (*decode_row)(const ref::weight_ref& w, std::int64_t n, float* out) = nullptr;
+  // out[i·ldo + j] = x_i · w_j over K for i < mt, j < nt (x_i = x + i·ldx, w_j = w + j·ldw), the dot order above.
+  // mt <= kMaxTileT; nt <= kMaxTileN when mt == 1, else nt <= 4.
   void (*dots)(const float* x, std::int64_t ldx, int mt, const float* w, std::int64_t ldw, int nt, std::int64_t K,
                float* out, std::int64_t ldo) = nullptr;
-  // One token (decode): out[j] = x · W[n0 + j] for j < nt <= kMaxTileN, decoding the weights in registers instead of
-  // through a panel; bitwise the same as decode_row + dots (same values, same fma chain). Returns false when this
-  // ISA / format / K has no such kernel (the caller then uses the panel); *bad gets the NaN count as decode_row.
-  bool (*gemv)(const float* x, const ref::weight_ref& w, std::int64_t n0, int nt, float* out,
-               std::int64_t* bad) = nullptr;
+  // One token (decode): out[j] = x · W[n0 + j] for j < nt <= kMaxTileN, n0 % 8 == 0, x in W's lane order, the
+  // weights decoded in registers: bitwise decode_row + dots. Returns false when this ISA / format / K has no such
+  // kernel (the caller then uses the panel).
+  bool (*gemv)(const float* x, const ref::weight_ref& w, std::int64_t n0, int nt, float* out) = nullptr;
 };
 
 struct select_linear_kernels {

@@ -1,16 +1,26 @@
-// src/cpu/linear_simd_impl.hpp — Arch-templated weight decode and fixed-order dot tiles of the CPU linear layer.
+// src/cpu/linear_simd_impl.hpp — Arch-templated weight decode, lane orders and fixed-order dot tiles of the CPU
+// linear layer (the dot order is defined in linear_simd.hpp).
 //
-// Decode (exact, so it equals ref::decode_row bit for bit):
-//   FP8 E4M3: the 7 magnitude bits shifted to fp32 bit 20 give the fp32 whose value is the E4M3 value times 2^-120
-//             for normals and subnormals alike (exponent bias 127 vs 7); one multiply by 2^120 fixes it, the sign bit
-//             is OR-ed back, then times the tile scale. Codes S.1111.111 are NaN: counted as bad.
-//   FP4 E2M1: 16 codes, so a 16-entry table permute (AVX-512) or 8-entry magnitude permute plus sign (AVX2).
-//   BF16: widen and shift left 16.
-// Other ISAs (SSE2) decode with ref::decode_row.
+// Decode (exact, so every weight equals ref::decode_row's value bit for bit):
+//   FP4 E2M1 (AVX-512): a 32-block is 16 bytes; widened to 16 dword lanes, the low nibbles are the even elements and
+//             the high nibbles the odd ones, each looked up in the 16-entry table times the block scale (vpermps).
+//             Lane order: per 32-block, elements 0,2,..,30 then 1,3,..,31.
+//   FP8 E4M3 (AVX-512 with VBMI): 64 codes at once; two 128-entry byte tables (vpermt2b on the 7 magnitude bits)
+//             give the top two bytes of the code's exact fp32 value (every E4M3 value, subnormals included, has at
+//             most 4 significant bits, so the low 16 bits are zero; 0x7F gives NaN), the sign is OR-ed in, and
+//             byte / word unpacks build the dwords, then times the tile scale. The unpacks work inside 128-bit lanes,
+//             so vector v (of 4) holds elements 16L + 4v + i in lane 4L + i: that is the lane order of every whole
+//             64-block (the K % 64 tail stays in element order). No per-element branch, no fp32 subnormal
+//             arithmetic: subnormal codes cost what normal ones do.
+//   FP8 without VBMI / AVX2: the 7 magnitude bits shifted to fp32 bit 20 are the fp32 whose value is the E4M3 value
+//             times 2^-120; one multiply by 2^120 fixes it, the sign bit is OR-ed back, then times the tile scale.
+//   BF16: widen and shift left 16. Other ISAs (SSE2) decode with ref::decode_row. All of these keep element order.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <utility>
 
@@ -22,6 +32,12 @@
 #include "dsv4/ref/linear.hpp"
 #include "linear_simd.hpp"
 
+#if defined(__AVX512BW__)
+#define DSV4_VBMI __attribute__((target("avx512vbmi")))
+#else
+#define DSV4_VBMI
+#endif
+
 namespace dsv4::cpu::detail {
 
 template <class Arch>
@@ -30,6 +46,7 @@ struct linear_simd {
   static constexpr int W = static_cast<int>(F::size);
   static constexpr bool kAvx512 = std::is_same_v<Arch, xsimd::avx512bw>;
   static constexpr bool kAvx2 = std::is_same_v<Arch, xsimd::fma3<xsimd::avx2>>;
+  static constexpr std::int64_t kFp8Block = 64;  // codes per VBMI decode step (the FP8 lane-order block)
 
   // a·b + c with one rounding. xsimd 8.1 has no AVX-512 fma (its generic one is x * y + z, fused or not at the
   // compiler's discretion, e.g. fused at -O3 and not under the sanitizers), so AVX-512 calls the instruction itself:
@@ -41,35 +58,144 @@ struct linear_simd {
     return xsimd::fma(a, b, c);
   }
 
+  // ue8m0 byte -> ue8m0::to_float(), as a table the kernels broadcast from (one per Arch: no ODR sharing of code
+  // compiled for different ISAs).
+  static const float* scale_table() {
+    static const auto t = [] {
+      std::array<float, 256> a{};
+      for (int i = 0; i < 256; ++i) a[static_cast<std::size_t>(i)] = ue8m0{static_cast<std::uint8_t>(i)}.to_float();
+      return a;
+    }();
+    return t.data();
+  }
+
+  // Whether the FP8 VBMI decode is used: the CPU has AVX512_VBMI (Zen 4+, Ice Lake+) and DSV4_CPU_NO_VBMI is unset
+  // or "0" (the tests run the other AVX-512 FP8 path with it set). Decided once per process.
+  static bool vbmi() {
+    static const bool v = [] {
 #if defined(__AVX512BW__)
-  // 16 FP8 codes at src to fp32 times the tile scale vs; the NaN codes S.1111.111 come back NaN and in *nan.
-  static __m512 fp8x16(const std::uint8_t* src, __m512 vs, __mmask16* nan) {
+      const char* off = std::getenv("DSV4_CPU_NO_VBMI");
+      return __builtin_cpu_supports("avx512vbmi") && !(off && *off && std::strcmp(off, "0") != 0);
+#else
+      return false;
+#endif
+    }();
+    return v;
+  }
+
+  static bool permutes(const ref::weight_ref& w) {
+    if constexpr (!kAvx512) return false;
+    return w.fmt == ref::wfmt::fp4_b32 || (w.fmt == ref::wfmt::fp8_b128 && vbmi() && w.k >= kFp8Block);
+  }
+
+#if defined(__AVX512BW__)
+  // ---- FP8 E4M3 -> fp32 byte tables: entry m (7 magnitude bits) = byte 3 (hi) / byte 2 (lo) of the fp32 value ----
+  struct fp8_tables {
+    alignas(64) std::uint8_t hi[128];
+    alignas(64) std::uint8_t lo[128];
+  };
+  static const fp8_tables& fp8_bytes() {
+    static const fp8_tables t = [] {
+      fp8_tables r{};
+      for (int m = 0; m < 128; ++m) {
+        const float v = fp8_e4m3{static_cast<std::uint8_t>(m)}.to_float();  // exact; 0x7F is NaN
+        std::uint32_t b;
+        std::memcpy(&b, &v, 4);
+        if (m == 0x7F) b = 0x7FC00000u;
+        r.hi[m] = static_cast<std::uint8_t>(b >> 24);
+        r.lo[m] = static_cast<std::uint8_t>(b >> 16);
+      }
+      return r;
+    }();
+    return t;
+  }
+
+  // 64 FP8 codes c to fp32 times the tile scale vs, in the FP8 lane order (header): out[v] lane 4L + i = element
+  // 16L + 4v + i. th0/th1/tl0/tl1: the hi / lo byte tables (entries 0..63, 64..127).
+  DSV4_VBMI static void fp8x64(__m512i c, __m512 vs, __m512i th0, __m512i th1, __m512i tl0, __m512i tl1,
+                               __m512 out[4]) {
+    const __m512i hi = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(th0, c, th1), c,
+                                                 _mm512_set1_epi8(static_cast<char>(0x80)), 0xF8);  // hi | (c & 0x80)
+    const __m512i lo = _mm512_permutex2var_epi8(tl0, c, tl1);
+    const __m512i w0 = _mm512_unpacklo_epi8(lo, hi), w1 = _mm512_unpackhi_epi8(lo, hi);
+    const __m512i z = _mm512_setzero_si512();
+    out[0] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpacklo_epi16(z, w0)), vs);
+    out[1] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpackhi_epi16(z, w0)), vs);
+    out[2] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpacklo_epi16(z, w1)), vs);
+    out[3] = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpackhi_epi16(z, w1)), vs);
+  }
+
+  // 16 FP8 codes at src to fp32 times the tile scale vs, element order (the non-VBMI AVX-512 path).
+  static __m512 fp8x16(const std::uint8_t* src, __m512 vs) {
     const __m512i m7f = _mm512_set1_epi32(0x7F), m80 = _mm512_set1_epi32(0x80);
     const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
     const __m512i mag = _mm512_and_si512(c, m7f);
-    *nan = _mm512_cmpeq_epi32_mask(mag, m7f);
+    const __mmask16 nan = _mm512_cmpeq_epi32_mask(mag, m7f);
     __m512 f = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(mag, 20)), _mm512_set1_ps(0x1p120f));
     f = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(f), _mm512_slli_epi32(_mm512_and_si512(c, m80), 24)));
-    return _mm512_mul_ps(_mm512_mask_mov_ps(f, *nan, _mm512_set1_ps(__builtin_nanf(""))), vs);
+    return _mm512_mul_ps(_mm512_mask_mov_ps(f, nan, _mm512_set1_ps(__builtin_nanf(""))), vs);
   }
-  // 16 FP4 values (8 bytes at src, element 2c in the low nibble) to fp32 times the block scale vs.
-  static __m512 fp4x16(const std::uint8_t* src, __m512 vs) {
-    const __m512 lut = _mm512_setr_ps(0.f, 0.5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f, -0.f, -0.5f, -1.f, -1.5f, -2.f, -3.f,
-                                      -4.f, -6.f);
-    const __m512i shift = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
-    __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src));
-    b = _mm_unpacklo_epi8(b, b);  // byte c twice: lanes 2c (low nibble) and 2c+1 (high nibble)
-    const __m512i code = _mm512_and_si512(_mm512_srlv_epi32(_mm512_cvtepu8_epi32(b), shift), _mm512_set1_epi32(0xF));
-    return _mm512_mul_ps(_mm512_permutexvar_ps(code, lut), vs);
+
+  // E2M1 values times a block scale, as a 16-entry vpermps table.
+  static __m512 fp4_lut(float s) {
+    return _mm512_mul_ps(_mm512_setr_ps(0.f, 0.5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f, -0.f, -0.5f, -1.f, -1.5f, -2.f, -3.f,
+                                        -4.f, -6.f),
+                         _mm512_set1_ps(s));
+  }
+  // One FP4 32-block (16 bytes at src) -> out[0], out[1] times the block scale (lut = the scaled table), in the FP4
+  // lane order: the 16 bytes are broadcast to the four 128-bit lanes (a load, no shuffle), so dword lane 4L + i holds
+  // the 8 nibbles of elements 8i .. 8i+7; a per-lane shift by 4L (out[0]) or 4L + 16 (out[1]) brings the nibble of
+  // element 8i + L (or 8i + 4 + L) to the bottom, and vpermps reads only the low 4 bits of each index.
+  static void fp4x32(const std::uint8_t* src, __m512 lut, __m512 out[2]) {
+    const __m512i c = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
+    const __m512i sh0 = _mm512_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12);
+    const __m512i sh1 = _mm512_add_epi32(sh0, _mm512_set1_epi32(16));
+    out[0] = _mm512_permutexvar_ps(_mm512_srlv_epi32(c, sh0), lut);
+    out[1] = _mm512_permutexvar_ps(_mm512_srlv_epi32(c, sh1), lut);
   }
 #endif
 
-  static std::int64_t decode_row(const ref::weight_ref& w, std::int64_t n, float* out) {
+  // x rows in W's lane order (see permutes).
+  static void order_x(const ref::weight_ref& w, const float* x, std::int64_t T, std::int64_t ldx, float* out) {
+    const std::int64_t K = w.k;
+    for (std::int64_t t = 0; t < T; ++t) {
+      const float* xr = x + t * ldx;
+      float* o = out + t * K;
+      std::int64_t k = 0;
+#if defined(__AVX512BW__)
+      if constexpr (kAvx512) {
+        if (w.fmt == ref::wfmt::fp4_b32) {  // lane 4L + i of the two halves: elements 8i + L and 8i + 4 + L
+          const __m512i i0 = _mm512_setr_epi32(0, 8, 16, 24, 1, 9, 17, 25, 2, 10, 18, 26, 3, 11, 19, 27);
+          const __m512i i1 = _mm512_add_epi32(i0, _mm512_set1_epi32(4));
+          for (; k + 32 <= K; k += 32) {
+            const __m512 a = _mm512_loadu_ps(xr + k), b = _mm512_loadu_ps(xr + k + 16);
+            _mm512_storeu_ps(o + k, _mm512_permutex2var_ps(a, i0, b));
+            _mm512_storeu_ps(o + k + 16, _mm512_permutex2var_ps(a, i1, b));
+          }
+        } else if (w.fmt == ref::wfmt::fp8_b128 && permutes(w)) {
+          for (; k + kFp8Block <= K; k += kFp8Block) {  // a 4x4 transpose of 128-bit chunks
+            const __m512 a0 = _mm512_loadu_ps(xr + k), a1 = _mm512_loadu_ps(xr + k + 16),
+                         a2 = _mm512_loadu_ps(xr + k + 32), a3 = _mm512_loadu_ps(xr + k + 48);
+            const __m512 t0 = _mm512_shuffle_f32x4(a0, a1, 0x44), t1 = _mm512_shuffle_f32x4(a0, a1, 0xEE),
+                         t2 = _mm512_shuffle_f32x4(a2, a3, 0x44), t3 = _mm512_shuffle_f32x4(a2, a3, 0xEE);
+            _mm512_storeu_ps(o + k, _mm512_shuffle_f32x4(t0, t2, 0x88));
+            _mm512_storeu_ps(o + k + 16, _mm512_shuffle_f32x4(t0, t2, 0xDD));
+            _mm512_storeu_ps(o + k + 32, _mm512_shuffle_f32x4(t1, t3, 0x88));
+            _mm512_storeu_ps(o + k + 48, _mm512_shuffle_f32x4(t1, t3, 0xDD));
+          }
+        }
+      }
+#endif
+      std::memcpy(o + k, xr + k, static_cast<std::size_t>(K - k) * sizeof(float));
+    }
+  }
+
+  static void decode_row(const ref::weight_ref& w, std::int64_t n, float* out) {
     const std::int64_t K = w.k;
     switch (w.fmt) {
       case ref::wfmt::f32:
         std::memcpy(out, &w.f32(n, 0), static_cast<std::size_t>(K) * sizeof(float));
-        return 0;
+        return;
       case ref::wfmt::bf16: {
         std::int64_t k = 0;
         [[maybe_unused]] const auto* src = reinterpret_cast<const std::uint16_t*>(&w.bf(n, 0));
@@ -87,34 +213,50 @@ struct linear_simd {
             _mm256_storeu_ps(out + k, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
           }
 #endif
-        return k < K ? ref::decode_row(w, n, k, K, out + k) : 0;
+        if (k < K) ref::decode_row(w, n, k, K, out + k);
+        return;
       }
       case ref::wfmt::fp8_b128:
+#if defined(__AVX512BW__)
+        if constexpr (kAvx512)
+          if (permutes(w)) return decode_fp8_vbmi(w, n, out);
+#endif
         return decode_fp8(w, n, out);
       case ref::wfmt::fp4_b32:
         return decode_fp4(w, n, out);
     }
-    return 0;
   }
 
-  static std::int64_t decode_fp8(const ref::weight_ref& w, std::int64_t n, float* out) {
+#if defined(__AVX512BW__)
+  DSV4_VBMI static void decode_fp8_vbmi(const ref::weight_ref& w, std::int64_t n, float* out) {
+    const std::int64_t K = w.k, tile = ref::kFp8WeightTile;
+    const auto* src = reinterpret_cast<const std::uint8_t*>(&w.f8(n, 0));
+    const fp8_tables& tb = fp8_bytes();
+    const __m512i th0 = _mm512_load_si512(tb.hi), th1 = _mm512_load_si512(tb.hi + 64),
+                  tl0 = _mm512_load_si512(tb.lo), tl1 = _mm512_load_si512(tb.lo + 64);
+    const float* st = scale_table();
+    std::int64_t k = 0;
+    for (; k + kFp8Block <= K; k += kFp8Block) {
+      __m512 v[4];
+      fp8x64(_mm512_loadu_si512(src + k), _mm512_set1_ps(st[w.scale(n / tile, k / tile).bits]), th0, th1, tl0, tl1, v);
+      for (int i = 0; i < 4; ++i) _mm512_storeu_ps(out + k + 16 * i, v[i]);
+    }
+    if (k < K) ref::decode_row(w, n, k, K, out + k);
+  }
+#endif
+
+  static void decode_fp8(const ref::weight_ref& w, std::int64_t n, float* out) {
     const std::int64_t K = w.k;
-    std::int64_t bad = 0, k = 0;
+    std::int64_t k = 0;
     [[maybe_unused]] const auto* src = reinterpret_cast<const std::uint8_t*>(&w.f8(n, 0));
     if constexpr (kAvx512 || kAvx2) {
       constexpr std::int64_t tile = ref::kFp8WeightTile;
       for (; k + tile <= K; k += tile) {
-        const std::uint8_t sb = w.scale(n / tile, k / tile).bits;
-        bad += sb == 0xFF ? tile : 0;  // every weight of the tile row is NaN (codes are not counted again)
-        const float s = ue8m0{sb}.to_float();
+        const float s = scale_table()[w.scale(n / tile, k / tile).bits];
 #if defined(__AVX512BW__)
         if constexpr (kAvx512) {
           const __m512 vs = _mm512_set1_ps(s);
-          for (std::int64_t i = 0; i < tile; i += 16) {
-            __mmask16 nan;
-            _mm512_storeu_ps(out + k + i, fp8x16(src + k + i, vs, &nan));
-            if (sb != 0xFF) bad += __builtin_popcount(nan);
-          }
+          for (std::int64_t i = 0; i < tile; i += 16) _mm512_storeu_ps(out + k + i, fp8x16(src + k + i, vs));
         }
 #endif
 #if defined(__AVX2__)
@@ -125,7 +267,6 @@ struct linear_simd {
             const __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + k + i)));
             const __m256i mag = _mm256_and_si256(c, m7f);
             const __m256i isnan = _mm256_cmpeq_epi32(mag, m7f);
-            if (sb != 0xFF) bad += __builtin_popcount(static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(isnan))));
             __m256 f = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32(mag, 20)), two120);
             f = _mm256_castsi256_ps(
                 _mm256_or_si256(_mm256_castps_si256(f), _mm256_slli_epi32(_mm256_and_si256(c, m80), 24)));
@@ -136,21 +277,22 @@ struct linear_simd {
 #endif
       }
     }
-    return bad + (k < K ? ref::decode_row(w, n, k, K, out + k) : 0);
+    if (k < K) ref::decode_row(w, n, k, K, out + k);
   }
 
-  static std::int64_t decode_fp4(const ref::weight_ref& w, std::int64_t n, float* out) {
+  static void decode_fp4(const ref::weight_ref& w, std::int64_t n, float* out) {
     const std::int64_t K = w.k;
-    std::int64_t bad = 0, k = 0;
+    std::int64_t k = 0;
     [[maybe_unused]] const auto* src = reinterpret_cast<const std::uint8_t*>(&w.f4(n, 0));
     [[maybe_unused]] constexpr std::int64_t blk = ref::kFp4WeightBlock;
 #if defined(__AVX512BW__)
     if constexpr (kAvx512) {
+      const float* st = scale_table();
       for (; k + blk <= K; k += blk) {
-        const std::uint8_t sb = w.scale(n, k / blk).bits;
-        bad += sb == 0xFF ? blk : 0;
-        const __m512 vs = _mm512_set1_ps(ue8m0{sb}.to_float());
-        for (std::int64_t i = 0; i < blk; i += 16) _mm512_storeu_ps(out + k + i, fp4x16(src + (k + i) / 2, vs));
+        __m512 v[2];
+        fp4x32(src + k / 2, fp4_lut(st[w.scale(n, k / blk).bits]), v);
+        _mm512_storeu_ps(out + k, v[0]);
+        _mm512_storeu_ps(out + k + 16, v[1]);
       }
     }
 #endif
@@ -160,9 +302,7 @@ struct linear_simd {
       const __m256i shift = _mm256_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4);
       const __m256i m7 = _mm256_set1_epi32(7), m8 = _mm256_set1_epi32(8);
       for (; k + blk <= K; k += blk) {
-        const std::uint8_t sb = w.scale(n, k / blk).bits;
-        bad += sb == 0xFF ? blk : 0;
-        const __m256 vs = _mm256_set1_ps(ue8m0{sb}.to_float());
+        const __m256 vs = _mm256_set1_ps(scale_table()[w.scale(n, k / blk).bits]);
         for (std::int64_t i = 0; i < blk; i += 8) {
           std::int32_t four;
           std::memcpy(&four, src + (k + i) / 2, 4);
@@ -177,7 +317,7 @@ struct linear_simd {
       }
     }
 #endif
-    return bad + (k < K ? ref::decode_row(w, n, k, K, out + k) : 0);
+    if (k < K) ref::decode_row(w, n, k, K, out + k);
   }
 
   template <int MT, int NT>
@@ -203,65 +343,166 @@ struct linear_simd {
       }
   }
 
-  // Decode-time GEMV (AVX-512, FP8 with K a multiple of 128 or FP4): rows decoded 16 weights at a time into
-  // registers with the decode_fp8 / decode_fp4 arithmetic and multiplied into one accumulator per row, exactly the
-  // chain of dots_tile<1, nt>, then xsimd::hadd. Weight bytes are read once and nothing is written: this is the
-  // bandwidth-bound decode case.
-  static bool gemv(const float* x, const ref::weight_ref& w, std::int64_t n0, int nt, float* out,
-                   std::int64_t* bad_out) {
+#if defined(__AVX512BW__)
+  // ---- decode GEMVs (AVX-512): NT rows decoded in registers, one accumulator each, the dot order of dots_tile<1, NT>
+  // on the lane-ordered x and panel; weight bytes are read once and nothing is written but the NT outputs. ----
+
+  // The GEMVs stream NT rows side by side; the hardware prefetcher alone leaves a single core at ~0.5 of its read
+  // bandwidth on those 8 streams, a software prefetch this far ahead in every row brings it to ~0.75 (bench_linear).
+  static constexpr std::int64_t kPrefetch = 256;
+  static void prefetch(const std::uint8_t* p) { _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0); }
+
+  // The E2M1 table times every possible block scale: entry [b][q] = e2m1(q) · ue8m0{b}.to_float(), the very
+  // product decode_row computes (16 KiB, L1/L2-resident while a GEMV runs).
+  static const float* fp4_scaled_luts() {
+    alignas(64) static float t[256 * 16];
+    static const bool init = [] {
+      for (int b = 0; b < 256; ++b) _mm512_store_ps(t + 16 * b, fp4_lut(scale_table()[b]));
+      return true;
+    }();
+    (void)init;
+    return t;
+  }
+
+  // FP4, K % 32 == 0: per 32-block and row, two vpermps straight from the table row of the block's scale (a memory
+  // operand, so the scale costs no vector instruction) and two fmas. The scale bytes of the NT rows are staged 64
+  // blocks at a time at fixed offsets, so the inner loop needs one pointer per row and nothing else.
+  template <int NT>
+  static void gemv_fp4(const float* x, const ref::weight_ref& w, std::int64_t n0, float* out) {
+    constexpr std::int64_t blk = ref::kFp4WeightBlock, chunk = 64;  // blocks per staging round
+    const std::int64_t K = w.k, nblk = K / blk;
+    const float* luts = fp4_scaled_luts();
+    const __m512i sh0 = _mm512_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12);
+    const __m512i sh1 = _mm512_add_epi32(sh0, _mm512_set1_epi32(16));
+    const std::uint8_t* src[NT];
+    __m512 acc[NT];
+    for (int j = 0; j < NT; ++j) {
+      src[j] = reinterpret_cast<const std::uint8_t*>(&w.f4(n0 + j, 0));
+      acc[j] = _mm512_setzero_ps();
+    }
+    alignas(64) std::uint8_t sb[NT][chunk];
+    for (std::int64_t b0 = 0; b0 < nblk; b0 += chunk) {
+      const std::int64_t nb = std::min(chunk, nblk - b0);
+      for (int j = 0; j < NT; ++j) {
+        if (w.scale.stride[1] == 1) {
+          std::memcpy(sb[j], &w.scale(n0 + j, b0), static_cast<std::size_t>(nb));
+        } else {
+          for (std::int64_t b = 0; b < nb; ++b) sb[j][b] = w.scale(n0 + j, b0 + b).bits;
+        }
+      }
+      for (std::int64_t b = 0; b < nb; ++b) {
+        const std::int64_t k = (b0 + b) * blk;
+        const __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
+        if (b % 4 == 0)  // a cache line of every row per 4 blocks, kPrefetch bytes ahead
+          for (int j = 0; j < NT; ++j) prefetch(src[j] + k / 2 + kPrefetch);
+        for (int j = 0; j < NT; ++j) {  // fp4x32 with the table from memory
+          const __m512i c = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src[j] + k / 2)));
+          const __m512 lut = _mm512_load_ps(luts + 16 * sb[j][b]);
+          acc[j] = _mm512_fmadd_ps(x0, _mm512_permutexvar_ps(_mm512_srlv_epi32(c, sh0), lut), acc[j]);
+          acc[j] = _mm512_fmadd_ps(x1, _mm512_permutexvar_ps(_mm512_srlv_epi32(c, sh1), lut), acc[j]);
+        }
+      }
+    }
+    for (int j = 0; j < NT; ++j) out[j] = xsimd::hadd(F(acc[j]));
+  }
+
+  // FP8 with VBMI, K % 64 == 0: the NT rows share each tile scale (n0 % 8 == 0, NT <= 8: one 128-row tile).
+  template <int NT>
+  DSV4_VBMI static void gemv_fp8_vbmi(const float* x, const ref::weight_ref& w, std::int64_t n0, float* out) {
+    const std::int64_t K = w.k, tile = ref::kFp8WeightTile;
+    const float* st = scale_table();
+    const fp8_tables& tb = fp8_bytes();
+    const __m512i th0 = _mm512_load_si512(tb.hi), th1 = _mm512_load_si512(tb.hi + 64),
+                  tl0 = _mm512_load_si512(tb.lo), tl1 = _mm512_load_si512(tb.lo + 64);
+    const std::uint8_t* src[NT];
+    __m512 acc[NT];
+    for (int j = 0; j < NT; ++j) {
+      src[j] = reinterpret_cast<const std::uint8_t*>(&w.f8(n0 + j, 0));
+      acc[j] = _mm512_setzero_ps();
+    }
+    __m512 vs = _mm512_setzero_ps();
+    for (std::int64_t k = 0; k < K; k += kFp8Block) {
+      if (k % tile == 0) vs = _mm512_set1_ps(st[w.scale(n0 / tile, k / tile).bits]);
+      const __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16), x2 = _mm512_loadu_ps(x + k + 32),
+                   x3 = _mm512_loadu_ps(x + k + 48);
+      for (int j = 0; j < NT; ++j) prefetch(src[j] + k + kPrefetch);  // a cache line of every row
+      for (int j = 0; j < NT; ++j) {
+        __m512 v[4];
+        fp8x64(_mm512_loadu_si512(src[j] + k), vs, th0, th1, tl0, tl1, v);
+        acc[j] = _mm512_fmadd_ps(x0, v[0], acc[j]);
+        acc[j] = _mm512_fmadd_ps(x1, v[1], acc[j]);
+        acc[j] = _mm512_fmadd_ps(x2, v[2], acc[j]);
+        acc[j] = _mm512_fmadd_ps(x3, v[3], acc[j]);
+      }
+    }
+    for (int j = 0; j < NT; ++j) out[j] = xsimd::hadd(F(acc[j]));
+  }
+
+  // FP8 without VBMI, K % 128 == 0: element order, 16 codes at a time.
+  template <int NT>
+  static void gemv_fp8(const float* x, const ref::weight_ref& w, std::int64_t n0, float* out) {
+    const std::int64_t K = w.k, tile = ref::kFp8WeightTile;
+    const float* st = scale_table();
+    const std::uint8_t* src[NT];
+    __m512 acc[NT];
+    for (int j = 0; j < NT; ++j) {
+      src[j] = reinterpret_cast<const std::uint8_t*>(&w.f8(n0 + j, 0));
+      acc[j] = _mm512_setzero_ps();
+    }
+    for (std::int64_t k0 = 0; k0 < K; k0 += tile) {
+      const __m512 vs = _mm512_set1_ps(st[w.scale(n0 / tile, k0 / tile).bits]);
+      for (std::int64_t i = 0; i < tile; i += 16) {
+        const __m512 xv = _mm512_loadu_ps(x + k0 + i);
+        for (int j = 0; j < NT; ++j) acc[j] = _mm512_fmadd_ps(xv, fp8x16(src[j] + k0 + i, vs), acc[j]);
+      }
+    }
+    for (int j = 0; j < NT; ++j) out[j] = xsimd::hadd(F(acc[j]));
+  }
+#endif
+
+  using gemv_fn = void (*)(const float*, const ref::weight_ref&, std::int64_t, float*);
+  template <template <int> class G, std::size_t... J>
+  static constexpr std::array<gemv_fn, sizeof...(J)> gemv_row(std::index_sequence<J...>) {
+    return {&G<static_cast<int>(J) + 1>::run...};
+  }
+#if defined(__AVX512BW__)
+  template <int NT>
+  struct fp4_g {
+    static void run(const float* x, const ref::weight_ref& w, std::int64_t n0, float* o) { gemv_fp4<NT>(x, w, n0, o); }
+  };
+  template <int NT>
+  struct fp8v_g {
+    static void run(const float* x, const ref::weight_ref& w, std::int64_t n0, float* o) {
+      gemv_fp8_vbmi<NT>(x, w, n0, o);
+    }
+  };
+  template <int NT>
+  struct fp8_g {
+    static void run(const float* x, const ref::weight_ref& w, std::int64_t n0, float* o) { gemv_fp8<NT>(x, w, n0, o); }
+  };
+#endif
+
+  static bool gemv(const float* x, const ref::weight_ref& w, std::int64_t n0, int nt, float* out) {
 #if defined(__AVX512BW__)
     if constexpr (kAvx512) {
-      const std::int64_t K = w.k;
-      std::int64_t bad = 0;
-      __m512 acc[kMaxTileN];
-      for (int j = 0; j < nt; ++j) acc[j] = _mm512_setzero_ps();
-      if (w.fmt == ref::wfmt::fp8_b128 && K % ref::kFp8WeightTile == 0) {
-        constexpr std::int64_t tile = ref::kFp8WeightTile;
-        const std::uint8_t* src[kMaxTileN];
-        for (int j = 0; j < nt; ++j) src[j] = reinterpret_cast<const std::uint8_t*>(&w.f8(n0 + j, 0));
-        for (std::int64_t k0 = 0; k0 < K; k0 += tile) {
-          std::uint8_t sb[kMaxTileN];
-          __m512 vs[kMaxTileN];
-          for (int j = 0; j < nt; ++j) {
-            sb[j] = w.scale((n0 + j) / tile, k0 / tile).bits;
-            bad += sb[j] == 0xFF ? tile : 0;
-            vs[j] = _mm512_set1_ps(ue8m0{sb[j]}.to_float());
-          }
-          for (std::int64_t i = 0; i < tile; i += 16) {
-            const __m512 xv = _mm512_loadu_ps(x + k0 + i);
-            for (int j = 0; j < nt; ++j) {
-              __mmask16 nan;
-              acc[j] = _mm512_fmadd_ps(xv, fp8x16(src[j] + k0 + i, vs[j], &nan), acc[j]);
-              if (sb[j] != 0xFF) bad += __builtin_popcount(nan);
-            }
-          }
-        }
-      } else if (w.fmt == ref::wfmt::fp4_b32 && K % ref::kFp4WeightBlock == 0) {
-        constexpr std::int64_t blk = ref::kFp4WeightBlock;
-        const std::uint8_t* src[kMaxTileN];
-        for (int j = 0; j < nt; ++j) src[j] = reinterpret_cast<const std::uint8_t*>(&w.f4(n0 + j, 0));
-        for (std::int64_t k0 = 0; k0 < K; k0 += blk) {
-          __m512 vs[kMaxTileN];
-          for (int j = 0; j < nt; ++j) {
-            const std::uint8_t sb = w.scale(n0 + j, k0 / blk).bits;
-            bad += sb == 0xFF ? blk : 0;
-            vs[j] = _mm512_set1_ps(ue8m0{sb}.to_float());
-          }
-          for (std::int64_t i = 0; i < blk; i += 16) {
-            const __m512 xv = _mm512_loadu_ps(x + k0 + i);
-            for (int j = 0; j < nt; ++j)
-              acc[j] = _mm512_fmadd_ps(xv, fp4x16(src[j] + (k0 + i) / 2, vs[j]), acc[j]);
-          }
-        }
-      } else {
-        return false;
+      static constexpr auto fp4 = gemv_row<fp4_g>(std::make_index_sequence<kMaxTileN>{});
+      static constexpr auto fp8v = gemv_row<fp8v_g>(std::make_index_sequence<kMaxTileN>{});
+      static constexpr auto fp8 = gemv_row<fp8_g>(std::make_index_sequence<kMaxTileN>{});
+      if (w.fmt == ref::wfmt::fp4_b32 && w.k % ref::kFp4WeightBlock == 0) {
+        fp4[nt - 1](x, w, n0, out);
+        return true;
       }
-      for (int j = 0; j < nt; ++j) out[j] = xsimd::hadd(F(acc[j]));
-      *bad_out += bad;
-      return true;
+      if (w.fmt == ref::wfmt::fp8_b128 && permutes(w) && w.k % kFp8Block == 0) {
+        fp8v[nt - 1](x, w, n0, out);
+        return true;
+      }
+      if (w.fmt == ref::wfmt::fp8_b128 && !permutes(w) && w.k % ref::kFp8WeightTile == 0) {
+        fp8[nt - 1](x, w, n0, out);
+        return true;
+      }
     }
 #endif
-    (void)x, (void)w, (void)n0, (void)nt, (void)out, (void)bad_out;
+    (void)x, (void)w, (void)n0, (void)nt, (void)out;
     return false;
   }
 
@@ -290,8 +531,8 @@ struct linear_simd {
 
 template <class Arch>
 linear_kernels select_linear_kernels::operator()(Arch) const {
-  return linear_kernels{Arch::name(), &linear_simd<Arch>::decode_row, &linear_simd<Arch>::dots,
-                        &linear_simd<Arch>::gemv};
+  using L = linear_simd<Arch>;
+  return linear_kernels{Arch::name(), &L::permutes, &L::order_x, &L::decode_row, &L::dots, &L::gemv};
 }
 
 }  // namespace dsv4::cpu::detail
