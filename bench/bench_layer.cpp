@@ -242,8 +242,7 @@ void BM_block_decode_batch(benchmark::State& st) {
   const block_weights& L = m.w.layers[0];
   auto bytes = [](const ops::qweight& q) { return double(q.weight.nbytes() + (q.scale.rank() ? q.scale.nbytes() : 0)); };
   double attn = 0;
-  for (const ops::qweight* q : {&L.attn.wq_a, &L.attn.wq_b, &L.attn.wkv, &L.attn.wo_b}) attn += bytes(*q);
-  attn += 4.0 * double(L.attn.wo_a.weight.numel());  // decoded to fp32 at load
+  for (const ops::qweight* q : {&L.attn.wq_a, &L.attn.wq_b, &L.attn.wkv, &L.attn.wo_a, &L.attn.wo_b}) attn += bytes(*q);
   attn += bytes(L.attn.compressor->wkv) + bytes(L.attn.compressor->wgate);
   attn += bytes(L.attn.indexer->wq_b) + bytes(L.attn.indexer->weights_proj) + bytes(L.attn.indexer->compressor.wkv) +
           bytes(L.attn.indexer->compressor.wgate);

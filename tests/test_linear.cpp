@@ -157,6 +157,26 @@ TEST_CASE("cpu: an output row does not depend on the batch it is in, or on the t
   }
 }
 
+TEST_CASE("FP8 rows narrowed on tile boundaries (weight rows + scale rows) give those rows of the full product") {
+  // How the attention layer runs wo_a per group: the narrowed views must address the same codes and scales.
+  const auto tw = make_weight(dtype::fp8_e4m3, 384, 256, 61);
+  const buffer x = host_f32(3, 256, randn(3 * 256, 62));
+  for (backend be : host_backends()) {
+    buffer full(dtype::f32, {3, 384});
+    ops::linear(x, tw.q(), full, on(be));
+    for (std::int64_t g = 0; g < 3; ++g) {
+      const std::int64_t t = be == backend::ref ? 3 : 1;  // cpu: one token (the decode GEMV) against the batch
+      buffer part(dtype::f32, {t, 128});
+      ops::linear(x.view().narrow(0, 0, t), {tw.w.view().narrow(0, g * 128, 128), tw.s.view().narrow(0, g, 1)}, part,
+                  on(be));
+      for (std::int64_t i = 0; i < t; ++i)
+        for (std::int64_t n = 0; n < 128; ++n)
+          REQUIRE(f32_to_bits(part.host_span<float>()[i * 128 + n]) ==
+                  f32_to_bits(full.host_span<float>()[i * 384 + g * 128 + n]));
+    }
+  }
+}
+
 TEST_CASE("bf16 in and out: the fp32 result rounded once") {
   const auto tw = make_weight(dtype::fp8_e4m3, 130, 256, 41);
   const auto xv = randn(3 * 256, 42);

@@ -21,8 +21,6 @@ const detail::linear_kernels& kernels() {
   return k;
 }
 
-constexpr std::int64_t kRowBlock = 16;  // weight rows per task: 16·K fp32 (256 KiB at K = 4096) stays in L2
-
 }  // namespace
 
 namespace {
@@ -37,59 +35,72 @@ std::int64_t count_nan_weights(const ref::weight_ref& w, std::int64_t n) {
 
 }  // namespace
 
-std::int64_t linear_f32(const float* x, std::int64_t T, std::int64_t ldx, const ref::weight_ref& w, float* y,
-                        std::int64_t ldy, const exec& ex) {
+const float* lane_order(const ref::weight_ref& w, const float* x, std::int64_t T, std::int64_t ldx,
+                        std::vector<float>& buf, std::int64_t* ld, const exec& ex) {
+  const auto& k = kernels();
+  *ld = ldx;
+  if (T <= 0 || !k.permutes(w)) return x;
+  const std::int64_t K = w.k;
+  buf.resize(static_cast<std::size_t>(T * K));
+  detail::parallel_rows(T, 16, ex, [&](std::int64_t t0, std::int64_t t1) {
+    k.order_x(w, x + t0 * ldx, t1 - t0, ldx, buf.data() + t0 * K);
+  });
+  *ld = K;
+  return buf.data();
+}
+
+std::int64_t linear_blocks(const float* x, std::int64_t T, std::int64_t ldx, const ref::weight_ref& w, float* y,
+                           std::int64_t ldy, std::int64_t b0, std::int64_t b1) {
   const auto& k = kernels();
   const std::int64_t N = w.n, K = w.k;
-  if (T <= 0) return 0;
   const std::int64_t ldw = (K + 15) / 16 * 16;
-  // x in W's lane order (linear_simd.hpp), once for every row block.
-  std::vector<float> xo;
-  if (k.permutes(w)) {
-    xo.resize(static_cast<std::size_t>(T * K));
-    detail::parallel_rows(T, 16, ex, [&](std::int64_t t0, std::int64_t t1) {
-      k.order_x(w, x + t0 * ldx, t1 - t0, ldx, xo.data() + t0 * K);
-    });
-    x = xo.data();
-    ldx = K;
-  }
-  std::atomic<std::int64_t> bad{0};
-  detail::parallel_rows((N + kRowBlock - 1) / kRowBlock, 1, ex, [&](std::int64_t b0, std::int64_t b1) {
-    std::vector<float> panel;  // sized on first use: a decode task that takes the fused GEMV never touches it
-    float out[detail::kMaxTileT * detail::kMaxTileN];
-    std::int64_t my_bad = 0;
-    for (std::int64_t b = b0; b < b1; ++b) {
-      const std::int64_t n0 = b * kRowBlock, n1 = std::min(N, n0 + kRowBlock);
-      bool fused = T == 1;  // decode: weights straight from their stored bytes into the dot (bitwise the panel's)
-      for (std::int64_t j0 = n0; j0 < n1 && fused; j0 += detail::kMaxTileN) {
-        const int nt = static_cast<int>(std::min<std::int64_t>(detail::kMaxTileN, n1 - j0));
-        fused = k.gemv(x, w, j0, nt, out);
-        if (fused)
-          for (int j = 0; j < nt; ++j) y[j0 + j] = out[j];
-      }
-      if (!fused) {
-        if (panel.empty()) panel.resize(static_cast<std::size_t>(kRowBlock * ldw));
-        for (std::int64_t n = n0; n < n1; ++n) k.decode_row(w, n, panel.data() + (n - n0) * ldw);
-        for (std::int64_t t0 = 0; t0 < T; t0 += detail::kMaxTileT) {
-          const int mt = static_cast<int>(std::min<std::int64_t>(detail::kMaxTileT, T - t0));
-          const std::int64_t step = mt == 1 ? detail::kMaxTileN : 4;
-          for (std::int64_t j0 = n0; j0 < n1; j0 += step) {
-            const int nt = static_cast<int>(std::min(step, n1 - j0));
-            k.dots(x + t0 * ldx, ldx, mt, panel.data() + (j0 - n0) * ldw, ldw, nt, K, out, nt);
-            for (int i = 0; i < mt; ++i)
-              for (int j = 0; j < nt; ++j) y[(t0 + i) * ldy + j0 + j] = out[i * nt + j];
-          }
+  std::vector<float> panel;  // sized on first use: a decode task that takes the fused GEMV never touches it
+  float out[detail::kMaxTileT * detail::kMaxTileN];
+  std::int64_t bad = 0;
+  for (std::int64_t b = b0; b < b1; ++b) {
+    const std::int64_t n0 = b * kLinearRowBlock, n1 = std::min(N, n0 + kLinearRowBlock);
+    bool fused = T == 1;  // decode: weights straight from their stored bytes into the dot (bitwise the panel's)
+    for (std::int64_t j0 = n0; j0 < n1 && fused; j0 += detail::kMaxTileN) {
+      const int nt = static_cast<int>(std::min<std::int64_t>(detail::kMaxTileN, n1 - j0));
+      fused = k.gemv(x, w, j0, nt, out);
+      if (fused)
+        for (int j = 0; j < nt; ++j) y[j0 + j] = out[j];
+    }
+    if (!fused) {
+      if (panel.empty()) panel.resize(static_cast<std::size_t>(kLinearRowBlock * ldw));
+      for (std::int64_t n = n0; n < n1; ++n) k.decode_row(w, n, panel.data() + (n - n0) * ldw);
+      for (std::int64_t t0 = 0; t0 < T; t0 += detail::kMaxTileT) {
+        const int mt = static_cast<int>(std::min<std::int64_t>(detail::kMaxTileT, T - t0));
+        const std::int64_t step = mt == 1 ? detail::kMaxTileN : 4;
+        for (std::int64_t j0 = n0; j0 < n1; j0 += step) {
+          const int nt = static_cast<int>(std::min(step, n1 - j0));
+          k.dots(x + t0 * ldx, ldx, mt, panel.data() + (j0 - n0) * ldw, ldw, nt, K, out, nt);
+          for (int i = 0; i < mt; ++i)
+            for (int j = 0; j < nt; ++j) y[(t0 + i) * ldy + j0 + j] = out[i * nt + j];
         }
       }
-      // A NaN weight makes every output of its row NaN (fma propagates it), so the rows with a NaN output are the
-      // only ones that can hold NaN weights: count those exactly, off the fast path.
-      for (std::int64_t n = n0; n < n1; ++n)
-        for (std::int64_t t = 0; t < T; ++t)
-          if (std::isnan(y[t * ldy + n])) {
-            my_bad += count_nan_weights(w, n);
-            break;
-          }
     }
+    // A NaN weight makes every output of its row NaN (fma propagates it), so the rows with a NaN output are the only
+    // ones that can hold NaN weights: count those exactly, off the fast path.
+    for (std::int64_t n = n0; n < n1; ++n)
+      for (std::int64_t t = 0; t < T; ++t)
+        if (std::isnan(y[t * ldy + n])) {
+          bad += count_nan_weights(w, n);
+          break;
+        }
+  }
+  return bad;
+}
+
+std::int64_t linear_f32(const float* x, std::int64_t T, std::int64_t ldx, const ref::weight_ref& w, float* y,
+                        std::int64_t ldy, const exec& ex) {
+  if (T <= 0) return 0;
+  std::vector<float> buf;
+  std::int64_t ld = 0;
+  const float* xo = lane_order(w, x, T, ldx, buf, &ld, ex);  // once for every row block
+  std::atomic<std::int64_t> bad{0};
+  detail::parallel_rows(linear_row_blocks(w), 1, ex, [&](std::int64_t b0, std::int64_t b1) {
+    const std::int64_t my_bad = linear_blocks(xo, T, ld, w, y, ldy, b0, b1);
     if (my_bad) bad += my_bad;
   });
   return bad.load();

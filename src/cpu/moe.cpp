@@ -32,6 +32,117 @@ void topk_insert(const float* v, std::int64_t E, int k, std::int32_t* idx) {
   }
 }
 
+// Decode-sized batches: up to this many tokens, every expert's linears run in one parallel region per phase (w1
+// and w3 of all experts, then w2 of all experts) instead of three per expert: at T = 1 a V4-Flash MoE is 21
+// matrices of 4-8 MB, and a region per matrix leaves both threads waiting at 21 joins.
+constexpr std::int64_t kFusedTokens = 8;
+
+// The experts of T <= kFusedTokens tokens in two parallel regions. Job j = an expert with rows: its gathered token
+// rows, routing weights, and where its [rows, D] output goes (routed: rows of `out` by (token, slot); shared: rows
+// T·k .. T·k + T − 1 of `out`). Same kernels, same per-row arithmetic as the per-expert loop, so the same bits.
+std::int64_t fused_experts(const float* xf, std::int64_t T, std::int64_t D, view<const float, 2> w, int k,
+                           const std::vector<std::int64_t>& start, const std::vector<std::int64_t>& pairs,
+                           const std::vector<ref::ffn_ref>& routed, const ref::ffn_ref* shared, float limit,
+                           std::vector<float>& out, const exec& ex) {
+  struct job {
+    const ref::ffn_ref* f;
+    std::int64_t rows, x0, h0;            // row count; offsets of its rows in xs / (g, u) (elements)
+    std::vector<std::int64_t> dst;        // output row in `out` per row
+    std::vector<float> wr;                // routing weight per row
+    std::vector<float> xo_buf, go_buf;    // x and h in the lane orders of w1 and w2
+    const float* xo = nullptr;
+    const float* go = nullptr;
+    std::int64_t ldx = 0, ldg = 0;
+  };
+  std::vector<job> jobs;
+  std::int64_t xrows = 0, hsize = 0;
+  const std::int64_t E = static_cast<std::int64_t>(routed.size());
+  for (std::int64_t e = 0; e <= E; ++e) {
+    const bool sh = e == E;
+    if (sh && !shared) break;
+    const std::int64_t rows = sh ? T : start[e + 1] - start[e];
+    if (rows == 0) continue;
+    job j{sh ? shared : &routed[static_cast<std::size_t>(e)], rows, xrows * D, hsize, {}, {}, {}, {}};
+    for (std::int64_t r = 0; r < rows; ++r) {
+      if (sh) {
+        j.dst.push_back(T * k + r);
+        j.wr.push_back(1.f);
+      } else {
+        const std::int64_t p = pairs[static_cast<std::size_t>(start[e] + r)];
+        j.dst.push_back(p);
+        j.wr.push_back(w(p / k, static_cast<int>(p % k)));
+      }
+    }
+    xrows += rows;
+    hsize += rows * j.f->w1.n;
+    jobs.push_back(std::move(j));
+  }
+  std::vector<float> xs(static_cast<std::size_t>(xrows * D)), g(static_cast<std::size_t>(hsize)), u(g.size()),
+      o(static_cast<std::size_t>(xrows * D));
+  const exec serial = [&] {
+    exec s = ex;
+    s.threads = 1;
+    return s;
+  }();
+  for (job& j : jobs) {
+    for (std::int64_t r = 0; r < j.rows; ++r) {
+      const std::int64_t t = j.f == shared ? r : j.dst[static_cast<std::size_t>(r)] / k;
+      std::copy_n(xf + t * D, D, xs.data() + j.x0 + r * D);
+    }
+    j.xo = lane_order(j.f->w1, xs.data() + j.x0, j.rows, D, j.xo_buf, &j.ldx, serial);
+  }
+  // Flat task index -> (job, matrix, row block): blocks of w1 then w3 (phase 1) or of w2 (phase 2), job by job.
+  std::atomic<std::int64_t> bad{0};
+  auto region = [&](int phase) {
+    std::vector<std::int64_t> first{0};
+    for (const job& j : jobs)
+      first.push_back(first.back() + (phase == 1 ? linear_row_blocks(j.f->w1) + linear_row_blocks(j.f->w3)
+                                                 : linear_row_blocks(j.f->w2)));
+    detail::parallel_rows(first.back(), 1, ex, [&](std::int64_t f0, std::int64_t f1) {
+      std::int64_t my_bad = 0;
+      std::size_t ji = static_cast<std::size_t>(std::upper_bound(first.begin(), first.end(), f0) - first.begin() - 1);
+      for (std::int64_t f = f0; f < f1;) {
+        while (f >= first[ji + 1]) ++ji;
+        const job& j = jobs[ji];
+        std::int64_t b = f - first[ji];
+        const std::int64_t end = std::min(f1, first[ji + 1]) - first[ji];  // job-local block bound
+        if (phase == 1) {
+          const std::int64_t n1 = linear_row_blocks(j.f->w1), I = j.f->w1.n;
+          if (b < n1) {  // w1 blocks [b, min(end, n1))
+            const std::int64_t e1 = std::min(end, n1);
+            my_bad += linear_blocks(j.xo, j.rows, j.ldx, j.f->w1, g.data() + j.h0, I, b, e1);
+            f += e1 - b;
+            b = e1;
+          }
+          if (b >= n1 && b < end) {  // w3 blocks
+            my_bad += linear_blocks(j.xo, j.rows, j.ldx, j.f->w3, u.data() + j.h0, I, b - n1, end - n1);
+            f += end - b;
+          }
+        } else {
+          my_bad += linear_blocks(j.go, j.rows, j.ldg, j.f->w2, o.data() + j.x0, D, b, end);
+          f += end - b;
+        }
+      }
+      if (my_bad) bad += my_bad;
+    });
+  };
+  region(1);
+  for (job& j : jobs) {
+    const std::int64_t I = j.f->w1.n;
+    for (std::int64_t r = 0; r < j.rows; ++r)
+      for (std::int64_t i = 0; i < I; ++i) {
+        const std::size_t q = static_cast<std::size_t>(j.h0 + r * I + i);
+        g[q] = ref::swiglu(g[q], u[q], limit, j.wr[static_cast<std::size_t>(r)]);
+      }
+    j.go = lane_order(j.f->w2, g.data() + j.h0, j.rows, I, j.go_buf, &j.ldg, serial);
+  }
+  region(2);
+  for (const job& j : jobs)
+    for (std::int64_t r = 0; r < j.rows; ++r)
+      std::copy_n(o.data() + j.x0 + r * D, D, out.data() + j.dst[static_cast<std::size_t>(r)] * D);
+  return bad.load();
+}
+
 }  // namespace
 
 void moe_scores(view<const float, 2> logits, ops::score_func f, view<float, 2> scores, const exec& ex) {
@@ -87,7 +198,8 @@ std::int64_t moe_ffn(view<const TX, 2> x, view<const float, 2> w, view<const std
   for (std::int64_t t = 0; t < T; ++t)
     for (int i = 0; i < k; ++i) pairs[static_cast<std::size_t>(fill[idx(t, i)]++)] = t * k + i;
 
-  std::vector<float> out(static_cast<std::size_t>(T * k * D));  // [T·k, D]: routed output of (token, slot)
+  // [T·k, D]: routed output of (token, slot); the fused schedule appends the shared expert's [T, D]
+  std::vector<float> out(static_cast<std::size_t>((T * k + (shared && T <= kFusedTokens ? T : 0)) * D));
   std::int64_t bad = 0;
   std::vector<float> xe, g, u, oe;
   // h = swiglu(x·W1^T, x·W3^T) for `rows` gathered rows, routing weights wr (nullptr = 1) -> into g
@@ -107,6 +219,9 @@ std::int64_t moe_ffn(view<const TX, 2> x, view<const float, 2> w, view<const std
     bad += linear_f32(g.data(), rows, I, f.w2, dst, D, ex);
   };
   std::vector<float> we;
+  if (T <= kFusedTokens) {
+    bad += fused_experts(xf.data(), T, D, w, k, start, pairs, routed, shared, limit, out, ex);
+  } else {
   for (std::int64_t e = 0; e < E; ++e) {
     const std::int64_t n0 = start[e], rows = start[e + 1] - n0;
     if (rows == 0) continue;
@@ -122,11 +237,13 @@ std::int64_t moe_ffn(view<const TX, 2> x, view<const float, 2> w, view<const std
     for (std::int64_t r = 0; r < rows; ++r)
       std::copy_n(oe.data() + r * D, D, out.data() + pairs[static_cast<std::size_t>(n0 + r)] * D);
   }
+  }
   std::vector<float> sh;
-  if (shared) {
+  if (shared && T > kFusedTokens) {
     sh.resize(static_cast<std::size_t>(T * D));
     expert(*shared, xf.data(), T, nullptr, sh.data());
   }
+  const float* shared_out = T > kFusedTokens ? sh.data() : out.data() + T * k * D;  // fused: appended to out
   // Combine per token in ascending expert order, shared last (ref::moe_ffn's order).
   detail::parallel_rows(T, 4, ex, [&](std::int64_t t0, std::int64_t t1) {
     std::vector<float> acc(static_cast<std::size_t>(D));
@@ -141,7 +258,7 @@ std::int64_t moe_ffn(view<const TX, 2> x, view<const float, 2> w, view<const std
         for (std::int64_t d = 0; d < D; ++d) acc[d] += o[d];
       }
       if (shared)
-        for (std::int64_t d = 0; d < D; ++d) acc[d] += sh[static_cast<std::size_t>(t * D + d)];
+        for (std::int64_t d = 0; d < D; ++d) acc[d] += shared_out[t * D + d];
       for (std::int64_t d = 0; d < D; ++d) y(t, d) = from_f32<TY>(acc[d]);
     }
   });

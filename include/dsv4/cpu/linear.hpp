@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "dsv4/exec.hpp"
 #include "dsv4/ref/linear.hpp"
@@ -23,5 +24,19 @@ std::int64_t linear(view<const TX, 2> x, const ref::weight_ref& w, view<TY, 2> y
 // gathered tokens).
 std::int64_t linear_f32(const float* x, std::int64_t T, std::int64_t ldx, const ref::weight_ref& w, float* y,
                         std::int64_t ldy, const exec& ex);
+
+// The pieces of linear_f32, for callers that run many linears in one parallel region (the MoE decode):
+//   lane_order    x [T, K] in W's lane order (the order this ISA's decode produces, src/cpu/linear_simd.hpp): x
+//                 itself when that is element order, else a copy in buf; *ld gets the row stride to use;
+//   linear_blocks output rows [b0·16, b1·16) ∩ [0, N) for all T tokens on the calling thread, x from lane_order;
+//                 returns how many weights of those rows decode to NaN.
+inline constexpr std::int64_t kLinearRowBlock = 16;  // rows per block: 16·K fp32 (256 KiB at K = 4096) stays in L2
+inline std::int64_t linear_row_blocks(const ref::weight_ref& w) {
+  return (w.n + kLinearRowBlock - 1) / kLinearRowBlock;
+}
+const float* lane_order(const ref::weight_ref& w, const float* x, std::int64_t T, std::int64_t ldx,
+                        std::vector<float>& buf, std::int64_t* ld, const exec& ex);
+std::int64_t linear_blocks(const float* x, std::int64_t T, std::int64_t ldx, const ref::weight_ref& w, float* y,
+                           std::int64_t ldy, std::int64_t b0, std::int64_t b1);
 
 }  // namespace dsv4::cpu

@@ -22,8 +22,9 @@
 // and any rollback give bit-identical outputs on a given backend. Visibility: compressed entry j is visible to
 // position i iff (j+1)·ratio <= i+1.
 //
-// The layer keeps non-owning views of the bound weights (the checkpoint must outlive it), decodes wo_a to fp32 once
-// (the reference, too, dequantizes it for a BF16 einsum) and copies the small vectors (norms, sink, ape).
+// The layer keeps non-owning views of the bound weights (the checkpoint must outlive it), reads wo_a as stored when
+// its groups align with the FP8 tiles (else decodes it to fp32 once: the fp32 policy's values are the same) and
+// copies the small vectors (norms, sink, ape).
 #pragma once
 
 #include <cstdint>
@@ -80,7 +81,8 @@ class attention_layer {
   rope_table rope_;
   attention_weights w_;
   std::vector<float> q_norm_, kv_norm_, sink_, comp_norm_, comp_ape_, index_norm_, index_ape_;
-  std::vector<float> wo_a_;  // [g·o_lora, H·head_dim / g] fp32
+  bool wo_a_stored_ = false;  // wo_a read as stored (FP8, groups tile-aligned); else wo_a_ holds it decoded
+  std::vector<float> wo_a_;   // [g·o_lora, H·head_dim / g] fp32 (only when !wo_a_stored_)
 };
 
 }  // namespace dsv4::model
