@@ -20,8 +20,7 @@
 
 namespace dsv4::cpu::detail {
 
-inline constexpr int kMaxTileT = 4;   // tokens per register tile
-inline constexpr int kMaxTileN = 8;   // weight rows per register tile (8 only for a single token, else 4)
+inline constexpr int kMaxTileN = 8;   // weight rows per decode GEMV call
 
 struct linear_kernels {
   const char* isa = "";
@@ -32,10 +31,10 @@ struct linear_kernels {
   // W[n, 0:K) decoded to fp32 into out, in W's lane order. NaN codes decode to NaN (not counted here: the caller
   // counts them on the rows whose outputs came out NaN).
   void (*decode_row)(const ref::weight_ref& w, std::int64_t n, float* out) = nullptr;
-  // out[i·ldo + j] = x_i · w_j over K for i < mt, j < nt (x_i = x + i·ldx, w_j = w + j·ldw), the dot order above.
-  // mt <= kMaxTileT; nt <= kMaxTileN when mt == 1, else nt <= 4.
-  void (*dots)(const float* x, std::int64_t ldx, int mt, const float* w, std::int64_t ldw, int nt, std::int64_t K,
-               float* out, std::int64_t ldo) = nullptr;
+  // y[t·ldy + j] = x_t · w_j over K for t < T, j < nrows <= 16 (x_t = x + t·ldx, w_j = w + j·ldw: a decoded panel),
+  // the dot order above.
+  void (*panel_dots)(const float* x, std::int64_t ldx, std::int64_t T, const float* w, std::int64_t ldw, int nrows,
+                     std::int64_t K, float* y, std::int64_t ldy) = nullptr;
   // One token (decode): out[j] = x · W[n0 + j] for j < nt <= kMaxTileN, n0 % 8 == 0, x in W's lane order, the
   // weights decoded in registers: bitwise decode_row + dots. Returns false when this ISA / format / K has no such
   // kernel (the caller then uses the panel).
