@@ -13,6 +13,7 @@
 #include "dsv4/ops/attention.hpp"
 #include "dsv4/ops/hadamard.hpp"
 #include "dsv4/ops/paged.hpp"
+#include "dsv4/ref/cache.hpp"
 #include "dsv4/ops/quant.hpp"
 #include "harness.hpp"
 
@@ -89,6 +90,23 @@ std::vector<float> load_rows(const cache::kv_pages& kv, std::vector<std::int32_t
 }
 
 }  // namespace
+
+// The FP4 indexer score written out from its definition (dsv4/ref/indexer.hpp) on decoded values: q and key already on
+// the FP4 grid, the dot in long double (exact here: every product is a multiple of a power of two with at most 4
+// significant bits and the block scales lie within a few binades) rounded once, ReLU as (0 > d) ? 0 : d, the heads
+// summed in the 16-lane tree.
+float fp4_score_by_hand(const float* q, const float* w, const float* key, std::int64_t H, std::int64_t C) {
+  float p[16] = {};
+  for (std::int64_t h = 0; h < H; ++h) {
+    long double d = 0;
+    for (std::int64_t c = 0; c < C; ++c) d += static_cast<long double>(q[h * C + c]) * key[c];
+    const float df = static_cast<float>(d), r = (0.f > df) ? 0.f : df;
+    p[h % 16] = std::fma(w[h], r, p[h % 16]);
+  }
+  for (int width = 8; width >= 1; width /= 2)
+    for (int l = 0; l < width; ++l) p[l] = p[l] + p[l + width];
+  return p[0];
+}
 
 TEST_SUITE("paged") {
   TEST_CASE("fp8_ds_mla KV pages: every byte where FlashMLA's MODEL1 layout puts it (pages of 2, 53, 64, 256)") {
@@ -298,7 +316,7 @@ TEST_SUITE("paged") {
                 {"logits[0, 2] is NaN"});
   }
 
-  TEST_CASE("indexer over paged FP4 keys equals the contiguous op on the decoded keys; the fused form equals both") {
+  TEST_CASE("indexer over paged FP4 keys: the exact FP4 score on every backend, bitwise; the fused form agrees") {
     const std::int64_t H = 4, C = 64, R = 3;
     for (std::int64_t B : {2, 53, 64}) {
       CAPTURE(B);
@@ -321,20 +339,19 @@ TEST_SUITE("paged") {
       const std::int64_t T = 4, L = 310;
       std::vector<std::int32_t> row_req = {1, 0, 2, 1}, n_keys = {300, 17, 0, 1};
       std::vector<float> q = test::randn(static_cast<std::size_t>(T * H * C), 11), w = test::randn(static_cast<std::size_t>(T * H), 12);
+      // The op rounds q to FP4 itself (idempotent): the expected scores use q rounded by the quantizer op.
+      std::vector<float> qr = q;
+      ops::block_round_trip(f32v(qr, {T * H, C}), f32v(qr, {T * H, C}), ops::quant_format::fp4_e2m1, 32);
       for (backend be : host_backends()) {
+        CAPTURE(backend_name(be));
         std::vector<float> lg(static_cast<std::size_t>(T * L), 123.f);
         ops::indexer_logits(f32v(q, {T, H, C}), f32v(w, {T, H}), kp, i32v(table, {R, per}), i32v(row_req, {T}),
                             i32v(n_keys, {T}), f32v(lg, {T, L}), on(be));
         for (std::int64_t t = 0; t < T; ++t) {
           const std::int64_t r = row_req[static_cast<std::size_t>(t)], n = n_keys[static_cast<std::size_t>(t)];
-          std::vector<float> one(static_cast<std::size_t>(std::max<std::int64_t>(n, 1)));
-          std::vector<std::int32_t> vis = {static_cast<std::int32_t>(n)};
-          if (n > 0)
-            ops::indexer_scores(tensor_view(q.data() + t * H * C, dtype::f32, {1, H, C}),
-                                tensor_view(keys.data() + r * 300 * C, dtype::f32, {n, C}),
-                                tensor_view(w.data() + t * H, dtype::f32, {1, H}), i32v(vis, {1}),
-                                tensor_view(one.data(), dtype::f32, {1, n}), on(be));
-          for (std::int64_t s = 0; s < n; ++s) CHECK(lg[static_cast<std::size_t>(t * L + s)] == one[static_cast<std::size_t>(s)]);
+          for (std::int64_t s = 0; s < n; ++s)
+            REQUIRE(lg[static_cast<std::size_t>(t * L + s)] ==
+                    fp4_score_by_hand(qr.data() + t * H * C, w.data() + t * H, keys.data() + (r * 300 + s) * C, H, C));
           for (std::int64_t s = n; s < L; ++s) CHECK(lg[static_cast<std::size_t>(t * L + s)] == -kInf);
         }
         // Fused: the same picks, lengths and slots as topk_rows + to_slots on the materialized logits.
@@ -349,6 +366,91 @@ TEST_SUITE("paged") {
         CHECK(l1 == l2);
         CHECK(s1 == s2);
       }
+    }
+  }
+
+  TEST_CASE("FP4 indexer, V4 shapes: raw key bytes with every exponent spread, NaN scales; cpu == ref bitwise") {
+    // Keys written byte by byte: random codes and per-block scale bytes 100 + rand % 7 (spreads 0 .. 6: the VNNI
+    // kernel takes spreads <= 3, the rest go to the reference), a few 0xFF scales (NaN scores). 64 heads (4 lane
+    // groups) and 20 heads (two groups, the second padded), C = 128.
+    const std::int64_t C = 128, B = 64, pages = 6, n = pages * B;
+    const cache::key_geometry g{cache::key_format::fp4, C, B};
+    auto mem = page_memory(pages, g.page_bytes(), 0);
+    const cache::key_pages kp = key_view(mem, pages, g);
+    std::mt19937_64 rng(41);
+    int nan_keys = 0;
+    for (std::int64_t p = 0; p < pages; ++p)
+      for (std::int64_t e = 0; e < B; ++e) {
+        std::uint8_t* codes = kp.page(p) + g.code_offset(e);
+        std::uint8_t* sc = kp.page(p) + g.scale_offset(e);
+        for (std::int64_t i = 0; i < C / 2; ++i) codes[i] = static_cast<std::uint8_t>(rng());
+        for (std::int64_t b = 0; b < C / 32; ++b) sc[b] = static_cast<std::uint8_t>(100 + rng() % 7);
+        if (rng() % 97 == 0) {
+          sc[rng() % 4] = 0xFF;
+          ++nan_keys;
+        }
+      }
+    REQUIRE(nan_keys > 0);
+    std::vector<std::int32_t> table(static_cast<std::size_t>(pages));
+    std::iota(table.begin(), table.end(), 0);
+    for (std::int64_t H : {64, 20}) {
+      CAPTURE(H);
+      const std::int64_t T = 3;
+      std::vector<float> q = test::randn(static_cast<std::size_t>(T * H * C), 42 + static_cast<std::uint64_t>(H)),
+                         w = test::randn(static_cast<std::size_t>(T * H), 43);
+      // token 2: one head's blocks scaled far apart (exponent spread 8): the whole token takes the reference path
+      for (std::int64_t c = 0; c < 32; ++c) q[static_cast<std::size_t>((2 * H + 1) * C + c)] *= 256.f;
+      std::vector<std::int32_t> req(static_cast<std::size_t>(T), 0), nk(static_cast<std::size_t>(T), static_cast<std::int32_t>(n));
+      std::vector<float> lr(static_cast<std::size_t>(T * n)), lc(lr.size());
+      ops::indexer_logits(f32v(q, {T, H, C}), f32v(w, {T, H}), kp, i32v(table, {1, pages}), i32v(req, {T}),
+                          i32v(nk, {T}), f32v(lr, {T, n}), on(backend::ref));
+      ops::indexer_logits(f32v(q, {T, H, C}), f32v(w, {T, H}), kp, i32v(table, {1, pages}), i32v(req, {T}),
+                          i32v(nk, {T}), f32v(lc, {T, n}), on(backend::cpu));
+      int nans = 0;
+      for (std::size_t i = 0; i < lr.size(); ++i) {
+        nans += std::isnan(lr[i]);
+        REQUIRE(f32_to_bits(lr[i]) == f32_to_bits(lc[i]));
+      }
+      CHECK(nans == nan_keys * T);
+      // and the by-hand definition on keys without a NaN scale (the decoded values through ref::load_key)
+      std::vector<float> qr = q, key(static_cast<std::size_t>(C));
+      ops::block_round_trip(f32v(qr, {T * H, C}), f32v(qr, {T * H, C}), ops::quant_format::fp4_e2m1, 32);
+      for (std::int64_t s = 0; s < n; s += 7) {
+        ref::load_key(kp, s, key.data());
+        if (std::isnan(lr[static_cast<std::size_t>(s)])) continue;
+        for (std::int64_t t = 0; t < T; ++t)
+          REQUIRE(lr[static_cast<std::size_t>(t * n + s)] ==
+                  fp4_score_by_hand(qr.data() + t * H * C, w.data() + t * H, key.data(), H, C));
+      }
+    }
+  }
+
+  TEST_CASE("FP4 indexer: the dot is exact, rounded once (1 + 2^-24 + 2^-24 = 1 + 2^-23, where fp32 in order gives 1)") {
+    // One head, C = 96: q = 1 at c = 0, 32, 64; key = 1 (block 0: scale 2^0, code 0x2 = 1.0) and 2^-24 in blocks 1
+    // and 2 (scale 2^-25, code 0x4 = 2.0). Summing the products in fp32 in order rounds 1 + 2^-24 back to 1 twice;
+    // the exact sum 1 + 2^-23 is an fp32 number. Key exponent spread 25: the CPU scores it with the reference path.
+    const std::int64_t C = 96, B = 4;
+    const cache::key_geometry g{cache::key_format::fp4, C, B};
+    auto mem = page_memory(1, g.page_bytes(), 0);
+    const cache::key_pages kp = key_view(mem, 1, g);
+    std::uint8_t* codes = kp.page(0) + g.code_offset(0);
+    std::uint8_t* sc = kp.page(0) + g.scale_offset(0);
+    codes[0] = 0x02;
+    codes[16] = 0x04;
+    codes[32] = 0x04;
+    sc[0] = 127;
+    sc[1] = sc[2] = 127 - 25;
+    std::vector<float> q(static_cast<std::size_t>(C), 0.f), w = {1.f};
+    q[0] = q[32] = q[64] = 1.f;
+    std::vector<std::int32_t> table = {0}, req = {0}, nk = {1};
+    float f32_in_order = 0.f;
+    for (float term : {1.f, 0x1p-24f, 0x1p-24f}) f32_in_order += term;
+    CHECK(f32_in_order == 1.f);
+    for (backend be : host_backends()) {
+      std::vector<float> lg(1);
+      ops::indexer_logits(f32v(q, {1, 1, C}), f32v(w, {1, 1}), kp, i32v(table, {1, 1}), i32v(req, {1}), i32v(nk, {1}),
+                          f32v(lg, {1, 1}), on(be));
+      CHECK(lg[0] == 1.f + 0x1p-23f);
     }
   }
 

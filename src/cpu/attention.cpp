@@ -16,6 +16,7 @@
 #include "attention_simd.hpp"
 #include "dsv4/ref/attention.hpp"
 #include "dsv4/ref/cache.hpp"
+#include "dsv4/ref/indexer.hpp"
 #include "parallel.hpp"
 
 namespace dsv4::cpu {
@@ -178,9 +179,111 @@ void decode_key(const cache::key_pages& kp, std::int64_t slot, float* v) {
 }
 }  // namespace
 
+namespace {
+
+// One token's FP4 query (ref::quantize_query) packed for the kernel; ok = false when a head is outside its envelope
+// (non-finite, a NaN scale, block exponents spread by more than 3, or a scale product that would leave the normal
+// range), and the token is then scored by the reference.
+detail::fp4_qpack pack_fp4_query(const ref::fp4_query& fq, const float* w) {
+  detail::fp4_qpack p;
+  const std::int64_t H = fq.H, C = fq.C, nb = C / ref::kIndexerBlock, chunks = C / 8;
+  p.C = C;
+  p.groups = static_cast<int>((H + 15) / 16);
+  const std::size_t lanes = static_cast<std::size_t>(p.groups) * 16;
+  p.qv.assign(static_cast<std::size_t>(2 * chunks) * lanes, 0);
+  p.corr.assign(lanes, 0);
+  p.qscale.assign(lanes, 1.f);
+  p.w.assign(lanes, 0.f);
+  int emin_all = 1000, emax_all = -1000;
+  bool ok = true;
+  for (std::int64_t h = 0; h < H; ++h) {
+    const std::uint8_t* sb = fq.sbits.data() + h * nb;
+    int lo = 255, hi = 0;
+    for (std::int64_t b = 0; b < nb; ++b) {
+      lo = std::min<int>(lo, sb[b]);
+      hi = std::max<int>(hi, sb[b]);
+    }
+    const int e = lo - 127 - 2;  // the head's scale exponent 2^(eq_min − 2)
+    if (!fq.finite[static_cast<std::size_t>(h)] || hi == 0xFF || hi - lo > 3 || e < -126 || e > 127) {
+      ok = false;
+      break;
+    }
+    emin_all = std::min(emin_all, e);
+    emax_all = std::max(emax_all, e);
+    const std::size_t g = static_cast<std::size_t>(h / 16), l = static_cast<std::size_t>(h % 16);
+    std::int32_t sum = 0;
+    for (std::int64_t half = 0; half < 2; ++half)
+      for (std::int64_t j = 0; j < chunks; ++j) {
+        std::uint32_t dword = 0;
+        for (int i = 0; i < 4; ++i) {
+          const std::int64_t c = 8 * j + 2 * i + half;  // the element this byte meets in the key layout
+          const int v = fq.a[static_cast<std::size_t>(h * C + c)] * (1 << (sb[c / ref::kIndexerBlock] - lo));
+          sum += v;
+          dword |= static_cast<std::uint32_t>(static_cast<std::uint8_t>(static_cast<std::int8_t>(v))) << (8 * i);
+        }
+        p.qv[(static_cast<std::size_t>(half * chunks + j) * static_cast<std::size_t>(p.groups) + g) * 16 + l] =
+            static_cast<std::int32_t>(dword);
+      }
+    p.corr[g * 16 + l] = 128 * sum;
+    p.qscale[g * 16 + l] = std::ldexp(1.f, e);
+    p.w[g * 16 + l] = w[h];
+  }
+  p.ok = ok && H > 0;
+  if (p.ok) {
+    p.ek_lo = std::max(-126, -126 - emin_all);
+    p.ek_hi = std::min(127, 127 - emax_all);
+  }
+  return p;
+}
+
+// FP4 key pages: the exact FP4 score (ref/indexer.hpp), by the VNNI kernel where it applies, else by the reference.
+void indexer_scores_fp4(view<const float, 3> q, view<const float, 2> w, const cache::key_pages& keys,
+                        view<const std::int32_t, 2> block_table, view<const std::int32_t, 1> row_req,
+                        view<const std::int32_t, 1> n_keys, view<float, 2> logits, const exec& ex) {
+  const auto& kr = kernels();
+  const std::int64_t T = q.size(0), H = q.size(1), C = q.size(2), L = logits.size(1), B = keys.geo.page_tokens;
+  std::vector<ref::fp4_query> fq;
+  std::vector<detail::fp4_qpack> packed;
+  std::vector<std::vector<float>> wrow(static_cast<std::size_t>(T));
+  for (std::int64_t t = 0; t < T; ++t) {
+    fq.push_back(ref::quantize_query(&q(t, 0, 0), H, C));
+    auto& wr = wrow[static_cast<std::size_t>(t)];
+    for (std::int64_t h = 0; h < H; ++h) wr.push_back(w(t, h));
+    packed.push_back(pack_fp4_query(fq.back(), wr.data()));
+  }
+  const std::int64_t np = std::max<std::int64_t>((L + B - 1) / B, 1);
+  detail::parallel_rows(T * np, 1, ex, [&](std::int64_t r0, std::int64_t r1) {
+    std::vector<std::uint8_t> skipped(static_cast<std::size_t>(B));
+    for (std::int64_t r = r0; r < r1; ++r) {
+      const std::int64_t t = r / np, pg = r % np;
+      const std::int64_t n = n_keys(t), s0 = pg * B, s1 = std::min(L, s0 + B), v1 = std::min(n, s1);
+      float* out = logits.row(t);
+      if (v1 > s0) {
+        const std::int32_t* bt = block_table.row(row_req(t));
+        const std::int64_t slot0 = cache::slot_of(bt, s0, B);  // a logical page is one physical page
+        const std::uint8_t* page = keys.page(slot0 / B);
+        const std::int64_t e0 = slot0 % B;
+        const auto& pk = packed[static_cast<std::size_t>(t)];
+        const bool fast = pk.ok && kr.index_fp4 &&
+                          kr.index_fp4(pk, page + keys.geo.code_offset(e0), page + keys.geo.scale_offset(e0), v1 - s0,
+                                       out + s0, skipped.data());
+        for (std::int64_t s = s0; s < v1; ++s)
+          if (!fast || skipped[static_cast<std::size_t>(s - s0)])
+            out[s] = ref::fp4_score(fq[static_cast<std::size_t>(t)], wrow[static_cast<std::size_t>(t)].data(), keys,
+                                    cache::slot_of(bt, s, B));
+      }
+      for (std::int64_t s = std::max(s0, n); s < s1; ++s) out[s] = -std::numeric_limits<float>::infinity();
+    }
+  });
+}
+
+}  // namespace
+
 void indexer_scores_paged(view<const float, 3> q, view<const float, 2> w, const cache::key_pages& keys,
                           view<const std::int32_t, 2> block_table, view<const std::int32_t, 1> row_req,
                           view<const std::int32_t, 1> n_keys, view<float, 2> logits, const exec& ex) {
+  if (keys.geo.format == cache::key_format::fp4) return indexer_scores_fp4(q, w, keys, block_table, row_req, n_keys,
+                                                                            logits, ex);
   const auto& kr = kernels();
   const std::int64_t T = q.size(0), C = q.size(2), L = logits.size(1), B = keys.geo.page_tokens;
   const queries qs(q, w, kr.lanes);

@@ -3,12 +3,28 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include <xsimd/xsimd.hpp>
 
 #include "simd_dispatch.hpp"
 
 namespace dsv4::cpu::detail {
+
+// One query token packed for the FP4 indexer kernel (src/cpu/indexer_fp4_impl.hpp; built by pack_fp4_query in
+// attention.cpp). Heads in 16 lanes, `groups` = ceil(H / 16) vectors of them; padded heads are zero queries with zero
+// weights.
+struct fp4_qpack {
+  bool ok = false;                 // the whole token is inside the kernel's envelope (else: reference scoring)
+  int groups = 0;
+  std::int64_t C = 0;
+  std::vector<std::int32_t> qv;    // [2 · C/8 chunks][groups][16]: 4 signed bytes 2·code · 2^(eq_b − eq_min) each;
+                                   // chunks 0 .. C/8−1 hold elements 8j, 8j+2, 8j+4, 8j+6, the rest 8j+1, 8j+3, ...
+  std::vector<std::int32_t> corr;  // [groups][16]: 128 · Σ_c of those bytes (the key bias)
+  std::vector<float> qscale;       // [groups][16]: 2^(eq_min − 2)
+  std::vector<float> w;            // [groups][16]: head weights
+  int ek_lo = 0, ek_hi = -1;       // key exponents (min over its blocks) for which every scale product stays normal
+};
 
 struct attention_kernels {
   const char* isa = "";
@@ -24,6 +40,11 @@ struct attention_kernels {
   void (*index_scores)(const float* qT, const float* w, std::int64_t hp, const float* keys, std::int64_t C,
                        std::int64_t n, float* out) = nullptr;
   std::int64_t lanes = 1;
+  // FP4 indexer scores of n keys of one page (codes + i·C/2, scale bytes + i·C/32) for one packed query: bitwise
+  // ref::fp4_score; skipped[i] = 1 marks keys the caller must score with the reference. Returns false when the
+  // ISA / CPU has no such kernel (no AVX512-VNNI).
+  bool (*index_fp4)(const fp4_qpack& q, const std::uint8_t* codes, const std::uint8_t* scales, std::int64_t n,
+                    float* out, std::uint8_t* skipped) = nullptr;
   // p[i] = exp(l[i] − m) (vector exp) and returns Σ p[i] (lane partial sums, then the lanes, then the tail).
   float (*exp_sum)(const float* l, float m, float* p, std::int64_t n) = nullptr;
   // P·V for a group of G heads over n rows: out[g, d] = Σ_i p[g·n + i]·rows[i][d] in row order (fma), for d < D.

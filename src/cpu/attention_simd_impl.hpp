@@ -12,6 +12,7 @@
 #include <xsimd/xsimd.hpp>
 
 #include "attention_simd.hpp"
+#include "indexer_fp4_impl.hpp"
 
 namespace dsv4::cpu::detail {
 
@@ -175,6 +176,7 @@ attention_kernels select_attention_kernels::operator()(Arch) const {
   k.exp_sum = &attention_simd<Arch>::exp_sum;
   k.index_scores = &index_simd<Arch>::scores;
   k.lanes = index_simd<Arch>::W;
+  k.index_fp4 = &index_fp4_simd<Arch>::scores;
   k.pv = &pv_simd<Arch>::pv;
   return k;
 }

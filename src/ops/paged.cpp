@@ -18,6 +18,7 @@
 #include "dsv4/ops/hadamard.hpp"
 #include "dsv4/ops/quant.hpp"
 #include "dsv4/ref/attention.hpp"
+#include "dsv4/ref/indexer.hpp"
 #include "dsv4/ref/cache.hpp"
 #include "dsv4/ref/rotary.hpp"
 #include "parallel.hpp"
@@ -416,7 +417,19 @@ void scores_rows(backend be, const tensor_view& q, const tensor_view& w, const c
                               logits.as<float, 2>(), ex);
     return;
   }
-  // ref: each row's keys decoded into a contiguous block, then the reference scores of that one row.
+  if (keys.geo.format == cache::key_format::fp4) {  // the exact FP4 score (dsv4/ref/indexer.hpp)
+    for (std::int64_t t = 0; t < T; ++t) {
+      const std::int64_t n = i32p(n_keys)[t];
+      const std::int32_t* bt = i32p(table) + i32p(row_req)[t] * table.shape(1);
+      const ref::fp4_query fq = ref::quantize_query(f32p(q) + t * H * C, H, C);
+      ref::count_flops(static_cast<std::uint64_t>(n * H * (2 * C + 2)));  // as ref::indexer_scores counts
+      for (std::int64_t s = 0; s < n; ++s)
+        f32w(logits)[t * L + s] = ref::fp4_score(fq, f32p(w) + t * H, keys, cache::slot_of(bt, s, keys.geo.page_tokens));
+      for (std::int64_t s = n; s < L; ++s) f32w(logits)[t * L + s] = -std::numeric_limits<float>::infinity();
+    }
+    return;
+  }
+  // ref, FP8 keys: each row's keys decoded into a contiguous block, then the reference scores of that one row.
   std::vector<float> k;
   for (std::int64_t t = 0; t < T; ++t) {
     const std::int64_t n = i32p(n_keys)[t];
@@ -431,7 +444,6 @@ void scores_rows(backend be, const tensor_view& q, const tensor_view& w, const c
                                       logits.narrow(0, t, 1).narrow(1, 0, n).as<float, 2>());
     for (std::int64_t s = n; s < L; ++s) f32w(logits)[t * L + s] = -std::numeric_limits<float>::infinity();
   }
-  (void)H;
 }
 
 void topk_kernel(backend be, const tensor_view& logits, const tensor_view& n_keys, const tensor_view& idx,

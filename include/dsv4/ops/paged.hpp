@@ -69,6 +69,9 @@ void compressor_emit(const tensor_view& positions, const tensor_view& row_req, c
 // logits f32 [T, L]: logits[t, s] = Σ_h w[t, h] · ReLU(q[t, h] · key_s) for s < n_keys[t], where key_s is logical key
 // s of request row_req[t] (through block_table); −inf for n_keys[t] <= s < L. q f32 [T, H, c] (after RoPE, Hadamard
 // and the FP4 round trip), w f32 [T, H] (weights_proj output times c^-1/2 · H^-1/2); n_keys i32 [T] in [0, L].
+// FP4 key pages: q is rounded to FP4 here (idempotent on an already rounded q) and the score is the exact FP4 score
+// of dsv4/ref/indexer.hpp (exact dot rounded once, heads summed in a fixed 16-lane tree): ref and cpu bitwise equal,
+// the cpu through AVX512-VNNI integer dots where the CPU has them. FP8 key pages: fp32 scores (ref in double).
 void indexer_logits(const tensor_view& q, const tensor_view& w, const cache::key_pages& keys,
                     const tensor_view& block_table, const tensor_view& row_req, const tensor_view& n_keys,
                     const tensor_view& logits, const exec& ex = {});
