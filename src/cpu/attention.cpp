@@ -181,6 +181,26 @@ void decode_key(const cache::key_pages& kp, std::int64_t slot, float* v) {
 
 namespace {
 
+// The (token, page) tasks of the paged indexer: score(t, s0, v1, bt, out, scratch) scores the visible keys [s0, v1)
+// of logical page s0 / B of row t (bt: its block table) into out; keys past n_keys[t] get −inf. scratch is one
+// make_scratch() per task range.
+template <class MakeScratch, class Score>
+void over_token_pages(std::int64_t T, std::int64_t B, view<const std::int32_t, 2> block_table,
+                      view<const std::int32_t, 1> row_req, view<const std::int32_t, 1> n_keys, view<float, 2> logits,
+                      const exec& ex, MakeScratch make_scratch, Score score) {
+  const std::int64_t L = logits.size(1), np = std::max<std::int64_t>((L + B - 1) / B, 1);
+  detail::parallel_rows(T * np, 1, ex, [&](std::int64_t r0, std::int64_t r1) {
+    auto scratch = make_scratch();
+    for (std::int64_t r = r0; r < r1; ++r) {
+      const std::int64_t t = r / np, pg = r % np;
+      const std::int64_t n = n_keys(t), s0 = pg * B, s1 = std::min(L, s0 + B), v1 = std::min(n, s1);
+      float* out = logits.row(t);
+      if (v1 > s0) score(t, s0, v1, block_table.row(row_req(t)), out, scratch);
+      for (std::int64_t s = std::max(s0, n); s < s1; ++s) out[s] = -std::numeric_limits<float>::infinity();
+    }
+  });
+}
+
 // One token's FP4 query (ref::quantize_query) packed for the kernel; ok = false when a head is outside its envelope
 // (non-finite, a NaN scale, block exponents spread by more than 3, or a scale product that would leave the normal
 // range), and the token is then scored by the reference.
@@ -241,7 +261,7 @@ void indexer_scores_fp4(view<const float, 3> q, view<const float, 2> w, const ca
                         view<const std::int32_t, 2> block_table, view<const std::int32_t, 1> row_req,
                         view<const std::int32_t, 1> n_keys, view<float, 2> logits, const exec& ex) {
   const auto& kr = kernels();
-  const std::int64_t T = q.size(0), H = q.size(1), C = q.size(2), L = logits.size(1), B = keys.geo.page_tokens;
+  const std::int64_t T = q.size(0), H = q.size(1), C = q.size(2), B = keys.geo.page_tokens;
   std::vector<ref::fp4_query> fq;
   std::vector<detail::fp4_qpack> packed;
   std::vector<std::vector<float>> wrow(static_cast<std::size_t>(T));
@@ -251,15 +271,11 @@ void indexer_scores_fp4(view<const float, 3> q, view<const float, 2> w, const ca
     for (std::int64_t h = 0; h < H; ++h) wr.push_back(w(t, h));
     packed.push_back(pack_fp4_query(fq.back(), wr.data()));
   }
-  const std::int64_t np = std::max<std::int64_t>((L + B - 1) / B, 1);
-  detail::parallel_rows(T * np, 1, ex, [&](std::int64_t r0, std::int64_t r1) {
-    std::vector<std::uint8_t> skipped(static_cast<std::size_t>(B));
-    for (std::int64_t r = r0; r < r1; ++r) {
-      const std::int64_t t = r / np, pg = r % np;
-      const std::int64_t n = n_keys(t), s0 = pg * B, s1 = std::min(L, s0 + B), v1 = std::min(n, s1);
-      float* out = logits.row(t);
-      if (v1 > s0) {
-        const std::int32_t* bt = block_table.row(row_req(t));
+  over_token_pages(
+      T, B, block_table, row_req, n_keys, logits, ex,
+      [&] { return std::vector<std::uint8_t>(static_cast<std::size_t>(B)); },
+      [&](std::int64_t t, std::int64_t s0, std::int64_t v1, const std::int32_t* bt, float* out,
+          std::vector<std::uint8_t>& skipped) {
         const std::int64_t slot0 = cache::slot_of(bt, s0, B);  // a logical page is one physical page
         const std::uint8_t* page = keys.page(slot0 / B);
         const std::int64_t e0 = slot0 % B;
@@ -271,10 +287,7 @@ void indexer_scores_fp4(view<const float, 3> q, view<const float, 2> w, const ca
           if (!fast || skipped[static_cast<std::size_t>(s - s0)])
             out[s] = ref::fp4_score(fq[static_cast<std::size_t>(t)], wrow[static_cast<std::size_t>(t)].data(), keys,
                                     cache::slot_of(bt, s, B));
-      }
-      for (std::int64_t s = std::max(s0, n); s < s1; ++s) out[s] = -std::numeric_limits<float>::infinity();
-    }
-  });
+      });
 }
 
 }  // namespace
@@ -285,28 +298,21 @@ void indexer_scores_paged(view<const float, 3> q, view<const float, 2> w, const 
   if (keys.geo.format == cache::key_format::fp4) return indexer_scores_fp4(q, w, keys, block_table, row_req, n_keys,
                                                                             logits, ex);
   const auto& kr = kernels();
-  const std::int64_t T = q.size(0), C = q.size(2), L = logits.size(1), B = keys.geo.page_tokens;
+  const std::int64_t T = q.size(0), C = q.size(2), B = keys.geo.page_tokens;
   const queries qs(q, w, kr.lanes);
   const std::int64_t hp = qs.hp;
   const std::vector<float>& qT = qs.qT;
   const std::vector<float>& wp = qs.wp;
   // Tasks are (token, page): a page's keys are decoded once into scratch (exact: FP4/FP8 codes times their scales)
   // and scored by the same kernel as contiguous keys, so a key's score does not depend on the paging.
-  const std::int64_t np = std::max<std::int64_t>((L + B - 1) / B, 1);
-  detail::parallel_rows(T * np, 1, ex, [&](std::int64_t r0, std::int64_t r1) {
-    std::vector<float> scratch(static_cast<std::size_t>(B * C));
-    for (std::int64_t r = r0; r < r1; ++r) {
-      const std::int64_t t = r / np, pg = r % np;
-      const std::int64_t n = n_keys(t), s0 = pg * B, s1 = std::min(L, s0 + B), v1 = std::min(n, s1);
-      float* out = logits.row(t);
-      if (v1 > s0) {
-        const std::int32_t* bt = block_table.row(row_req(t));
+  over_token_pages(
+      T, B, block_table, row_req, n_keys, logits, ex,
+      [&] { return std::vector<float>(static_cast<std::size_t>(B * C)); },
+      [&](std::int64_t t, std::int64_t s0, std::int64_t v1, const std::int32_t* bt, float* out,
+          std::vector<float>& scratch) {
         for (std::int64_t s = s0; s < v1; ++s) decode_key(keys, cache::slot_of(bt, s, B), scratch.data() + (s - s0) * C);
         kr.index_scores(qT.data() + t * C * hp, wp.data() + t * hp, hp, scratch.data(), C, v1 - s0, out + s0);
-      }
-      for (std::int64_t s = std::max(s0, n); s < s1; ++s) out[s] = -std::numeric_limits<float>::infinity();
-    }
-  });
+      });
 }
 
 template void indexer_scores<std::int32_t>(view<const float, 3>, view<const float, 2>, view<const float, 2>,
