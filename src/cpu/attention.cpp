@@ -211,6 +211,7 @@ detail::fp4_qpack pack_fp4_query(const ref::fp4_query& fq, const float* w) {
   p.groups = static_cast<int>((H + 15) / 16);
   const std::size_t lanes = static_cast<std::size_t>(p.groups) * 16;
   p.qv.assign(static_cast<std::size_t>(2 * chunks) * lanes, 0);
+  p.qh.assign(lanes * static_cast<std::size_t>(C), 0);
   p.corr.assign(lanes, 0);
   p.qscale.assign(lanes, 1.f);
   p.w.assign(lanes, 0.f);
@@ -239,6 +240,7 @@ detail::fp4_qpack pack_fp4_query(const ref::fp4_query& fq, const float* w) {
           const std::int64_t c = 8 * j + 2 * i + half;  // the element this byte meets in the key layout
           const int v = fq.a[static_cast<std::size_t>(h * C + c)] * (1 << (sb[c / ref::kIndexerBlock] - lo));
           sum += v;
+          p.qh[static_cast<std::size_t>(h * C + half * (C / 2) + 4 * j + i)] = static_cast<std::int8_t>(v);
           dword |= static_cast<std::uint32_t>(static_cast<std::uint8_t>(static_cast<std::int8_t>(v))) << (8 * i);
         }
         p.qv[(static_cast<std::size_t>(half * chunks + j) * static_cast<std::size_t>(p.groups) + g) * 16 + l] =

@@ -20,6 +20,7 @@ struct fp4_qpack {
   std::int64_t C = 0;
   std::vector<std::int32_t> qv;    // [2 · C/8 chunks][groups][16]: 4 signed bytes 2·code · 2^(eq_b − eq_min) each;
                                    // chunks 0 .. C/8−1 hold elements 8j, 8j+2, 8j+4, 8j+6, the rest 8j+1, 8j+3, ...
+  std::vector<std::int8_t> qh;     // [groups·16][C]: the same bytes per head, evens then odds (the portable kernel)
   std::vector<std::int32_t> corr;  // [groups][16]: 128 · Σ_c of those bytes (the key bias)
   std::vector<float> qscale;       // [groups][16]: 2^(eq_min − 2)
   std::vector<float> w;            // [groups][16]: head weights
@@ -41,8 +42,8 @@ struct attention_kernels {
                        std::int64_t n, float* out) = nullptr;
   std::int64_t lanes = 1;
   // FP4 indexer scores of n keys of one page (codes + i·C/2, scale bytes + i·C/32) for one packed query: bitwise
-  // ref::fp4_score; skipped[i] = 1 marks keys the caller must score with the reference. Returns false when the
-  // ISA / CPU has no such kernel (no AVX512-VNNI).
+  // ref::fp4_score; skipped[i] = 1 marks keys the caller must score with the reference. AVX512-VNNI, else exact
+  // integer dots in portable code the compiler vectorizes for the ISA.
   bool (*index_fp4)(const fp4_qpack& q, const std::uint8_t* codes, const std::uint8_t* scales, std::int64_t n,
                     float* out, std::uint8_t* skipped) = nullptr;
   // p[i] = exp(l[i] − m) (vector exp) and returns Σ p[i] (lane partial sums, then the lanes, then the tail).

@@ -8,12 +8,15 @@
 // the query as signed bytes, vpdpbusd (4 products per lane per instruction, heads in the 16 lanes), minus the bias
 // 128 · Σ q, converted to fp32 (exact, |I| < 2^22) and multiplied once by 2^(eq_min + ek_min − 2): the exact dot
 // rounded once, as the reference. Keys outside that envelope (exponent spread > 3, a NaN or extreme scale) come back
-// flagged and the caller scores them with the reference code; so do whole tokens whose query is outside it.
+// flagged and the caller scores them with the reference code; so do whole tokens whose query is outside it. Without
+// VNNI (or AVX-512) the same integers come from portable code, and the scores are the same bits.
 #pragma once
 
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #if defined(__AVX512BW__)
@@ -29,10 +32,12 @@ template <class Arch>
 struct index_fp4_simd {
   static constexpr bool kAvx512 = std::is_same_v<Arch, xsimd::avx512bw>;
 
+  // AVX512-VNNI present and DSV4_CPU_NO_VNNI unset or "0" (the tests run the portable kernel with it set).
   static bool vnni() {
     static const bool v = [] {
 #if defined(__AVX512BW__)
-      return __builtin_cpu_supports("avx512vnni") != 0;
+      const char* off = std::getenv("DSV4_CPU_NO_VNNI");
+      return __builtin_cpu_supports("avx512vnni") != 0 && !(off && *off && std::strcmp(off, "0") != 0);
 #else
       return false;
 #endif
@@ -142,23 +147,66 @@ struct index_fp4_simd {
   }
 #endif
 
-  // Returns false when this ISA / CPU has no such kernel (the caller scores every key with the reference).
+  // Without VNNI: the same integers in portable code (the int8 x int8 -> int32 dot over c vectorizes for the ISA it is
+  // compiled for), then the same scale, ReLU and tree in scalar fp32: bitwise the same scores.
+  static void run_portable(const fp4_qpack& q, const std::uint8_t* codes, const std::uint8_t* scales, std::int64_t n,
+                           float* out, std::uint8_t* skipped) {
+    static constexpr int mag[8] = {0, 1, 2, 3, 4, 6, 8, 12};
+    const std::int64_t C = q.C, nb = C / 32, cb = C / 2, H = static_cast<std::int64_t>(q.groups) * 16;
+    std::int8_t kv[512];  // evens then odds, as qh
+    for (std::int64_t s = 0; s < n; ++s) {
+      const std::uint8_t* sc = scales + s * nb;
+      int emin = 255, emax = 0, bad = 0;
+      for (std::int64_t b = 0; b < nb; ++b) {
+        emin = std::min<int>(emin, sc[b]);
+        emax = std::max<int>(emax, sc[b]);
+        bad |= sc[b] == 0xFF;
+      }
+      if (bad || emax - emin > 3 || emin - 127 < q.ek_lo || emin - 127 > q.ek_hi) {
+        skipped[s] = 1;
+        continue;
+      }
+      skipped[s] = 0;
+      for (std::int64_t i = 0; i < cb; ++i) {
+        const std::uint8_t pair = codes[s * cb + i];
+        const int shift = sc[i / 16] - emin;
+        const int lo = pair & 0xF, hi = pair >> 4;
+        kv[i] = static_cast<std::int8_t>(((lo & 8) ? -mag[lo & 7] : mag[lo & 7]) * (1 << shift));
+        kv[cb + i] = static_cast<std::int8_t>(((hi & 8) ? -mag[hi & 7] : mag[hi & 7]) * (1 << shift));
+      }
+      const float ks = ue8m0{static_cast<std::uint8_t>(emin)}.to_float();
+      float p[16] = {};
+      for (std::int64_t h = 0; h < H; ++h) {
+        const std::int8_t* a = q.qh.data() + h * C;
+        std::int32_t I = 0;
+        for (std::int64_t c = 0; c < C; ++c) I += std::int32_t{a[c]} * std::int32_t{kv[c]};
+        const std::size_t g = static_cast<std::size_t>(h / 16), l = static_cast<std::size_t>(h % 16);
+        const float d = static_cast<float>(I) * (q.qscale[g * 16 + l] * ks);
+        p[l] = std::fma(q.w[g * 16 + l], (0.f > d) ? 0.f : d, p[l]);
+      }
+      for (int width = 8; width >= 1; width /= 2)
+        for (int l = 0; l < width; ++l) p[l] = p[l] + p[l + width];
+      out[s] = p[0];
+    }
+  }
+
   static bool scores(const fp4_qpack& q, const std::uint8_t* codes, const std::uint8_t* scales, std::int64_t n,
                      float* out, std::uint8_t* skipped) {
+    if (q.C > 128 || q.C % 32 != 0 || q.groups > 4) return false;
 #if defined(__AVX512BW__)
     if constexpr (kAvx512) {
-      if (!vnni() || q.C > 128 || q.C % 32 != 0) return false;
-      switch (q.groups) {
-        case 1: run<1>(q, codes, scales, n, out, skipped); return true;
-        case 2: run<2>(q, codes, scales, n, out, skipped); return true;
-        case 3: run<3>(q, codes, scales, n, out, skipped); return true;
-        case 4: run<4>(q, codes, scales, n, out, skipped); return true;
-        default: return false;
+      if (vnni()) {
+        switch (q.groups) {
+          case 1: run<1>(q, codes, scales, n, out, skipped); return true;
+          case 2: run<2>(q, codes, scales, n, out, skipped); return true;
+          case 3: run<3>(q, codes, scales, n, out, skipped); return true;
+          default: run<4>(q, codes, scales, n, out, skipped); return true;
+        }
       }
     }
 #endif
-    (void)q, (void)codes, (void)scales, (void)n, (void)out, (void)skipped;
-    return false;
+    run_portable(q, codes, scales, n, out, skipped);
+    return true;
   }
 };
 
