@@ -264,15 +264,15 @@ void indexer_scores_fp4(view<const float, 3> q, view<const float, 2> w, const ca
                         view<const std::int32_t, 1> n_keys, view<float, 2> logits, const exec& ex) {
   const auto& kr = kernels();
   const std::int64_t T = q.size(0), H = q.size(1), C = q.size(2), B = keys.geo.page_tokens;
-  std::vector<ref::fp4_query> fq;
-  std::vector<detail::fp4_qpack> packed;
-  std::vector<std::vector<float>> wrow(static_cast<std::size_t>(T));
-  for (std::int64_t t = 0; t < T; ++t) {
-    fq.push_back(ref::quantize_query(&q(t, 0, 0), H, C));
-    auto& wr = wrow[static_cast<std::size_t>(t)];
-    for (std::int64_t h = 0; h < H; ++h) wr.push_back(w(t, h));
-    packed.push_back(pack_fp4_query(fq.back(), wr.data()));
-  }
+  // Each token's query rounded to FP4 and packed, once, on all workers (q and w rows are contiguous: checked by the op).
+  std::vector<ref::fp4_query> fq(static_cast<std::size_t>(T));
+  std::vector<detail::fp4_qpack> packed(static_cast<std::size_t>(T));
+  detail::parallel_rows(T, 1, ex, [&](std::int64_t t0, std::int64_t t1) {
+    for (std::int64_t t = t0; t < t1; ++t) {
+      fq[static_cast<std::size_t>(t)] = ref::quantize_query(q.row(t), H, C);
+      packed[static_cast<std::size_t>(t)] = pack_fp4_query(fq[static_cast<std::size_t>(t)], w.row(t));
+    }
+  });
   over_token_pages(
       T, B, block_table, row_req, n_keys, logits, ex,
       [&] { return std::vector<std::uint8_t>(static_cast<std::size_t>(B)); },
@@ -287,8 +287,7 @@ void indexer_scores_fp4(view<const float, 3> q, view<const float, 2> w, const ca
                                        out + s0, skipped.data());
         for (std::int64_t s = s0; s < v1; ++s)
           if (!fast || skipped[static_cast<std::size_t>(s - s0)])
-            out[s] = ref::fp4_score(fq[static_cast<std::size_t>(t)], wrow[static_cast<std::size_t>(t)].data(), keys,
-                                    cache::slot_of(bt, s, B));
+            out[s] = ref::fp4_score(fq[static_cast<std::size_t>(t)], w.row(t), keys, cache::slot_of(bt, s, B));
       });
 }
 

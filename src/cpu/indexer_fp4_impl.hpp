@@ -25,6 +25,7 @@
 
 #include "attention_simd.hpp"
 #include "dsv4/formats.hpp"
+#include "dsv4/ref/indexer.hpp"
 
 namespace dsv4::cpu::detail {
 
@@ -45,16 +46,27 @@ struct index_fp4_simd {
     return v;
   }
 
+  // The key's smallest scale byte when the key is inside the exact envelope (no NaN scale, block exponents within 3
+  // of their minimum, every scale product normal for this query), else −1: the caller scores it with the reference.
+  static int key_envelope(const fp4_qpack& q, const std::uint8_t* sc, std::int64_t nb) {
+    int emin = 255, emax = 0;
+    for (std::int64_t b = 0; b < nb; ++b) {
+      emin = std::min<int>(emin, sc[b]);
+      emax = std::max<int>(emax, sc[b]);
+    }
+    const bool inside = emax != 0xFF && emax - emin <= 3 && emin - 127 >= q.ek_lo && emin - 127 <= q.ek_hi;
+    return inside ? emin : -1;
+  }
+
 #if defined(__AVX512BW__)
   // tables[d0 | d1 << 2 | d2 << 4 | d3 << 6]: 128-bit lane b maps a nibble x to (2·e2m1(x) << d_b) + 128 (u8).
   static const std::uint8_t* key_tables() {
     alignas(64) static std::uint8_t t[256 * 64];
     static const bool init = [] {
-      static constexpr int mag[8] = {0, 1, 2, 3, 4, 6, 8, 12};
       for (int combo = 0; combo < 256; ++combo)
         for (int b = 0; b < 4; ++b)
           for (int x = 0; x < 16; ++x) {
-            const int v = ((x & 8) ? -mag[x & 7] : mag[x & 7]) * (1 << ((combo >> (2 * b)) & 3));
+            const int v = ref::fp4_twice(static_cast<std::uint8_t>(x)) * (1 << ((combo >> (2 * b)) & 3));
             t[combo * 64 + b * 16 + x] = static_cast<std::uint8_t>(v + 128);
           }
       return true;
@@ -87,14 +99,8 @@ struct index_fp4_simd {
         }
         const std::int64_t s = s0 + k;
         const std::uint8_t* sc = scales + s * nb;
-        int emin = 255, emax = 0, bad = 0;
-        for (std::int64_t b = 0; b < nb; ++b) {
-          emin = std::min<int>(emin, sc[b]);
-          emax = std::max<int>(emax, sc[b]);
-          bad |= sc[b] == 0xFF;
-        }
-        const int ekmin = emin - 127;
-        if (bad || emax - emin > 3 || ekmin < q.ek_lo || ekmin > q.ek_hi) {
+        const int emin = key_envelope(q, sc, nb);
+        if (emin < 0) {
           skipped[s] = 1;
           std::memset(kbuf[k], 128, sizeof kbuf[k]);
           continue;
@@ -151,28 +157,18 @@ struct index_fp4_simd {
   // compiled for), then the same scale, ReLU and tree in scalar fp32: bitwise the same scores.
   static void run_portable(const fp4_qpack& q, const std::uint8_t* codes, const std::uint8_t* scales, std::int64_t n,
                            float* out, std::uint8_t* skipped) {
-    static constexpr int mag[8] = {0, 1, 2, 3, 4, 6, 8, 12};
     const std::int64_t C = q.C, nb = C / 32, cb = C / 2, H = static_cast<std::int64_t>(q.groups) * 16;
-    std::int8_t kv[512];  // evens then odds, as qh
+    std::int8_t kv[128];  // evens then odds, as qh (C <= 128)
     for (std::int64_t s = 0; s < n; ++s) {
       const std::uint8_t* sc = scales + s * nb;
-      int emin = 255, emax = 0, bad = 0;
-      for (std::int64_t b = 0; b < nb; ++b) {
-        emin = std::min<int>(emin, sc[b]);
-        emax = std::max<int>(emax, sc[b]);
-        bad |= sc[b] == 0xFF;
-      }
-      if (bad || emax - emin > 3 || emin - 127 < q.ek_lo || emin - 127 > q.ek_hi) {
-        skipped[s] = 1;
-        continue;
-      }
-      skipped[s] = 0;
+      const int emin = key_envelope(q, sc, nb);
+      skipped[s] = emin < 0;
+      if (emin < 0) continue;
       for (std::int64_t i = 0; i < cb; ++i) {
         const std::uint8_t pair = codes[s * cb + i];
-        const int shift = sc[i / 16] - emin;
-        const int lo = pair & 0xF, hi = pair >> 4;
-        kv[i] = static_cast<std::int8_t>(((lo & 8) ? -mag[lo & 7] : mag[lo & 7]) * (1 << shift));
-        kv[cb + i] = static_cast<std::int8_t>(((hi & 8) ? -mag[hi & 7] : mag[hi & 7]) * (1 << shift));
+        const int scale = 1 << (sc[i / 16] - emin);
+        kv[i] = static_cast<std::int8_t>(ref::fp4_twice(pair & 0xF) * scale);
+        kv[cb + i] = static_cast<std::int8_t>(ref::fp4_twice(static_cast<std::uint8_t>(pair >> 4)) * scale);
       }
       const float ks = ue8m0{static_cast<std::uint8_t>(emin)}.to_float();
       float p[16] = {};
