@@ -156,71 +156,68 @@ exec with_backend(const exec& ex, backend be) {
 
 // ---- stores and loads --------------------------------------------------------------------------------------------
 
-void kv_store(const tensor_view& values, const tensor_view& slots, const cache::kv_pages& kv, const exec& ex) {
-  constexpr const char* op = "kv_store";
-  cache::check_pages(op, kv);
-  DSV4_CHECK(values.rank() == 2 && values.dt() == dtype::f32 && values.shape(1) == kv.geo.head_dim, op, "values ",
-             values.describe(), ", expected f32[T, ", kv.geo.head_dim, "]");
+namespace {
+
+// The shared body of the four page stores / loads: values f32 [rows, width] (contiguous), slots checked against the
+// pages (`store`: −1 allowed and skipped), then one entry per row through the ref's byte-exact store / load.
+template <class Store>
+void store_rows(const char* op, const tensor_view& values, const tensor_view& slots, std::int64_t width,
+                std::int64_t num_slots, const exec& ex, Store store) {
+  DSV4_CHECK(values.rank() == 2 && values.dt() == dtype::f32 && values.shape(1) == width, op, "values ",
+             values.describe(), ", expected f32[T, ", width, "]");
   need_contiguous(op, "values", values);
   const std::int64_t T = values.shape(0);
-  check_slots(op, "slots", slots, T, kv.num_slots(), true);
-  const backend be = host_backend(op, ex);
-  std::vector<std::int64_t> bad(static_cast<std::size_t>(T), 0);
-  for_rows(be, T, ex, [&](std::int64_t t) {
-    const std::int32_t s = i32p(slots)[t];
-    if (s >= 0) bad[static_cast<std::size_t>(t)] = ref::store_kv_entry(kv, s, f32p(values) + t * kv.geo.head_dim);
-  });
-  for (std::int64_t t = 0; t < T; ++t)
-    DSV4_CHECK(bad[static_cast<std::size_t>(t)] == 0, op, "values row ", t, " holds inf or NaN");
-}
-
-void kv_load(const cache::kv_pages& kv, const tensor_view& slots, const tensor_view& values, const exec& ex) {
-  constexpr const char* op = "kv_load";
-  cache::check_pages(op, kv);
-  DSV4_CHECK(values.rank() == 2 && values.dt() == dtype::f32 && values.shape(1) == kv.geo.head_dim, op, "values ",
-             values.describe(), ", expected f32[N, ", kv.geo.head_dim, "]");
-  need_contiguous(op, "values", values);
-  const std::int64_t N = values.shape(0), D = kv.geo.head_dim;
-  check_slots(op, "slots", slots, N, kv.num_slots(), false);
-  for_rows(host_backend(op, ex), N, ex, [&](std::int64_t i) {
-    float* v = f32w(values) + i * D;
-    const std::int32_t s = i32p(slots)[i];
-    if (s < 0) std::fill(v, v + D, 0.f);
-    else ref::load_kv_entry(kv, s, v);
-  });
-}
-
-void key_store(const tensor_view& values, const tensor_view& slots, const cache::key_pages& keys, const exec& ex) {
-  constexpr const char* op = "key_store";
-  cache::check_pages(op, keys);
-  DSV4_CHECK(values.rank() == 2 && values.dt() == dtype::f32 && values.shape(1) == keys.geo.dim, op, "values ",
-             values.describe(), ", expected f32[T, ", keys.geo.dim, "]");
-  need_contiguous(op, "values", values);
-  const std::int64_t T = values.shape(0);
-  check_slots(op, "slots", slots, T, keys.num_slots(), true);
+  check_slots(op, "slots", slots, T, num_slots, true);
   std::vector<std::int64_t> bad(static_cast<std::size_t>(T), 0);
   for_rows(host_backend(op, ex), T, ex, [&](std::int64_t t) {
     const std::int32_t s = i32p(slots)[t];
-    if (s >= 0) bad[static_cast<std::size_t>(t)] = ref::store_key(keys, s, f32p(values) + t * keys.geo.dim);
+    if (s >= 0) bad[static_cast<std::size_t>(t)] = store(s, f32p(values) + t * width);
   });
   for (std::int64_t t = 0; t < T; ++t)
     DSV4_CHECK(bad[static_cast<std::size_t>(t)] == 0, op, "values row ", t, " holds inf or NaN");
 }
 
-void key_load(const cache::key_pages& keys, const tensor_view& slots, const tensor_view& values, const exec& ex) {
-  constexpr const char* op = "key_load";
-  cache::check_pages(op, keys);
-  DSV4_CHECK(values.rank() == 2 && values.dt() == dtype::f32 && values.shape(1) == keys.geo.dim, op, "values ",
-             values.describe(), ", expected f32[N, ", keys.geo.dim, "]");
+// Rows with slot −1 come back as zeros.
+template <class Load>
+void load_rows(const char* op, const tensor_view& slots, const tensor_view& values, std::int64_t width,
+               std::int64_t num_slots, const exec& ex, Load load) {
+  DSV4_CHECK(values.rank() == 2 && values.dt() == dtype::f32 && values.shape(1) == width, op, "values ",
+             values.describe(), ", expected f32[N, ", width, "]");
   need_contiguous(op, "values", values);
-  const std::int64_t N = values.shape(0), C = keys.geo.dim;
-  check_slots(op, "slots", slots, N, keys.num_slots(), false);
+  const std::int64_t N = values.shape(0);
+  check_slots(op, "slots", slots, N, num_slots, false);
   for_rows(host_backend(op, ex), N, ex, [&](std::int64_t i) {
-    float* v = f32w(values) + i * C;
+    float* v = f32w(values) + i * width;
     const std::int32_t s = i32p(slots)[i];
-    if (s < 0) std::fill(v, v + C, 0.f);
-    else ref::load_key(keys, s, v);
+    if (s < 0) std::fill(v, v + width, 0.f);
+    else load(s, v);
   });
+}
+
+}  // namespace
+
+void kv_store(const tensor_view& values, const tensor_view& slots, const cache::kv_pages& kv, const exec& ex) {
+  cache::check_pages("kv_store", kv);
+  store_rows("kv_store", values, slots, kv.geo.head_dim, kv.num_slots(), ex,
+             [&](std::int32_t s, const float* v) { return ref::store_kv_entry(kv, s, v); });
+}
+
+void kv_load(const cache::kv_pages& kv, const tensor_view& slots, const tensor_view& values, const exec& ex) {
+  cache::check_pages("kv_load", kv);
+  load_rows("kv_load", slots, values, kv.geo.head_dim, kv.num_slots(), ex,
+            [&](std::int32_t s, float* v) { ref::load_kv_entry(kv, s, v); });
+}
+
+void key_store(const tensor_view& values, const tensor_view& slots, const cache::key_pages& keys, const exec& ex) {
+  cache::check_pages("key_store", keys);
+  store_rows("key_store", values, slots, keys.geo.dim, keys.num_slots(), ex,
+             [&](std::int32_t s, const float* v) { return ref::store_key(keys, s, v); });
+}
+
+void key_load(const cache::key_pages& keys, const tensor_view& slots, const tensor_view& values, const exec& ex) {
+  cache::check_pages("key_load", keys);
+  load_rows("key_load", slots, values, keys.geo.dim, keys.num_slots(), ex,
+            [&](std::int32_t s, float* v) { ref::load_key(keys, s, v); });
 }
 
 // ---- compressor ------------------------------------------------------------------------------------------------
