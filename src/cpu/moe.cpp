@@ -39,7 +39,7 @@ constexpr std::int64_t kFusedTokens = 8;
 
 // The experts of T <= kFusedTokens tokens in two parallel regions. Job j = an expert with rows: its gathered token
 // rows, routing weights, and where its [rows, D] output goes (routed: rows of `out` by (token, slot); shared: rows
-// T·k .. T·k + T − 1 of `out`). Same kernels, same per-row arithmetic as the per-expert loop, so the same bits.
+// T·k .. T·k + T − 1 of `out`, as in the per-expert loop). Same kernels, same per-row arithmetic as the per-expert loop, so the same bits.
 std::int64_t fused_experts(const float* xf, std::int64_t T, std::int64_t D, view<const float, 2> w, int k,
                            const std::vector<std::int64_t>& start, const std::vector<std::int64_t>& pairs,
                            const std::vector<ref::ffn_ref>& routed, const ref::ffn_ref* shared, float limit,
@@ -198,52 +198,47 @@ std::int64_t moe_ffn(view<const TX, 2> x, view<const float, 2> w, view<const std
   for (std::int64_t t = 0; t < T; ++t)
     for (int i = 0; i < k; ++i) pairs[static_cast<std::size_t>(fill[idx(t, i)]++)] = t * k + i;
 
-  // [T·k, D]: routed output of (token, slot); the fused schedule appends the shared expert's [T, D]
-  std::vector<float> out(static_cast<std::size_t>((T * k + (shared && T <= kFusedTokens ? T : 0)) * D));
+  // [T·k + T, D]: routed output of (token, slot), then the shared expert's output of each token (if any)
+  std::vector<float> out(static_cast<std::size_t>((T * k + (shared ? T : 0)) * D));
+  float* const shared_out = out.data() + T * k * D;
   std::int64_t bad = 0;
-  std::vector<float> xe, g, u, oe;
-  // h = swiglu(x·W1^T, x·W3^T) for `rows` gathered rows, routing weights wr (nullptr = 1) -> into g
-  auto expert = [&](const ref::ffn_ref& f, const float* xs, std::int64_t rows, const float* wr, float* dst) {
-    const std::int64_t I = f.w1.n;
-    g.resize(static_cast<std::size_t>(rows * I));
-    u.resize(g.size());
-    bad += linear_f32(xs, rows, D, f.w1, g.data(), I, ex);
-    bad += linear_f32(xs, rows, D, f.w3, u.data(), I, ex);
-    detail::parallel_rows(rows, 1, ex, [&](std::int64_t r0, std::int64_t r1) {
-      for (std::int64_t r = r0; r < r1; ++r)
-        for (std::int64_t i = 0; i < I; ++i) {
-          const std::size_t j = static_cast<std::size_t>(r * I + i);
-          g[j] = ref::swiglu(g[j], u[j], limit, wr ? wr[r] : 1.f);
-        }
-    });
-    bad += linear_f32(g.data(), rows, I, f.w2, dst, D, ex);
-  };
-  std::vector<float> we;
   if (T <= kFusedTokens) {
     bad += fused_experts(xf.data(), T, D, w, k, start, pairs, routed, shared, limit, out, ex);
   } else {
-  for (std::int64_t e = 0; e < E; ++e) {
-    const std::int64_t n0 = start[e], rows = start[e + 1] - n0;
-    if (rows == 0) continue;
-    xe.resize(static_cast<std::size_t>(rows * D));
-    oe.resize(xe.size());
-    we.resize(static_cast<std::size_t>(rows));
-    for (std::int64_t r = 0; r < rows; ++r) {
-      const std::int64_t p = pairs[static_cast<std::size_t>(n0 + r)], t = p / k;
-      std::copy_n(xf.data() + t * D, D, xe.data() + r * D);
-      we[r] = w(t, static_cast<int>(p % k));
+    std::vector<float> xe, g, u, oe, we;
+    // h = swiglu(x·W1^T, x·W3^T) for `rows` gathered rows, routing weights wr (nullptr = 1) -> into g
+    auto expert = [&](const ref::ffn_ref& f, const float* xs, std::int64_t rows, const float* wr, float* dst) {
+      const std::int64_t I = f.w1.n;
+      g.resize(static_cast<std::size_t>(rows * I));
+      u.resize(g.size());
+      bad += linear_f32(xs, rows, D, f.w1, g.data(), I, ex);
+      bad += linear_f32(xs, rows, D, f.w3, u.data(), I, ex);
+      detail::parallel_rows(rows, 1, ex, [&](std::int64_t r0, std::int64_t r1) {
+        for (std::int64_t r = r0; r < r1; ++r)
+          for (std::int64_t i = 0; i < I; ++i) {
+            const std::size_t j = static_cast<std::size_t>(r * I + i);
+            g[j] = ref::swiglu(g[j], u[j], limit, wr ? wr[r] : 1.f);
+          }
+      });
+      bad += linear_f32(g.data(), rows, I, f.w2, dst, D, ex);
+    };
+    for (std::int64_t e = 0; e < E; ++e) {
+      const std::int64_t n0 = start[e], rows = start[e + 1] - n0;
+      if (rows == 0) continue;
+      xe.resize(static_cast<std::size_t>(rows * D));
+      oe.resize(xe.size());
+      we.resize(static_cast<std::size_t>(rows));
+      for (std::int64_t r = 0; r < rows; ++r) {
+        const std::int64_t p = pairs[static_cast<std::size_t>(n0 + r)], t = p / k;
+        std::copy_n(xf.data() + t * D, D, xe.data() + r * D);
+        we[r] = w(t, static_cast<int>(p % k));
+      }
+      expert(routed[static_cast<std::size_t>(e)], xe.data(), rows, we.data(), oe.data());
+      for (std::int64_t r = 0; r < rows; ++r)
+        std::copy_n(oe.data() + r * D, D, out.data() + pairs[static_cast<std::size_t>(n0 + r)] * D);
     }
-    expert(routed[static_cast<std::size_t>(e)], xe.data(), rows, we.data(), oe.data());
-    for (std::int64_t r = 0; r < rows; ++r)
-      std::copy_n(oe.data() + r * D, D, out.data() + pairs[static_cast<std::size_t>(n0 + r)] * D);
+    if (shared) expert(*shared, xf.data(), T, nullptr, shared_out);
   }
-  }
-  std::vector<float> sh;
-  if (shared && T > kFusedTokens) {
-    sh.resize(static_cast<std::size_t>(T * D));
-    expert(*shared, xf.data(), T, nullptr, sh.data());
-  }
-  const float* shared_out = T > kFusedTokens ? sh.data() : out.data() + T * k * D;  // fused: appended to out
   // Combine per token in ascending expert order, shared last (ref::moe_ffn's order).
   detail::parallel_rows(T, 4, ex, [&](std::int64_t t0, std::int64_t t1) {
     std::vector<float> acc(static_cast<std::size_t>(D));
