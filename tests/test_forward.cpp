@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <thread>
 
 #include "dsv4/io/safetensors.hpp"
 #include "dsv4/model/forward.hpp"
@@ -160,6 +161,32 @@ TEST_SUITE("forward") {
       std::vector<std::int64_t> ch{130};
       for (std::int64_t t = 130; t < T; ++t) ch.push_back(1);
       CHECK(same_bits(logits(tf, ids, ch), full));
+    }
+  }
+
+  TEST_CASE("threads forwarding their own sequences of one pool at once: each equals its run alone") {
+    // The transformer's default pool is shared by every new_sequence(); a sequence growing its pages while another
+    // thread reads its own must not move them under it (the Python module releases the GIL during forward).
+    const loaded m("fwd_threads", preset("tiny"));
+    const transformer tf(m.cfg, m.w, test::on(backend::cpu, 1));
+    const std::int64_t V = m.cfg.vocab_size;
+    constexpr int kThreads = 4;
+    std::vector<std::vector<std::int64_t>> ids;
+    std::vector<std::vector<float>> alone;
+    for (int i = 0; i < kThreads; ++i) {
+      ids.push_back(tokens(200 + 37 * i, V, 60 + static_cast<unsigned>(i)));
+      alone.push_back(logits(tf, ids.back(), every(200 + 37 * i, 7)));
+    }
+    for (int round = 0; round < 3; ++round) {
+      std::vector<std::vector<float>> got(kThreads);
+      std::vector<std::thread> th;
+      for (int i = 0; i < kThreads; ++i)
+        th.emplace_back([&, i] {
+          const auto& v = ids[static_cast<std::size_t>(i)];
+          got[static_cast<std::size_t>(i)] = logits(tf, v, every(static_cast<std::int64_t>(v.size()), 7));
+        });
+      for (auto& t : th) t.join();
+      for (int i = 0; i < kThreads; ++i) CHECK(same_bits(got[static_cast<std::size_t>(i)], alone[static_cast<std::size_t>(i)]));
     }
   }
 

@@ -129,12 +129,14 @@ void transformer::forward_batch(std::span<const batch_entry> batch, forward_trac
   if (batch.empty()) return;
   // Validation: every entry names a live sequence of one pool, once; tokens in the vocabulary; room in the sequence.
   page_pool* pool = nullptr;
+  std::unique_lock<std::recursive_mutex> hold;  // the whole step: no other thread may move the pool's pages meanwhile
   std::int64_t T = 0;
   for (std::size_t i = 0; i < batch.size(); ++i) {
     const batch_entry& e = batch[i];
     DSV4_CHECK(e.seq != nullptr && e.seq->valid(), kOp, "batch entry ", i, " has no sequence state");
     DSV4_CHECK(pool == nullptr || &e.seq->pool() == pool, kOp, "batch entry ", i, " is in another page pool than ",
                "entry 0 (the sequences of one batch share a pool: transformer::new_sequence(pool, capacity))");
+    if (pool == nullptr) hold = e.seq->pool().hold();
     pool = &e.seq->pool();
     for (std::size_t j = i + 1; j < batch.size(); ++j)
       DSV4_CHECK(batch[j].seq != e.seq && (batch[j].seq == nullptr || batch[j].seq->id() != e.seq->id() ||

@@ -133,6 +133,7 @@ page_pool::page_pool(const model_config& cfg, const pool_options& opt) : cfg_(cf
 page_pool::~page_pool() = default;
 
 std::int64_t page_pool::add_sequence(std::int64_t capacity) {
+  const std::lock_guard<std::recursive_mutex> lock(mu_);
   const std::int64_t cap = capacity > 0 ? capacity : cfg_.max_position_embeddings;
   DSV4_CHECK(cap >= 1 && cap <= limits::positions, kOp, "capacity ", cap, " is outside [1, ", limits::positions, "]");
   std::int64_t id;
@@ -152,6 +153,7 @@ std::int64_t page_pool::add_sequence(std::int64_t capacity) {
 }
 
 void page_pool::remove_sequence(std::int64_t id) {
+  const std::lock_guard<std::recursive_mutex> lock(mu_);
   impl::seq& s = d_->at(id);
   for (std::size_t l = 0; l < s.layers.size(); ++l) {
     impl::layer& L = d_->layers[l];
@@ -167,12 +169,17 @@ void page_pool::remove_sequence(std::int64_t id) {
 }
 
 bool page_pool::live(std::int64_t id) const {
+  const std::lock_guard<std::recursive_mutex> lock(mu_);
   return id >= 0 && id < static_cast<std::int64_t>(d_->seqs.size()) && d_->seqs[static_cast<std::size_t>(id)].live;
 }
 
-std::int64_t page_pool::capacity(std::int64_t id) const { return d_->at(id).capacity; }
+std::int64_t page_pool::capacity(std::int64_t id) const {
+  const std::lock_guard<std::recursive_mutex> lock(mu_);
+  return d_->at(id).capacity;
+}
 
 std::int64_t page_pool::pos(std::int64_t id, std::int64_t layer) const {
+  const std::lock_guard<std::recursive_mutex> lock(mu_);
   const impl::seq& s = d_->at(id);
   DSV4_CHECK(layer >= 0 && layer < static_cast<std::int64_t>(s.layers.size()), kOp, "layer ", layer, " outside [0, ",
              s.layers.size(), ")");
@@ -180,10 +187,12 @@ std::int64_t page_pool::pos(std::int64_t id, std::int64_t layer) const {
 }
 
 std::int64_t page_pool::rollback_floor(std::int64_t id) const {
+  const std::lock_guard<std::recursive_mutex> lock(mu_);
   return std::max<std::int64_t>(0, d_->at(id).furthest - opt_.max_rollback);
 }
 
 void page_pool::truncate(std::int64_t id, std::int64_t n) {
+  const std::lock_guard<std::recursive_mutex> lock(mu_);
   impl::seq& s = d_->at(id);
   std::int64_t pos = 0;
   for (const auto& q : s.layers) pos = std::max(pos, q.pos);
@@ -196,6 +205,7 @@ void page_pool::truncate(std::int64_t id, std::int64_t n) {
 }
 
 void page_pool::prepare(std::int64_t id, std::int64_t layer, std::int64_t end) {
+  const std::lock_guard<std::recursive_mutex> lock(mu_);
   impl::seq& s = d_->at(id);
   DSV4_CHECK(layer >= 0 && layer < static_cast<std::int64_t>(s.layers.size()), kOp, "layer ", layer, " outside [0, ",
              s.layers.size(), ")");
@@ -218,6 +228,7 @@ void page_pool::prepare(std::int64_t id, std::int64_t layer, std::int64_t end) {
 }
 
 void page_pool::commit(std::int64_t id, std::int64_t layer, std::int64_t end) {
+  const std::lock_guard<std::recursive_mutex> lock(mu_);
   impl::seq& s = d_->at(id);
   impl::seq_layer& q = s.layers[static_cast<std::size_t>(layer)];
   impl::layer& L = d_->layers[static_cast<std::size_t>(layer)];
@@ -230,16 +241,19 @@ void page_pool::commit(std::int64_t id, std::int64_t layer, std::int64_t end) {
 }
 
 cache::kv_pages page_pool::kv_view(std::int64_t layer) const {
+  const std::lock_guard<std::recursive_mutex> lock(mu_);
   const page_array& a = d_->layers[static_cast<std::size_t>(layer)].kv;
   return {tensor_view(a.data(), dtype::u8, {a.pages(), a.page_bytes()}), d_->kv_geo};
 }
 
 cache::key_pages page_pool::key_view(std::int64_t layer) const {
+  const std::lock_guard<std::recursive_mutex> lock(mu_);
   const page_array& a = d_->layers[static_cast<std::size_t>(layer)].keys;
   return {tensor_view(a.data(), dtype::u8, {a.pages(), a.page_bytes()}), d_->key_geo};
 }
 
 cache::state_rows page_pool::state_view(std::int64_t layer, bool indexer) const {
+  const std::lock_guard<std::recursive_mutex> lock(mu_);
   const impl::layer& L = d_->layers[static_cast<std::size_t>(layer)];
   const page_array& a = indexer ? L.state_index : L.state_main;
   const std::int64_t w = indexer ? L.state_width_index : L.state_width_main;
@@ -247,6 +261,7 @@ cache::state_rows page_pool::state_view(std::int64_t layer, bool indexer) const 
 }
 
 const std::vector<std::int32_t>& page_pool::table(std::int64_t id, std::int64_t layer, region r) const {
+  const std::lock_guard<std::recursive_mutex> lock(mu_);
   const impl::seq_layer& q = d_->at(id).layers[static_cast<std::size_t>(layer)];
   switch (r) {
     case region::window: return q.window.pages;
@@ -259,6 +274,7 @@ const std::vector<std::int32_t>& page_pool::table(std::int64_t id, std::int64_t 
 }
 
 std::int64_t page_pool::held_bytes(std::int64_t id, std::int64_t layer) const {
+  const std::lock_guard<std::recursive_mutex> lock(mu_);
   const impl::seq_layer& q = d_->at(id).layers[static_cast<std::size_t>(layer)];
   const impl::layer& L = d_->layers[static_cast<std::size_t>(layer)];
   const std::int64_t e = d_->kv_geo.entry_bytes();
@@ -272,18 +288,21 @@ std::int64_t page_pool::held_bytes(std::int64_t id, std::int64_t layer) const {
 }
 
 std::int64_t page_pool::held_bytes(std::int64_t id) const {
+  const std::lock_guard<std::recursive_mutex> lock(mu_);
   std::int64_t n = 0;
   for (std::int64_t l = 0; l < static_cast<std::int64_t>(d_->layers.size()); ++l) n += held_bytes(id, l);
   return n;
 }
 
 std::int64_t page_pool::pages_in_use() const {
+  const std::lock_guard<std::recursive_mutex> lock(mu_);
   std::int64_t n = 0;
   for (const auto& L : d_->layers) n += L.kv.in_use() + L.keys.in_use() + L.state_main.in_use() + L.state_index.in_use();
   return n;
 }
 
 std::int64_t page_pool::allocated_bytes() const {
+  const std::lock_guard<std::recursive_mutex> lock(mu_);
   std::int64_t n = 0;
   for (const auto& L : d_->layers) n += L.kv.bytes() + L.keys.bytes() + L.state_main.bytes() + L.state_index.bytes();
   return n;

@@ -18,12 +18,18 @@
 // and state pages may have been handed back; such an n is an error).
 //
 // The pool grows its page arrays (doubling) when it runs out, so callers never size it; a page array may move when
-// it grows, so views into it are taken per call (kv_view etc.) and never kept across calls. Not thread-safe: one
-// forward call at a time per pool.
+// it grows, so views into it are taken per call (kv_view etc.) and never kept across calls.
+//
+// Threads: every method locks the pool, and a forward call holds that lock (hold()) for its whole step, because
+// another sequence's prepare may move the arrays its views point into. So sequences of one pool may be used from
+// any threads, their forward calls running one at a time (transformer::new_sequence() puts every sequence in the
+// transformer's one pool); sequences in different pools (transformer::make_pool) run in parallel. Code that keeps
+// views or tables while other threads use the pool holds hold() for that long.
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "dsv4/cache.hpp"
@@ -47,6 +53,8 @@ class page_pool {
 
   const pool_options& options() const { return opt_; }
   const model_config& config() const { return cfg_; }
+  // The pool's lock (recursive: the methods below take it too), for a span of calls that must see no other thread.
+  std::unique_lock<std::recursive_mutex> hold() const { return std::unique_lock<std::recursive_mutex>(mu_); }
 
   // A new empty sequence accepting `capacity` positions (0: max_position_embeddings); remove() hands its pages back.
   std::int64_t add_sequence(std::int64_t capacity = 0);
@@ -83,6 +91,7 @@ class page_pool {
   model_config cfg_;
   pool_options opt_;
   std::unique_ptr<impl> d_;
+  mutable std::recursive_mutex mu_;
 };
 
 }  // namespace dsv4::model
