@@ -10,62 +10,6 @@ using namespace dsv4::test;
 
 namespace {
 
-// A random stored weight of format `dt` [N, K] plus its exact fp32 values decoded independently.
-struct test_weight {
-  buffer w, s;
-  std::vector<double> exact;  // [N, K]
-  ops::qweight q() const { return {w.view(), s.view()}; }
-};
-
-test_weight make_weight(dtype dt, std::int64_t N, std::int64_t K, std::uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<int> byte(0, 255), sexp(120, 134);
-  std::normal_distribution<float> nd(0.f, 1.f);
-  test_weight tw{buffer(dt, {N, K}), buffer(), std::vector<double>(static_cast<std::size_t>(N * K))};
-  auto at = [&](std::int64_t n, std::int64_t k) -> double& { return tw.exact[static_cast<std::size_t>(n * K + k)]; };
-  if (dt == dtype::f32 || dt == dtype::bf16) {
-    for (std::int64_t i = 0; i < N * K; ++i) {
-      const float v = nd(rng);
-      if (dt == dtype::f32) {
-        tw.w.host_span<float>()[i] = v;
-        tw.exact[i] = v;
-      } else {
-        tw.w.host_span<bf16>()[i] = bf16::from_float(v);
-        tw.exact[i] = bf16::from_float(v).to_float();
-      }
-    }
-  } else if (dt == dtype::fp8_e4m3) {
-    tw.s = buffer(dtype::ue8m0, {(N + 127) / 128, (K + 127) / 128});
-    auto sc = tw.s.host_span<ue8m0>();
-    for (auto& s : sc) s.bits = static_cast<std::uint8_t>(sexp(rng));
-    auto codes = tw.w.host_span<fp8_e4m3>();
-    for (std::int64_t n = 0; n < N; ++n)
-      for (std::int64_t k = 0; k < K; ++k) {
-        std::uint8_t c;
-        do c = static_cast<std::uint8_t>(byte(rng));
-        while ((c & 0x7F) == 0x7F);
-        codes[n * K + k].bits = c;
-        const int e = (c >> 3) & 15, m = c & 7;
-        const double mag = e == 0 ? std::ldexp(m, -9) : std::ldexp(8 + m, e - 10);
-        at(n, k) = std::ldexp((c & 0x80) ? -mag : mag, sc[(n / 128) * ((K + 127) / 128) + k / 128].bits - 127);
-      }
-  } else {
-    tw.s = buffer(dtype::ue8m0, {N, K / 32});
-    auto sc = tw.s.host_span<ue8m0>();
-    for (auto& s : sc) s.bits = static_cast<std::uint8_t>(sexp(rng));
-    auto* bytes = static_cast<std::uint8_t*>(tw.w.data());
-    const double mags[8] = {0, 0.5, 1, 1.5, 2, 3, 4, 6};
-    for (std::int64_t i = 0; i < N * K / 2; ++i) bytes[i] = static_cast<std::uint8_t>(byte(rng));
-    for (std::int64_t n = 0; n < N; ++n)
-      for (std::int64_t k = 0; k < K; ++k) {
-        const std::uint8_t b = bytes[(n * K + k) / 2], c = (k % 2) ? b >> 4 : b & 15;  // element 2c: low nibble
-        at(n, k) = std::ldexp((c & 8) ? -mags[c & 7] : mags[c & 7], sc[n * (K / 32) + k / 32].bits - 127);
-      }
-  }
-  return tw;
-}
-
-
 struct fmt_case {
   dtype dt;
   std::int64_t N, K;

@@ -4,6 +4,7 @@
 #include "common.hpp"
 #include "dsv4/cpu/linear.hpp"
 #include "dsv4/ref/linear.hpp"
+#include "dsv4/ref/official.hpp"
 
 namespace dsv4::ops {
 
@@ -85,7 +86,7 @@ bool weight_is_cpu_friendly(const qweight& w) { return w.weight.shape(1) <= 1 ||
 
 }  // namespace detail
 
-void linear(const tensor_view& x, const qweight& w, const tensor_view& y, const exec& ex) {
+void linear(const tensor_view& x, const qweight& w, const tensor_view& y, const exec& ex, numerics nm) {
   constexpr const char* op = "linear";
   DSV4_CHECK(x.rank() == 2, op, "x ", x.describe(), ": expected [T, K]");
   DSV4_CHECK(y.rank() == 2, op, "y ", y.describe(), ": expected [T, N]");
@@ -103,7 +104,10 @@ void linear(const tensor_view& x, const qweight& w, const tensor_view& y, const 
     visit_dtype<float, bf16>(y.dt(), op, [&]<class TY>(std::type_identity<TY>) {
       const auto xv = x.as<const TX, 2>();
       const auto yv = y.as<TY, 2>();
-      bad = be == backend::ref ? ref::linear(xv, wr, yv) : cpu::linear(xv, wr, yv, ex);
+      if (nm == numerics::official)
+        bad = be == backend::ref ? ref::official::linear(xv, wr, yv) : cpu::linear_official(xv, wr, yv, ex);
+      else
+        bad = be == backend::ref ? ref::linear(xv, wr, yv) : cpu::linear(xv, wr, yv, ex);
     });
   });
   DSV4_CHECK(bad == 0, op, "weight ", describe(w), ": ", bad,

@@ -39,4 +39,15 @@ const float* lane_order(const ref::weight_ref& w, const float* x, std::int64_t T
 std::int64_t linear_blocks(const float* x, std::int64_t T, std::int64_t ldx, const ref::weight_ref& w, float* y,
                            std::int64_t ldy, std::int64_t b0, std::int64_t b1);
 
+// The `official` policy (ref: dsv4/ref/official.hpp, linear; src/cpu/linear_official.cpp): FP8 / FP4 weights through
+// Q8 activations and per-block promotion on BF16 dot products (AVX512-BF16 where the CPU has it and
+// DSV4_CPU_NO_BF16 is unset, else portable code in the same order: the same bits); dense weights as the BF16 GEMM.
+// Outputs are BF16 values. Batch- and thread-count-invariant per row, like linear().
+template <class TX, class TY>
+std::int64_t linear_official(view<const TX, 2> x, const ref::weight_ref& w, view<TY, 2> y, const exec& ex);
+std::int64_t linear_official_f32(const float* x, std::int64_t T, std::int64_t ldx, const ref::weight_ref& w, float* y,
+                                 std::int64_t ldy, const exec& ex);
+// Whether linear_official runs on vdpbf16ps here (benchmarks report it).
+bool official_bf16_dot();
+
 }  // namespace dsv4::cpu

@@ -1,0 +1,420 @@
+// src/cpu/linear_official.cpp — CPU backend of the `official` policy's promoted FP8 / FP4 GEMM
+// (reference: dsv4/ref/official.hpp, linear), on BF16 dot products.
+//
+// After Q8 an activation is an E4M3 value and a weight code an E4M3 or E2M1 value: both are exactly BF16 numbers and
+// their product is exact in fp32, so AVX512-BF16's vdpbf16ps (two products per lane per instruction, twice the fp32
+// FMA rate) computes the block partial sums. The order is fixed and written down, so the portable fallback gives the
+// same bits:
+//   lane = output n; a block's partial P starts at +0 and takes the K pairs (2j, 2j+1) in increasing j as
+//   P = (P + q[2j+1]·c[2j+1]) + q[2j]·c[2j]   (each add rounded to fp32: what vdpbf16ps does on Zen 5 and in
+//   Intel's definition; checked against it in tests/test_official.cpp), then acc = fma(P, sa·sw, acc), y = bf16(acc).
+// The reference sums a block exactly; the two agree whenever the block's fp32 partial sums are exact (e.g. FP4 blocks
+// with Σ|q·c| < 2^14) and otherwise differ by fp32 rounding inside a block (tests state the tolerance).
+// Every output depends only on its own x row and W row, in the same instruction sequence whatever T, the tile and the
+// thread count: official outputs are batch-invariant here as the fp32 ones are.
+//
+// Structure: x rows quantized to Q8 once (BF16 pairs as dwords, scales per 128); oneTBB over panels of 32 weight rows;
+// each task packs its panel as [K/2][32] dwords of BF16 code pairs (FP8 by arithmetic + a subnormal table, FP4 by a
+// 16-entry table, then a 16x16 dword transpose) and runs every 6-token tile against it.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+// GCC 12 reports the _mm512_undefined_* inside the inlined intrinsics of target("...") functions as maybe-uninitialized
+// (a false positive: every lane is written before use).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include "dsv4/cpu/linear.hpp"
+#include "dsv4/numerics.hpp"
+#include "dsv4/ref/official.hpp"
+#include "parallel.hpp"
+
+namespace dsv4::cpu {
+namespace {
+
+constexpr std::int64_t kPanel = 32;  // weight rows per panel: two 16-lane vectors
+constexpr int kTileT = 6;            // tokens per register tile: 6 x 2 partial + 6 x 2 total accumulators
+
+std::uint16_t bf16_bits(float v) { return bf16::from_float(v).bits; }
+
+// BF16 bits of every E4M3 code and of every E2M1 code (exact).
+struct code_tables {
+  std::uint16_t e4m3[256];
+  std::uint32_t e2m1[16];
+  code_tables() {
+    for (int c = 0; c < 256; ++c) e4m3[c] = bf16_bits(fp8_e4m3{static_cast<std::uint8_t>(c)}.to_float());
+    for (int c = 0; c < 16; ++c) e2m1[c] = bf16_bits(fp4_e2m1{static_cast<std::uint8_t>(c)}.to_float());
+  }
+};
+const code_tables& tables() {
+  static const code_tables t;
+  return t;
+}
+
+float bf16_value(std::uint32_t bits16) {
+  return bits_to_f32(bits16 << 16);
+}
+
+// ---- the fixed-order block dot (portable: the definition the SIMD kernel matches) --------------------------------
+// One 32-lane tile row: tot[32] for x pairs xp[0, K2) against panel [K2][32].
+struct geometry {
+  std::int64_t K2 = 0;        // K pairs (K rounded up to even)
+  std::int64_t pblock = 0;    // pairs per promotion block (64 for FP8, 16 for FP4)
+  std::int64_t nblocks = 0;   // promotion blocks along K
+  bool fp4 = false;
+};
+
+void row_portable(const std::uint32_t* xp, const float* sa, const std::uint32_t* panel, const float* sw,
+                  const geometry& g, float* tot) {
+  for (int n = 0; n < kPanel; ++n) tot[n] = 0.f;
+  for (std::int64_t b = 0; b < g.nblocks; ++b) {
+    const std::int64_t j0 = b * g.pblock, j1 = std::min(g.K2, j0 + g.pblock);
+    const float s_a = sa[(b * g.pblock * 2) / ref::official::kActBlock];
+    for (int n = 0; n < kPanel; ++n) {
+      float p = 0.f;
+      for (std::int64_t j = j0; j < j1; ++j) {
+        const std::uint32_t a = xp[j], c = panel[j * kPanel + n];
+        p = p + bf16_value(a >> 16) * bf16_value(c >> 16);
+        p = p + bf16_value(a & 0xFFFF) * bf16_value(c & 0xFFFF);
+      }
+      const float s_w = g.fp4 ? sw[b * kPanel + n] : sw[b];
+      tot[n] = std::fma(p, s_a * s_w, tot[n]);
+    }
+  }
+}
+
+#if defined(__x86_64__)
+#define DSV4_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16")))
+#define DSV4_AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
+
+bool has_bf16() {
+  static const bool v = [] {
+    const char* off = std::getenv("DSV4_CPU_NO_BF16");
+    return __builtin_cpu_supports("avx512bf16") != 0 && __builtin_cpu_supports("avx512bw") != 0 &&
+           !(off && *off && std::strcmp(off, "0") != 0);
+  }();
+  return v;
+}
+bool has_avx512bw() {
+  static const bool v = __builtin_cpu_supports("avx512bw") != 0 && __builtin_cpu_supports("avx512dq") != 0;
+  return v;
+}
+
+template <int R>
+DSV4_BF16_TARGET void tile_bf16(const std::uint32_t* const* xp, const float* const* sa, const std::uint32_t* panel,
+                                const float* sw, const geometry& g, float* const* tot_out) {
+  __m512 tot[R][2];
+  for (int r = 0; r < R; ++r) tot[r][0] = tot[r][1] = _mm512_setzero_ps();
+  for (std::int64_t b = 0; b < g.nblocks; ++b) {
+    const std::int64_t j0 = b * g.pblock, j1 = std::min(g.K2, j0 + g.pblock);
+    __m512 part[R][2];
+    for (int r = 0; r < R; ++r) part[r][0] = part[r][1] = _mm512_setzero_ps();
+    const std::uint32_t* pw = panel + j0 * kPanel;
+    for (std::int64_t j = j0; j < j1; ++j, pw += kPanel) {
+      const __m512bh w0 = (__m512bh)_mm512_load_si512(pw), w1 = (__m512bh)_mm512_load_si512(pw + 16);
+      for (int r = 0; r < R; ++r) {
+        const __m512bh xb = (__m512bh)_mm512_set1_epi32(static_cast<int>(xp[r][j]));
+        part[r][0] = _mm512_dpbf16_ps(part[r][0], xb, w0);
+        part[r][1] = _mm512_dpbf16_ps(part[r][1], xb, w1);
+      }
+    }
+    __m512 s0, s1;
+    if (g.fp4) {
+      s0 = _mm512_loadu_ps(sw + b * kPanel);
+      s1 = _mm512_loadu_ps(sw + b * kPanel + 16);
+    } else {
+      s0 = s1 = _mm512_set1_ps(sw[b]);
+    }
+    const std::int64_t ab = (j0 * 2) / ref::official::kActBlock;
+    for (int r = 0; r < R; ++r) {
+      const __m512 a = _mm512_set1_ps(sa[r][ab]);
+      tot[r][0] = _mm512_fmadd_ps(part[r][0], _mm512_mul_ps(a, s0), tot[r][0]);
+      tot[r][1] = _mm512_fmadd_ps(part[r][1], _mm512_mul_ps(a, s1), tot[r][1]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    _mm512_storeu_ps(tot_out[r], tot[r][0]);
+    _mm512_storeu_ps(tot_out[r] + 16, tot[r][1]);
+  }
+}
+
+// 16 x 16 dword transpose: in[i] holds row i's 16 dwords; out[j] gets dword j of every row.
+DSV4_AVX512_TARGET void transpose16(__m512i* v) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(v[i], v[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(v[i], v[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    v[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    v[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    v[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    v[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  // v[4a + c] now holds, in each 128-bit lane L, dwords 4L .. 4L+3 of column c' of rows 4a .. 4a+3 (c' = the c-th of
+  // the orders 0, 1, 2, 3 → columns 0, 1, 2, 3 inside each group of four).
+  for (int i = 0; i < 4; ++i) {
+    // gather 128-bit lanes: rows 0-3 / 4-7 / 8-11 / 12-15 for column group i
+    const __m512i a = _mm512_shuffle_i32x4(v[i], v[4 + i], 0x88), b = _mm512_shuffle_i32x4(v[8 + i], v[12 + i], 0x88);
+    const __m512i c = _mm512_shuffle_i32x4(v[i], v[4 + i], 0xDD), d = _mm512_shuffle_i32x4(v[8 + i], v[12 + i], 0xDD);
+    t[i] = _mm512_shuffle_i32x4(a, b, 0x88);
+    t[8 + i] = _mm512_shuffle_i32x4(a, b, 0xDD);
+    t[4 + i] = _mm512_shuffle_i32x4(c, d, 0x88);
+    t[12 + i] = _mm512_shuffle_i32x4(c, d, 0xDD);
+  }
+  for (int i = 0; i < 16; ++i) v[i] = t[i];
+}
+
+// 16 kpairs (32 codes) of one weight row as BF16 pair dwords.
+DSV4_AVX512_TARGET __m512i pairs_fp8(const std::uint8_t* codes) {
+  const __m512i c = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes)));
+  const __m512i mag = _mm512_and_si512(c, _mm512_set1_epi16(0x7F));
+  const __m512i normal = _mm512_add_epi16(_mm512_slli_epi16(mag, 4), _mm512_set1_epi16(0x3C00));  // (e+120)<<7 | m<<4
+  alignas(64) static std::uint16_t sub[32];
+  static const bool init = [] {
+    for (int m = 0; m < 32; ++m) sub[m] = bf16_bits(static_cast<float>(m & 7) * 0.001953125f);  // m · 2^-9
+    return true;
+  }();
+  (void)init;
+  const __m512i subv = _mm512_permutexvar_epi16(mag, _mm512_load_si512(sub));  // index m (exponent 0 there)
+  const __mmask32 is_sub = _mm512_testn_epi16_mask(mag, _mm512_set1_epi16(0x78));
+  __m512i v = _mm512_mask_blend_epi16(is_sub, normal, subv);
+  v = _mm512_or_si512(v, _mm512_slli_epi16(_mm512_and_si512(c, _mm512_set1_epi16(0x80)), 8));
+  return v;  // word 2j = code 2j, word 2j+1 = code 2j+1: dword j is the pair
+}
+
+DSV4_AVX512_TARGET __m512i pairs_fp4(const std::uint8_t* bytes) {
+  const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes)));
+  const __m512i tab = _mm512_loadu_si512(tables().e2m1);
+  const __m512i lo = _mm512_permutexvar_epi32(_mm512_and_si512(b, _mm512_set1_epi32(0xF)), tab);
+  const __m512i hi = _mm512_permutexvar_epi32(_mm512_srli_epi32(b, 4), tab);
+  return _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
+}
+
+// Rows [n0, n0 + 16) ∩ [0, N) of W into panel columns [col, col + 16) for pairs [0, K2) (16 pairs at a time).
+DSV4_AVX512_TARGET void pack16_avx512(const ref::weight_ref& w, std::int64_t n0, std::int64_t K2, std::uint32_t* panel,
+                                      int col) {
+  const std::int64_t full = (w.k / 32) * 16;  // pairs covered by whole 32-code groups
+  __m512i v[16];
+  for (std::int64_t j0 = 0; j0 < full; j0 += 16) {
+    for (int i = 0; i < 16; ++i) {
+      const std::int64_t n = n0 + i;
+      if (n >= w.n) {
+        v[i] = _mm512_setzero_si512();
+        continue;
+      }
+      v[i] = w.fmt == ref::wfmt::fp4_b32 ? pairs_fp4(reinterpret_cast<const std::uint8_t*>(&w.f4(n, j0)))
+                                         : pairs_fp8(reinterpret_cast<const std::uint8_t*>(&w.f8(n, 2 * j0)));
+    }
+    transpose16(v);
+    for (int j = 0; j < 16; ++j) _mm512_store_si512(panel + (j0 + j) * kPanel + col, v[j]);
+  }
+  // tail pairs (FP8 with K not a multiple of 32)
+  const auto& tb = tables();
+  for (std::int64_t j = full; j < K2; ++j)
+    for (int i = 0; i < 16; ++i) {
+      const std::int64_t n = n0 + i;
+      std::uint32_t d = 0;
+      if (n < w.n) {
+        const std::uint32_t lo = tb.e4m3[w.f8(n, 2 * j).bits];
+        const std::uint32_t hi = 2 * j + 1 < w.k ? tb.e4m3[w.f8(n, 2 * j + 1).bits] : 0u;
+        d = lo | hi << 16;
+      }
+      panel[j * kPanel + col + i] = d;
+    }
+}
+#else
+bool has_bf16() { return false; }
+bool has_avx512bw() { return false; }
+#endif
+
+void pack16_portable(const ref::weight_ref& w, std::int64_t n0, std::int64_t K2, std::uint32_t* panel, int col) {
+  const auto& tb = tables();
+  for (int i = 0; i < 16; ++i) {
+    const std::int64_t n = n0 + i;
+    for (std::int64_t j = 0; j < K2; ++j) {
+      std::uint32_t d = 0;
+      if (n < w.n) {
+        if (w.fmt == ref::wfmt::fp4_b32) {
+          const std::uint8_t b = w.f4(n, j).bits;
+          d = tb.e2m1[b & 0xF] | tb.e2m1[b >> 4] << 16;
+        } else {
+          const std::uint32_t lo = tb.e4m3[w.f8(n, 2 * j).bits];
+          const std::uint32_t hi = 2 * j + 1 < w.k ? tb.e4m3[w.f8(n, 2 * j + 1).bits] : 0u;
+          d = lo | hi << 16;
+        }
+      }
+      panel[j * kPanel + col + i] = d;
+    }
+  }
+}
+
+// NaN weights of rows [n0, n1) (ref::official::decode_codes' count).
+std::int64_t count_bad(const ref::weight_ref& w, std::int64_t n0, std::int64_t n1) {
+  std::int64_t bad = 0;
+  for (std::int64_t n = n0; n < n1; ++n) {
+    if (w.fmt == ref::wfmt::fp4_b32) {
+      for (std::int64_t b = 0; b < w.k / ref::kFp4WeightBlock; ++b) bad += w.scale(n, b).bits == 0xFF ? ref::kFp4WeightBlock : 0;
+    } else {
+      for (std::int64_t k = 0; k < w.k; ++k) bad += (w.f8(n, k).bits & 0x7F) == 0x7F;
+      if (n % ref::kFp8WeightTile == 0 || n == n0)
+        for (std::int64_t b = 0; b * ref::kFp8WeightTile < w.k; ++b) bad += w.scale(n / ref::kFp8WeightTile, b).bits == 0xFF;
+    }
+  }
+  return bad;
+}
+
+struct aligned_u32 {
+  std::uint32_t* p = nullptr;
+  std::size_t n = 0;
+  void need(std::size_t m) {
+    if (m <= n) return;
+    std::free(p);
+    p = static_cast<std::uint32_t*>(std::aligned_alloc(64, (m * 4 + 63) / 64 * 64));
+    n = m;
+  }
+  ~aligned_u32() { std::free(p); }
+};
+
+}  // namespace
+
+bool official_bf16_dot() { return has_bf16(); }
+
+std::int64_t linear_official_f32(const float* x, std::int64_t T, std::int64_t ldx, const ref::weight_ref& w, float* y,
+                                 std::int64_t ldy, const exec& ex) {
+  if (T <= 0 || w.n <= 0) return 0;
+  const std::int64_t K = w.k, N = w.n;
+  if (w.fmt == ref::wfmt::f32 || w.fmt == ref::wfmt::bf16) {
+    // The BF16 GEMM: x rounded to BF16, the fp32 policy's dot (fixed order), the output rounded to BF16.
+    std::vector<float> xr(static_cast<std::size_t>(T * K));
+    for (std::int64_t t = 0; t < T; ++t)
+      for (std::int64_t k = 0; k < K; ++k) xr[static_cast<std::size_t>(t * K + k)] = round_bf16(x[t * ldx + k]);
+    const std::int64_t bad = linear_f32(xr.data(), T, K, w, y, ldy, ex);
+    for (std::int64_t t = 0; t < T; ++t) round_bf16(y + t * ldy, N);
+    return bad;
+  }
+  geometry g;
+  g.fp4 = w.fmt == ref::wfmt::fp4_b32;
+  g.K2 = (K + 1) / 2;
+  g.pblock = (g.fp4 ? ref::kFp4WeightBlock : ref::kFp8WeightTile) / 2;
+  g.nblocks = (g.K2 + g.pblock - 1) / g.pblock;
+  const std::int64_t nb_a = (K + ref::official::kActBlock - 1) / ref::official::kActBlock;
+  // Q8 of every row: BF16 pairs [T][K2] and scales [T][nb_a].
+  std::vector<std::uint32_t> xq(static_cast<std::size_t>(T * g.K2));
+  std::vector<float> sa(static_cast<std::size_t>(T * nb_a));
+  detail::parallel_rows(T, 8, ex, [&](std::int64_t t0, std::int64_t t1) {
+    std::vector<float> q(static_cast<std::size_t>(g.K2 * 2), 0.f);
+    for (std::int64_t t = t0; t < t1; ++t) {
+      ref::official::act_quant_fp8(x + t * ldx, K, q.data(), sa.data() + t * nb_a);
+      for (std::int64_t j = 0; j < g.K2; ++j)
+        xq[static_cast<std::size_t>(t * g.K2 + j)] = std::uint32_t{bf16_bits(q[static_cast<std::size_t>(2 * j)])} |
+                                                     std::uint32_t{bf16_bits(q[static_cast<std::size_t>(2 * j + 1)])} << 16;
+    }
+  });
+  const bool simd = has_avx512bw(), dot = has_bf16();
+  const std::int64_t panels = (N + kPanel - 1) / kPanel;
+  std::atomic<std::int64_t> bad{0};
+  detail::parallel_rows(panels, 1, ex, [&](std::int64_t p0, std::int64_t p1) {
+    thread_local aligned_u32 panel;
+    thread_local std::vector<float> sw;
+    panel.need(static_cast<std::size_t>(g.K2 * kPanel));
+    sw.assign(static_cast<std::size_t>(g.nblocks * (g.fp4 ? kPanel : 1)), 0.f);
+    float tot[kTileT][kPanel];
+    for (std::int64_t p = p0; p < p1; ++p) {
+      const std::int64_t n0 = p * kPanel, n1 = std::min(N, n0 + kPanel);
+      const std::int64_t my_bad = count_bad(w, n0, n1);
+      if (my_bad) {
+        bad += my_bad;
+        continue;
+      }
+      for (int half = 0; half < 2; ++half) {
+#if defined(__x86_64__)
+        if (simd) {
+          pack16_avx512(w, n0 + 16 * half, g.K2, panel.p, 16 * half);
+          continue;
+        }
+#endif
+        pack16_portable(w, n0 + 16 * half, g.K2, panel.p, 16 * half);
+      }
+      for (std::int64_t b = 0; b < g.nblocks; ++b) {
+        if (g.fp4)
+          for (std::int64_t n = n0; n < n0 + kPanel; ++n)
+            sw[static_cast<std::size_t>(b * kPanel + (n - n0))] = n < N ? w.scale(n, b).to_float() : 0.f;
+        else
+          sw[static_cast<std::size_t>(b)] = w.scale(n0 / ref::kFp8WeightTile, b).to_float();
+      }
+      for (std::int64_t t0 = 0; t0 < T; t0 += kTileT) {
+        const int R = static_cast<int>(std::min<std::int64_t>(kTileT, T - t0));
+        const std::uint32_t* xr[kTileT];
+        const float* sr[kTileT];
+        float* out[kTileT];
+        for (int r = 0; r < R; ++r) {
+          xr[r] = xq.data() + (t0 + r) * g.K2;
+          sr[r] = sa.data() + (t0 + r) * nb_a;
+          out[r] = tot[r];
+        }
+        bool done = false;
+#if defined(__x86_64__)
+        if (dot) {
+          done = true;
+          switch (R) {
+            case 1: tile_bf16<1>(xr, sr, panel.p, sw.data(), g, out); break;
+            case 2: tile_bf16<2>(xr, sr, panel.p, sw.data(), g, out); break;
+            case 3: tile_bf16<3>(xr, sr, panel.p, sw.data(), g, out); break;
+            case 4: tile_bf16<4>(xr, sr, panel.p, sw.data(), g, out); break;
+            case 5: tile_bf16<5>(xr, sr, panel.p, sw.data(), g, out); break;
+            default: tile_bf16<6>(xr, sr, panel.p, sw.data(), g, out); break;
+          }
+        }
+#endif
+        if (!done)
+          for (int r = 0; r < R; ++r) row_portable(xr[r], sr[r], panel.p, sw.data(), g, tot[r]);
+        for (int r = 0; r < R; ++r)
+          for (std::int64_t n = n0; n < n1; ++n) y[(t0 + r) * ldy + n] = round_bf16(tot[r][n - n0]);
+      }
+    }
+  });
+  (void)dot;
+  return bad.load();
+}
+
+template <class TX, class TY>
+std::int64_t linear_official(view<const TX, 2> x, const ref::weight_ref& w, view<TY, 2> y, const exec& ex) {
+  const std::int64_t T = x.size(0), K = w.k, N = w.n;
+  std::vector<float> xs, ys;
+  const float* xp;
+  std::int64_t ldx;
+  if constexpr (std::is_same_v<TX, float>) {
+    xp = x.data;
+    ldx = x.stride[0];
+  } else {
+    xs.resize(static_cast<std::size_t>(T * K));
+    for (std::int64_t t = 0; t < T; ++t)
+      for (std::int64_t k = 0; k < K; ++k) xs[static_cast<std::size_t>(t * K + k)] = to_f32(x(t, k));
+    xp = xs.data();
+    ldx = K;
+  }
+  if constexpr (std::is_same_v<TY, float>) {
+    if (y.stride[1] == 1) return linear_official_f32(xp, T, ldx, w, y.data, y.stride[0], ex);
+  }
+  ys.resize(static_cast<std::size_t>(T * N));
+  const std::int64_t bad = linear_official_f32(xp, T, ldx, w, ys.data(), N, ex);
+  for (std::int64_t t = 0; t < T; ++t)
+    for (std::int64_t n = 0; n < N; ++n) y(t, n) = from_f32<TY>(ys[static_cast<std::size_t>(t * N + n)]);
+  return bad;
+}
+
+template std::int64_t linear_official<float, float>(view<const float, 2>, const ref::weight_ref&, view<float, 2>, const exec&);
+template std::int64_t linear_official<float, bf16>(view<const float, 2>, const ref::weight_ref&, view<bf16, 2>, const exec&);
+template std::int64_t linear_official<bf16, float>(view<const bf16, 2>, const ref::weight_ref&, view<float, 2>, const exec&);
+template std::int64_t linear_official<bf16, bf16>(view<const bf16, 2>, const ref::weight_ref&, view<bf16, 2>, const exec&);
+
+}  // namespace dsv4::cpu
