@@ -33,6 +33,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 #include "dsv4/cpu/linear.hpp"
+#include "dsv4/cpu/quant.hpp"
 #include "dsv4/numerics.hpp"
 #include "dsv4/ref/official.hpp"
 #include "parallel.hpp"
@@ -72,16 +73,15 @@ struct geometry {
   bool fp4 = false;
 };
 
-void row_portable(const std::uint32_t* xp, const float* sa, const std::uint32_t* panel, const float* sw,
-                  const geometry& g, float* tot) {
-  for (int n = 0; n < kPanel; ++n) tot[n] = 0.f;
-  for (std::int64_t b = 0; b < g.nblocks; ++b) {
+void row_portable(const std::uint32_t* xp, const float* sa, const std::uint32_t* panel, std::int64_t c0,
+                  const float* sw, const geometry& g, std::int64_t b0, std::int64_t b1, float* tot) {
+  for (std::int64_t b = b0; b < b1; ++b) {
     const std::int64_t j0 = b * g.pblock, j1 = std::min(g.K2, j0 + g.pblock);
     const float s_a = sa[(b * g.pblock * 2) / ref::official::kActBlock];
     for (int n = 0; n < kPanel; ++n) {
       float p = 0.f;
       for (std::int64_t j = j0; j < j1; ++j) {
-        const std::uint32_t a = xp[j], c = panel[j * kPanel + n];
+        const std::uint32_t a = xp[j], c = panel[(j - c0) * kPanel + n];
         p = p + bf16_value(a >> 16) * bf16_value(c >> 16);
         p = p + bf16_value(a & 0xFFFF) * bf16_value(c & 0xFFFF);
       }
@@ -108,16 +108,22 @@ bool has_avx512bw() {
   return v;
 }
 
+// Blocks [b0, b1) of R token rows against the panel chunk that starts at pair `c0`; tot[r] (32 floats) carries the
+// promoted accumulators between chunks (stored and reloaded exactly: the sequence of operations is unchanged).
 template <int R>
 DSV4_BF16_TARGET void tile_bf16(const std::uint32_t* const* xp, const float* const* sa, const std::uint32_t* panel,
-                                const float* sw, const geometry& g, float* const* tot_out) {
+                                std::int64_t c0, const float* sw, const geometry& g, std::int64_t b0, std::int64_t b1,
+                                float* const* tot_io) {
   __m512 tot[R][2];
-  for (int r = 0; r < R; ++r) tot[r][0] = tot[r][1] = _mm512_setzero_ps();
-  for (std::int64_t b = 0; b < g.nblocks; ++b) {
+  for (int r = 0; r < R; ++r) {
+    tot[r][0] = _mm512_loadu_ps(tot_io[r]);
+    tot[r][1] = _mm512_loadu_ps(tot_io[r] + 16);
+  }
+  for (std::int64_t b = b0; b < b1; ++b) {
     const std::int64_t j0 = b * g.pblock, j1 = std::min(g.K2, j0 + g.pblock);
     __m512 part[R][2];
     for (int r = 0; r < R; ++r) part[r][0] = part[r][1] = _mm512_setzero_ps();
-    const std::uint32_t* pw = panel + j0 * kPanel;
+    const std::uint32_t* pw = panel + (j0 - c0) * kPanel;
     for (std::int64_t j = j0; j < j1; ++j, pw += kPanel) {
       const __m512bh w0 = (__m512bh)_mm512_load_si512(pw), w1 = (__m512bh)_mm512_load_si512(pw + 16);
       for (int r = 0; r < R; ++r) {
@@ -141,8 +147,8 @@ DSV4_BF16_TARGET void tile_bf16(const std::uint32_t* const* xp, const float* con
     }
   }
   for (int r = 0; r < R; ++r) {
-    _mm512_storeu_ps(tot_out[r], tot[r][0]);
-    _mm512_storeu_ps(tot_out[r] + 16, tot[r][1]);
+    _mm512_storeu_ps(tot_io[r], tot[r][0]);
+    _mm512_storeu_ps(tot_io[r] + 16, tot[r][1]);
   }
 }
 
@@ -191,6 +197,10 @@ DSV4_AVX512_TARGET __m512i pairs_fp8(const std::uint8_t* codes) {
   return v;  // word 2j = code 2j, word 2j+1 = code 2j+1: dword j is the pair
 }
 
+DSV4_AVX512_TARGET void store_pairs_fp8(const std::uint8_t* codes, std::uint32_t* out) {
+  _mm512_storeu_si512(out, pairs_fp8(codes));
+}
+
 DSV4_AVX512_TARGET __m512i pairs_fp4(const std::uint8_t* bytes) {
   const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes)));
   const __m512i tab = _mm512_loadu_si512(tables().e2m1);
@@ -199,12 +209,13 @@ DSV4_AVX512_TARGET __m512i pairs_fp4(const std::uint8_t* bytes) {
   return _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16));
 }
 
-// Rows [n0, n0 + 16) ∩ [0, N) of W into panel columns [col, col + 16) for pairs [0, K2) (16 pairs at a time).
-DSV4_AVX512_TARGET void pack16_avx512(const ref::weight_ref& w, std::int64_t n0, std::int64_t K2, std::uint32_t* panel,
-                                      int col) {
-  const std::int64_t full = (w.k / 32) * 16;  // pairs covered by whole 32-code groups
+// Rows [n0, n0 + 16) ∩ [0, N) of W into panel columns [col, col + 16) for pairs [c0, c1) (c0 a multiple of 16),
+// 16 pairs at a time; panel row 0 is pair c0.
+DSV4_AVX512_TARGET void pack16_avx512(const ref::weight_ref& w, std::int64_t n0, std::int64_t c0, std::int64_t c1,
+                                      std::uint32_t* panel, int col) {
+  const std::int64_t full = std::min(c1, (w.k / 32) * 16);  // pairs covered by whole 32-code groups
   __m512i v[16];
-  for (std::int64_t j0 = 0; j0 < full; j0 += 16) {
+  for (std::int64_t j0 = c0; j0 < full; j0 += 16) {
     for (int i = 0; i < 16; ++i) {
       const std::int64_t n = n0 + i;
       if (n >= w.n) {
@@ -215,11 +226,11 @@ DSV4_AVX512_TARGET void pack16_avx512(const ref::weight_ref& w, std::int64_t n0,
                                          : pairs_fp8(reinterpret_cast<const std::uint8_t*>(&w.f8(n, 2 * j0)));
     }
     transpose16(v);
-    for (int j = 0; j < 16; ++j) _mm512_store_si512(panel + (j0 + j) * kPanel + col, v[j]);
+    for (int j = 0; j < 16; ++j) _mm512_store_si512(panel + (j0 - c0 + j) * kPanel + col, v[j]);
   }
   // tail pairs (FP8 with K not a multiple of 32)
   const auto& tb = tables();
-  for (std::int64_t j = full; j < K2; ++j)
+  for (std::int64_t j = std::max(c0, full); j < c1; ++j)
     for (int i = 0; i < 16; ++i) {
       const std::int64_t n = n0 + i;
       std::uint32_t d = 0;
@@ -228,7 +239,7 @@ DSV4_AVX512_TARGET void pack16_avx512(const ref::weight_ref& w, std::int64_t n0,
         const std::uint32_t hi = 2 * j + 1 < w.k ? tb.e4m3[w.f8(n, 2 * j + 1).bits] : 0u;
         d = lo | hi << 16;
       }
-      panel[j * kPanel + col + i] = d;
+      panel[(j - c0) * kPanel + col + i] = d;
     }
 }
 #else
@@ -236,11 +247,12 @@ bool has_bf16() { return false; }
 bool has_avx512bw() { return false; }
 #endif
 
-void pack16_portable(const ref::weight_ref& w, std::int64_t n0, std::int64_t K2, std::uint32_t* panel, int col) {
+void pack16_portable(const ref::weight_ref& w, std::int64_t n0, std::int64_t c0, std::int64_t c1, std::uint32_t* panel,
+                     int col) {
   const auto& tb = tables();
   for (int i = 0; i < 16; ++i) {
     const std::int64_t n = n0 + i;
-    for (std::int64_t j = 0; j < K2; ++j) {
+    for (std::int64_t j = c0; j < c1; ++j) {
       std::uint32_t d = 0;
       if (n < w.n) {
         if (w.fmt == ref::wfmt::fp4_b32) {
@@ -252,7 +264,7 @@ void pack16_portable(const ref::weight_ref& w, std::int64_t n0, std::int64_t K2,
           d = lo | hi << 16;
         }
       }
-      panel[j * kPanel + col + i] = d;
+      panel[(j - c0) * kPanel + col + i] = d;
     }
   }
 }
@@ -307,42 +319,64 @@ std::int64_t linear_official_f32(const float* x, std::int64_t T, std::int64_t ld
   g.pblock = (g.fp4 ? ref::kFp4WeightBlock : ref::kFp8WeightTile) / 2;
   g.nblocks = (g.K2 + g.pblock - 1) / g.pblock;
   const std::int64_t nb_a = (K + ref::official::kActBlock - 1) / ref::official::kActBlock;
-  // Q8 of every row: BF16 pairs [T][K2] and scales [T][nb_a].
+  // Q8 of every row: BF16 pairs [T][K2] and scales [T][nb_a]. Whole 128-blocks go through the SIMD block quantizer
+  // (bitwise the reference's, src/cpu/quant.cpp) and the code -> BF16 decode of the weights; a ragged K through the
+  // reference's scalar Q8.
   std::vector<std::uint32_t> xq(static_cast<std::size_t>(T * g.K2));
   std::vector<float> sa(static_cast<std::size_t>(T * nb_a));
-  detail::parallel_rows(T, 8, ex, [&](std::int64_t t0, std::int64_t t1) {
-    std::vector<float> q(static_cast<std::size_t>(g.K2 * 2), 0.f);
-    for (std::int64_t t = t0; t < t1; ++t) {
-      ref::official::act_quant_fp8(x + t * ldx, K, q.data(), sa.data() + t * nb_a);
-      for (std::int64_t j = 0; j < g.K2; ++j)
-        xq[static_cast<std::size_t>(t * g.K2 + j)] = std::uint32_t{bf16_bits(q[static_cast<std::size_t>(2 * j)])} |
-                                                     std::uint32_t{bf16_bits(q[static_cast<std::size_t>(2 * j + 1)])} << 16;
-    }
-  });
   const bool simd = has_avx512bw(), dot = has_bf16();
+  if (K % ref::official::kActBlock == 0) {
+    std::vector<fp8_e4m3> codes(static_cast<std::size_t>(T * K));
+    std::vector<ue8m0> sbytes(static_cast<std::size_t>(T * nb_a));
+    view<const float, 2> xv{x, {T, K}, {ldx, 1}};
+    block_quantize<float, fp8_e4m3>(xv, view<fp8_e4m3, 2>{codes.data(), {T, K}, {K, 1}},
+                                    view<ue8m0, 2>{sbytes.data(), {T, nb_a}, {nb_a, 1}},
+                                    static_cast<int>(ref::official::kActBlock), ex);
+    for (std::size_t i = 0; i < sa.size(); ++i) sa[i] = sbytes[i].to_float();
+    detail::parallel_rows(T, 16, ex, [&](std::int64_t t0, std::int64_t t1) {
+      for (std::int64_t t = t0; t < t1; ++t) {
+        const auto* c = reinterpret_cast<const std::uint8_t*>(codes.data() + t * K);
+        std::uint32_t* out = xq.data() + t * g.K2;
+#if defined(__x86_64__)
+        if (simd) {
+          for (std::int64_t j = 0; j < g.K2; j += 16) store_pairs_fp8(c + 2 * j, out + j);
+          continue;
+        }
+#endif
+        const auto& tb = tables();
+        for (std::int64_t j = 0; j < g.K2; ++j) out[j] = std::uint32_t{tb.e4m3[c[2 * j]]} | std::uint32_t{tb.e4m3[c[2 * j + 1]]} << 16;
+      }
+    });
+  } else {
+    detail::parallel_rows(T, 8, ex, [&](std::int64_t t0, std::int64_t t1) {
+      std::vector<float> q(static_cast<std::size_t>(g.K2 * 2), 0.f);
+      for (std::int64_t t = t0; t < t1; ++t) {
+        ref::official::act_quant_fp8(x + t * ldx, K, q.data(), sa.data() + t * nb_a);
+        for (std::int64_t j = 0; j < g.K2; ++j)
+          xq[static_cast<std::size_t>(t * g.K2 + j)] = std::uint32_t{bf16_bits(q[static_cast<std::size_t>(2 * j)])} |
+                                                       std::uint32_t{bf16_bits(q[static_cast<std::size_t>(2 * j + 1)])} << 16;
+      }
+    });
+  }
+
   const std::int64_t panels = (N + kPanel - 1) / kPanel;
   std::atomic<std::int64_t> bad{0};
+  // K in chunks of kChunkPairs pairs (whole promotion blocks): a chunk of the panel (64 KiB) stays in L2 and a tile's
+  // x rows of it (6 x 2 KiB) in L1 while every tile runs over it; the accumulators wait in `acc` between chunks.
+  constexpr std::int64_t kChunkPairs = 512;
+  const std::int64_t chunk_blocks = kChunkPairs / g.pblock;
   detail::parallel_rows(panels, 1, ex, [&](std::int64_t p0, std::int64_t p1) {
     thread_local aligned_u32 panel;
-    thread_local std::vector<float> sw;
-    panel.need(static_cast<std::size_t>(g.K2 * kPanel));
+    thread_local std::vector<float> sw, acc;
+    panel.need(static_cast<std::size_t>(kChunkPairs * kPanel));
     sw.assign(static_cast<std::size_t>(g.nblocks * (g.fp4 ? kPanel : 1)), 0.f);
-    float tot[kTileT][kPanel];
+    acc.resize(static_cast<std::size_t>(T * kPanel));
     for (std::int64_t p = p0; p < p1; ++p) {
       const std::int64_t n0 = p * kPanel, n1 = std::min(N, n0 + kPanel);
       const std::int64_t my_bad = count_bad(w, n0, n1);
       if (my_bad) {
         bad += my_bad;
         continue;
-      }
-      for (int half = 0; half < 2; ++half) {
-#if defined(__x86_64__)
-        if (simd) {
-          pack16_avx512(w, n0 + 16 * half, g.K2, panel.p, 16 * half);
-          continue;
-        }
-#endif
-        pack16_portable(w, n0 + 16 * half, g.K2, panel.p, 16 * half);
       }
       for (std::int64_t b = 0; b < g.nblocks; ++b) {
         if (g.fp4)
@@ -351,35 +385,49 @@ std::int64_t linear_official_f32(const float* x, std::int64_t T, std::int64_t ld
         else
           sw[static_cast<std::size_t>(b)] = w.scale(n0 / ref::kFp8WeightTile, b).to_float();
       }
-      for (std::int64_t t0 = 0; t0 < T; t0 += kTileT) {
-        const int R = static_cast<int>(std::min<std::int64_t>(kTileT, T - t0));
-        const std::uint32_t* xr[kTileT];
-        const float* sr[kTileT];
-        float* out[kTileT];
-        for (int r = 0; r < R; ++r) {
-          xr[r] = xq.data() + (t0 + r) * g.K2;
-          sr[r] = sa.data() + (t0 + r) * nb_a;
-          out[r] = tot[r];
-        }
-        bool done = false;
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (std::int64_t b0 = 0; b0 < g.nblocks; b0 += chunk_blocks) {
+        const std::int64_t b1 = std::min(g.nblocks, b0 + chunk_blocks);
+        const std::int64_t c0 = b0 * g.pblock, c1 = std::min(g.K2, b1 * g.pblock);
+        for (int half = 0; half < 2; ++half) {
 #if defined(__x86_64__)
-        if (dot) {
-          done = true;
-          switch (R) {
-            case 1: tile_bf16<1>(xr, sr, panel.p, sw.data(), g, out); break;
-            case 2: tile_bf16<2>(xr, sr, panel.p, sw.data(), g, out); break;
-            case 3: tile_bf16<3>(xr, sr, panel.p, sw.data(), g, out); break;
-            case 4: tile_bf16<4>(xr, sr, panel.p, sw.data(), g, out); break;
-            case 5: tile_bf16<5>(xr, sr, panel.p, sw.data(), g, out); break;
-            default: tile_bf16<6>(xr, sr, panel.p, sw.data(), g, out); break;
+          if (simd) {
+            pack16_avx512(w, n0 + 16 * half, c0, c1, panel.p, 16 * half);
+            continue;
           }
-        }
 #endif
-        if (!done)
-          for (int r = 0; r < R; ++r) row_portable(xr[r], sr[r], panel.p, sw.data(), g, tot[r]);
-        for (int r = 0; r < R; ++r)
-          for (std::int64_t n = n0; n < n1; ++n) y[(t0 + r) * ldy + n] = round_bf16(tot[r][n - n0]);
+          pack16_portable(w, n0 + 16 * half, c0, c1, panel.p, 16 * half);
+        }
+        for (std::int64_t t0 = 0; t0 < T; t0 += kTileT) {
+          const int R = static_cast<int>(std::min<std::int64_t>(kTileT, T - t0));
+          const std::uint32_t* xr[kTileT];
+          const float* sr[kTileT];
+          float* out[kTileT];
+          for (int r = 0; r < R; ++r) {
+            xr[r] = xq.data() + (t0 + r) * g.K2;
+            sr[r] = sa.data() + (t0 + r) * nb_a;
+            out[r] = acc.data() + (t0 + r) * kPanel;
+          }
+          bool done = false;
+#if defined(__x86_64__)
+          if (dot) {
+            done = true;
+            switch (R) {
+              case 1: tile_bf16<1>(xr, sr, panel.p, c0, sw.data(), g, b0, b1, out); break;
+              case 2: tile_bf16<2>(xr, sr, panel.p, c0, sw.data(), g, b0, b1, out); break;
+              case 3: tile_bf16<3>(xr, sr, panel.p, c0, sw.data(), g, b0, b1, out); break;
+              case 4: tile_bf16<4>(xr, sr, panel.p, c0, sw.data(), g, b0, b1, out); break;
+              case 5: tile_bf16<5>(xr, sr, panel.p, c0, sw.data(), g, b0, b1, out); break;
+              default: tile_bf16<6>(xr, sr, panel.p, c0, sw.data(), g, b0, b1, out); break;
+            }
+          }
+#endif
+          if (!done)
+            for (int r = 0; r < R; ++r) row_portable(xr[r], sr[r], panel.p, c0, sw.data(), g, b0, b1, out[r]);
+        }
       }
+      for (std::int64_t t = 0; t < T; ++t)
+        for (std::int64_t n = n0; n < n1; ++n) y[t * ldy + n] = round_bf16(acc[static_cast<std::size_t>(t * kPanel + (n - n0))]);
     }
   });
   (void)dot;
