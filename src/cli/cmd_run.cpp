@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "args.hpp"
+#include "dsv4/numerics.hpp"
 #include "dsv4/buffer.hpp"
 #include "dsv4/io/file.hpp"
 #include "dsv4/io/safetensors.hpp"
@@ -132,6 +133,7 @@ const char* const kRunUsage =
     "usage: dsv4 run --model DIR --prompt IDS [--decode IDS] [--logits OUT.npy]\n"
     "       dsv4 run --model DIR --batch FILE [--logits-dir DIR]\n"
     "                [--chunk N] [--backend ref|cpu] [--threads N] [--kv f32|fp8_ds_mla] [--top K]\n"
+    "                [--numerics fp32|official]\n"
     "  Loads DIR (HF config.json + safetensors), prefills the prompt (at once, or in chunks of N tokens), feeds\n"
     "  each --decode token as one step (teacher forcing), and prints the top K next tokens after the last one.\n"
     "  --prompt, --decode  comma-separated token ids in [0, vocab), e.g. 5,17,301\n"
@@ -143,6 +145,8 @@ const char* const kRunUsage =
     "  --chunk N           prefill chunk size, N >= 1 (default: the whole prompt in one call)\n"
     "  --backend           cpu (default) or ref (the scalar reference)\n"
     "  --threads N         CPU worker threads in [0, 1024] (0, the default: all cores)\n"
+    "  --numerics POLICY   fp32 (default: exact weights, fp32 activations) or official (the rounding points of\n"
+    "                      DeepSeek's inference code: BF16 activations, FP8 1x128 activation quantization, ...)\n"
     "  --kv FORMAT         KV page format: f32 (default; exact under the fp32 policy) or fp8_ds_mla (FlashMLA's\n"
     "                      584-byte layout: FP8 nope dims, BF16 rope dims, UE8M0 scales)\n"
     "  --logits OUT.npy    float32 [n_prompt + n_decode, vocab] logits of every position, streamed as computed\n"
@@ -194,7 +198,7 @@ std::vector<job> read_batch(const std::string& path) {
 int cmd_run(int argc, char** argv) {
   const args a(argc, argv, 2, "run",
                {"model", "prompt", "decode", "chunk", "backend", "threads", "logits", "top", "batch", "logits-dir",
-                "kv"},
+                "kv", "numerics"},
                {}, kRunUsage);
   if (a.help()) return a.print_usage();
   const std::string dir = a.str("model");
@@ -224,6 +228,7 @@ int cmd_run(int argc, char** argv) {
   DSV4_CHECK(kv == "f32" || kv == "fp8_ds_mla", "run", "--kv ", detail::printable(kv, 40),
              " (expected f32 or fp8_ds_mla)");
   po.kv = kv == "f32" ? cache::kv_format::f32 : cache::kv_format::fp8_ds_mla;
+  const numerics nm = parse_numerics(a.str("numerics", "fp32"));
 
   const model::model_config cfg = model::load_config(dir);
   const std::int64_t V = cfg.vocab_size;
@@ -252,7 +257,7 @@ int cmd_run(int argc, char** argv) {
 
   const io::checkpoint ck = io::checkpoint::open(dir);
   const model::model_weights w = model::bind_weights(ck, cfg);
-  const model::transformer tf(cfg, w, ex, po);
+  const model::transformer tf(cfg, w, ex, po, nm);
   for (job& j : jobs) {
     j.seq = tf.new_sequence(j.total());
     j.last.assign(static_cast<std::size_t>(V), 0.f);
@@ -337,14 +342,15 @@ int cmd_run(int argc, char** argv) {
   };
   if (!batch) {
     job& j = jobs[0];
-    std::printf("model %s: %lld prompt + %lld decode tokens on %s%s, %s KV pages, cache %.1f KB\n",
+    std::printf("model %s: %lld prompt + %lld decode tokens on %s%s, %s KV pages, numerics %s, cache %.1f KB\n",
                 detail::printable(dir, 400).c_str(), (long long)j.prompt.size(), (long long)j.decode.size(),
                 be.c_str(), chunk > 0 ? (" in chunks of " + std::to_string(chunk)).c_str() : "", kv.c_str(),
-                double(j.seq.cache_bytes()) / 1e3);
+                numerics_name(nm), double(j.seq.cache_bytes()) / 1e3);
   } else {
-    std::printf("model %s: %zu sequences, %lld tokens in %lld batched steps on %s%s, %s KV pages\n",
+    std::printf("model %s: %zu sequences, %lld tokens in %lld batched steps on %s%s, %s KV pages, numerics %s\n",
                 detail::printable(dir, 400).c_str(), jobs.size(), (long long)total, (long long)steps, be.c_str(),
-                chunk > 0 ? (", prefill chunks of " + std::to_string(chunk)).c_str() : "", kv.c_str());
+                chunk > 0 ? (", prefill chunks of " + std::to_string(chunk)).c_str() : "", kv.c_str(),
+                numerics_name(nm));
   }
   for (std::size_t i = 0; i < jobs.size(); ++i) {
     job& j = jobs[i];

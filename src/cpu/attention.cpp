@@ -17,6 +17,7 @@
 #include "dsv4/ref/attention.hpp"
 #include "dsv4/ref/cache.hpp"
 #include "dsv4/ref/indexer.hpp"
+#include "dsv4/ref/official.hpp"
 #include "parallel.hpp"
 
 namespace dsv4::cpu {
@@ -259,9 +260,10 @@ detail::fp4_qpack pack_fp4_query(const ref::fp4_query& fq, const float* w) {
 }
 
 // FP4 key pages: the exact FP4 score (ref/indexer.hpp), by the VNNI kernel where it applies, else by the reference.
+// official: the BF16 score of dsv4/ref/official.hpp (the same exact dots, BF16 roundings after them).
 void indexer_scores_fp4(view<const float, 3> q, view<const float, 2> w, const cache::key_pages& keys,
                         view<const std::int32_t, 2> block_table, view<const std::int32_t, 1> row_req,
-                        view<const std::int32_t, 1> n_keys, view<float, 2> logits, const exec& ex) {
+                        view<const std::int32_t, 1> n_keys, view<float, 2> logits, const exec& ex, bool official) {
   const auto& kr = kernels();
   const std::int64_t T = q.size(0), H = q.size(1), C = q.size(2), B = keys.geo.page_tokens;
   // Each token's query rounded to FP4 and packed, once, on all workers (q and w rows are contiguous: checked by the op).
@@ -271,6 +273,7 @@ void indexer_scores_fp4(view<const float, 3> q, view<const float, 2> w, const ca
     for (std::int64_t t = t0; t < t1; ++t) {
       fq[static_cast<std::size_t>(t)] = ref::quantize_query(q.row(t), H, C);
       packed[static_cast<std::size_t>(t)] = pack_fp4_query(fq[static_cast<std::size_t>(t)], w.row(t));
+      packed[static_cast<std::size_t>(t)].official = official;
     }
   });
   over_token_pages(
@@ -287,7 +290,9 @@ void indexer_scores_fp4(view<const float, 3> q, view<const float, 2> w, const ca
                                        out + s0, skipped.data());
         for (std::int64_t s = s0; s < v1; ++s)
           if (!fast || skipped[static_cast<std::size_t>(s - s0)])
-            out[s] = ref::fp4_score(fq[static_cast<std::size_t>(t)], w.row(t), keys, cache::slot_of(bt, s, B));
+            out[s] = official ? ref::official::fp4_score(fq[static_cast<std::size_t>(t)], w.row(t), keys,
+                                                         cache::slot_of(bt, s, B))
+                              : ref::fp4_score(fq[static_cast<std::size_t>(t)], w.row(t), keys, cache::slot_of(bt, s, B));
       });
 }
 
@@ -295,9 +300,9 @@ void indexer_scores_fp4(view<const float, 3> q, view<const float, 2> w, const ca
 
 void indexer_scores_paged(view<const float, 3> q, view<const float, 2> w, const cache::key_pages& keys,
                           view<const std::int32_t, 2> block_table, view<const std::int32_t, 1> row_req,
-                          view<const std::int32_t, 1> n_keys, view<float, 2> logits, const exec& ex) {
+                          view<const std::int32_t, 1> n_keys, view<float, 2> logits, const exec& ex, bool official) {
   if (keys.geo.format == cache::key_format::fp4) return indexer_scores_fp4(q, w, keys, block_table, row_req, n_keys,
-                                                                            logits, ex);
+                                                                            logits, ex, official);
   const auto& kr = kernels();
   const std::int64_t T = q.size(0), C = q.size(2), B = keys.geo.page_tokens;
   const queries qs(q, w, kr.lanes);

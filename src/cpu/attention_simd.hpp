@@ -25,6 +25,7 @@ struct fp4_qpack {
   std::vector<float> qscale;       // [groups][16]: 2^(eq_min − 2)
   std::vector<float> w;            // [groups][16]: head weights
   int ek_lo = 0, ek_hi = -1;       // key exponents (min over its blocks) for which every scale product stays normal
+  bool official = false;           // numerics official: BF16 dot, BF16 weighted ReLU, plain adds, BF16 score
 };
 
 struct attention_kernels {

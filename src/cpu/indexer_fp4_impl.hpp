@@ -25,9 +25,20 @@
 
 #include "attention_simd.hpp"
 #include "dsv4/formats.hpp"
+#include "dsv4/numerics.hpp"
 #include "dsv4/ref/indexer.hpp"
 
 namespace dsv4::cpu::detail {
+
+#if defined(__AVX512BW__)
+// fp32 -> nearest BF16 (ties to even) in every lane, for finite lanes (the kernel's dots and products are finite).
+inline __m512 round_bf16_ps(__m512 v) {
+  __m512i u = _mm512_castps_si512(v);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  u = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), odd));
+  return _mm512_castsi512_ps(_mm512_and_si512(u, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
+}
+#endif
 
 template <class Arch>
 struct index_fp4_simd {
@@ -139,15 +150,20 @@ struct index_fp4_simd {
           const __m512i I = _mm512_sub_epi32(acc[k][g], _mm512_loadu_si512(q.corr.data() + g * 16));
           const __m512 s = _mm512_mul_ps(_mm512_loadu_ps(q.qscale.data() + g * 16), ks);  // exact: powers of two
           const __m512 d = _mm512_mul_ps(_mm512_cvtepi32_ps(I), s);                       // the one rounding
-          const __m512 r = _mm512_max_ps(_mm512_setzero_ps(), d);                         // (0 > d) ? 0 : d
-          part = _mm512_fmadd_ps(_mm512_loadu_ps(q.w.data() + g * 16), r, part);
+          if (q.official) {  // dsv4/ref/official.hpp: bf16(ReLU(bf16(d)) · w), plain adds
+            const __m512 r = _mm512_max_ps(_mm512_setzero_ps(), round_bf16_ps(d));
+            part = _mm512_add_ps(part, round_bf16_ps(_mm512_mul_ps(r, _mm512_loadu_ps(q.w.data() + g * 16))));
+          } else {
+            const __m512 r = _mm512_max_ps(_mm512_setzero_ps(), d);                       // (0 > d) ? 0 : d
+            part = _mm512_fmadd_ps(_mm512_loadu_ps(q.w.data() + g * 16), r, part);
+          }
         }
         // the fixed tree: l + l+8, l + l+4, l + l+2, l + l+1
         const __m256 p8 = _mm256_add_ps(_mm512_castps512_ps256(part), _mm512_extractf32x8_ps(part, 1));
         const __m128 p4 = _mm_add_ps(_mm256_castps256_ps128(p8), _mm256_extractf128_ps(p8, 1));
         const __m128 p2 = _mm_add_ps(p4, _mm_movehl_ps(p4, p4));
         const __m128 p1 = _mm_add_ss(p2, _mm_shuffle_ps(p2, p2, 1));
-        out[s0 + k] = _mm_cvtss_f32(p1);
+        out[s0 + k] = q.official ? round_bf16(_mm_cvtss_f32(p1)) : _mm_cvtss_f32(p1);
       }
     }
   }
@@ -178,11 +194,16 @@ struct index_fp4_simd {
         for (std::int64_t c = 0; c < C; ++c) I += std::int32_t{a[c]} * std::int32_t{kv[c]};
         const std::size_t g = static_cast<std::size_t>(h / 16), l = static_cast<std::size_t>(h % 16);
         const float d = static_cast<float>(I) * (q.qscale[g * 16 + l] * ks);
-        p[l] = std::fma(q.w[g * 16 + l], (0.f > d) ? 0.f : d, p[l]);
+        if (q.official) {
+          const float b = round_bf16(d);
+          p[l] = p[l] + round_bf16(((0.f > b) ? 0.f : b) * q.w[g * 16 + l]);
+        } else {
+          p[l] = std::fma(q.w[g * 16 + l], (0.f > d) ? 0.f : d, p[l]);
+        }
       }
       for (int width = 8; width >= 1; width /= 2)
         for (int l = 0; l < width; ++l) p[l] = p[l] + p[l + width];
-      out[s] = p[0];
+      out[s] = q.official ? round_bf16(p[0]) : p[0];
     }
   }
 

@@ -13,6 +13,7 @@
 #include "dsv4/ops/linear.hpp"
 #include "dsv4/ops/paged.hpp"
 #include "dsv4/ref/linear.hpp"
+#include "dsv4/ref/official.hpp"
 #include "dsv4/ops/quant.hpp"
 #include "common.hpp"
 
@@ -64,8 +65,8 @@ row_batch row_batch::one(page_pool& pool, std::int64_t seq, std::int64_t p0, std
   return b;
 }
 
-attention_layer::attention_layer(const model_config& cfg, const block_weights& w, const exec& ex)
-    : cfg_(cfg), layer_(w.layer), ratio_(w.ratio), kind_(cfg.kind(w.layer)), ex_(ex),
+attention_layer::attention_layer(const model_config& cfg, const block_weights& w, const exec& ex, numerics nm)
+    : cfg_(cfg), layer_(w.layer), ratio_(w.ratio), kind_(cfg.kind(w.layer)), ex_(ex), nm_(nm),
       rope_(rope_table::for_layer(cfg, w.layer)), w_(w.attn) {
   DSV4_CHECK(ratio_ == cfg.compress_ratio(layer_), kOp, "layer ", layer_, " weights are for ratio ", ratio_,
              ", the config says ", cfg.compress_ratio(layer_));
@@ -142,27 +143,41 @@ void attention_layer::forward(const tensor_view& x, const row_batch& rows, const
   attention_trace& tr = trace ? *trace : local;
   tr = {};
 
+  // official: round to BF16 here (a no-op under fp32).
+  const bool off = nm_ == numerics::official;
+  auto bf = [&](float* v, std::int64_t n) {
+    if (off) round_bf16(v, n);
+  };
+  const std::int64_t rd = cf.rope_head_dim;
+
   // Query path.
   buffer qr = f32(T, cf.q_lora_rank), q = f32(T, H * hd);
-  ops::linear(x, w_.wq_a, qr, ex_);
-  for (std::int64_t t = 0; t < T; ++t) rms_norm(data(qr) + t * cf.q_lora_rank, cf.q_lora_rank, q_norm_.data(), cf.norm_eps);
-  ops::linear(qr, w_.wq_b, q, ex_);
+  ops::linear(x, w_.wq_a, qr, ex_, nm_);
+  for (std::int64_t t = 0; t < T; ++t) {
+    rms_norm(data(qr) + t * cf.q_lora_rank, cf.q_lora_rank, q_norm_.data(), cf.norm_eps);
+    bf(data(qr) + t * cf.q_lora_rank, cf.q_lora_rank);
+  }
+  ops::linear(qr, w_.wq_b, q, ex_, nm_);
   for (std::int64_t t = 0; t < T; ++t)
     for (std::int64_t h = 0; h < H; ++h) {
       float* v = data(q) + (t * H + h) * hd;
-      rms_norm(v, hd, nullptr, cf.norm_eps);  // per-head RMS rescale, no weight
+      if (off) ref::official::q_head_norm(v, hd, static_cast<float>(cf.norm_eps));  // §1 A9: BF16 arithmetic
+      else rms_norm(v, hd, nullptr, cf.norm_eps);  // per-head RMS rescale, no weight
       rope_.apply(v, nope, pos_of(t));
+      bf(v + nope, rd);
     }
 
   // Window KV path: each row's entry stored at its position in its sequence's window pages.
   const tables win_t(pool, seqs, layer_, region::window);
   {
     buffer kvn = f32(T, hd);
-    ops::linear(x, w_.wkv, kvn, ex_);
+    ops::linear(x, w_.wkv, kvn, ex_, nm_);
     for (std::int64_t t = 0; t < T; ++t) {
       float* v = data(kvn) + t * hd;
       rms_norm(v, hd, kv_norm_.data(), cf.norm_eps);
+      bf(v, hd);
       rope_.apply(v, nope, pos_of(t));
+      bf(v + nope, rd);
     }
     ops::block_round_trip(kvn.view().narrow(1, 0, nope), kvn.view().narrow(1, 0, nope), ops::quant_format::fp8_e4m3,
                           64, ex_);
@@ -187,6 +202,7 @@ void attention_layer::forward(const tensor_view& x, const row_batch& rows, const
     p.rope_dim = cf.rope_head_dim;
     p.norm_eps = cf.norm_eps;
     p.indexer = indexer;
+    p.official = off;
     const tables st(pool, seqs, layer_, indexer ? region::state_index : region::state_main);
     const tables out_t(pool, seqs, layer_, indexer ? region::keys : region::compressed);
     const cache::state_rows state = pool.state_view(layer_, indexer);
@@ -220,14 +236,20 @@ void attention_layer::forward(const tensor_view& x, const row_batch& rows, const
     const indexer_weights& ix = *w_.indexer;
     const std::int64_t ih = cf.index_n_heads, ic = cf.index_head_dim;
     buffer qi = f32(T * ih, ic), wts = f32(T, ih);
-    ops::linear(qr, ix.wq_b, tensor_view(qi.data(), dtype::f32, {T, ih * ic}), ex_);
+    ops::linear(qr, ix.wq_b, tensor_view(qi.data(), dtype::f32, {T, ih * ic}), ex_, nm_);
     for (std::int64_t t = 0; t < T; ++t)
-      for (std::int64_t h = 0; h < ih; ++h) rope_.apply(data(qi) + (t * ih + h) * ic, ic - cf.rope_head_dim, pos_of(t));
+      for (std::int64_t h = 0; h < ih; ++h) {
+        float* v = data(qi) + (t * ih + h) * ic;
+        rope_.apply(v, ic - rd, pos_of(t));
+        bf(v + ic - rd, rd);
+      }
     ops::hadamard(qi, qi, ex_);
+    bf(data(qi), T * ih * ic);  // §1 I3: bf16(f32(sum · c^-1/2))
     ops::block_round_trip(qi, qi, ops::quant_format::fp4_e2m1, 32, ex_);
-    ops::linear(x, ix.weights_proj, wts, ex_);
+    ops::linear(x, ix.weights_proj, wts, ex_, nm_);  // official: the BF16 GEMM (§1 I5)
     const float wscale = static_cast<float>(1.0 / std::sqrt(double(ic)) / std::sqrt(double(ih)));
     for (std::int64_t i = 0; i < T * ih; ++i) data(wts)[i] *= wscale;
+    bf(data(wts), T * ih);
     tr.emitted_index = compress(ix.compressor.wkv, ix.compressor.wgate, index_ape_, index_norm_, 4, ic, true);
 
     // k = min(index_topk, the most keys any row sees): each row then keeps min(index_topk, its keys), as always.
@@ -242,7 +264,7 @@ void attention_layer::forward(const tensor_view& x, const row_batch& rows, const
     std::vector<std::int32_t> idx(static_cast<std::size_t>(T * k)), len(static_cast<std::size_t>(T));
     ops::indexer_topk(tensor_view(qi.data(), dtype::f32, {T, ih, ic}), wts, pool.key_view(layer_), key_t.view(),
                       row_req_v, tensor_view(n_keys.data(), dtype::i32, {T}), i32_view(idx, T, k),
-                      tensor_view(len.data(), dtype::i32, {T}), tensor_view(), ex_);
+                      tensor_view(len.data(), dtype::i32, {T}), tensor_view(), ex_, nm_);
     for (std::int64_t t = 0; t < T; ++t) {
       auto& pk = picks[static_cast<std::size_t>(t)];
       pk.assign(idx.begin() + t * k, idx.begin() + t * k + len[static_cast<std::size_t>(t)]);
@@ -288,9 +310,12 @@ void attention_layer::forward(const tensor_view& x, const row_batch& rows, const
   const ops::sparse_segment comp{kv, i32_view(cslots, T, Kc), tensor_view(clen.data(), dtype::i32, {T})};
   ops::sparse_mqa(tensor_view(q.data(), dtype::f32, {T, H, hd}), win, ratio_ != 0 ? &comp : nullptr,
                   tensor_view(const_cast<float*>(sink_.data()), dtype::f32, {H}),
-                  static_cast<float>(1.0 / std::sqrt(double(hd))), o, tensor_view(), ex_);
+                  static_cast<float>(1.0 / std::sqrt(double(hd))), o, tensor_view(), ex_, nm_);
   for (std::int64_t t = 0; t < T; ++t)
-    for (std::int64_t h = 0; h < H; ++h) rope_.apply(data(o) + (t * H + h) * hd, nope, pos_of(t), /*inverse=*/true);
+    for (std::int64_t h = 0; h < H; ++h) {
+      rope_.apply(data(o) + (t * H + h) * hd, nope, pos_of(t), /*inverse=*/true);
+      bf(data(o) + (t * H + h) * hd + nope, rd);
+    }
 
   // Output: wo_a per group (heads k·H/g .. (k+1)·H/g − 1, flattened head-major), then wo_b.
   const std::int64_t g = cf.o_groups, ol = cf.o_lora_rank, gin = H * hd / g;
@@ -305,7 +330,8 @@ void attention_layer::forward(const tensor_view& x, const row_batch& rows, const
                      : ops::qweight{wa.narrow(0, k * ol, ol), {}, w_.wo_a.name};
     ops::linear(ov.narrow(1, k * gin, gin), group, o2.view().narrow(1, k * ol, ol), ex_);
   }
-  ops::linear(o2, w_.wo_b, y, ex_);
+  bf(data(o2), T * g * ol);  // official: wo_a is a BF16 einsum (§1 S3, §4 item 8): fp32 accumulation, BF16 output
+  ops::linear(o2, w_.wo_b, y, ex_, nm_);
   for (std::int64_t s : seqs) pool.commit(s, layer_, next[s]);
   (void)R;
 }

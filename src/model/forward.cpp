@@ -87,13 +87,14 @@ void sequence_state::truncate(std::int64_t n) {
 
 // ---- transformer -----------------------------------------------------------------------------------------------
 
-transformer::transformer(const model_config& cfg, const model_weights& w, const exec& ex, const pool_options& pool)
-    : cfg_(cfg), w_(w), ex_(ex), pool_(std::make_shared<page_pool>(cfg, pool)) {
+transformer::transformer(const model_config& cfg, const model_weights& w, const exec& ex, const pool_options& pool,
+                         numerics nm)
+    : cfg_(cfg), w_(w), ex_(ex), nm_(nm), pool_(std::make_shared<page_pool>(cfg, pool)) {
   DSV4_CHECK(static_cast<std::int64_t>(w.layers.size()) == cfg.n_layers, kOp, "weights for ", w.layers.size(),
              " layers, the config has ", cfg.n_layers);
   attn_.reserve(w.layers.size());
   for (const auto& b : w.layers) {
-    attn_.emplace_back(cfg, b, ex);
+    attn_.emplace_back(cfg, b, ex, nm);
     gate_.push_back(ops::qweight{b.ffn.gate, {}, "layers." + std::to_string(b.layer) + ".ffn.gate"});
     attn_norm_.push_back(detail::to_f32(b.attn_norm));
     ffn_norm_.push_back(detail::to_f32(b.ffn_norm));
@@ -207,6 +208,11 @@ void transformer::forward_batch(std::span<const batch_entry> batch, forward_trac
     const std::int64_t bad = first_non_finite(f(h) + t * D, D);
     DSV4_CHECK(bad < 0, kOp, "embed.weight row ", id, " (token ", id, ") holds a non-finite value at column ", bad);
   }
+  const bool off = nm_ == numerics::official;
+  auto bf = [&](const buffer& b, std::int64_t n) {  // official: BF16 here (§1); fp32: nothing
+    if (off) round_bf16(f(b), n);
+  };
+  bf(h, T * D);  // E1: the BF16 table (a no-op for BF16 checkpoints)
   ops::hc_expand(h, x, ex_);
   (trace ? trace->embed_s : sink) += clock();
 
@@ -223,7 +229,9 @@ void transformer::forward_batch(std::span<const batch_entry> batch, forward_trac
     layer_trace& tt = lt ? *lt : scratch;
     // Attention sub-block.
     ops::hc_pre(x, b.hc_attn.fn, b.hc_attn.scale, b.hc_attn.base, y, post, comb, mc, ex_);
+    bf(y, T * D);  // A4
     rms_norm_rows(f(y), T, D, attn_norm_[l], c.norm_eps);
+    bf(y, T * D);  // A5
     tt.mhc_s += clock();
     try {
       attn_[l].forward(y, rb, fo, lt ? &lt->attn : nullptr);
@@ -232,9 +240,12 @@ void transformer::forward_batch(std::span<const batch_entry> batch, forward_trac
     }
     tt.attn_s += clock();
     ops::hc_post(fo, x, post, comb, x, ex_);
+    bf(x, T * n * D);  // A16
     // MoE sub-block.
     ops::hc_pre(x, b.hc_ffn.fn, b.hc_ffn.scale, b.hc_ffn.base, y, post, comb, mc, ex_);
+    bf(y, T * D);  // F1-F4
     rms_norm_rows(f(y), T, D, ffn_norm_[l], c.norm_eps);
+    bf(y, T * D);
     tt.mhc_s += clock();
     const bool hashed = c.hash_routed(b.layer);
     try {
@@ -242,12 +253,13 @@ void transformer::forward_batch(std::span<const batch_entry> batch, forward_trac
       if (hashed) ops::moe_hash_route(gl, rc, ids, b.ffn.tid2eid, rw, ri, ex_);
       else ops::moe_route(gl, rc, b.ffn.bias, rw, ri, ex_);
       ops::moe_ffn(y, rw, ri, b.ffn.experts, b.ffn.shared ? &*b.ffn.shared : nullptr,
-                   static_cast<float>(c.swiglu_limit), fo, ex_);
+                   static_cast<float>(c.swiglu_limit), fo, ex_, nm_);
     } catch (const error& e) {
       DSV4_FAIL(kOp, "layer ", l, " MoE: ", e.what());
     }
     tt.moe_s += clock();
     ops::hc_post(fo, x, post, comb, x, ex_);
+    bf(x, T * n * D);  // F5
     tt.mhc_s += clock();
     if (lt) {
       std::vector<char> used(static_cast<std::size_t>(E), 0);
@@ -274,7 +286,9 @@ void transformer::forward_batch(std::span<const batch_entry> batch, forward_trac
     std::memcpy(f(xs) + i * n * D, f(x) + head_rows[static_cast<std::size_t>(i)] * n * D, sizeof(float) * n * D);
   buffer yh(dtype::f32, {Rh, D});
   ops::hc_head(xs, w_.hc_head.fn, w_.hc_head.scale, w_.hc_head.base, yh, mc, ex_);
+  bf(yh, Rh * D);  // H1
   rms_norm_rows(f(yh), Rh, D, norm_, c.norm_eps);
+  bf(yh, Rh * D);  // H2; the head GEMM and the logits stay fp32 (H3)
   const std::int64_t bad_h = first_non_finite(f(yh), Rh * D);
   DSV4_CHECK(bad_h < 0, kOp, "the final norm produced a non-finite value (row ", bad_h / std::max<std::int64_t>(D, 1),
              "): hc_head_fn / hc_head_base / hc_head_scale or norm.weight overflow fp32 for this input");

@@ -2,10 +2,13 @@
 #include "dsv4/ops/moe.hpp"
 
 #include <cmath>
+#include <numeric>
 
 #include "common.hpp"
+#include "dsv4/cpu/linear.hpp"
 #include "dsv4/cpu/moe.hpp"
 #include "dsv4/ref/moe.hpp"
+#include "dsv4/ref/official.hpp"
 
 namespace dsv4::ops {
 
@@ -113,8 +116,76 @@ void moe_hash_route(const tensor_view& logits, const route_config& cfg, const te
   }
 }
 
+namespace {
+
+// The official policy's MoE (official-numerics.md §1 X1-X5), one driver for both backends: `lin` is the backend's
+// promoted linear (ref::official::linear or cpu::linear_official_f32) on raw fp32 rows. Per expert in ascending id,
+// its tokens gathered: g = lin(x, w1), u = lin(x, w3) (BF16 values), h = bf16(silu(min(g, L)) · clamp(u, ±L) · route
+// weight) (the route weight before w2, the BF16 cast before w2's Q8: two roundings), o = lin(h, w2) (BF16); each
+// token's o added to its fp32 accumulator in ascending expert id, then the shared expert's (no route weight), then
+// y = bf16(acc). Every step is per token, so a token's output does not depend on the batch.
+using lin_fn = std::int64_t (*)(const float* x, std::int64_t T, std::int64_t ldx, const ref::weight_ref& w, float* y,
+                                std::int64_t ldy, const exec& ex);
+
+std::int64_t lin_ref(const float* x, std::int64_t T, std::int64_t ldx, const ref::weight_ref& w, float* y,
+                     std::int64_t ldy, const exec&) {
+  return ref::official::linear(view<const float, 2>{x, {T, w.k}, {ldx, 1}}, w, view<float, 2>{y, {T, w.n}, {ldy, 1}});
+}
+
+std::int64_t moe_official(lin_fn lin, const float* x, std::int64_t T, std::int64_t D, view<const float, 2> wv,
+                          view<const std::int32_t, 2> iv, const std::vector<ref::ffn_ref>& rr,
+                          const std::vector<char>& bound, const ref::ffn_ref* shared, float limit, float* acc,
+                          const exec& ex) {
+  const std::int64_t k = iv.size(1), E = static_cast<std::int64_t>(rr.size());
+  std::int64_t bad = 0;
+  std::fill(acc, acc + T * D, 0.f);
+  std::vector<float> xs, g, u, o;
+  std::vector<std::int64_t> tok;
+  std::vector<float> rw;
+  auto run = [&](const ref::ffn_ref& f) {
+    const std::int64_t n = static_cast<std::int64_t>(tok.size()), I = f.w1.n;
+    xs.resize(static_cast<std::size_t>(n * D));
+    for (std::int64_t i = 0; i < n; ++i) std::copy(x + tok[i] * D, x + (tok[i] + 1) * D, xs.begin() + i * D);
+    g.resize(static_cast<std::size_t>(n * I));
+    u.resize(g.size());
+    o.resize(static_cast<std::size_t>(n * D));
+    bad += lin(xs.data(), n, D, f.w1, g.data(), I, ex);
+    bad += lin(xs.data(), n, D, f.w3, u.data(), I, ex);
+    for (std::int64_t i = 0; i < n; ++i)
+      for (std::int64_t j = 0; j < I; ++j) {
+        const std::size_t at = static_cast<std::size_t>(i * I + j);
+        g[at] = round_bf16(ref::swiglu(g[at], u[at], limit, rw[static_cast<std::size_t>(i)]));
+      }
+    bad += lin(g.data(), n, I, f.w2, o.data(), D, ex);
+    for (std::int64_t i = 0; i < n; ++i)
+      for (std::int64_t d = 0; d < D; ++d) acc[tok[i] * D + d] += o[static_cast<std::size_t>(i * D + d)];
+  };
+  for (std::int64_t e = 0; e < E; ++e) {
+    if (!bound[static_cast<std::size_t>(e)]) continue;
+    tok.clear();
+    rw.clear();
+    for (std::int64_t t = 0; t < T; ++t)
+      for (std::int64_t i = 0; i < k; ++i)
+        if (iv(t, i) == e) {
+          tok.push_back(t);
+          rw.push_back(wv(t, i));
+        }
+    if (!tok.empty()) run(rr[static_cast<std::size_t>(e)]);
+  }
+  if (shared) {
+    tok.resize(static_cast<std::size_t>(T));
+    std::iota(tok.begin(), tok.end(), std::int64_t{0});
+    rw.assign(static_cast<std::size_t>(T), 1.f);
+    run(*shared);
+  }
+  round_bf16(acc, T * D);
+  return bad;
+}
+
+}  // namespace
+
 void moe_ffn(const tensor_view& x, const tensor_view& w, const tensor_view& idx, std::span<const ffn_weights> routed,
-             const ffn_weights* shared, float swiglu_limit, const tensor_view& y, const exec& ex) {
+             const ffn_weights* shared, float swiglu_limit, const tensor_view& y, const exec& ex, numerics nm) {
   constexpr const char* op = "moe_ffn";
   DSV4_CHECK(x.rank() == 2, op, "x ", x.describe(), ": expected [T, D]");
   const std::int64_t T = x.shape(0), D = x.shape(1);
@@ -171,6 +242,16 @@ void moe_ffn(const tensor_view& x, const tensor_view& w, const tensor_view& idx,
     visit_dtype<float, bf16>(y.dt(), op, [&]<class TY>(std::type_identity<TY>) {
       const auto xv = x.as<const TX, 2>();
       const auto yv = y.as<TY, 2>();
+      if (nm == numerics::official) {
+        std::vector<float> xf(static_cast<std::size_t>(T * D)), acc(xf.size());
+        for (std::int64_t t = 0; t < T; ++t)
+          for (std::int64_t d = 0; d < D; ++d) xf[static_cast<std::size_t>(t * D + d)] = to_f32(xv(t, d));
+        bad = moe_official(be == backend::ref ? lin_ref : cpu::linear_official_f32, xf.data(), T, D, wv, iv, rr, bound,
+                           shared ? &sr : nullptr, swiglu_limit, acc.data(), ex);
+        for (std::int64_t t = 0; t < T; ++t)
+          for (std::int64_t d = 0; d < D; ++d) yv(t, d) = from_f32<TY>(acc[static_cast<std::size_t>(t * D + d)]);
+        return;
+      }
       bad = be == backend::ref ? ref::moe_ffn(xv, wv, iv, rr, shared ? &sr : nullptr, swiglu_limit, yv)
                                : cpu::moe_ffn(xv, wv, iv, rr, shared ? &sr : nullptr, swiglu_limit, yv, ex);
     });

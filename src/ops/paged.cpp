@@ -19,6 +19,7 @@
 #include "dsv4/ops/quant.hpp"
 #include "dsv4/ref/attention.hpp"
 #include "dsv4/ref/indexer.hpp"
+#include "dsv4/ref/official.hpp"
 #include "dsv4/ref/cache.hpp"
 #include "dsv4/ref/rotary.hpp"
 #include "parallel.hpp"
@@ -355,13 +356,22 @@ void compressor_emit(const tensor_view& positions, const tensor_view& row_req, c
       }
       out[ch] = num / den;
     }
-    ref::rms_norm(out, c, f32p(norm_weight), p.norm_eps);
-    ref::rope_rotate(out + (c - p.rope_dim), f32p(rope_freq), p.rope_dim / 2, r * j, false);
+    if (p.official) {  // official-numerics.md §1 C4, C5: bf16(pooled), then norm -> bf16, RoPE -> bf16
+      round_bf16(out, c);
+      ref::rms_norm(out, c, f32p(norm_weight), p.norm_eps);
+      round_bf16(out, c);
+      ref::rope_rotate(out + (c - p.rope_dim), f32p(rope_freq), p.rope_dim / 2, r * j, false);
+      round_bf16(out + (c - p.rope_dim), p.rope_dim);
+    } else {
+      ref::rms_norm(out, c, f32p(norm_weight), p.norm_eps);
+      ref::rope_rotate(out + (c - p.rope_dim), f32p(rope_freq), p.rope_dim / 2, r * j, false);
+    }
   });
   const exec inner = with_backend(ex, be);
   const tensor_view v(buf.data(), dtype::f32, {n, c});
   if (p.indexer) {
     hadamard(v, v, inner);
+    if (p.official) round_bf16(buf.data(), n * c);  // §1 I3 / C6b: bf16(f32(sum · 128^-1/2)) before QRT4
     block_round_trip(v, v, quant_format::fp4_e2m1, 32, inner);
   } else {
     block_round_trip(v.narrow(1, 0, c - p.rope_dim), v.narrow(1, 0, c - p.rope_dim), quant_format::fp8_e4m3, 64,
@@ -406,12 +416,13 @@ std::pair<std::int64_t, std::int64_t> check_indexer(const char* op, const tensor
 
 void scores_rows(backend be, const tensor_view& q, const tensor_view& w, const cache::key_pages& keys,
                  const tensor_view& table, const tensor_view& row_req, const tensor_view& n_keys,
-                 const tensor_view& logits, const exec& ex) {
+                 const tensor_view& logits, const exec& ex, numerics nm) {
+  const bool official = nm == numerics::official;
   const std::int64_t T = q.shape(0), H = q.shape(1), C = q.shape(2), L = logits.shape(1);
   if (be == backend::cpu) {
     cpu::indexer_scores_paged(q.as<const float, 3>(), w.as<const float, 2>(), keys, table.as<const std::int32_t, 2>(),
                               row_req.as<const std::int32_t, 1>(), n_keys.as<const std::int32_t, 1>(),
-                              logits.as<float, 2>(), ex);
+                              logits.as<float, 2>(), ex, official);
     return;
   }
   if (keys.geo.format == cache::key_format::fp4) {  // the exact FP4 score (dsv4/ref/indexer.hpp)
@@ -421,7 +432,9 @@ void scores_rows(backend be, const tensor_view& q, const tensor_view& w, const c
       const ref::fp4_query fq = ref::quantize_query(f32p(q) + t * H * C, H, C);
       ref::count_flops(static_cast<std::uint64_t>(n * H * (2 * C + 2)));  // as ref::indexer_scores counts
       for (std::int64_t s = 0; s < n; ++s)
-        f32w(logits)[t * L + s] = ref::fp4_score(fq, f32p(w) + t * H, keys, cache::slot_of(bt, s, keys.geo.page_tokens));
+        f32w(logits)[t * L + s] =
+            official ? ref::official::fp4_score(fq, f32p(w) + t * H, keys, cache::slot_of(bt, s, keys.geo.page_tokens))
+                     : ref::fp4_score(fq, f32p(w) + t * H, keys, cache::slot_of(bt, s, keys.geo.page_tokens));
       for (std::int64_t s = n; s < L; ++s) f32w(logits)[t * L + s] = -std::numeric_limits<float>::infinity();
     }
     return;
@@ -441,6 +454,12 @@ void scores_rows(backend be, const tensor_view& q, const tensor_view& w, const c
                                       logits.narrow(0, t, 1).narrow(1, 0, n).as<float, 2>());
     for (std::int64_t s = n; s < L; ++s) f32w(logits)[t * L + s] = -std::numeric_limits<float>::infinity();
   }
+}
+
+// The official policy's index score is defined on FP4 keys (official-numerics.md §1 I6; V4's indexer caches FP4).
+void check_official_keys(const char* op, const cache::key_pages& keys, numerics nm) {
+  DSV4_CHECK(nm != numerics::official || keys.geo.format == cache::key_format::fp4, op,
+             "numerics official scores FP4 key pages (the V4 indexer); these key pages are FP8");
 }
 
 void topk_kernel(backend be, const tensor_view& logits, const tensor_view& n_keys, const tensor_view& idx,
@@ -506,15 +525,16 @@ void check_slot_inputs(const char* op, const tensor_view& idx, const tensor_view
 
 void indexer_logits(const tensor_view& q, const tensor_view& w, const cache::key_pages& keys,
                     const tensor_view& block_table, const tensor_view& row_req, const tensor_view& n_keys,
-                    const tensor_view& logits, const exec& ex) {
+                    const tensor_view& logits, const exec& ex, numerics nm) {
   constexpr const char* op = "indexer_logits";
+  check_official_keys(op, keys, nm);
   DSV4_CHECK(logits.rank() == 2 && logits.dt() == dtype::f32, op, "logits is ", logits.describe(),
              ", expected f32[T, L]");
   need_contiguous(op, "logits", logits);
   const auto [T, H] = check_indexer(op, q, w, keys, block_table, row_req, n_keys, logits.shape(1));
   DSV4_CHECK(logits.shape(0) == T, op, "logits has ", logits.shape(0), " rows for ", T, " queries");
   (void)H;
-  scores_rows(host_backend(op, ex), q, w, keys, block_table, row_req, n_keys, logits, ex);
+  scores_rows(host_backend(op, ex), q, w, keys, block_table, row_req, n_keys, logits, ex, nm);
 }
 
 void topk_rows(const tensor_view& logits, const tensor_view& n_keys, const tensor_view& idx, const tensor_view& len,
@@ -546,8 +566,10 @@ void to_slots(const tensor_view& idx, const tensor_view& len, const tensor_view&
 
 void indexer_topk(const tensor_view& q, const tensor_view& w, const cache::key_pages& keys,
                   const tensor_view& block_table, const tensor_view& row_req, const tensor_view& n_keys,
-                  const tensor_view& idx, const tensor_view& len, const tensor_view& slots, const exec& ex) {
+                  const tensor_view& idx, const tensor_view& len, const tensor_view& slots, const exec& ex,
+                  numerics nm) {
   constexpr const char* op = "indexer_topk";
+  check_official_keys(op, keys, nm);
   const std::int64_t max_keys = keys.num_slots();
   const auto [T, H] = check_indexer(op, q, w, keys, block_table, row_req, n_keys, max_keys);
   (void)H;
@@ -566,7 +588,7 @@ void indexer_topk(const tensor_view& q, const tensor_view& w, const cache::key_p
     const tensor_view one_n = n_keys.narrow(0, t, 1);
     if (n > 0)
       scores_rows(be, q.narrow(0, t, 1), w.narrow(0, t, 1), keys, block_table, row_req.narrow(0, t, 1), one_n,
-                  lg.narrow(1, 0, n), ex);
+                  lg.narrow(1, 0, n), ex, nm);
     topk_kernel(be, lg.narrow(1, 0, std::max<std::int64_t>(n, 0)), one_n, idx.narrow(0, t, 1), len.narrow(0, t, 1),
                 ex);
   }
@@ -603,7 +625,7 @@ void check_segment(const char* op, const char* name, const sparse_segment& s, st
 
 void sparse_mqa(const tensor_view& q, const sparse_segment& window, const sparse_segment* compressed,
                 const tensor_view& sink, float scale, const tensor_view& out, const tensor_view& lse,
-                const exec& ex) {
+                const exec& ex, numerics nm) {
   constexpr const char* op = "sparse_mqa";
   DSV4_CHECK(q.rank() == 3 && q.dt() == dtype::f32, op, "q is ", q.describe(), ", expected f32[T, H, D]");
   need_contiguous(op, "q", q);
@@ -647,10 +669,11 @@ void sparse_mqa(const tensor_view& q, const sparse_segment& window, const sparse
     ref::load_kv_entry(segs[key >> 40]->kv, key & ((std::int64_t(1) << 40) - 1), decoded.data() + u * D);
   });
   std::vector<const float*> rows(static_cast<std::size_t>(T * std::max<std::int64_t>(K, 1)));
-  std::vector<std::int64_t> counts(static_cast<std::size_t>(T), 0);
+  std::vector<std::int64_t> counts(static_cast<std::size_t>(T), 0), wcounts(static_cast<std::size_t>(T), 0);
   for (std::int64_t t = 0; t < T; ++t) {
     std::int64_t n = 0;
     for (int si = 0; si < 2; ++si) {
+      if (si == 1) wcounts[static_cast<std::size_t>(t)] = n;
       const sparse_segment* s = segs[si];
       if (!s) continue;
       const std::int64_t Ks = s->slots.shape(1), len = is_absent(s->len) ? Ks : i32p(s->len)[t];
@@ -671,6 +694,15 @@ void sparse_mqa(const tensor_view& q, const sparse_segment& window, const sparse
     counts[static_cast<std::size_t>(t)] = n;
   }
   float* lp = want_lse ? f32w(lse) : nullptr;
+  if (nm == numerics::official) {  // dsv4/ref/official.hpp attention_row, per (token, head), on either backend
+    for_rows(be, T * H, ex, [&](std::int64_t i) {
+      const std::int64_t t = i / H, h = i % H;
+      ref::official::attention_row(f32p(q) + i * D, rows.data() + t * K, counts[static_cast<std::size_t>(t)],
+                                   wcounts[static_cast<std::size_t>(t)], D, f32p(sink)[h], scale, f32w(out) + i * D,
+                                   lp ? lp + i : nullptr);
+    });
+    return;
+  }
   if (be == backend::cpu)
     cpu::sparse_attention_rows(q.as<const float, 3>(), rows.data(), counts.data(), K, sink.as<const float, 1>(), scale,
                                out.as<float, 3>(), lp, ex);

@@ -28,6 +28,7 @@ void sparse_attention_rows(view<const float, 3> q, const float* const* rows, con
 // Indexer scores over paged keys (ops::indexer_logits): each page's keys decoded once, scored by the same kernel.
 void indexer_scores_paged(view<const float, 3> q, view<const float, 2> w, const cache::key_pages& keys,
                           view<const std::int32_t, 2> block_table, view<const std::int32_t, 1> row_req,
-                          view<const std::int32_t, 1> n_keys, view<float, 2> logits, const exec& ex);
+                          view<const std::int32_t, 1> n_keys, view<float, 2> logits, const exec& ex,
+                          bool official = false);
 
 }  // namespace dsv4::cpu

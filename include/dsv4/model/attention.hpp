@@ -1,5 +1,5 @@
 // dsv4/model/attention.hpp — one V4 attention layer (SWA, CSA or HCA, from the config's compress ratio) with its
-// per-sequence cache (spec §3, §7, §10; numerics policy fp32).
+// per-sequence cache (spec §3, §7, §10; numerics policy fp32 or official, dsv4/numerics.hpp).
 //
 // forward(x, rows, y) runs T new token rows, possibly of several sequences (rows.seq[t] at rows.pos[t]; each
 // sequence's rows are its next positions, in order), against the sequences' pages in a page_pool
@@ -25,6 +25,13 @@
 // The layer keeps non-owning views of the bound weights (the checkpoint must outlive it), reads wo_a as stored when
 // its groups align with the FP8 tiles (else decodes it to fp32 once: the fp32 policy's values are the same) and
 // copies the small vectors (norms, sink, ape).
+//
+// Under numerics official every step rounds where DeepSeek's inference code does (official-numerics.md §1 A6-A16,
+// C1-C7, I1-I8, S1-S4): wq_a, wq_b, wkv, the indexer's wq_b and wo_b are promoted FP8 GEMMs with BF16 outputs, the
+// norms and RoPE write BF16, the q head norm is the BF16-arithmetic chain, the indexer weights are a BF16 GEMM times
+// the scale rounded again, index scores are BF16, attention rounds P to BF16, wo_a is a BF16 GEMM (the stored FP8
+// values, exact in BF16); the compressor projections stay fp32 GEMMs (C1). The entry lists and their order are the
+// fp32 policy's (see ops::sparse_mqa for the block rule), so chunk and batch invariance hold under both policies.
 #pragma once
 
 #include <cstdint>
@@ -35,6 +42,7 @@
 #include "dsv4/model/pool.hpp"
 #include "dsv4/model/rope.hpp"
 #include "dsv4/model/weights.hpp"
+#include "dsv4/numerics.hpp"
 #include "dsv4/tensor.hpp"
 
 namespace dsv4::model {
@@ -59,7 +67,8 @@ struct attention_trace {
 
 class attention_layer {
  public:
-  attention_layer(const model_config& cfg, const block_weights& w, const exec& ex = {});
+  attention_layer(const model_config& cfg, const block_weights& w, const exec& ex = {},
+                  numerics nm = numerics::fp32);
 
   attn_kind kind() const { return kind_; }
   int ratio() const { return ratio_; }
@@ -78,6 +87,7 @@ class attention_layer {
   int ratio_;
   attn_kind kind_;
   exec ex_;
+  numerics nm_;
   rope_table rope_;
   attention_weights w_;
   std::vector<float> q_norm_, kv_norm_, sink_, comp_norm_, comp_ape_, index_norm_, index_ape_;

@@ -1,4 +1,5 @@
-// dsv4/model/forward.hpp — the reference forward pass of DeepSeek-V4 (spec §4 block order, §7; numerics fp32).
+// dsv4/model/forward.hpp — the reference forward pass of DeepSeek-V4 (spec §4 block order, §7; numerics fp32 or
+// official, dsv4/numerics.hpp).
 //
 //   model  = embed(ids) -> expand to hc_mult streams -> blocks -> hc_head -> norm -> head (logits, fp32)
 //   block  = hc_pre(attn) -> attn_norm -> attention (SWA / CSA / HCA from compress_ratios) -> hc_post
@@ -12,6 +13,11 @@
 // sequence's logits do not depend on how it is split into calls, on what else is in the batch, on the thread count
 // or on rollbacks (tests/test_forward.cpp). Sequences live in a page_pool (dsv4/model/pool.hpp); the MTP block is
 // not run (the reference's generate.py does not use it either).
+// Numerics official (chosen per transformer): the residual streams, every block output and every norm output are BF16
+// values (official-numerics.md §1 E1-H3), the linears and experts round as ops::linear / ops::moe_ffn say under it,
+// the attention as attention_layer says; the router (gate GEMM, scores, weights), mHC's mixing and Sinkhorn, the
+// compressor projections and the head stay fp32, as in the official code. Chunk and batch invariance hold as under
+// fp32 (every op is row-independent on a backend).
 #pragma once
 
 #include <cstdint>
@@ -25,6 +31,7 @@
 #include "dsv4/model/config.hpp"
 #include "dsv4/model/pool.hpp"
 #include "dsv4/model/weights.hpp"
+#include "dsv4/numerics.hpp"
 #include "dsv4/tensor.hpp"
 
 namespace dsv4::model {
@@ -76,9 +83,11 @@ class transformer {
  public:
   // The weights (and the checkpoint they view) must outlive the transformer. `pool` sets the page layout of the
   // transformer's own pool (what new_sequence(capacity) uses).
-  transformer(const model_config& cfg, const model_weights& w, const exec& ex = {}, const pool_options& pool = {});
+  transformer(const model_config& cfg, const model_weights& w, const exec& ex = {}, const pool_options& pool = {},
+              numerics nm = numerics::fp32);
 
   const model_config& config() const { return cfg_; }
+  numerics policy() const { return nm_; }
   // A new sequence accepting `capacity` positions (0: max_position_embeddings), in the transformer's own pool or in
   // a pool the caller shares between sequences (one pool per batch).
   sequence_state new_sequence(std::int64_t capacity = 0) const;
@@ -113,6 +122,7 @@ class transformer {
   model_config cfg_;
   const model_weights& w_;
   exec ex_;
+  numerics nm_;
   std::shared_ptr<page_pool> pool_;
   std::vector<attention_layer> attn_;
   std::vector<ops::qweight> gate_;  // the router weights, named for messages

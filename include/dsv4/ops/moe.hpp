@@ -63,8 +63,12 @@ struct ffn_weights {
 //            + w2_s(h_s(x_t)) for the shared expert (when `shared` is not null), accumulated in fp32;
 // h(x) = silu(min(w1 x, L)) · clamp(w3 x, -L, L) with L = swiglu_limit (0 = no clamp, as in V3).
 // x [T, D] f32|bf16; weights [T, k] f32 (finite); experts [T, k] i32 in [0, routed.size()); y [T, D] f32|bf16.
+// numerics official (dsv4/numerics.hpp; official-numerics.md §1 X1-X5): every expert linear is the promoted FP8 /
+// FP4 GEMM with BF16 output (ops::linear), h is rounded to BF16 before w2's FP8 activation quantization (after the
+// route weight: two roundings), and the fp32 sum of the BF16 expert outputs (ascending expert id, then the shared
+// expert) is rounded to BF16.
 void moe_ffn(const tensor_view& x, const tensor_view& weights, const tensor_view& experts,
              std::span<const ffn_weights> routed, const ffn_weights* shared, float swiglu_limit,
-             const tensor_view& y, const exec& ex = {});
+             const tensor_view& y, const exec& ex = {}, numerics nm = numerics::fp32);
 
 }  // namespace dsv4::ops

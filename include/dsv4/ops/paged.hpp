@@ -18,6 +18,7 @@
 
 #include "dsv4/cache.hpp"
 #include "dsv4/exec.hpp"
+#include "dsv4/numerics.hpp"
 #include "dsv4/tensor.hpp"
 
 namespace dsv4::ops {
@@ -41,6 +42,8 @@ struct compressor_params {
   double norm_eps = 1e-6;
   bool indexer = false;          // false: FP8 round trip of dims [0, c − rope_dim) (block 64) into KV pages;
                                  // true: Hadamard over c + FP4 round trip (block 32) into key pages
+  bool official = false;         // numerics official (official-numerics.md §1 C4-C6): the pooled entry rounded to BF16
+                                 // before the norm, the norm and RoPE outputs to BF16, the Hadamard output to BF16
   int coff() const { return ratio == 4 ? 2 : 1; }
 };
 
@@ -72,9 +75,11 @@ void compressor_emit(const tensor_view& positions, const tensor_view& row_req, c
 // FP4 key pages: q is rounded to FP4 here (idempotent on an already rounded q) and the score is the exact FP4 score
 // of dsv4/ref/indexer.hpp (exact dot rounded once, heads summed in a fixed 16-lane tree): ref and cpu bitwise equal,
 // the cpu through AVX512-VNNI integer dots where the CPU has them. FP8 key pages: fp32 scores (ref in double).
+// numerics official (FP4 keys only): the BF16 score of dsv4/ref/official.hpp, bf16(Σ_h bf16(ReLU(bf16(dot)) · w_h)),
+// the same exact dots and head tree; ref and cpu bitwise equal.
 void indexer_logits(const tensor_view& q, const tensor_view& w, const cache::key_pages& keys,
                     const tensor_view& block_table, const tensor_view& row_req, const tensor_view& n_keys,
-                    const tensor_view& logits, const exec& ex = {});
+                    const tensor_view& logits, const exec& ex = {}, numerics nm = numerics::fp32);
 
 // Top-k of each row's first n_keys[t] logits: idx i32 [T, k] best first, equal scores -> lower index (dsv4 rule),
 // valid entries first and −1 only in the tail; len i32 [T] = min(k, n_keys[t]) (n_keys 0: all −1). logits f32 [T, L]
@@ -92,7 +97,8 @@ void to_slots(const tensor_view& idx, const tensor_view& len, const tensor_view&
 // at a time in scratch). idx i32 [T, k], len i32 [T]; slots i32 [T, k] (optional: to_slots of the picks).
 void indexer_topk(const tensor_view& q, const tensor_view& w, const cache::key_pages& keys,
                   const tensor_view& block_table, const tensor_view& row_req, const tensor_view& n_keys,
-                  const tensor_view& idx, const tensor_view& len, const tensor_view& slots, const exec& ex = {});
+                  const tensor_view& idx, const tensor_view& len, const tensor_view& slots, const exec& ex = {},
+                  numerics nm = numerics::fp32);
 
 // ---- sparse MQA with sink over two page segments (spec §3.7; FlashMLA semantics) ----------------------------------
 
@@ -109,8 +115,11 @@ struct sparse_segment {
 // lse f32 [T, H] (optional, may be empty) = M + ln Σ_i e^(l_i − M), natural log over the real logits (the sink
 // excluded). A row with no valid lane gives out = 0 and lse = +inf (FlashMLA). q f32 [T, H, D]; sink f32 [H]
 // (−inf: a padded head). `compressed` may be null (SWA layers).
+// numerics official: the blocked online softmax with BF16 P of dsv4/ref/official.hpp (attention_row: blocks of 64
+// through the window lanes, a fresh block at the first compressed lane, P rounded to BF16 for P·V only, the sink in
+// the denominator only, out rounded to BF16); the same code on ref and cpu (bitwise equal).
 void sparse_mqa(const tensor_view& q, const sparse_segment& window, const sparse_segment* compressed,
                 const tensor_view& sink, float scale, const tensor_view& out, const tensor_view& lse,
-                const exec& ex = {});
+                const exec& ex = {}, numerics nm = numerics::fp32);
 
 }  // namespace dsv4::ops
