@@ -190,7 +190,7 @@ bool matches_ref(const ops::qweight& w, const buffer& x, std::int64_t rows) {
 
 void gemm_case(benchmark::State& state, bool fp4, std::int64_t N, std::int64_t K) {
   const int threads = static_cast<int>(state.range(0));
-  constexpr std::int64_t T = 512;
+  const std::int64_t T = state.range(1);
   if (!cpu::simd_isa()) return state.SkipWithError("no CPU SIMD kernels here");
   const matrix m = make(fp4, N, K);
   buffer x(dtype::f32, {T, K}), y(dtype::f32, {T, N});
@@ -212,6 +212,77 @@ void gemm_case(benchmark::State& state, bool fp4, std::int64_t N, std::int64_t K
   state.counters["bf16_dot"] = cpu::official_bf16_dot() ? 1 : 0;
 }
 
+// ---- MoE FFN ------------------------------------------------------------------------------------------------------
+template <class M>
+struct expert_bank {
+  static constexpr int kDistinct = 16;  // distinct routed weight sets, cycled over the E experts
+  std::vector<matrix> store;
+  std::vector<ops::ffn_weights> routed;
+  ops::ffn_weights shared;
+  expert_bank() {
+    const std::int64_t D = M::dim, I = M::moe_inter_dim;
+    store.reserve(3 * kDistinct + 3);
+    auto ffn = [&](bool fp4) {
+      store.push_back(make(fp4, I, D));
+      store.push_back(make(fp4, D, I));
+      store.push_back(make(fp4, I, D));
+      const std::size_t n = store.size();
+      return ops::ffn_weights{store[n - 3].q(), store[n - 2].q(), store[n - 1].q()};
+    };
+    std::vector<ops::ffn_weights> distinct;
+    for (int e = 0; e < kDistinct; ++e) distinct.push_back(ffn(true));
+    for (std::int64_t e = 0; e < M::n_routed_experts; ++e) routed.push_back(distinct[static_cast<std::size_t>(e % kDistinct)]);
+    shared = ffn(false);
+  }
+};
+
+template <class M>
+void moe_case(benchmark::State& state) {
+  const int threads = static_cast<int>(state.range(0)), k = static_cast<int>(M::n_activated_experts);
+  constexpr std::int64_t T = 512;
+  const std::int64_t D = M::dim, I = M::moe_inter_dim, E = M::n_routed_experts;
+  if (!cpu::simd_isa()) return state.SkipWithError("no CPU SIMD kernels here");
+  static expert_bank<M> bank;
+  buffer x(dtype::f32, {T, D}), w(dtype::f32, {T, k}), idx(dtype::i32, {T, k}), y(dtype::f32, {T, D});
+  fill(x, 1.f);
+  std::mt19937 r(11);
+  for (std::int64_t t = 0; t < T; ++t)  // k distinct experts per token, uniformly over E
+    for (int i = 0; i < k; ++i) {
+      idx.host_span<std::int32_t>()[t * k + i] = static_cast<std::int32_t>((r() % (E / k)) * k + i);
+      w.host_span<float>()[t * k + i] = 0.25f;
+    }
+  // official cpu vs official ref on the first two tokens: relative L2 below 1e-2 (BF16 outputs, block-sum rounding).
+  {
+    const tensor_view x2 = x.view().narrow(0, 0, 2), w2 = w.view().narrow(0, 0, 2), i2 = idx.view().narrow(0, 0, 2);
+    buffer a(dtype::f32, {2, D}), b(dtype::f32, {2, D});
+    ops::moe_ffn(x2, w2, i2, bank.routed, &bank.shared, M::swiglu_limit, a, with(backend::cpu, threads), numerics::official);
+    ops::moe_ffn(x2, w2, i2, bank.routed, &bank.shared, M::swiglu_limit, b, with(backend::ref, 1), numerics::official);
+    double num = 0, den = 0;
+    for (std::int64_t i = 0; i < 2 * D; ++i) {
+      const double d = double(a.host_span<float>()[i]) - b.host_span<float>()[i];
+      num += d * d;
+      den += double(b.host_span<float>()[i]) * b.host_span<float>()[i];
+    }
+    if (!(num <= 1e-4 * den)) return state.SkipWithError("official cpu != official ref");
+  }
+  const exec ex = with(backend::cpu, threads);
+  double off = 0, f32 = 0;
+  for (auto _ : state) {
+    off += seconds_per_call([&] { ops::moe_ffn(x, w, idx, bank.routed, &bank.shared, M::swiglu_limit, y, ex, numerics::official); });
+    f32 += seconds_per_call([&] { ops::moe_ffn(x, w, idx, bank.routed, &bank.shared, M::swiglu_limit, y, ex); });
+  }
+  const double it = static_cast<double>(state.iterations()), flops = 2.0 * 3 * I * D * T * (k + 1);
+  const double g_off = flops / (off / it) / 1e9, g_f32 = flops / (f32 / it) / 1e9;
+  state.counters["GFLOP/s"] = g_off;
+  state.counters["fp32_GFLOP/s"] = g_f32;
+  state.counters["x_fp32"] = g_off / g_f32;
+  const double peak = cached_bf16_peak(threads);
+  if (peak > 0) state.counters["of_bf16"] = g_off / peak;
+}
+
+void BM_moe_flash(benchmark::State& s) { moe_case<v4_flash_traits>(s); }
+void BM_moe_pro(benchmark::State& s) { moe_case<v4_pro_traits>(s); }
+
 void BM_gemm_fp4_2048x4096(benchmark::State& s) { gemm_case(s, true, 2048, 4096); }
 void BM_gemm_fp4_4096x2048(benchmark::State& s) { gemm_case(s, true, 4096, 2048); }
 void BM_gemm_fp8_32768x1024(benchmark::State& s) { gemm_case(s, false, 32768, 1024); }
@@ -220,9 +291,14 @@ void BM_gemm_fp8_4096x8192(benchmark::State& s) { gemm_case(s, false, 4096, 8192
 }  // namespace
 
 BENCHMARK(BM_peak)->ArgName("threads")->Arg(1)->Arg(2)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
-#define DSV4_GEMM(f) BENCHMARK(f)->ArgName("threads")->Arg(2)->Iterations(4)->UseRealTime()->Unit(benchmark::kMillisecond)
+#define DSV4_GEMM(f) \
+  BENCHMARK(f)->ArgNames({"threads", "T"})->Args({2, 512})->Args({2, 12})->Args({1, 12})->MinTime(0.3)->UseRealTime()->Unit(benchmark::kMillisecond)
 DSV4_GEMM(BM_gemm_fp4_2048x4096);
 DSV4_GEMM(BM_gemm_fp4_4096x2048);
 DSV4_GEMM(BM_gemm_fp8_32768x1024);
 DSV4_GEMM(BM_gemm_fp8_4096x8192);
+BENCHMARK(BM_moe_flash)->ArgName("threads")->Arg(2)->Iterations(3)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_moe_pro)->ArgName("threads")->Arg(2)->Iterations(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK_MAIN();
+namespace { void BM_tmp_hot(benchmark::State& s) { gemm_case(s, true, 192, 4096); } }
+BENCHMARK(BM_tmp_hot)->ArgNames({"threads", "T"})->Args({1, 12})->Args({1, 8})->Args({1, 16})->Args({1, 32})->Args({1, 64})->MinTime(0.3)->UseRealTime();
