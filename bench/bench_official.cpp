@@ -300,5 +300,3 @@ DSV4_GEMM(BM_gemm_fp8_4096x8192);
 BENCHMARK(BM_moe_flash)->ArgName("threads")->Arg(2)->Iterations(3)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_moe_pro)->ArgName("threads")->Arg(2)->Iterations(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK_MAIN();
-namespace { void BM_tmp_hot(benchmark::State& s) { gemm_case(s, true, 192, 4096); } }
-BENCHMARK(BM_tmp_hot)->ArgNames({"threads", "T"})->Args({1, 12})->Args({1, 8})->Args({1, 16})->Args({1, 32})->Args({1, 64})->MinTime(0.3)->UseRealTime();

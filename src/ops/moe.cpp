@@ -118,8 +118,8 @@ void moe_hash_route(const tensor_view& logits, const route_config& cfg, const te
 
 namespace {
 
-// The official policy's MoE (official-numerics.md §1 X1-X5), one driver for both backends: `lin` is the backend's
-// promoted linear (ref::official::linear or cpu::linear_official_f32) on raw fp32 rows. Per expert in ascending id,
+// The official policy's MoE (official-numerics.md §1 X1-X5), the reference driver (the CPU backend schedules the same
+// per-token arithmetic in parallel: cpu::moe_ffn_official): `lin` is the promoted linear on raw fp32 rows. Per expert in ascending id,
 // its tokens gathered: g = lin(x, w1), u = lin(x, w3) (BF16 values), h = bf16(silu(min(g, L)) · clamp(u, ±L) · route
 // weight) (the route weight before w2, the BF16 cast before w2's Q8: two roundings), o = lin(h, w2) (BF16); each
 // token's o added to its fp32 accumulator in ascending expert id, then the shared expert's (no route weight), then
@@ -246,8 +246,10 @@ void moe_ffn(const tensor_view& x, const tensor_view& w, const tensor_view& idx,
         std::vector<float> xf(static_cast<std::size_t>(T * D)), acc(xf.size());
         for (std::int64_t t = 0; t < T; ++t)
           for (std::int64_t d = 0; d < D; ++d) xf[static_cast<std::size_t>(t * D + d)] = to_f32(xv(t, d));
-        bad = moe_official(be == backend::ref ? lin_ref : cpu::linear_official_f32, xf.data(), T, D, wv, iv, rr, bound,
-                           shared ? &sr : nullptr, swiglu_limit, acc.data(), ex);
+        bad = be == backend::ref ? moe_official(lin_ref, xf.data(), T, D, wv, iv, rr, bound, shared ? &sr : nullptr,
+                                                swiglu_limit, acc.data(), ex)
+                                 : cpu::moe_ffn_official(xf.data(), T, D, wv, iv, rr, shared ? &sr : nullptr,
+                                                         swiglu_limit, acc.data(), ex);
         for (std::int64_t t = 0; t < T; ++t)
           for (std::int64_t d = 0; d < D; ++d) yv(t, d) = from_f32<TY>(acc[static_cast<std::size_t>(t * D + d)]);
         return;

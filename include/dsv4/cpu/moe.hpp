@@ -27,4 +27,10 @@ std::int64_t moe_ffn(view<const TX, 2> x, view<const float, 2> w, view<const std
                      const std::vector<ref::ffn_ref>& routed, const ref::ffn_ref* shared, float limit, view<TY, 2> y,
                      const exec& ex);
 
+// The official policy's MoE FFN on raw fp32 rows x [T, D] -> y [T, D] (BF16 values): experts in parallel, each with
+// single-threaded official linears (src/cpu/moe_official.cpp); per token the reference driver's order and values.
+std::int64_t moe_ffn_official(const float* x, std::int64_t T, std::int64_t D, view<const float, 2> w,
+                              view<const std::int32_t, 2> idx, const std::vector<ref::ffn_ref>& routed,
+                              const ref::ffn_ref* shared, float limit, float* y, const exec& ex);
+
 }  // namespace dsv4::cpu
