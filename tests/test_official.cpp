@@ -11,6 +11,8 @@
 #include "dsv4/cpu/linear.hpp"
 #include "dsv4/numerics.hpp"
 #include "dsv4/ops/linear.hpp"
+#include "dsv4/ops/moe.hpp"
+#include "dsv4/ref/rotary.hpp"
 #include "dsv4/ref/official.hpp"
 #include "harness.hpp"
 
@@ -177,6 +179,155 @@ TEST_CASE("cpu: official outputs do not depend on the batch or the thread count"
         ops::linear(host_f32(1, K, row), tw.q(), one, on(backend::cpu, threads), numerics::official);
         for (std::int64_t n = 0; n < N; ++n) REQUIRE(one.host_span<float>()[n] == all.host_span<float>()[t * N + n]);
       }
+  }
+}
+
+TEST_CASE("q head norm in BF16 arithmetic: five roundings (worked values)") {
+  // v = (3, 4): squares 9, 16 (exact); mean 12.5; + 1e-6 -> 12.500001 -> BF16 12.5; 1/sqrt(12.5) = 0.28284271
+  // -> BF16 (step 2^-9 in [0.25, 0.5)): 145 · 2^-9 = 0.283203125; v·r = 0.849609375 -> BF16 (step 2^-8 in [0.5, 1)):
+  // 217.5 steps, a tie -> 218 · 2^-8 = 0.8515625; 4 · r = 1.1328125, exactly BF16.
+  float v[2] = {3.f, 4.f};
+  ref::official::q_head_norm(v, 2, 1e-6f);
+  CHECK(v[0] == 0.8515625f);
+  CHECK(v[1] == 1.1328125f);
+  // The fp32 policy's RMS rescale of the same vector: 3 / sqrt(12.5) = 0.84852815.
+  float f[2] = {3.f, 4.f};
+  ref::rms_norm(f, 2, nullptr, 1e-6);
+  CHECK(f[0] == doctest::Approx(0.84852815).epsilon(1e-6));
+}
+
+TEST_CASE("index score: BF16 dot, BF16 weighted ReLU, fp32 head sum, BF16 score (worked values)") {
+  // Two heads: d = 3 and 5, w = 1 + 2^-7 and 1 (BF16 values). 3 · (1 + 2^-7) = 3.0234375 -> BF16 (step 2^-6 in
+  // [2, 4)): 193.5 steps, a tie -> 194 · 2^-6 = 3.03125; + 5 = 8.03125 -> BF16 (step 2^-4 in [8, 16)): 128.5 steps,
+  // a tie -> 128 · 2^-4 = 8. The fp32 policy gives 8.0234375.
+  const float w[2] = {1.f + 0x1p-7f, 1.f}, d[2] = {3.f, 5.f};
+  CHECK(ref::official::indexer_head_sum_bf16(w, d, 2) == 8.f);
+  const float r[2] = {3.f, 5.f};
+  CHECK(ref::indexer_head_sum(w, r, 2) == 8.0234375f);
+  // The dot is rounded to BF16 before the ReLU and the weight: 1 + 2^-8 -> 1 (a tie to even); negative dots give 0.
+  const float w2[2] = {0.5f, 2.f}, d2[2] = {1.f + 0x1p-8f, -3.f};
+  CHECK(ref::official::indexer_head_sum_bf16(w2, d2, 2) == 0.5f);
+}
+
+TEST_CASE("attention: P rounded to BF16 for P·V only, the sink in the denominator only (worked values)") {
+  // q = (1, 0), scale 1: logits s = (0, -1) for rows k1 = (0, 1), k2 = (-1, 6); m = 0; p = (1, e^-1).
+  // bf16(e^-1 = 0.36787944 = 1.4715 · 2^-2) keeps 7 mantissa bits: 1.46875 · 2^-2 = 0.3671875.
+  // out[1] = bf16((1 + 6 · 0.3671875) / (1 + e^-1 + 2)) = bf16(0.9505) = 0.94921875 (step 2^-8 below 1); with the
+  // unrounded P it would be bf16(0.9517) = 0.953125.
+  const float q[2] = {1.f, 0.f}, k1[2] = {0.f, 1.f}, k2[2] = {-1.f, 6.f};
+  const float* rows[2] = {k1, k2};
+  const float sink = std::log(2.f);
+  float out[2], lse;
+  ref::official::attention_row(q, rows, 2, 2, 2, sink, 1.f, out, &lse);
+  const float p2 = std::exp(-1.f), pb = round_bf16(p2);
+  CHECK(pb == 0.3671875f);
+  // acc = (1·0 + pb·(-1), 1·1 + pb·2); l = 1 + p2 (unrounded); den = l + e^(sink - 0) = l + 2.
+  const float l = std::fma(0.f, 0.f, 1.f + p2), den = l + std::exp(sink);
+  CHECK(out[0] == round_bf16((0.f + -pb) / den));
+  CHECK(out[1] == round_bf16((1.f + 6.f * pb) / den));
+  CHECK(out[1] == 0.94921875f);
+  CHECK(round_bf16((1.f + 6.f * p2) / den) == 0.953125f);  // what unrounded P would give
+  CHECK(lse == doctest::Approx(std::log(1.0 + std::exp(-1.0))).epsilon(1e-6));  // the sink is not in lse
+}
+
+TEST_CASE("attention: blocks of 64 restart at the compressed segment; the running max rescales earlier blocks") {
+  // 70 window rows then 3 compressed rows, D = 4, random; ref::official::attention_row against the same blocked
+  // recurrence written out here in double except the roundings it prescribes.
+  std::mt19937_64 rng(3);
+  std::normal_distribution<float> nd(0.f, 2.f);
+  const std::int64_t D = 4, nw = 70, n = 73;
+  std::vector<std::vector<float>> kv(n, std::vector<float>(D));
+  std::vector<const float*> rows;
+  for (auto& r : kv) {
+    for (float& v : r) v = round_bf16(nd(rng));
+    rows.push_back(r.data());
+  }
+  float q[4];
+  for (float& v : q) v = round_bf16(nd(rng));
+  float out[4];
+  ref::official::attention_row(q, rows.data(), n, nw, D, 0.5f, 0.7f, out, nullptr);
+  // blocks: [0, 64), [64, 70), [70, 73)
+  float m = -INFINITY, l = 0.f;
+  float acc[4] = {0, 0, 0, 0};
+  for (auto [b0, b1] : {std::pair{0, 64}, std::pair{64, 70}, std::pair{70, 73}}) {
+    float s[64], mb = m;
+    for (int i = b0; i < b1; ++i) {
+      double dot = 0;
+      for (int d = 0; d < D; ++d) dot += double(q[d]) * rows[i][d];
+      s[i - b0] = static_cast<float>(dot) * 0.7f;
+      mb = std::max(mb, s[i - b0]);
+    }
+    const float alpha = std::exp(m - mb);
+    double psum = 0, pv[4] = {0, 0, 0, 0};
+    for (int i = b0; i < b1; ++i) {
+      const float p = std::exp(s[i - b0] - mb);
+      psum += p;
+      for (int d = 0; d < D; ++d) pv[d] += double(round_bf16(p)) * rows[i][d];
+    }
+    l = std::fma(l, alpha, static_cast<float>(psum));
+    for (int d = 0; d < D; ++d) acc[d] = acc[d] * alpha + static_cast<float>(pv[d]);
+    m = mb;
+  }
+  for (int d = 0; d < D; ++d) CHECK(out[d] == round_bf16(acc[d] / (l + std::exp(0.5f - m))));
+}
+
+namespace {
+// An FP8 weight [N, N]: code `diag` on the diagonal, `super` on the superdiagonal, scale 2^e everywhere.
+test_weight band_fp8(std::int64_t N, std::uint8_t diag, std::uint8_t super, int e) {
+  test_weight tw = const_fp8(N, N, 0, e);
+  for (std::int64_t i = 0; i < N; ++i) {
+    tw.w.host_span<fp8_e4m3>()[i * N + i].bits = diag;
+    if (i + 1 < N) tw.w.host_span<fp8_e4m3>()[i * N + i + 1].bits = super;
+  }
+  return tw;
+}
+}  // namespace
+
+TEST_CASE("MoE: route weight before w2, h rounded to BF16 and then Q8 (double rounding), worked values") {
+  // D = I = 128, one expert with identity FP8 weights (code 0x38 = 1.0, scale 1). x = 20 everywhere: Q8 scale
+  // 2^ceil(log2(20/448)) = 2^-4, code 320 (exact), so g = u = 20; SwiGLU: min(g, 10) = 10, clamp(u) = 10,
+  // silu(10)·10 = 99.995460, times the route weight 0.01064 = 1.0639517.
+  //   h -> BF16 (step 2^-7): 1.0625. Q8 of a row of 1.0625: s = 2^ceil(log2(1.0625/448)) = 2^-8, 1.0625 · 256 = 272,
+  //   a tie between E4M3 256 and 288 -> 256 (even), so w2 gives exactly 1.0.
+  //   Without the BF16 step, 1.0639517 · 256 = 272.4 rounds to 288: 1.125. Route weight after w2: ~106.
+  const std::int64_t D = 128;
+  const test_weight eye = eye_fp8(D, 0);
+  const ops::ffn_weights e{eye.q(), eye.q(), eye.q()};
+  buffer x(dtype::f32, {1, D}), w(dtype::f32, {1, 1}), idx(dtype::i32, {1, 1}), y(dtype::f32, {1, D});
+  for (float& v : x.host_span<float>()) v = 20.f;
+  w.host_span<float>()[0] = 0.01064f;
+  idx.host_span<std::int32_t>()[0] = 0;
+  for (backend be : host_backends()) {
+    CAPTURE(backend_name(be));
+    ops::moe_ffn(x, w, idx, std::span<const ops::ffn_weights>(&e, 1), nullptr, 10.f, y, on(be), numerics::official);
+    for (std::int64_t d = 0; d < D; ++d) REQUIRE(y.host_span<float>()[d] == 1.f);
+    ops::moe_ffn(x, w, idx, std::span<const ops::ffn_weights>(&e, 1), nullptr, 10.f, y, on(be));  // fp32 policy
+    CHECK(y.host_span<float>()[0] == doctest::Approx(1.0639517).epsilon(1e-5));
+  }
+}
+
+TEST_CASE("MoE: expert outputs summed in ascending expert id, not in routing order (worked values)") {
+  // Three experts, identity w1 / w3, h = bf16(99.99546 · 0.01) = 1.0 for every element, Q8 code 256 at s = 2^-8.
+  //   expert 0: w2 = identity · 2^20       -> +2^20
+  //   expert 1: w2 = identity + 2^-7 on the superdiagonal -> 1 + 2^-7 = 1.0078125 (rows 0 .. 126), 1 (row 127)
+  //   expert 2: w2 = -identity · 2^20      -> -2^20
+  // Routed as [0, 2, 1]. Ascending id: (2^20 + 1.0078125) rounds to 2^20 + 1 in fp32 (step 0.125), minus 2^20: 1.
+  // Routing order would give (2^20 − 2^20) + 1.0078125 = 1.0078125.
+  const std::int64_t D = 128;
+  const test_weight eye = eye_fp8(D, 0), big = eye_fp8(D, 20), neg = band_fp8(D, 0xB8, 0, 20),
+                    fine = band_fp8(D, 0x38, 0x04, 0);  // 0x04: E4M3 subnormal 4 · 2^-9 = 2^-7
+  const ops::ffn_weights ex[3] = {{eye.q(), big.q(), eye.q()}, {eye.q(), fine.q(), eye.q()}, {eye.q(), neg.q(), eye.q()}};
+  buffer x(dtype::f32, {1, D}), w(dtype::f32, {1, 3}), idx(dtype::i32, {1, 3}), y(dtype::f32, {1, D});
+  for (float& v : x.host_span<float>()) v = 20.f;
+  const std::int32_t order[3] = {0, 2, 1};
+  for (int i = 0; i < 3; ++i) {
+    w.host_span<float>()[i] = 0.01f;
+    idx.host_span<std::int32_t>()[i] = order[i];
+  }
+  for (backend be : host_backends()) {
+    CAPTURE(backend_name(be));
+    ops::moe_ffn(x, w, idx, std::span<const ops::ffn_weights>(ex, 3), nullptr, 10.f, y, on(be), numerics::official);
+    for (std::int64_t d = 0; d < D; ++d) REQUIRE(y.host_span<float>()[d] == 1.f);
   }
 }
 

@@ -12,6 +12,7 @@
 #include "dsv4/buffer.hpp"
 #include "dsv4/ops/attention.hpp"
 #include "dsv4/ops/hadamard.hpp"
+#include "dsv4/numerics.hpp"
 #include "dsv4/ops/paged.hpp"
 #include "dsv4/ref/cache.hpp"
 #include "dsv4/ops/quant.hpp"
@@ -412,6 +413,23 @@ TEST_SUITE("paged") {
         REQUIRE(f32_to_bits(lr[i]) == f32_to_bits(lc[i]));
       }
       CHECK(nans == nan_keys * T);
+      // numerics official (dsv4/ref/official.hpp): BF16 scores from the same exact dots; ref and cpu bitwise, the
+      // portable and VNNI kernels included (the cpu_no_vbmi_vnni ctest runs this without VNNI).
+      {
+        std::vector<float> orf(lr.size()), oc(lr.size());
+        ops::indexer_logits(f32v(q, {T, H, C}), f32v(w, {T, H}), kp, i32v(table, {1, pages}), i32v(req, {T}),
+                            i32v(nk, {T}), f32v(orf, {T, n}), on(backend::ref), numerics::official);
+        ops::indexer_logits(f32v(q, {T, H, C}), f32v(w, {T, H}), kp, i32v(table, {1, pages}), i32v(req, {T}),
+                            i32v(nk, {T}), f32v(oc, {T, n}), on(backend::cpu), numerics::official);
+        std::int64_t differ = 0;
+        for (std::size_t i = 0; i < lr.size(); ++i) {
+          REQUIRE(f32_to_bits(orf[i]) == f32_to_bits(oc[i]));
+          if (std::isnan(lr[i])) continue;
+          REQUIRE(orf[i] == round_bf16(orf[i]));
+          differ += orf[i] != lr[i];
+        }
+        CHECK(differ > static_cast<std::int64_t>(lr.size()) / 2);  // BF16 scores: most differ from the fp32 ones
+      }
       // and the by-hand definition on keys without a NaN scale (the decoded values through ref::load_key)
       std::vector<float> qr = q, key(static_cast<std::size_t>(C));
       ops::block_round_trip(f32v(qr, {T * H, C}), f32v(qr, {T * H, C}), ops::quant_format::fp4_e2m1, 32);
