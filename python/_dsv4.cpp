@@ -177,7 +177,8 @@ struct Sequence {
 };
 
 Model load(const std::string& dir, const std::string& backend_name, int threads, const std::string& kv,
-           std::int64_t page_tokens, std::int64_t max_rollback) {
+           std::int64_t page_tokens, std::int64_t max_rollback, const std::string& numerics_name) {
+  const numerics nm = parse_numerics(numerics_name);
   const exec ex = make_exec(backend_name, threads);
   model::pool_options po;
   DSV4_CHECK(kv == "f32" || kv == "fp8_ds_mla", "python", "kv \"", kv, "\" (expected f32 or fp8_ds_mla)");
@@ -187,7 +188,7 @@ Model load(const std::string& dir, const std::string& backend_name, int threads,
   py::gil_scoped_release nogil;
   auto s = std::make_shared<model_state>(model_state{model::load_config(dir), io::checkpoint::open(dir), {}, nullptr});
   s->w = model::bind_weights(s->ckpt, s->cfg);
-  s->tf = std::make_unique<model::transformer>(s->cfg, s->w, ex, po);
+  s->tf = std::make_unique<model::transformer>(s->cfg, s->w, ex, po, nm);
   return Model{s};
 }
 
@@ -344,8 +345,9 @@ PYBIND11_MODULE(_dsv4, m) {
            "One batched step: entries is a list of (tokens, sequence); returns their logits.");
 
   m.def("load", &load, py::arg("model_dir"), py::arg("backend") = "cpu", py::arg("threads") = 0,
-        py::arg("kv") = "f32", py::arg("page_tokens") = 64, py::arg("max_rollback") = 32,
-        "Load a checkpoint directory (HF config.json + safetensors with the official names).");
+        py::arg("kv") = "f32", py::arg("page_tokens") = 64, py::arg("max_rollback") = 32, py::arg("numerics") = "fp32",
+        "Load a checkpoint directory (HF config.json + safetensors with the official names); numerics is \"fp32\" "
+        "or \"official\" (the rounding points of DeepSeek's inference code).");
 
   py::class_<KVPages>(m, "KVPages", "Engine-owned KV pages: uint8 [num_pages, page_bytes] (dsv4/cache.hpp).")
       .def(py::init<py::object, std::int64_t, std::int64_t, std::int64_t, std::string>(), py::arg("pages"),

@@ -82,9 +82,17 @@ typedef struct dsv4_model_info {
   int64_t vocab_size, dim, n_layers, n_heads, head_dim, window_size, max_position_embeddings;
 } dsv4_model_info;
 
+/* The numerics policy (dsv4/numerics.hpp): fp32 (exact weights, fp32 activations) or the rounding points of
+ * DeepSeek's own inference code (BF16 activations, FP8 1x128 activation quantization, BF16 index scores, ...). */
+typedef enum dsv4_numerics { DSV4_NUMERICS_FP32 = 0, DSV4_NUMERICS_OFFICIAL = 1 } dsv4_numerics;
+
 DSV4_API void dsv4_model_options_default(dsv4_model_options* options);
 /* Loads DIR (HF config.json + safetensors, the official tensor names); options may be NULL (the defaults). */
 DSV4_API int dsv4_model_open(const char* dir, const dsv4_model_options* options, dsv4_model** out);
+/* The same with a numerics policy (dsv4_numerics); dsv4_model_open is this with DSV4_NUMERICS_FP32. A separate entry
+ * point rather than a field of dsv4_model_options, so programs built against the earlier struct keep working. */
+DSV4_API int dsv4_model_open_numerics(const char* dir, const dsv4_model_options* options, int32_t numerics,
+                                      dsv4_model** out);
 /* Frees the model handle. Sequences keep what they need alive and must still be freed; forward calls with a closed
  * model are not allowed. NULL is accepted (nothing happens). */
 DSV4_API int dsv4_model_close(dsv4_model* model);

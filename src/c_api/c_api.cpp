@@ -196,6 +196,11 @@ void dsv4_model_options_default(dsv4_model_options* o) {
 }
 
 int dsv4_model_open(const char* dir, const dsv4_model_options* options, dsv4_model** out) {
+  return dsv4_model_open_numerics(dir, options, DSV4_NUMERICS_FP32, out);
+}
+
+int dsv4_model_open_numerics(const char* dir, const dsv4_model_options* options, int32_t numerics_policy,
+                             dsv4_model** out) {
   return guarded([&] {
     need(dir, "dir");
     need(out, "out");
@@ -210,6 +215,9 @@ int dsv4_model_open(const char* dir, const dsv4_model_options* options, dsv4_mod
     ex.threads = o.threads;
     DSV4_CHECK(o.threads >= 0 && o.threads <= kMaxThreads, "dsv4_model_open", "threads ", o.threads,
                " is outside [0, ", kMaxThreads, "]");
+    DSV4_CHECK(numerics_policy == DSV4_NUMERICS_FP32 || numerics_policy == DSV4_NUMERICS_OFFICIAL, "dsv4_model_open",
+               "numerics ", numerics_policy, " (expected DSV4_NUMERICS_FP32 or DSV4_NUMERICS_OFFICIAL)");
+    const numerics nm = numerics_policy == DSV4_NUMERICS_OFFICIAL ? numerics::official : numerics::fp32;
     model::pool_options po;
     DSV4_CHECK(o.kv_format == DSV4_KV_F32 || o.kv_format == DSV4_KV_FP8_DS_MLA, "dsv4_model_open", "kv_format ",
                o.kv_format, " is not a dsv4_kv_format");
@@ -220,7 +228,7 @@ int dsv4_model_open(const char* dir, const dsv4_model_options* options, dsv4_mod
     m->s = std::make_shared<dsv4_model::state>(dsv4_model::state{model::load_config(dir), io::checkpoint::open(dir),
                                                                    {}, nullptr});
     m->s->w = model::bind_weights(m->s->ckpt, m->s->cfg);
-    m->s->tf = std::make_unique<model::transformer>(m->s->cfg, m->s->w, ex, po);
+    m->s->tf = std::make_unique<model::transformer>(m->s->cfg, m->s->w, ex, po, nm);
     *out = m.release();
   });
 }

@@ -305,6 +305,12 @@ int main(int argc, char** argv) {
     const std::int64_t tr[1] = {3};
     tf.forward(tr, a, lr);
     save("model_rollback", lr);
+    // The official numerics policy: the same 30-token prompt in one call.
+    const model::transformer tfo(cfg, w, {}, {}, numerics::official);
+    model::sequence_state o = tfo.new_sequence(64);
+    buffer lo(dtype::f32, {30, V});
+    tfo.forward(prompt, o, lo);
+    save("model_official", lo);
     std::printf("capi_ref: wrote the inputs and C++ results to %s\n", argv[2]);
     return 0;
   } catch (const std::exception& e) {

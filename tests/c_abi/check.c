@@ -288,6 +288,22 @@ int main(int argc, char** argv) {
   const int64_t tr[1] = {3};
   ok(dsv4_forward(model, a, tr, 1, &lr.t), "forward after rollback");
   same("forward after rollback", &lr, "model_rollback");
+  {  /* the official numerics policy */
+    dsv4_model* om = NULL;
+    dsv4_sequence* os = NULL;
+    ok(dsv4_model_open_numerics(argv[1], &opts, DSV4_NUMERICS_OFFICIAL, &om), "model_open_numerics");
+    ok(dsv4_sequence_new(om, 64, &os), "sequence_new (official)");
+    arr lo_ref = load("model_official"), lo = like(&lo_ref);
+    ok(dsv4_forward(om, os, p, 30, &lo.t), "forward (official)");
+    same("forward logits, numerics official", &lo, "model_official");
+    ++g_checks;
+    if (dsv4_model_open_numerics(argv[1], &opts, 7, &om) != DSV4_ERROR || !strstr(dsv4_last_error(), "numerics 7")) {
+      ++g_failed;
+      fprintf(stderr, "MISMATCH bad numerics accepted: %s\n", dsv4_last_error());
+    }
+    dsv4_sequence_free(os);
+    dsv4_model_close(om);
+  }
 
   /* Errors: status codes and messages, never a crash. */
   ++g_checks;

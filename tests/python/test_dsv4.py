@@ -165,6 +165,13 @@ def test_model(model, ref):
     assert same(model.forward(prompt), ref("model_logits"))
 
 
+def test_model_official_numerics(work, ref):
+    official = dsv4.load(str(work / "model"), numerics="official")
+    assert same(official.forward(ref("model_prompt")), ref("model_official"))
+    with pytest.raises(dsv4.Error, match="unknown numerics policy"):
+        dsv4.load(str(work / "model"), numerics="bf16")
+
+
 def test_errors(model, ref):
     with pytest.raises(dsv4.Error, match="outside the vocabulary"):
         model.forward([1, 100000])
