@@ -97,20 +97,20 @@ double ceiling(int threads, F kernel) {
   return flops / s / 1e9;
 }
 
+// The ceiling of one instruction kind; 0 where the CPU lacks it.
 double bf16_peak(int threads) {
 #if defined(__x86_64__)
-  if (__builtin_cpu_supports("avx512bf16")) return ceiling(threads, bf16_chains);
+  return __builtin_cpu_supports("avx512bf16") ? ceiling(threads, bf16_chains) : 0;
+#else
+  return threads * 0.0;
 #endif
-  (void)threads;
-  return 0;
 }
-
 double fp32_peak(int threads) {
 #if defined(__x86_64__)
-  if (__builtin_cpu_supports("avx512f")) return ceiling(threads, fma_chains);
+  return __builtin_cpu_supports("avx512f") ? ceiling(threads, fma_chains) : 0;
+#else
+  return threads * 0.0;
 #endif
-  (void)threads;
-  return 0;
 }
 
 double cached_bf16_peak(int threads) {

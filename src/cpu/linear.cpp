@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "linear_simd.hpp"
+#include "f32_rows.hpp"
 #include "parallel.hpp"
 
 namespace dsv4::cpu {
@@ -102,28 +103,8 @@ std::int64_t linear_f32(const float* x, std::int64_t T, std::int64_t ldx, const 
 
 template <class TX, class TY>
 std::int64_t linear(view<const TX, 2> x, const ref::weight_ref& w, view<TY, 2> y, const exec& ex) {
-  const std::int64_t T = x.size(0), K = w.k, N = w.n;
-  std::vector<float> xs, ys;
-  const float* xp;
-  std::int64_t ldx;
-  if constexpr (std::is_same_v<TX, float>) {
-    xp = x.data;
-    ldx = x.stride[0];
-  } else {
-    xs.resize(static_cast<std::size_t>(T * K));
-    for (std::int64_t t = 0; t < T; ++t)
-      for (std::int64_t k = 0; k < K; ++k) xs[static_cast<std::size_t>(t * K + k)] = to_f32(x(t, k));
-    xp = xs.data();
-    ldx = K;
-  }
-  if constexpr (std::is_same_v<TY, float>) {
-    if (y.stride[1] == 1) return linear_f32(xp, T, ldx, w, y.data, y.stride[0], ex);
-  }
-  ys.resize(static_cast<std::size_t>(T * N));
-  const std::int64_t bad = linear_f32(xp, T, ldx, w, ys.data(), N, ex);
-  for (std::int64_t t = 0; t < T; ++t)
-    for (std::int64_t n = 0; n < N; ++n) y(t, n) = from_f32<TY>(ys[static_cast<std::size_t>(t * N + n)]);
-  return bad;
+  return detail::on_f32_rows(x, w.k, y, w.n, [&](const float* xp, std::int64_t T, std::int64_t ldx, float* yp,
+                                                 std::int64_t ldy) { return linear_f32(xp, T, ldx, w, yp, ldy, ex); });
 }
 
 template std::int64_t linear<float, float>(view<const float, 2>, const ref::weight_ref&, view<float, 2>, const exec&);

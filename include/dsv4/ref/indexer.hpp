@@ -98,14 +98,21 @@ inline float indexer_head_sum(const float* w, const float* r, std::int64_t H) no
   return p[0];
 }
 
-// The score of the key in `slot` of FP4 key pages.
-inline float fp4_score(const fp4_query& q, const float* w, const cache::key_pages& kp, std::int64_t slot) {
+// The per-head exact dots of q with the key in `slot` of FP4 key pages: d [q.H].
+inline std::vector<float> fp4_key_dots(const fp4_query& q, const cache::key_pages& kp, std::int64_t slot) {
   const cache::key_geometry& g = kp.geo;
   const std::uint8_t* page = kp.page(slot / g.page_tokens);
   const std::int64_t e = slot % g.page_tokens;
-  std::vector<float> r(static_cast<std::size_t>(q.H));
+  std::vector<float> d(static_cast<std::size_t>(q.H));
   for (std::int64_t h = 0; h < q.H; ++h)
-    r[static_cast<std::size_t>(h)] = indexer_relu(fp4_dot(q, h, page + g.code_offset(e), page + g.scale_offset(e)));
+    d[static_cast<std::size_t>(h)] = fp4_dot(q, h, page + g.code_offset(e), page + g.scale_offset(e));
+  return d;
+}
+
+// The score of the key in `slot` of FP4 key pages.
+inline float fp4_score(const fp4_query& q, const float* w, const cache::key_pages& kp, std::int64_t slot) {
+  std::vector<float> r = fp4_key_dots(q, kp, slot);
+  for (float& v : r) v = indexer_relu(v);
   return indexer_head_sum(w, r.data(), q.H);
 }
 

@@ -155,13 +155,7 @@ inline float indexer_head_sum_bf16(const float* w, const float* d, std::int64_t 
 }
 
 inline float fp4_score(const fp4_query& q, const float* w, const cache::key_pages& kp, std::int64_t slot) {
-  const cache::key_geometry& g = kp.geo;
-  const std::uint8_t* page = kp.page(slot / g.page_tokens);
-  const std::int64_t e = slot % g.page_tokens;
-  std::vector<float> d(static_cast<std::size_t>(q.H));
-  for (std::int64_t h = 0; h < q.H; ++h)
-    d[static_cast<std::size_t>(h)] = fp4_dot(q, h, page + g.code_offset(e), page + g.scale_offset(e));
-  return indexer_head_sum_bf16(w, d.data(), q.H);
+  return indexer_head_sum_bf16(w, fp4_key_dots(q, kp, slot).data(), q.H);
 }
 
 // ---- sparse attention with BF16 P (§1 S1; kernel.py sparse_attn) --------------------------------------------------
