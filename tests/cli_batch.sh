@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # dsv4 run --batch: every sequence's .npy equals, byte for byte, `dsv4 run` on that sequence alone (same --chunk,
-# same --kv), for sequences of different lengths, with and without decode tokens, advancing together; bad lines give
+# same --kv, same --numerics), for sequences of different lengths, with and without decode tokens, advancing together; bad lines give
 # a one-line error naming the line.
 #   usage: cli_batch.sh DSV4_BINARY WORK_DIR
 set -eu
@@ -11,20 +11,29 @@ mkdir -p "$W"
 "$D" synth --preset tiny --seed 6 --out "$W/m" >/dev/null
 long=$(seq -s, 1 140)
 printf '5,17,301|9,44\n%s|12,13,14\n400\n7,7,7,7|1,2,3,4,5,6,7,8\n' "$long" >"$W/batch.txt"
-for kv in f32 fp8_ds_mla; do
-  "$D" run --model "$W/m" --batch "$W/batch.txt" --logits-dir "$W/out_$kv" --chunk 16 --kv "$kv" >"$W/log_$kv"
-  grep -q "4 sequences, 161 tokens in" "$W/log_$kv"
+# Both page formats under the fp32 policy, and the official numerics policy (f32 pages): same bytes batched or alone.
+for mode in f32 fp8_ds_mla official; do
+  kv=$mode
+  nm=fp32
+  if [ "$mode" = official ]; then kv=f32; nm=official; fi
+  "$D" run --model "$W/m" --batch "$W/batch.txt" --logits-dir "$W/out_$mode" --chunk 16 --kv "$kv" --numerics "$nm" \
+    >"$W/log_$mode"
+  grep -q "4 sequences, 161 tokens in .*numerics $nm" "$W/log_$mode"
   i=0
   while IFS= read -r line; do
     prompt="${line%%|*}"
     args=(--prompt "$prompt")
     if [ "$prompt" != "$line" ]; then args+=(--decode "${line#*|}"); fi
-    "$D" run --model "$W/m" "${args[@]}" --chunk 16 --kv "$kv" --logits "$W/alone_$i.npy" >/dev/null
-    cmp "$W/alone_$i.npy" "$W/out_$kv/seq$i.npy"
+    "$D" run --model "$W/m" "${args[@]}" --chunk 16 --kv "$kv" --numerics "$nm" --logits "$W/alone_$i.npy" >/dev/null
+    cmp "$W/alone_$i.npy" "$W/out_$mode/seq$i.npy"
     i=$((i + 1))
   done <"$W/batch.txt"
   [ "$i" -eq 4 ]
 done
+# The policies differ: same shape, different bytes.
+! cmp -s "$W/out_f32/seq1.npy" "$W/out_official/seq1.npy"
+! "$D" run --model "$W/m" --prompt 1,2 --numerics bf16 2>"$W/err"
+grep -q 'unknown numerics policy "bf16" (expected fp32 or official)' "$W/err"
 # The two layouts differ (BF16 rope dims in fp8_ds_mla) but only slightly: same shape, different bytes.
 ! cmp -s "$W/out_f32/seq1.npy" "$W/out_fp8_ds_mla/seq1.npy"
 printf '1,2\n\n3\n' >"$W/bad.txt"
