@@ -17,6 +17,7 @@
 // each task packs its panel as [K/2][32] dwords of BF16 code pairs (FP8 by arithmetic + a subnormal table, FP4 by a
 // 16-entry table, then a 16x16 dword transpose) and runs every 6-token tile against it.
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -96,6 +97,8 @@ void row_portable(const std::uint32_t* xp, const float* sa, const std::uint32_t*
 #if defined(__x86_64__)
 #define DSV4_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16")))
 #define DSV4_AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
+// Small helpers of the pack loops: always inlined (a call passes the 16 transposed vectors through memory).
+#define DSV4_AVX512_INLINE inline __attribute__((always_inline, target("avx512f,avx512bw,avx512dq,avx512vl")))
 
 bool has_bf16() {
   static const bool v = [] {
@@ -154,8 +157,41 @@ DSV4_BF16_TARGET void tile_bf16(const std::uint32_t* const* xp, const float* con
   }
 }
 
+// One token against V vectors of 16 rows (V / 2 panels of the prefill layout), blocks [b0, b1) of the chunk at pair
+// c0: the decode GEMV. A lane computes what tile_bf16's lane computes for that row (same pairs, same order, same
+// promotion), so decode rows are bitwise the prefill rows; V = 12 independent chains hide the dot's latency, which a
+// single token's one chain per 16 rows cannot.
+template <int V>
+DSV4_BF16_TARGET void gemv_bf16(const std::uint32_t* xp, const float* sa, const std::uint32_t* const* panels,
+                                std::int64_t c0, const float* const* sws, const geometry& g, std::int64_t b0,
+                                std::int64_t b1, float* tot_io) {
+  __m512 tot[V], part[V];
+#pragma GCC unroll 12
+  for (int v = 0; v < V; ++v) tot[v] = _mm512_loadu_ps(tot_io + 16 * v);
+  for (std::int64_t b = b0; b < b1; ++b) {
+    const std::int64_t j0 = b * g.pblock, j1 = std::min(g.K2, j0 + g.pblock);
+#pragma GCC unroll 12
+    for (int v = 0; v < V; ++v) part[v] = _mm512_setzero_ps();
+    for (std::int64_t j = j0; j < j1; ++j) {
+      const __m512bh xb = (__m512bh)_mm512_set1_epi32(static_cast<int>(xp[j]));
+#pragma GCC unroll 12
+      for (int v = 0; v < V; ++v)
+        part[v] = _mm512_dpbf16_ps(part[v], xb,
+                                   (__m512bh)_mm512_load_si512(panels[v / 2] + (j - c0) * kPanel + (v % 2) * 16));
+    }
+    const __m512 a = _mm512_set1_ps(sa[(j0 * 2) / ref::official::kActBlock]);
+#pragma GCC unroll 12
+    for (int v = 0; v < V; ++v) {
+      const __m512 sv = g.fp4 ? _mm512_loadu_ps(sws[v / 2] + b * kPanel + (v % 2) * 16) : _mm512_set1_ps(sws[v / 2][b]);
+      tot[v] = _mm512_fmadd_ps(part[v], _mm512_mul_ps(a, sv), tot[v]);
+    }
+  }
+#pragma GCC unroll 12
+  for (int v = 0; v < V; ++v) _mm512_storeu_ps(tot_io + 16 * v, tot[v]);
+}
+
 // 16 x 16 dword transpose: in[i] holds row i's 16 dwords; out[j] gets dword j of every row.
-DSV4_AVX512_TARGET void transpose16(__m512i* v) {
+DSV4_AVX512_INLINE void transpose16(__m512i* v) {
   __m512i t[16];
   for (int i = 0; i < 16; i += 2) {
     t[i] = _mm512_unpacklo_epi32(v[i], v[i + 1]);
@@ -182,7 +218,7 @@ DSV4_AVX512_TARGET void transpose16(__m512i* v) {
 }
 
 // 16 kpairs (32 codes) of one weight row as BF16 pair dwords.
-DSV4_AVX512_TARGET __m512i pairs_fp8(const std::uint8_t* codes) {
+DSV4_AVX512_INLINE __m512i pairs_fp8(const std::uint8_t* codes) {
   const __m512i c = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes)));
   const __m512i mag = _mm512_and_si512(c, _mm512_set1_epi16(0x7F));
   const __m512i normal = _mm512_add_epi16(_mm512_slli_epi16(mag, 4), _mm512_set1_epi16(0x3C00));  // (e+120)<<7 | m<<4
@@ -203,7 +239,7 @@ DSV4_AVX512_TARGET void store_pairs_fp8(const std::uint8_t* codes, std::uint32_t
   _mm512_storeu_si512(out, pairs_fp8(codes));
 }
 
-DSV4_AVX512_TARGET __m512i pairs_fp4(const std::uint8_t* bytes) {
+DSV4_AVX512_INLINE __m512i pairs_fp4(const std::uint8_t* bytes) {
   const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes)));
   const __m512i tab = _mm512_loadu_si512(tables().e2m1);
   const __m512i lo = _mm512_permutexvar_epi32(_mm512_and_si512(b, _mm512_set1_epi32(0xF)), tab);
@@ -448,6 +484,26 @@ std::int64_t count_bad(const ref::weight_ref& w, std::int64_t n0, std::int64_t n
   return bad;
 }
 
+// The weight scales of the panel of rows [n0, n0 + 32) as the kernels read them: FP4 [block][32 rows] (0 past N),
+// FP8 [block] (the panel lies in one 128-row tile). Rows are read along their contiguous scale bytes.
+void panel_scales(const ref::weight_ref& w, std::int64_t n0, const geometry& g, std::vector<float>& sw) {
+  static const auto lut = [] {  // every UE8M0 byte's value (exact)
+    std::array<float, 256> t{};
+    for (int i = 0; i < 256; ++i) t[static_cast<std::size_t>(i)] = ue8m0{static_cast<std::uint8_t>(i)}.to_float();
+    return t;
+  }();
+  sw.assign(static_cast<std::size_t>(g.nblocks * (g.fp4 ? kPanel : 1)), 0.f);
+  if (!g.fp4) {
+    for (std::int64_t b = 0; b < g.nblocks; ++b)
+      sw[static_cast<std::size_t>(b)] = lut[w.scale(n0 / ref::kFp8WeightTile, b).bits];
+    return;
+  }
+  for (std::int64_t n = n0; n < std::min(w.n, n0 + kPanel); ++n) {
+    const ue8m0* row = &w.scale(n, 0);
+    for (std::int64_t b = 0; b < g.nblocks; ++b) sw[static_cast<std::size_t>(b * kPanel + (n - n0))] = lut[row[b].bits];
+  }
+}
+
 // Growable per-thread scratch (never shrinks, contents undefined on get).
 template <class T>
 struct scratch {
@@ -550,6 +606,58 @@ std::int64_t linear_official_f32(const float* x, std::int64_t T, std::int64_t ld
   }
 
 #if defined(__x86_64__)
+  // One token (a decode step of one sequence): rows in lanes, six prefill panels (192 rows) per task so that twelve
+  // dot chains run side by side (the token-lane scheme would use one lane in eight here).
+  if (dot && T == 1) {
+    constexpr int kGroup = 6;                            // panels per task
+    constexpr std::int64_t kChunkPairs = 512;            // pairs per packed chunk, as for prefill
+    const std::int64_t panels = (N + kPanel - 1) / kPanel, groups = (panels + kGroup - 1) / kGroup;
+    const std::int64_t chunk_blocks = kChunkPairs / g.pblock;
+    std::atomic<std::int64_t> bad_gv{0};
+    detail::parallel_rows(groups, 1, ex, [&](std::int64_t q0, std::int64_t q1) {
+      thread_local aligned_u32 buf[kGroup];
+      thread_local std::vector<float> swb[kGroup];
+      alignas(64) float tot[kGroup * kPanel];
+      for (std::int64_t q = q0; q < q1; ++q) {
+        const std::int64_t p0 = q * kGroup, np = std::min<std::int64_t>(kGroup, panels - p0);
+        const std::uint32_t* pan[kGroup];
+        const float* sws[kGroup];
+        bool skip = false;
+        for (std::int64_t i = 0; i < np; ++i) {
+          const std::int64_t n0 = (p0 + i) * kPanel, n1 = std::min(N, n0 + kPanel);
+          if (const std::int64_t b = count_bad(w, n0, n1)) {
+            bad_gv += b;
+            skip = true;
+          }
+          buf[i].need(static_cast<std::size_t>(kChunkPairs * kPanel));
+          auto& sw = swb[i];
+          panel_scales(w, n0, g, sw);
+          pan[i] = buf[i].p;
+          sws[i] = sw.data();
+        }
+        if (skip) continue;
+        std::fill(tot, tot + kGroup * kPanel, 0.f);
+        for (std::int64_t b0 = 0; b0 < g.nblocks; b0 += chunk_blocks) {
+          const std::int64_t b1 = std::min(g.nblocks, b0 + chunk_blocks);
+          const std::int64_t c0 = b0 * g.pblock, c1 = std::min(g.K2, b1 * g.pblock);
+          for (std::int64_t i = 0; i < np; ++i)
+            for (int half = 0; half < 2; ++half)
+              pack16_avx512(w, (p0 + i) * kPanel + 16 * half, c0, c1, buf[i].p, 16 * half);
+          switch (np) {
+            case 1: gemv_bf16<2>(xq.data(), sa.data(), pan, c0, sws, g, b0, b1, tot); break;
+            case 2: gemv_bf16<4>(xq.data(), sa.data(), pan, c0, sws, g, b0, b1, tot); break;
+            case 3: gemv_bf16<6>(xq.data(), sa.data(), pan, c0, sws, g, b0, b1, tot); break;
+            case 4: gemv_bf16<8>(xq.data(), sa.data(), pan, c0, sws, g, b0, b1, tot); break;
+            case 5: gemv_bf16<10>(xq.data(), sa.data(), pan, c0, sws, g, b0, b1, tot); break;
+            default: gemv_bf16<12>(xq.data(), sa.data(), pan, c0, sws, g, b0, b1, tot); break;
+          }
+        }
+        for (std::int64_t n = p0 * kPanel; n < std::min(N, (p0 + np) * kPanel); ++n)
+          y[n] = round_bf16(tot[n - p0 * kPanel]);
+      }
+    });
+    return bad_gv.load();
+  }
   // Few tokens (T <= 32: a MoE expert's share of a prefill, a decode step): token lanes, no panel packing.
   if (dot && T <= 32) {
     const int G = static_cast<int>((T + 7) / 8);
@@ -602,7 +710,6 @@ std::int64_t linear_official_f32(const float* x, std::int64_t T, std::int64_t ld
     thread_local aligned_u32 panel;
     thread_local std::vector<float> sw, acc;
     panel.need(static_cast<std::size_t>(kChunkPairs * kPanel));
-    sw.assign(static_cast<std::size_t>(g.nblocks * (g.fp4 ? kPanel : 1)), 0.f);
     acc.resize(static_cast<std::size_t>(T * kPanel));
     for (std::int64_t p = p0; p < p1; ++p) {
       const std::int64_t n0 = p * kPanel, n1 = std::min(N, n0 + kPanel);
@@ -611,13 +718,7 @@ std::int64_t linear_official_f32(const float* x, std::int64_t T, std::int64_t ld
         bad += my_bad;
         continue;
       }
-      for (std::int64_t b = 0; b < g.nblocks; ++b) {
-        if (g.fp4)
-          for (std::int64_t n = n0; n < n0 + kPanel; ++n)
-            sw[static_cast<std::size_t>(b * kPanel + (n - n0))] = n < N ? w.scale(n, b).to_float() : 0.f;
-        else
-          sw[static_cast<std::size_t>(b)] = w.scale(n0 / ref::kFp8WeightTile, b).to_float();
-      }
+      panel_scales(w, n0, g, sw);
       std::fill(acc.begin(), acc.end(), 0.f);
       for (std::int64_t b0 = 0; b0 < g.nblocks; b0 += chunk_blocks) {
         const std::int64_t b1 = std::min(g.nblocks, b0 + chunk_blocks);
