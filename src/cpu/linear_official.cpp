@@ -13,9 +13,13 @@
 // Every output depends only on its own x row and W row, in the same instruction sequence whatever T, the tile and the
 // thread count: official outputs are batch-invariant here as the fp32 ones are.
 //
-// Structure: x rows quantized to Q8 once (BF16 pairs as dwords, scales per 128); oneTBB over panels of 32 weight rows;
-// each task packs its panel as [K/2][32] dwords of BF16 code pairs (FP8 by arithmetic + a subnormal table, FP4 by a
-// 16-entry table, then a 16x16 dword transpose) and runs every 6-token tile against it.
+// Structure: x rows quantized to Q8 once (BF16 pairs as dwords, scales per 128), then by T:
+//   T > 32     oneTBB over panels of 32 weight rows; each task packs its panel per 512-pair chunk as [pairs][32]
+//              dwords of BF16 code pairs (FP8 by arithmetic + a subnormal table, FP4 by a 16-entry table, then a
+//              16x16 dword transpose) and runs every 6-token x 32-row tile against it (lanes = rows);
+//   2..32      token lanes: 8 tokens x 2 rows per vector, rows decoded per chunk without a transpose (tile_tl);
+//   1          six panels at once, one token against 12 vectors of rows (gemv_bf16).
+// In all three a lane runs the same instruction sequence for its (token, row), so the outputs are the same bits.
 #include <algorithm>
 #include <array>
 #include <atomic>
