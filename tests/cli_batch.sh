@@ -32,6 +32,10 @@ for mode in f32 fp8_ds_mla official; do
 done
 # The policies differ: same shape, different bytes.
 ! cmp -s "$W/out_f32/seq1.npy" "$W/out_official/seq1.npy"
+# Under official the fp8_ds_mla pages hold the KV entries exactly: the same bytes as f32 pages.
+"$D" run --model "$W/m" --prompt "$long" --chunk 16 --kv fp8_ds_mla --numerics official --logits "$W/o8.npy" >/dev/null
+"$D" run --model "$W/m" --prompt "$long" --chunk 16 --kv f32 --numerics official --logits "$W/o32.npy" >/dev/null
+cmp "$W/o8.npy" "$W/o32.npy"
 ! "$D" run --model "$W/m" --prompt 1,2 --numerics bf16 2>"$W/err"
 grep -q 'unknown numerics policy "bf16" (expected fp32 or official)' "$W/err"
 # The two layouts differ (BF16 rope dims in fp8_ds_mla) but only slightly: same shape, different bytes.

@@ -461,6 +461,14 @@ TEST_SUITE("official") {
       CHECK(same_bits(ga, full));
       CHECK(same_bits(gb, other_alone));
     }
+    // FlashMLA's fp8_ds_mla pages hold official KV entries exactly (FP8 nope dims already round-tripped with the same
+    // block-64 UE8M0 rule, BF16 rope dims), so they give the same bits as f32 pages under this policy.
+    {
+      pool_options po;
+      po.kv = cache::kv_format::fp8_ds_mla;
+      const transformer tf8(m.cfg, m.w, test::on(backend::cpu), po, numerics::official);
+      CHECK(same_bits(logits(tf8, ids, every(T, 16)), full));
+    }
     // ref vs cpu: both follow the same rounding points, but their fp32 reductions differ in order (ref sums in
     // double: mHC's norm and mixes, the gate, the compressor projections; cpu in fp32 lanes; the promoted GEMM's
     // block sums). Under fp32 that stays ~1e-7 (the test above); under official a 1e-7 difference now and then lands
