@@ -249,6 +249,13 @@ TEST_SUITE("paged") {
       CHECK(s == 0.125f);
       ops::key_load(k8, i32v(slot, {1}), f32v(back, {1, 128}));
       CHECK(back == w);
+      // The official policy's index score is defined on FP4 keys only: FP8 pages are refused by name.
+      std::vector<float> q(128, 0.5f), hw(1, 1.f), lg(static_cast<std::size_t>(2 * B));
+      std::vector<std::int32_t> tb = {0, 1}, rq = {0}, nk = {1};
+      check_error([&] {
+        ops::indexer_logits(f32v(q, {1, 1, 128}), f32v(hw, {1, 1}), k8, i32v(tb, {1, 2}), i32v(rq, {1}),
+                            i32v(nk, {1}), f32v(lg, {1, 2 * B}), {}, numerics::official);
+      }, {"indexer_logits", "numerics official scores FP4 key pages"});
     }
   }
 
