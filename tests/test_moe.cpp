@@ -326,6 +326,34 @@ TEST_CASE("numerics official: cpu within BF16 steps of ref; cpu rows independent
   }
 }
 
+TEST_CASE("numerics official, more tokens than one chunk (1024): rows across the chunk boundary equal their runs alone") {
+  if (!cpu::simd_isa()) return;
+  const std::int64_t D = 64, I = 32, E = 4, T = 1100;
+  const int k = 2;
+  std::vector<fp4w> w1, w2, w3;
+  std::vector<ops::ffn_weights> routed;
+  for (int e = 0; e < E; ++e) {
+    w1.emplace_back(I, D, 700 + e);
+    w2.emplace_back(D, I, 800 + e);
+    w3.emplace_back(I, D, 900 + e);
+  }
+  for (int e = 0; e < E; ++e) routed.push_back({w1[e].q(), w2[e].q(), w3[e].q()});
+  const fp8w s1(I, D, 11), s2(D, I, 12), s3(I, D, 13);
+  const ops::ffn_weights shared{s1.q(), s2.q(), s3.q()};
+  const buffer x = host_bf16(T, D, randn(T * D, 14));
+  const buffer logits = f32_buf({T, E}, randn(T * E, 15));
+  const auto r = route(logits, {ops::score_func::sqrtsoftplus, k, 1.5f}, tensor_view(), backend::ref);
+  buffer y(dtype::f32, {T, D});
+  ops::moe_ffn(x, r.w, r.idx, routed, &shared, 10.f, y, on(backend::cpu), numerics::official);
+  for (std::int64_t t : {0, 1023, 1024, 1099}) {
+    buffer one(dtype::f32, {1, D});
+    ops::moe_ffn(x.view().narrow(0, t, 1), r.w.view().narrow(0, t, 1), r.idx.view().narrow(0, t, 1), routed,
+                 &shared, 10.f, one, on(backend::cpu), numerics::official);
+    for (std::int64_t d = 0; d < D; ++d)
+      REQUIRE(f32_to_bits(one.host_span<float>()[d]) == f32_to_bits(y.host_span<float>()[t * D + d]));
+  }
+}
+
 TEST_CASE("errors: bad expert ids, non-finite logits and weights, topk, scoring names") {
   const buffer logits = f32_buf({2, 4}, {0.f, 1.f, 2.f, 3.f, 0.f, NAN, 1.f, 1.f});
   buffer w(dtype::f32, {2, 2}), idx(dtype::i32, {2, 2});
