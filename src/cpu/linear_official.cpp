@@ -67,6 +67,16 @@ const code_tables& tables() {
   return t;
 }
 
+// Every UE8M0 byte's value (exact; 0xFF is NaN, which count_bad keeps away from the kernels).
+const float* scale_lut() {
+  static const auto lut = [] {
+    std::array<float, 256> t{};
+    for (int i = 0; i < 256; ++i) t[static_cast<std::size_t>(i)] = ue8m0{static_cast<std::uint8_t>(i)}.to_float();
+    return t;
+  }();
+  return lut.data();
+}
+
 float bf16_value(std::uint32_t bits16) {
   return bits_to_f32(bits16 << 16);
 }
@@ -352,9 +362,24 @@ DSV4_BF16_TARGET void tile_tl(const std::uint32_t* xt, const float* sat, std::in
   __m512 part[P][G];
   for (int i = 0; i < P * G * 16; ++i) out[i] = 0.f;
   const std::int64_t chunk_blocks = kChunkTL / g.pblock, xs = g.K2 * 16;
+  // The scales of each row pair for the chunk's blocks, as the (row 2p, row 2p+1) float pair one broadcast reads.
+  const float* lut = scale_lut();
+  const ue8m0* srow[2 * P];
+  for (int r = 0; r < 2 * P; ++r) {
+    const std::int64_t n = std::min(n0 + r, w.n - 1);  // rows past N: any valid row (their weights decode to 0)
+    srow[r] = g.fp4 ? &w.scale(n, 0) : &w.scale(n / ref::kFp8WeightTile, 0);
+  }
+  alignas(64) float swp[P][kChunkTL / 16][2];  // [row pair][block of the chunk][row]; 16 = the smallest pblock
   for (std::int64_t cb = 0; cb < g.nblocks; cb += chunk_blocks) {
     const std::int64_t c0 = cb * g.pblock, c1 = std::min(g.K2, (cb + chunk_blocks) * g.pblock);
     decode_row_pairs(w, n0, P, c0, c1, wb);
+    const std::int64_t nbc = std::min(g.nblocks, cb + chunk_blocks) - cb;
+    for (int p = 0; p < P; ++p)
+      for (int sr = 0; sr < 2; ++sr) {
+        const bool real = n0 + 2 * p + sr < w.n;
+        for (std::int64_t b = 0; b < nbc; ++b)
+          swp[p][b][sr] = real ? lut[srow[2 * p + sr][(cb + b) * w.scale.stride[1]].bits] : 0.f;
+      }
     // Prefetch the next chunk of these rows while this one computes (2P short sequential streams, which the hardware
     // prefetchers pick up too late).
     if (c1 < g.K2)
@@ -390,14 +415,9 @@ DSV4_BF16_TARGET void tile_tl(const std::uint32_t* xt, const float* sat, std::in
       const std::int64_t ab = (j0 * 2) / ref::official::kActBlock;
 #pragma GCC unroll 24
       for (int p = 0; p < P; ++p) {
-        float sw[2];
-        for (int sr = 0; sr < 2; ++sr) {
-          const std::int64_t n = n0 + 2 * p + sr;
-          sw[sr] = n >= w.n ? 0.f : g.fp4 ? w.scale(n, b).to_float() : w.scale(n / ref::kFp8WeightTile, b).to_float();
-        }
-        long long swp;
-        std::memcpy(&swp, sw, 8);
-        const __m512 swv = _mm512_castsi512_ps(_mm512_set1_epi64(swp));
+        long long pair;
+        std::memcpy(&pair, swp[p][b - cb], 8);
+        const __m512 swv = _mm512_castsi512_ps(_mm512_set1_epi64(pair));
 #pragma GCC unroll 4
         for (int q = 0; q < G; ++q) {
           const __m512 s = _mm512_mul_ps(_mm512_loadu_ps(sat + (q * nb_a + ab) * 16), swv);  // sa_t · sw_n
@@ -491,20 +511,17 @@ std::int64_t count_bad(const ref::weight_ref& w, std::int64_t n0, std::int64_t n
 // The weight scales of the panel of rows [n0, n0 + 32) as the kernels read them: FP4 [block][32 rows] (0 past N),
 // FP8 [block] (the panel lies in one 128-row tile). Rows are read along their contiguous scale bytes.
 void panel_scales(const ref::weight_ref& w, std::int64_t n0, const geometry& g, std::vector<float>& sw) {
-  static const auto lut = [] {  // every UE8M0 byte's value (exact)
-    std::array<float, 256> t{};
-    for (int i = 0; i < 256; ++i) t[static_cast<std::size_t>(i)] = ue8m0{static_cast<std::uint8_t>(i)}.to_float();
-    return t;
-  }();
+  const float* lut = scale_lut();
   sw.assign(static_cast<std::size_t>(g.nblocks * (g.fp4 ? kPanel : 1)), 0.f);
   if (!g.fp4) {
     for (std::int64_t b = 0; b < g.nblocks; ++b)
       sw[static_cast<std::size_t>(b)] = lut[w.scale(n0 / ref::kFp8WeightTile, b).bits];
     return;
   }
+  const std::int64_t st = w.scale.stride[1];
   for (std::int64_t n = n0; n < std::min(w.n, n0 + kPanel); ++n) {
     const ue8m0* row = &w.scale(n, 0);
-    for (std::int64_t b = 0; b < g.nblocks; ++b) sw[static_cast<std::size_t>(b * kPanel + (n - n0))] = lut[row[b].bits];
+    for (std::int64_t b = 0; b < g.nblocks; ++b) sw[static_cast<std::size_t>(b * kPanel + (n - n0))] = lut[row[b * st].bits];
   }
 }
 
