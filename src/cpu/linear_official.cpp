@@ -17,7 +17,8 @@
 //   T > 32     oneTBB over panels of 32 weight rows; each task packs its panel per 512-pair chunk as [pairs][32]
 //              dwords of BF16 code pairs (FP8 by arithmetic + a subnormal table, FP4 by a 16-entry table, then a
 //              16x16 dword transpose) and runs every 6-token x 32-row tile against it (lanes = rows);
-//   2..32      token lanes: 8 tokens x 2 rows per vector, rows decoded per chunk without a transpose (tile_tl);
+//   2..32      token lanes: 8 tokens x 2 rows per vector, rows decoded per chunk without a transpose, 14-15 chains
+//              with their totals in registers (tile_tl);
 //   1          six panels at once, one token against 12 vectors of rows (gemv_bf16).
 // In all three a lane runs the same instruction sequence for its (token, row), so the outputs are the same bits.
 #include <algorithm>
@@ -357,10 +358,20 @@ DSV4_AVX512_TARGET void decode_row_pairs(const ref::weight_ref& w, std::int64_t 
 template <int P, int G>
 DSV4_BF16_TARGET void tile_tl(const std::uint32_t* xt, const float* sat, std::int64_t nb_a, const ref::weight_ref& w,
                               std::int64_t n0, const geometry& g, std::uint32_t* wb, float* out) {
-  // 24 partial accumulators in registers (dp latency x throughput needs that many chains); the promoted totals,
-  // touched once per block, live in memory (the caller's `out`).
+  // P·G partial accumulators (independent dot chains) and, when P·G <= 15, the promoted totals too stay in registers:
+  // 14-15 chains keep the dot units busy, and the per-block promotion then costs no memory round trip (measured: the
+  // V4-Flash MoE at T = 512 1.27x -> 1.35x the fp32 policy, against 24 chains with the totals in `out`).
   __m512 part[P][G];
-  for (int i = 0; i < P * G * 16; ++i) out[i] = 0.f;
+  constexpr bool kRegTot = P * G <= 15;  // totals in registers too (P·G partial + P·G total <= 30 registers)
+  __m512 tot[kRegTot ? P : 1][kRegTot ? G : 1];
+  if constexpr (kRegTot) {
+#pragma GCC unroll 24
+    for (int p = 0; p < P; ++p)
+#pragma GCC unroll 4
+      for (int q = 0; q < G; ++q) tot[p][q] = _mm512_setzero_ps();
+  } else {
+    for (int i = 0; i < P * G * 16; ++i) out[i] = 0.f;
+  }
   const std::int64_t chunk_blocks = kChunkTL / g.pblock, xs = g.K2 * 16;
   // The scales of each row pair for the chunk's blocks, as the (row 2p, row 2p+1) float pair one broadcast reads.
   const float* lut = scale_lut();
@@ -421,11 +432,21 @@ DSV4_BF16_TARGET void tile_tl(const std::uint32_t* xt, const float* sat, std::in
 #pragma GCC unroll 4
         for (int q = 0; q < G; ++q) {
           const __m512 s = _mm512_mul_ps(_mm512_loadu_ps(sat + (q * nb_a + ab) * 16), swv);  // sa_t · sw_n
-          float* o = out + (p * G + q) * 16;
-          _mm512_storeu_ps(o, _mm512_fmadd_ps(part[p][q], s, _mm512_loadu_ps(o)));
+          if constexpr (kRegTot) {
+            tot[p][q] = _mm512_fmadd_ps(part[p][q], s, tot[p][q]);
+          } else {
+            float* o = out + (p * G + q) * 16;
+            _mm512_storeu_ps(o, _mm512_fmadd_ps(part[p][q], s, _mm512_loadu_ps(o)));
+          }
         }
       }
     }
+  }
+  if constexpr (kRegTot) {
+#pragma GCC unroll 24
+    for (int p = 0; p < P; ++p)
+#pragma GCC unroll 4
+      for (int q = 0; q < G; ++q) _mm512_storeu_ps(out + (p * G + q) * 16, tot[p][q]);
   }
 }
 
@@ -682,7 +703,7 @@ std::int64_t linear_official_f32(const float* x, std::int64_t T, std::int64_t ld
   // Few tokens (T <= 32: a MoE expert's share of a prefill, a decode step): token lanes, no panel packing.
   if (dot && T <= 32) {
     const int G = static_cast<int>((T + 7) / 8);
-    const int P = G == 1 ? 24 : G == 2 ? 12 : G == 3 ? 8 : 6;  // P·G = 24 partial accumulators
+    const int P = G == 1 ? 14 : G == 2 ? 7 : G == 3 ? 5 : 3;  // P·G <= 15: partial and total accumulators in registers
     const span_ref<std::uint32_t> xt{xt_s.get(static_cast<std::size_t>(G * g.K2 * 16))};
     const span_ref<float> sat{sat_s.get(static_cast<std::size_t>(G * nb_a * 16))};
     std::fill(sat.data(), sat.data() + G * nb_a * 16, 0.f);
@@ -706,10 +727,10 @@ std::int64_t linear_official_f32(const float* x, std::int64_t T, std::int64_t ld
           continue;
         }
         switch (G) {
-          case 1: tile_tl<24, 1>(xt.data(), sat.data(), nb_a, w, n0, g, wb.data(), out); break;
-          case 2: tile_tl<12, 2>(xt.data(), sat.data(), nb_a, w, n0, g, wb.data(), out); break;
-          case 3: tile_tl<8, 3>(xt.data(), sat.data(), nb_a, w, n0, g, wb.data(), out); break;
-          default: tile_tl<6, 4>(xt.data(), sat.data(), nb_a, w, n0, g, wb.data(), out); break;
+          case 1: tile_tl<14, 1>(xt.data(), sat.data(), nb_a, w, n0, g, wb.data(), out); break;
+          case 2: tile_tl<7, 2>(xt.data(), sat.data(), nb_a, w, n0, g, wb.data(), out); break;
+          case 3: tile_tl<5, 3>(xt.data(), sat.data(), nb_a, w, n0, g, wb.data(), out); break;
+          default: tile_tl<3, 4>(xt.data(), sat.data(), nb_a, w, n0, g, wb.data(), out); break;
         }
         for (std::int64_t n = n0; n < n1; ++n) {
           const std::int64_t p = (n - n0) / 2, sr = (n - n0) % 2;
