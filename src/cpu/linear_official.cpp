@@ -396,22 +396,30 @@ DSV4_BF16_TARGET void tile_tl(const std::uint32_t* xt, const float* sat, std::in
           swp[p][b][sr] = real ? lut[srow[2 * p + sr][(cb + b) * w.scale.stride[1]].bits] : 0.f;
       }
     // Prefetch the next chunk of these rows while this one computes (2P short sequential streams, which the hardware
-    // prefetchers pick up too late).
-    // On the last chunk, the first chunk of the next row group instead (a task's groups are consecutive): without it a
-    // group's first decode waited on DRAM for every row (a fifth of the kernel's time in the V4 MoE).
-    {
-      const bool last = c1 >= g.K2;
-      const std::int64_t pn0 = last ? n0 + 2 * P : n0, pc = last ? 0 : c1;
-      for (int r = 0; r < 2 * P && pn0 + r < w.n; ++r) {
+    // prefetchers pick up too late); on the last chunk, the first chunk of the next row group instead (a task's groups
+    // are consecutive: without it a group's first decode waited on DRAM for every row, a fifth of the kernel's time in
+    // the V4 MoE). The lines are spread over the chunk's blocks, a few per block: issued in one burst, most of them
+    // were dropped with the miss buffers full.
+    const bool last_chunk = c1 >= g.K2;
+    const std::int64_t pn0 = last_chunk ? n0 + 2 * P : n0, pc = last_chunk ? 0 : c1;
+    const std::int64_t pf_rows = std::max<std::int64_t>(0, std::min<std::int64_t>(2 * P, w.n - pn0));
+    const std::int64_t pf_bytes = std::max<std::int64_t>(
+        0, std::min<std::int64_t>(g.fp4 ? kChunkTL : 2 * kChunkTL, g.fp4 ? g.K2 - pc : w.k - 2 * pc));
+    const std::int64_t pf_lines = (pf_bytes + 63) / 64, pf_total = pf_rows * pf_lines;
+    const std::int64_t nblk = std::min(g.nblocks, cb + chunk_blocks) - cb;
+    const std::int64_t pf_per_block = (pf_total + nblk - 1) / std::max<std::int64_t>(nblk, 1);
+    std::int64_t pf = 0;
+    auto prefetch_some = [&] {
+      for (std::int64_t i = 0; i < pf_per_block && pf < pf_total; ++i, ++pf) {
+        const std::int64_t r = pf / pf_lines, l = pf % pf_lines;
         const auto* row = g.fp4 ? reinterpret_cast<const char*>(&w.f4(pn0 + r, 0)) + pc
                                 : reinterpret_cast<const char*>(&w.f8(pn0 + r, 0)) + 2 * pc;
-        const std::int64_t bytes = std::min<std::int64_t>(g.fp4 ? kChunkTL : 2 * kChunkTL,
-                                                          (g.fp4 ? g.K2 : w.k - 2 * pc) - (g.fp4 ? pc : 0));
-        for (std::int64_t o = 0; o < bytes; o += 64) _mm_prefetch(row + o, _MM_HINT_T0);
+        _mm_prefetch(row + 64 * l, _MM_HINT_T0);
       }
-    }
+    };
     for (std::int64_t b = cb; b < std::min(g.nblocks, cb + chunk_blocks); ++b) {
       const std::int64_t j0 = b * g.pblock, j1 = std::min(g.K2, j0 + g.pblock);
+      prefetch_some();
       // Every loop over p and q is unrolled so that part[][] lives in registers (otherwise GCC keeps the array on
       // the stack and each dp waits on a store-to-load round trip).
 #pragma GCC unroll 24
