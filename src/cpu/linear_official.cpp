@@ -358,6 +358,15 @@ DSV4_AVX512_TARGET void decode_row_pairs(const ref::weight_ref& w, std::int64_t 
   }
 }
 
+// 16 UE8M0 bytes as their float values: byte << 23 (exact for 1 .. 254), 0 -> 2^-127 (the subnormal ue8m0 gives);
+// 0xFF (NaN) never reaches here (count_bad skips those rows).
+DSV4_AVX512_INLINE __m512 scale_floats(const ue8m0* s) {
+  const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s)));
+  const __m512i v = _mm512_slli_epi32(b, 23);
+  return _mm512_castsi512_ps(_mm512_mask_mov_epi32(v, _mm512_cmpeq_epi32_mask(b, _mm512_setzero_si512()),
+                                                   _mm512_set1_epi32(0x00400000)));
+}
+
 // Rows [n0, n0 + 2P) for G groups of 8 tokens: xt [G][K2][16] (duplicated pairs), sat [G][nb_a][16], out [P][G][16].
 template <int P, int G>
 DSV4_BF16_TARGET void tile_tl(const std::uint32_t* xt, const float* sat, std::int64_t nb_a, const ref::weight_ref& w,
@@ -389,12 +398,23 @@ DSV4_BF16_TARGET void tile_tl(const std::uint32_t* xt, const float* sat, std::in
     const std::int64_t c0 = cb * g.pblock, c1 = std::min(g.K2, (cb + chunk_blocks) * g.pblock);
     decode_row_pairs(w, n0, P, c0, c1, wb);
     const std::int64_t nbc = std::min(g.nblocks, cb + chunk_blocks) - cb;
-    for (int p = 0; p < P; ++p)
-      for (int sr = 0; sr < 2; ++sr) {
-        const bool real = n0 + 2 * p + sr < w.n;
-        for (std::int64_t b = 0; b < nbc; ++b)
-          swp[p][b][sr] = real ? lut[srow[2 * p + sr][(cb + b) * w.scale.stride[1]].bits] : 0.f;
+    for (int p = 0; p < P; ++p) {
+      const bool ra = n0 + 2 * p < w.n, rb = n0 + 2 * p + 1 < w.n;
+      std::int64_t b = 0;
+      if (w.scale.stride[1] == 1 && ra && rb)  // 16 blocks at a time: bytes -> floats (exact, see scale_floats)
+        for (; b + 16 <= nbc; b += 16) {
+          const __m512 fa = scale_floats(&srow[2 * p][cb + b]), fb = scale_floats(&srow[2 * p + 1][cb + b]);
+          // (a, b) pairs of 64 bits: unpack within 128-bit lanes, then put the lanes in block order
+          const __m512i lo = _mm512_castps_si512(_mm512_unpacklo_ps(fa, fb)), hi = _mm512_castps_si512(_mm512_unpackhi_ps(fa, fb));
+          _mm512_store_si512(&swp[p][b][0], _mm512_permutex2var_epi64(lo, _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11), hi));
+          _mm512_store_si512(&swp[p][b + 8][0],
+                             _mm512_permutex2var_epi64(lo, _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15), hi));
+        }
+      for (; b < nbc; ++b) {
+        swp[p][b][0] = ra ? lut[srow[2 * p][(cb + b) * w.scale.stride[1]].bits] : 0.f;
+        swp[p][b][1] = rb ? lut[srow[2 * p + 1][(cb + b) * w.scale.stride[1]].bits] : 0.f;
       }
+    }
     // Prefetch the next chunk of these rows while this one computes (2P short sequential streams, which the hardware
     // prefetchers pick up too late); on the last chunk, the first chunk of the next row group instead (a task's groups
     // are consecutive: without it a group's first decode waited on DRAM for every row, a fifth of the kernel's time in
