@@ -51,6 +51,9 @@ namespace {
 
 constexpr std::int64_t kPanel = 32;  // weight rows per panel: two 16-lane vectors
 constexpr int kTileT = 6;            // tokens per register tile: 6 x 2 partial + 6 x 2 total accumulators
+// K pairs per packed panel chunk (whole promotion blocks): 64 KiB of panel stays in L2 and a tile's x rows of it
+// (6 x 2 KiB) in L1 while every tile runs over it; the accumulators wait between chunks.
+constexpr std::int64_t kChunkPairs = 512;
 
 std::uint16_t bf16_bits(float v) { return bf16::from_float(v).bits; }
 
@@ -82,8 +85,24 @@ float bf16_value(std::uint32_t bits16) {
   return bits_to_f32(bits16 << 16);
 }
 
+// One K pair of BF16 codes as a dword (element 2j in the low half): FP8 codes row[2j], row[2j + 1] of a row of k codes
+// (the odd element past k is 0), or the two nibbles of one FP4 byte.
+std::uint32_t fp8_pair(const std::uint8_t* row, std::int64_t j, std::int64_t k) {
+  const auto& tb = tables();
+  return std::uint32_t{tb.e4m3[row[2 * j]]} | (2 * j + 1 < k ? std::uint32_t{tb.e4m3[row[2 * j + 1]]} << 16 : 0u);
+}
+std::uint32_t fp4_pair(std::uint8_t byte) {
+  const auto& tb = tables();
+  return tb.e2m1[byte & 0xF] | tb.e2m1[byte >> 4] << 16;
+}
+// Pair j of row n of an FP8 or FP4 weight; 0 for a row past N.
+std::uint32_t weight_pair(const ref::weight_ref& w, std::int64_t n, std::int64_t j) {
+  if (n >= w.n) return 0;
+  if (w.fmt == ref::wfmt::fp4_b32) return fp4_pair(w.f4(n, j).bits);
+  return fp8_pair(reinterpret_cast<const std::uint8_t*>(&w.f8(n, 0)), j, w.k);
+}
+
 // ---- the fixed-order block dot (portable: the definition the SIMD kernel matches) --------------------------------
-// One 32-lane tile row: tot[32] for x pairs xp[0, K2) against panel [K2][32].
 struct geometry {
   std::int64_t K2 = 0;        // K pairs (K rounded up to even)
   std::int64_t pblock = 0;    // pairs per promotion block (64 for FP8, 16 for FP4)
@@ -91,6 +110,7 @@ struct geometry {
   bool fp4 = false;
 };
 
+// One token row against the 32 lanes of a panel chunk starting at pair c0, blocks [b0, b1): tot[32] accumulates.
 void row_portable(const std::uint32_t* xp, const float* sa, const std::uint32_t* panel, std::int64_t c0,
                   const float* sw, const geometry& g, std::int64_t b0, std::int64_t b1, float* tot) {
   for (std::int64_t b = b0; b < b1; ++b) {
@@ -285,18 +305,8 @@ DSV4_AVX512_TARGET void pack16_avx512(const ref::weight_ref& w, std::int64_t n0,
     for (int j = 0; j < 16; ++j) _mm512_store_si512(panel + (j0 - c0 + j) * kPanel + col, v[j]);
   }
   // tail pairs (FP8 with K not a multiple of 32)
-  const auto& tb = tables();
   for (std::int64_t j = std::max(c0, full); j < c1; ++j)
-    for (int i = 0; i < 16; ++i) {
-      const std::int64_t n = n0 + i;
-      std::uint32_t d = 0;
-      if (n < w.n) {
-        const std::uint32_t lo = tb.e4m3[w.f8(n, 2 * j).bits];
-        const std::uint32_t hi = 2 * j + 1 < w.k ? tb.e4m3[w.f8(n, 2 * j + 1).bits] : 0u;
-        d = lo | hi << 16;
-      }
-      panel[(j - c0) * kPanel + col + i] = d;
-    }
+    for (int i = 0; i < 16; ++i) panel[(j - c0) * kPanel + col + i] = weight_pair(w, n0 + i, j);
 }
 
 // ---- token lanes (small T: MoE experts, decode) --------------------------------------------------------------------
@@ -309,12 +319,13 @@ constexpr std::int64_t kChunkTL = 512;  // pairs of each row decoded at once
 // Dwords between row pairs in the decode buffer: 2·512 + 16, not 1024. With a 4 KiB stride the 24 row pairs of a
 // step all map to one L1 set (12 ways) and every broadcast misses: 2.6 instead of 7.9 dp/ns in a micro-benchmark.
 constexpr std::int64_t kStrideTL = 2 * kChunkTL + 16;
+constexpr int kMaxChainsTL = 15;  // P·G of a tile: its partial and total accumulators take 30 of the 32 registers
+constexpr int kMaxPairsTL = 14;   // P of the 8-token tile (the most row pairs of any tile: the decode buffer's size)
 
 // Pairs [c0, c1) of rows n0 + 2p + s (p < P, s < 2; rows >= N decode as zeros) interleaved by row pair:
 // wb[p · kStrideTL + (j − c0) · 2 + s]. c0 is a multiple of 16.
 DSV4_AVX512_TARGET void decode_row_pairs(const ref::weight_ref& w, std::int64_t n0, int P, std::int64_t c0,
                                          std::int64_t c1, std::uint32_t* wb) {
-  const auto& tb = tables();
   const __m512i tab4 = fp4_table();
   alignas(64) std::uint32_t tmp[2][kChunkTL];  // one row pair's chunk before interleaving
   for (int p = 0; p < P; ++p) {
@@ -332,11 +343,7 @@ DSV4_AVX512_TARGET void decode_row_pairs(const ref::weight_ref& w, std::int64_t 
       } else {
         const auto* row = reinterpret_cast<const std::uint8_t*>(&w.f8(n, 0));
         for (; j + 16 <= c1 && 2 * j + 32 <= w.k; j += 16) _mm512_store_si512(out + j, pairs_fp8(row + 2 * j));
-        for (; j < c1; ++j) {
-          const std::uint32_t lo = tb.e4m3[row[2 * j]];
-          const std::uint32_t hi = 2 * j + 1 < w.k ? tb.e4m3[row[2 * j + 1]] : 0u;
-          out[j] = lo | hi << 16;
-        }
+        for (; j < c1; ++j) out[j] = fp8_pair(row, j, w.k);
       }
     }
     std::uint32_t* dst = wb + p * kStrideTL;
@@ -371,20 +378,15 @@ DSV4_AVX512_INLINE __m512 scale_floats(const ue8m0* s) {
 template <int P, int G>
 DSV4_BF16_TARGET void tile_tl(const std::uint32_t* xt, const float* sat, std::int64_t nb_a, const ref::weight_ref& w,
                               std::int64_t n0, const geometry& g, std::uint32_t* wb, float* out) {
-  // P·G partial accumulators (independent dot chains) and, when P·G <= 15, the promoted totals too stay in registers:
-  // 14-15 chains keep the dot units busy, and the per-block promotion then costs no memory round trip (measured: the
-  // V4-Flash MoE at T = 512 1.27x -> 1.35x the fp32 policy, against 24 chains with the totals in `out`).
-  __m512 part[P][G];
-  constexpr bool kRegTot = P * G <= 15;  // totals in registers too (P·G partial + P·G total <= 30 registers)
-  __m512 tot[kRegTot ? P : 1][kRegTot ? G : 1];
-  if constexpr (kRegTot) {
+  // P·G partial accumulators (independent dot chains) and the promoted totals all stay in registers: 14-15 chains
+  // keep the dot units busy, and the per-block promotion then costs no memory round trip (measured: the V4-Flash MoE
+  // at T = 512 1.27x -> 1.35x the fp32 policy, against 24 chains with the totals in memory).
+  static_assert(P * G <= kMaxChainsTL, "P·G partial + P·G total accumulators must fit the 32 vector registers");
+  __m512 part[P][G], tot[P][G];
 #pragma GCC unroll 24
-    for (int p = 0; p < P; ++p)
+  for (int p = 0; p < P; ++p)
 #pragma GCC unroll 4
-      for (int q = 0; q < G; ++q) tot[p][q] = _mm512_setzero_ps();
-  } else {
-    for (int i = 0; i < P * G * 16; ++i) out[i] = 0.f;
-  }
+    for (int q = 0; q < G; ++q) tot[p][q] = _mm512_setzero_ps();
   const std::int64_t chunk_blocks = kChunkTL / g.pblock, xs = g.K2 * 16;
   // The scales of each row pair for the chunk's blocks, as the (row 2p, row 2p+1) float pair one broadcast reads.
   const float* lut = scale_lut();
@@ -426,8 +428,7 @@ DSV4_BF16_TARGET void tile_tl(const std::uint32_t* xt, const float* sat, std::in
     const std::int64_t pf_bytes = std::max<std::int64_t>(
         0, std::min<std::int64_t>(g.fp4 ? kChunkTL : 2 * kChunkTL, g.fp4 ? g.K2 - pc : w.k - 2 * pc));
     const std::int64_t pf_lines = (pf_bytes + 63) / 64, pf_total = pf_rows * pf_lines;
-    const std::int64_t nblk = std::min(g.nblocks, cb + chunk_blocks) - cb;
-    const std::int64_t pf_per_block = (pf_total + nblk - 1) / std::max<std::int64_t>(nblk, 1);
+    const std::int64_t pf_per_block = (pf_total + nbc - 1) / std::max<std::int64_t>(nbc, 1);
     std::int64_t pf = 0;
     auto prefetch_some = [&] {
       for (std::int64_t i = 0; i < pf_per_block && pf < pf_total; ++i, ++pf) {
@@ -437,7 +438,7 @@ DSV4_BF16_TARGET void tile_tl(const std::uint32_t* xt, const float* sat, std::in
         _mm_prefetch(row + 64 * l, _MM_HINT_T0);
       }
     };
-    for (std::int64_t b = cb; b < std::min(g.nblocks, cb + chunk_blocks); ++b) {
+    for (std::int64_t b = cb; b < cb + nbc; ++b) {
       const std::int64_t j0 = b * g.pblock, j1 = std::min(g.K2, j0 + g.pblock);
       prefetch_some();
       // Every loop over p and q is unrolled so that part[][] lives in registers (otherwise GCC keeps the array on
@@ -469,22 +470,15 @@ DSV4_BF16_TARGET void tile_tl(const std::uint32_t* xt, const float* sat, std::in
 #pragma GCC unroll 4
         for (int q = 0; q < G; ++q) {
           const __m512 s = _mm512_mul_ps(_mm512_loadu_ps(sat + (q * nb_a + ab) * 16), swv);  // sa_t · sw_n
-          if constexpr (kRegTot) {
-            tot[p][q] = _mm512_fmadd_ps(part[p][q], s, tot[p][q]);
-          } else {
-            float* o = out + (p * G + q) * 16;
-            _mm512_storeu_ps(o, _mm512_fmadd_ps(part[p][q], s, _mm512_loadu_ps(o)));
-          }
+          tot[p][q] = _mm512_fmadd_ps(part[p][q], s, tot[p][q]);
         }
       }
     }
   }
-  if constexpr (kRegTot) {
 #pragma GCC unroll 24
-    for (int p = 0; p < P; ++p)
+  for (int p = 0; p < P; ++p)
 #pragma GCC unroll 4
-      for (int q = 0; q < G; ++q) _mm512_storeu_ps(out + (p * G + q) * 16, tot[p][q]);
-  }
+    for (int q = 0; q < G; ++q) _mm512_storeu_ps(out + (p * G + q) * 16, tot[p][q]);
 }
 
 // xt [G][K2][16] from x pairs xq [T][K2]: lane 2t + s of group q = token 8q + t (zero past T), 16 pairs at a time
@@ -526,24 +520,8 @@ bool has_avx512bw() { return false; }
 
 void pack16_portable(const ref::weight_ref& w, std::int64_t n0, std::int64_t c0, std::int64_t c1, std::uint32_t* panel,
                      int col) {
-  const auto& tb = tables();
-  for (int i = 0; i < 16; ++i) {
-    const std::int64_t n = n0 + i;
-    for (std::int64_t j = c0; j < c1; ++j) {
-      std::uint32_t d = 0;
-      if (n < w.n) {
-        if (w.fmt == ref::wfmt::fp4_b32) {
-          const std::uint8_t b = w.f4(n, j).bits;
-          d = tb.e2m1[b & 0xF] | tb.e2m1[b >> 4] << 16;
-        } else {
-          const std::uint32_t lo = tb.e4m3[w.f8(n, 2 * j).bits];
-          const std::uint32_t hi = 2 * j + 1 < w.k ? tb.e4m3[w.f8(n, 2 * j + 1).bits] : 0u;
-          d = lo | hi << 16;
-        }
-      }
-      panel[(j - c0) * kPanel + col + i] = d;
-    }
-  }
+  for (int i = 0; i < 16; ++i)
+    for (std::int64_t j = c0; j < c1; ++j) panel[(j - c0) * kPanel + col + i] = weight_pair(w, n0 + i, j);
 }
 
 // NaN weights of rows [n0, n1) (ref::official::decode_codes' count).
@@ -592,14 +570,6 @@ struct scratch {
     return v.data();
   }
 };
-// A raw pointer with the two members the code below uses on vectors.
-template <class T>
-struct span_ref {
-  T* p;
-  T* data() const { return p; }
-  T& operator[](std::size_t i) const { return p[i]; }
-};
-
 struct aligned_u32 {
   std::uint32_t* p = nullptr;
   std::size_t n = 0;
@@ -645,38 +615,35 @@ std::int64_t linear_official_f32(const float* x, std::int64_t T, std::int64_t ld
   thread_local scratch<float> sa_s, sat_s;
   thread_local scratch<fp8_e4m3> codes_s;
   thread_local scratch<ue8m0> sbytes_s;
-  std::uint32_t* const xqp = xq_s.get(static_cast<std::size_t>(T * g.K2));
-  float* const sap = sa_s.get(static_cast<std::size_t>(T * nb_a));
-  const span_ref<std::uint32_t> xq{xqp};
-  const span_ref<float> sa{sap};
+  std::uint32_t* const xq = xq_s.get(static_cast<std::size_t>(T * g.K2));  // [T][K2]
+  float* const sa = sa_s.get(static_cast<std::size_t>(T * nb_a));            // [T][nb_a]
   const bool simd = has_avx512bw(), dot = has_bf16();
   if (K % ref::official::kActBlock == 0) {
-    const span_ref<fp8_e4m3> codes{codes_s.get(static_cast<std::size_t>(T * K))};
-    const span_ref<ue8m0> sbytes{sbytes_s.get(static_cast<std::size_t>(T * nb_a))};
+    fp8_e4m3* const codes = codes_s.get(static_cast<std::size_t>(T * K));
+    ue8m0* const sbytes = sbytes_s.get(static_cast<std::size_t>(T * nb_a));
     view<const float, 2> xv{x, {T, K}, {ldx, 1}};
-    block_quantize<float, fp8_e4m3>(xv, view<fp8_e4m3, 2>{codes.data(), {T, K}, {K, 1}},
-                                    view<ue8m0, 2>{sbytes.data(), {T, nb_a}, {nb_a, 1}},
+    block_quantize<float, fp8_e4m3>(xv, view<fp8_e4m3, 2>{codes, {T, K}, {K, 1}},
+                                    view<ue8m0, 2>{sbytes, {T, nb_a}, {nb_a, 1}},
                                     static_cast<int>(ref::official::kActBlock), ex);
     for (std::size_t i = 0; i < static_cast<std::size_t>(T * nb_a); ++i) sa[i] = sbytes[i].to_float();
     detail::parallel_rows(T, 16, ex, [&](std::int64_t t0, std::int64_t t1) {
       for (std::int64_t t = t0; t < t1; ++t) {
-        const auto* c = reinterpret_cast<const std::uint8_t*>(codes.data() + t * K);
-        std::uint32_t* out = xq.data() + t * g.K2;
+        const auto* c = reinterpret_cast<const std::uint8_t*>(codes + t * K);
+        std::uint32_t* out = xq + t * g.K2;
 #if defined(__x86_64__)
         if (simd) {
           for (std::int64_t j = 0; j < g.K2; j += 16) store_pairs_fp8(c + 2 * j, out + j);
           continue;
         }
 #endif
-        const auto& tb = tables();
-        for (std::int64_t j = 0; j < g.K2; ++j) out[j] = std::uint32_t{tb.e4m3[c[2 * j]]} | std::uint32_t{tb.e4m3[c[2 * j + 1]]} << 16;
+        for (std::int64_t j = 0; j < g.K2; ++j) out[j] = fp8_pair(c, j, K);
       }
     });
   } else {
     detail::parallel_rows(T, 8, ex, [&](std::int64_t t0, std::int64_t t1) {
       std::vector<float> q(static_cast<std::size_t>(g.K2 * 2), 0.f);
       for (std::int64_t t = t0; t < t1; ++t) {
-        ref::official::act_quant_fp8(x + t * ldx, K, q.data(), sa.data() + t * nb_a);
+        ref::official::act_quant_fp8(x + t * ldx, K, q.data(), sa + t * nb_a);
         for (std::int64_t j = 0; j < g.K2; ++j)
           xq[static_cast<std::size_t>(t * g.K2 + j)] = std::uint32_t{bf16_bits(q[static_cast<std::size_t>(2 * j)])} |
                                                        std::uint32_t{bf16_bits(q[static_cast<std::size_t>(2 * j + 1)])} << 16;
@@ -688,8 +655,7 @@ std::int64_t linear_official_f32(const float* x, std::int64_t T, std::int64_t ld
   // One token (a decode step of one sequence): rows in lanes, six prefill panels (192 rows) per task so that twelve
   // dot chains run side by side (the token-lane scheme would use one lane in eight here).
   if (dot && T == 1) {
-    constexpr int kGroup = 6;                            // panels per task
-    constexpr std::int64_t kChunkPairs = 512;            // pairs per packed chunk, as for prefill
+    constexpr int kGroup = 6;  // panels per task
     const std::int64_t panels = (N + kPanel - 1) / kPanel, groups = (panels + kGroup - 1) / kGroup;
     const std::int64_t chunk_blocks = kChunkPairs / g.pblock;
     std::atomic<std::int64_t> bad_gv{0};
@@ -723,12 +689,12 @@ std::int64_t linear_official_f32(const float* x, std::int64_t T, std::int64_t ld
             for (int half = 0; half < 2; ++half)
               pack16_avx512(w, (p0 + i) * kPanel + 16 * half, c0, c1, buf[i].p, 16 * half);
           switch (np) {
-            case 1: gemv_bf16<2>(xq.data(), sa.data(), pan, c0, sws, g, b0, b1, tot); break;
-            case 2: gemv_bf16<4>(xq.data(), sa.data(), pan, c0, sws, g, b0, b1, tot); break;
-            case 3: gemv_bf16<6>(xq.data(), sa.data(), pan, c0, sws, g, b0, b1, tot); break;
-            case 4: gemv_bf16<8>(xq.data(), sa.data(), pan, c0, sws, g, b0, b1, tot); break;
-            case 5: gemv_bf16<10>(xq.data(), sa.data(), pan, c0, sws, g, b0, b1, tot); break;
-            default: gemv_bf16<12>(xq.data(), sa.data(), pan, c0, sws, g, b0, b1, tot); break;
+            case 1: gemv_bf16<2>(xq, sa, pan, c0, sws, g, b0, b1, tot); break;
+            case 2: gemv_bf16<4>(xq, sa, pan, c0, sws, g, b0, b1, tot); break;
+            case 3: gemv_bf16<6>(xq, sa, pan, c0, sws, g, b0, b1, tot); break;
+            case 4: gemv_bf16<8>(xq, sa, pan, c0, sws, g, b0, b1, tot); break;
+            case 5: gemv_bf16<10>(xq, sa, pan, c0, sws, g, b0, b1, tot); break;
+            default: gemv_bf16<12>(xq, sa, pan, c0, sws, g, b0, b1, tot); break;
           }
         }
         for (std::int64_t n = p0 * kPanel; n < std::min(N, (p0 + np) * kPanel); ++n)
@@ -740,11 +706,11 @@ std::int64_t linear_official_f32(const float* x, std::int64_t T, std::int64_t ld
   // Few tokens (T <= 32: a MoE expert's share of a prefill, a decode step): token lanes, no panel packing.
   if (dot && T <= 32) {
     const int G = static_cast<int>((T + 7) / 8);
-    const int P = G == 1 ? 14 : G == 2 ? 7 : G == 3 ? 5 : 3;  // P·G <= 15: partial and total accumulators in registers
-    const span_ref<std::uint32_t> xt{xt_s.get(static_cast<std::size_t>(G * g.K2 * 16))};
-    const span_ref<float> sat{sat_s.get(static_cast<std::size_t>(G * nb_a * 16))};
-    std::fill(sat.data(), sat.data() + G * nb_a * 16, 0.f);
-    build_token_lanes(xq.data(), T, g.K2, xt.data());
+    const int P = G == 1 ? kMaxPairsTL : G == 2 ? 7 : G == 3 ? 5 : 3;  // P·G <= kMaxChainsTL
+    std::uint32_t* const xt = xt_s.get(static_cast<std::size_t>(G * g.K2 * 16));  // [G][K2][16]
+    float* const sat = sat_s.get(static_cast<std::size_t>(G * nb_a * 16));        // [G][nb_a][16]
+    std::fill(sat, sat + G * nb_a * 16, 0.f);
+    build_token_lanes(xq, T, g.K2, xt);
     for (std::int64_t t = 0; t < T; ++t) {
       const std::int64_t q = t / 8, l = 2 * (t % 8);
       for (std::int64_t ab = 0; ab < nb_a; ++ab)
@@ -755,8 +721,8 @@ std::int64_t linear_official_f32(const float* x, std::int64_t T, std::int64_t ld
     std::atomic<std::int64_t> bad_tl{0};
     detail::parallel_rows(groups, 1, ex, [&](std::int64_t q0, std::int64_t q1) {
       thread_local std::vector<std::uint32_t> wb;
-      wb.resize(static_cast<std::size_t>(24 * kStrideTL));
-      alignas(64) float out[24 * 16];
+      wb.resize(static_cast<std::size_t>(kMaxPairsTL * kStrideTL));
+      alignas(64) float out[kMaxChainsTL * 16];
       for (std::int64_t qq = q0; qq < q1; ++qq) {
         const std::int64_t n0 = qq * rows, n1 = std::min(N, n0 + rows);
         if (const std::int64_t b = count_bad(w, n0, n1)) {
@@ -764,10 +730,10 @@ std::int64_t linear_official_f32(const float* x, std::int64_t T, std::int64_t ld
           continue;
         }
         switch (G) {
-          case 1: tile_tl<14, 1>(xt.data(), sat.data(), nb_a, w, n0, g, wb.data(), out); break;
-          case 2: tile_tl<7, 2>(xt.data(), sat.data(), nb_a, w, n0, g, wb.data(), out); break;
-          case 3: tile_tl<5, 3>(xt.data(), sat.data(), nb_a, w, n0, g, wb.data(), out); break;
-          default: tile_tl<3, 4>(xt.data(), sat.data(), nb_a, w, n0, g, wb.data(), out); break;
+          case 1: tile_tl<kMaxPairsTL, 1>(xt, sat, nb_a, w, n0, g, wb.data(), out); break;
+          case 2: tile_tl<7, 2>(xt, sat, nb_a, w, n0, g, wb.data(), out); break;
+          case 3: tile_tl<5, 3>(xt, sat, nb_a, w, n0, g, wb.data(), out); break;
+          default: tile_tl<3, 4>(xt, sat, nb_a, w, n0, g, wb.data(), out); break;
         }
         for (std::int64_t n = n0; n < n1; ++n) {
           const std::int64_t p = (n - n0) / 2, sr = (n - n0) % 2;
@@ -781,9 +747,6 @@ std::int64_t linear_official_f32(const float* x, std::int64_t T, std::int64_t ld
 #endif
   const std::int64_t panels = (N + kPanel - 1) / kPanel;
   std::atomic<std::int64_t> bad{0};
-  // K in chunks of kChunkPairs pairs (whole promotion blocks): a chunk of the panel (64 KiB) stays in L2 and a tile's
-  // x rows of it (6 x 2 KiB) in L1 while every tile runs over it; the accumulators wait in `acc` between chunks.
-  constexpr std::int64_t kChunkPairs = 512;
   const std::int64_t chunk_blocks = kChunkPairs / g.pblock;
   detail::parallel_rows(panels, 1, ex, [&](std::int64_t p0, std::int64_t p1) {
     thread_local aligned_u32 panel;
@@ -817,8 +780,8 @@ std::int64_t linear_official_f32(const float* x, std::int64_t T, std::int64_t ld
           const float* sr[kTileT];
           float* out[kTileT];
           for (int r = 0; r < R; ++r) {
-            xr[r] = xq.data() + (t0 + r) * g.K2;
-            sr[r] = sa.data() + (t0 + r) * nb_a;
+            xr[r] = xq + (t0 + r) * g.K2;
+            sr[r] = sa + (t0 + r) * nb_a;
             out[r] = acc.data() + (t0 + r) * kPanel;
           }
           bool done = false;
@@ -843,7 +806,6 @@ std::int64_t linear_official_f32(const float* x, std::int64_t T, std::int64_t ld
         for (std::int64_t n = n0; n < n1; ++n) y[t * ldy + n] = round_bf16(acc[static_cast<std::size_t>(t * kPanel + (n - n0))]);
     }
   });
-  (void)dot;
   return bad.load();
 }
 
