@@ -32,7 +32,7 @@ inline const char* score_func_name(score_func f) {
 inline score_func parse_score_func(std::string_view name) {
   for (score_func f : {score_func::sqrtsoftplus, score_func::sigmoid, score_func::softmax})
     if (name == score_func_name(f)) return f;
-  DSV4_FAIL("parse_score_func", "unknown scoring function \"", detail::printable(name, 40),
+  DSV4_FAIL("parse_score_func", "unknown scoring function \"", ::dsv4::detail::printable(name, 40),
             "\" (expected sqrtsoftplus, sigmoid or softmax)");
 }
 
