@@ -16,27 +16,21 @@
 #include "dsv4/cpu/linear.hpp"
 #include "dsv4/cpu/moe.hpp"
 #include "dsv4/numerics.hpp"
+#include "dsv4/ref/official.hpp"
 #include "parallel.hpp"
 
 namespace dsv4::cpu {
 
 namespace {
 
-// One expert over `n` gathered rows xs [n, D]: out [n, D] = w2(bf16(swiglu(w1 xs, w3 xs) · weight)), all official.
+// One expert (ref::official::expert) through the CPU's promoted linear.
 std::int64_t run_expert(const ref::ffn_ref& f, const float* xs, std::int64_t n, std::int64_t D, const float* weight,
                         float limit, float* out, std::vector<float>& g, std::vector<float>& u, const exec& ex) {
-  const std::int64_t I = f.w1.n;
-  g.resize(static_cast<std::size_t>(n * I));
-  u.resize(g.size());
-  std::int64_t bad = linear_official_f32(xs, n, D, f.w1, g.data(), I, ex);
-  bad += linear_official_f32(xs, n, D, f.w3, u.data(), I, ex);
-  for (std::int64_t i = 0; i < n; ++i)
-    for (std::int64_t j = 0; j < I; ++j) {
-      const std::size_t at = static_cast<std::size_t>(i * I + j);
-      g[at] = round_bf16(ref::swiglu(g[at], u[at], limit, weight[i]));
-    }
-  bad += linear_official_f32(g.data(), n, I, f.w2, out, D, ex);
-  return bad;
+  return ref::official::expert(
+      [&](const float* x, std::int64_t rows, std::int64_t ldx, const ref::weight_ref& w, float* y, std::int64_t ldy) {
+        return linear_official_f32(x, rows, ldx, w, y, ldy, ex);
+      },
+      f, xs, n, D, weight, limit, out, g, u);
 }
 
 // One chunk of tokens (all of moe_ffn_official's work; see there).

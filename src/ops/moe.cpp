@@ -119,23 +119,18 @@ void moe_hash_route(const tensor_view& logits, const route_config& cfg, const te
 namespace {
 
 // The official policy's MoE (official-numerics.md §1 X1-X5), the reference driver (the CPU backend schedules the same
-// per-token arithmetic in parallel: cpu::moe_ffn_official): `lin` is the promoted linear on raw fp32 rows. Per expert in ascending id,
-// its tokens gathered: g = lin(x, w1), u = lin(x, w3) (BF16 values), h = bf16(silu(min(g, L)) · clamp(u, ±L) · route
-// weight) (the route weight before w2, the BF16 cast before w2's Q8: two roundings), o = lin(h, w2) (BF16); each
-// token's o added to its fp32 accumulator in ascending expert id, then the shared expert's (no route weight), then
-// y = bf16(acc). Every step is per token, so a token's output does not depend on the batch.
-using lin_fn = std::int64_t (*)(const float* x, std::int64_t T, std::int64_t ldx, const ref::weight_ref& w, float* y,
-                                std::int64_t ldy, const exec& ex);
-
-std::int64_t lin_ref(const float* x, std::int64_t T, std::int64_t ldx, const ref::weight_ref& w, float* y,
-                     std::int64_t ldy, const exec&) {
-  return ref::official::linear(view<const float, 2>{x, {T, w.k}, {ldx, 1}}, w, view<float, 2>{y, {T, w.n}, {ldy, 1}});
-}
-
-std::int64_t moe_official(lin_fn lin, const float* x, std::int64_t T, std::int64_t D, view<const float, 2> wv,
-                          view<const std::int32_t, 2> iv, const std::vector<ref::ffn_ref>& rr,
-                          const std::vector<char>& bound, const ref::ffn_ref* shared, float limit, float* acc,
-                          const exec& ex) {
+// per-token arithmetic in parallel: cpu::moe_ffn_official). Per expert in ascending id, its tokens gathered through
+// ref::official::expert with the reference's promoted linear; each token's output added to its fp32 accumulator in
+// ascending expert id, then the shared expert's (no route weight), then y = bf16(acc). Every step is per token, so a
+// token's output does not depend on the batch.
+std::int64_t moe_official_ref(const float* x, std::int64_t T, std::int64_t D, view<const float, 2> wv,
+                              view<const std::int32_t, 2> iv, const std::vector<ref::ffn_ref>& rr,
+                              const std::vector<char>& bound, const ref::ffn_ref* shared, float limit, float* acc) {
+  auto lin = [](const float* xr, std::int64_t rows, std::int64_t ldx, const ref::weight_ref& w, float* y,
+                std::int64_t ldy) {
+    return ref::official::linear(view<const float, 2>{xr, {rows, w.k}, {ldx, 1}}, w,
+                                 view<float, 2>{y, {rows, w.n}, {ldy, 1}});
+  };
   const std::int64_t k = iv.size(1), E = static_cast<std::int64_t>(rr.size());
   std::int64_t bad = 0;
   std::fill(acc, acc + T * D, 0.f);
@@ -143,20 +138,11 @@ std::int64_t moe_official(lin_fn lin, const float* x, std::int64_t T, std::int64
   std::vector<std::int64_t> tok;
   std::vector<float> rw;
   auto run = [&](const ref::ffn_ref& f) {
-    const std::int64_t n = static_cast<std::int64_t>(tok.size()), I = f.w1.n;
+    const std::int64_t n = static_cast<std::int64_t>(tok.size());
     xs.resize(static_cast<std::size_t>(n * D));
     for (std::int64_t i = 0; i < n; ++i) std::copy(x + tok[i] * D, x + (tok[i] + 1) * D, xs.begin() + i * D);
-    g.resize(static_cast<std::size_t>(n * I));
-    u.resize(g.size());
     o.resize(static_cast<std::size_t>(n * D));
-    bad += lin(xs.data(), n, D, f.w1, g.data(), I, ex);
-    bad += lin(xs.data(), n, D, f.w3, u.data(), I, ex);
-    for (std::int64_t i = 0; i < n; ++i)
-      for (std::int64_t j = 0; j < I; ++j) {
-        const std::size_t at = static_cast<std::size_t>(i * I + j);
-        g[at] = round_bf16(ref::swiglu(g[at], u[at], limit, rw[static_cast<std::size_t>(i)]));
-      }
-    bad += lin(g.data(), n, I, f.w2, o.data(), D, ex);
+    bad += ref::official::expert(lin, f, xs.data(), n, D, rw.data(), limit, o.data(), g, u);
     for (std::int64_t i = 0; i < n; ++i)
       for (std::int64_t d = 0; d < D; ++d) acc[tok[i] * D + d] += o[static_cast<std::size_t>(i * D + d)];
   };
@@ -246,8 +232,8 @@ void moe_ffn(const tensor_view& x, const tensor_view& w, const tensor_view& idx,
         std::vector<float> xf(static_cast<std::size_t>(T * D)), acc(xf.size());
         for (std::int64_t t = 0; t < T; ++t)
           for (std::int64_t d = 0; d < D; ++d) xf[static_cast<std::size_t>(t * D + d)] = to_f32(xv(t, d));
-        bad = be == backend::ref ? moe_official(lin_ref, xf.data(), T, D, wv, iv, rr, bound, shared ? &sr : nullptr,
-                                                swiglu_limit, acc.data(), ex)
+        bad = be == backend::ref ? moe_official_ref(xf.data(), T, D, wv, iv, rr, bound, shared ? &sr : nullptr,
+                                                    swiglu_limit, acc.data())
                                  : cpu::moe_ffn_official(xf.data(), T, D, wv, iv, rr, shared ? &sr : nullptr,
                                                          swiglu_limit, acc.data(), ex);
         for (std::int64_t t = 0; t < T; ++t)

@@ -18,6 +18,7 @@
 #include "dsv4/ref/flops.hpp"
 #include "dsv4/ref/indexer.hpp"
 #include "dsv4/ref/linear.hpp"
+#include "dsv4/ref/moe.hpp"
 #include "dsv4/ref/quant.hpp"
 #include "dsv4/tensor.hpp"
 
@@ -124,6 +125,27 @@ std::int64_t linear(view<const TX, 2> x, const weight_ref& w, view<TY, 2> y) {
       y(t, n) = from_f32<TY>(round_bf16(promoted_dot(q.data() + t * K, sa.data() + t * nb, codes.data(), sw.data(), K, block)));
   }
   return bad;
+}
+
+// ---- one MoE expert (§1 X1-X3) ----------------------------------------------------------------------------------
+// n gathered rows xs [n, D] -> out [n, D]: g = lin(xs, w1), u = lin(xs, w3) (BF16 values), h = bf16(silu(min(g, L)) ·
+// clamp(u, ±L) · weight[row]) (the route weight before w2, then the BF16 cast before w2's Q8: two roundings),
+// out = lin(h, w2) (BF16). `lin(x, rows, ldx, w, y, ldy)` is a backend's promoted linear on raw fp32 rows (returns the
+// NaN-weight count); g and u are scratch. Both backends' MoE drivers run their experts through this.
+template <class Lin>
+std::int64_t expert(Lin&& lin, const ffn_ref& f, const float* xs, std::int64_t n, std::int64_t D, const float* weight,
+                    float limit, float* out, std::vector<float>& g, std::vector<float>& u) {
+  const std::int64_t I = f.w1.n;
+  g.resize(static_cast<std::size_t>(n * I));
+  u.resize(g.size());
+  std::int64_t bad = lin(xs, n, D, f.w1, g.data(), I);
+  bad += lin(xs, n, D, f.w3, u.data(), I);
+  for (std::int64_t i = 0; i < n; ++i)
+    for (std::int64_t j = 0; j < I; ++j) {
+      const std::size_t at = static_cast<std::size_t>(i * I + j);
+      g[at] = round_bf16(swiglu(g[at], u[at], limit, weight[i]));
+    }
+  return bad + lin(g.data(), n, I, f.w2, out, D);
 }
 
 // ---- the q head norm in BF16 arithmetic (§1 A9, §4 item 3) ---------------------------------------------------------
