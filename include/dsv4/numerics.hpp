@@ -36,4 +36,10 @@ inline void round_bf16(float* v, std::int64_t n) {
   for (std::int64_t i = 0; i < n; ++i) v[i] = round_bf16(v[i]);
 }
 
+// Where a step's output is a BF16 tensor in the official code: rounded to BF16 under `official`, left as is under
+// `fp32`. The one switch the model code and the ops use at those points.
+inline void round_activations(numerics nm, float* v, std::int64_t n) {
+  if (nm == numerics::official) round_bf16(v, n);
+}
+
 }  // namespace dsv4

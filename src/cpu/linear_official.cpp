@@ -274,6 +274,14 @@ DSV4_AVX512_TARGET void store_pairs_fp8(const std::uint8_t* codes, std::uint32_t
   _mm512_storeu_si512(out, pairs_fp8(codes));
 }
 
+// The dwords of a and b interleaved in order: lo = a0 b0 a1 b1 .. a7 b7, hi = a8 b8 .. a15 b15 (unpack works within
+// 128-bit lanes; the 64-bit permutes put the lanes back in order).
+DSV4_AVX512_INLINE void interleave32(__m512i a, __m512i b, __m512i& lo, __m512i& hi) {
+  const __m512i l = _mm512_unpacklo_epi32(a, b), h = _mm512_unpackhi_epi32(a, b);
+  lo = _mm512_permutex2var_epi64(l, _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11), h);
+  hi = _mm512_permutex2var_epi64(l, _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15), h);
+}
+
 // tab: the 16 BF16 bits of the E2M1 codes as dwords (fp4_table(), loaded once by the caller: a load of tables()
 // inside the loop kept a static-guard test in it).
 DSV4_AVX512_INLINE __m512i fp4_table() { return _mm512_loadu_si512(tables().e2m1); }
@@ -350,11 +358,8 @@ DSV4_AVX512_TARGET void decode_row_pairs(const ref::weight_ref& w, std::int64_t 
     std::int64_t j = 0;
     const std::int64_t n = c1 - c0;
     for (; j + 16 <= n; j += 16) {  // interleave the two rows' dwords
-      const __m512i a = _mm512_load_si512(tmp[0] + j), b = _mm512_load_si512(tmp[1] + j);
-      const __m512i lo = _mm512_unpacklo_epi32(a, b), hi = _mm512_unpackhi_epi32(a, b);
-      // unpack works per 128-bit lane: (lo, hi) lane L hold pairs 4L..4L+1 and 4L+2..4L+3 of both rows
-      const __m512i o0 = _mm512_permutex2var_epi64(lo, _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11), hi);
-      const __m512i o1 = _mm512_permutex2var_epi64(lo, _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15), hi);
+      __m512i o0, o1;
+      interleave32(_mm512_load_si512(tmp[0] + j), _mm512_load_si512(tmp[1] + j), o0, o1);
       _mm512_storeu_si512(dst + 2 * j, o0);
       _mm512_storeu_si512(dst + 2 * j + 16, o1);
     }
@@ -405,12 +410,11 @@ DSV4_BF16_TARGET void tile_tl(const std::uint32_t* xt, const float* sat, std::in
       std::int64_t b = 0;
       if (w.scale.stride[1] == 1 && ra && rb)  // 16 blocks at a time: bytes -> floats (exact, see scale_floats)
         for (; b + 16 <= nbc; b += 16) {
-          const __m512 fa = scale_floats(&srow[2 * p][cb + b]), fb = scale_floats(&srow[2 * p + 1][cb + b]);
-          // (a, b) pairs of 64 bits: unpack within 128-bit lanes, then put the lanes in block order
-          const __m512i lo = _mm512_castps_si512(_mm512_unpacklo_ps(fa, fb)), hi = _mm512_castps_si512(_mm512_unpackhi_ps(fa, fb));
-          _mm512_store_si512(&swp[p][b][0], _mm512_permutex2var_epi64(lo, _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11), hi));
-          _mm512_store_si512(&swp[p][b + 8][0],
-                             _mm512_permutex2var_epi64(lo, _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15), hi));
+          __m512i lo, hi;  // (row a, row b) float pairs in block order
+          interleave32(_mm512_castps_si512(scale_floats(&srow[2 * p][cb + b])),
+                       _mm512_castps_si512(scale_floats(&srow[2 * p + 1][cb + b])), lo, hi);
+          _mm512_store_si512(&swp[p][b][0], lo);
+          _mm512_store_si512(&swp[p][b + 8][0], hi);
         }
       for (; b < nbc; ++b) {
         swp[p][b][0] = ra ? lut[srow[2 * p][(cb + b) * w.scale.stride[1]].bits] : 0.f;

@@ -143,11 +143,7 @@ void attention_layer::forward(const tensor_view& x, const row_batch& rows, const
   attention_trace& tr = trace ? *trace : local;
   tr = {};
 
-  // official: round to BF16 here (a no-op under fp32).
-  const bool off = nm_ == numerics::official;
-  auto bf = [&](float* v, std::int64_t n) {
-    if (off) round_bf16(v, n);
-  };
+  const bool off = nm_ == numerics::official;  // round_activations below: BF16 under official, nothing under fp32
   const std::int64_t rd = cf.rope_head_dim;
 
   // Query path.
@@ -155,7 +151,7 @@ void attention_layer::forward(const tensor_view& x, const row_batch& rows, const
   ops::linear(x, w_.wq_a, qr, ex_, nm_);
   for (std::int64_t t = 0; t < T; ++t) {
     rms_norm(data(qr) + t * cf.q_lora_rank, cf.q_lora_rank, q_norm_.data(), cf.norm_eps);
-    bf(data(qr) + t * cf.q_lora_rank, cf.q_lora_rank);
+    round_activations(nm_, data(qr) + t * cf.q_lora_rank, cf.q_lora_rank);
   }
   ops::linear(qr, w_.wq_b, q, ex_, nm_);
   for (std::int64_t t = 0; t < T; ++t)
@@ -164,7 +160,7 @@ void attention_layer::forward(const tensor_view& x, const row_batch& rows, const
       if (off) ref::official::q_head_norm(v, hd, static_cast<float>(cf.norm_eps));  // §1 A9: BF16 arithmetic
       else rms_norm(v, hd, nullptr, cf.norm_eps);  // per-head RMS rescale, no weight
       rope_.apply(v, nope, pos_of(t));
-      bf(v + nope, rd);
+      round_activations(nm_, v + nope, rd);
     }
 
   // Window KV path: each row's entry stored at its position in its sequence's window pages.
@@ -175,9 +171,9 @@ void attention_layer::forward(const tensor_view& x, const row_batch& rows, const
     for (std::int64_t t = 0; t < T; ++t) {
       float* v = data(kvn) + t * hd;
       rms_norm(v, hd, kv_norm_.data(), cf.norm_eps);
-      bf(v, hd);
+      round_activations(nm_, v, hd);
       rope_.apply(v, nope, pos_of(t));
-      bf(v + nope, rd);
+      round_activations(nm_, v + nope, rd);
     }
     ops::block_round_trip(kvn.view().narrow(1, 0, nope), kvn.view().narrow(1, 0, nope), ops::quant_format::fp8_e4m3,
                           64, ex_);
@@ -202,7 +198,7 @@ void attention_layer::forward(const tensor_view& x, const row_batch& rows, const
     p.rope_dim = cf.rope_head_dim;
     p.norm_eps = cf.norm_eps;
     p.indexer = indexer;
-    p.official = off;
+    p.nm = nm_;
     const tables st(pool, seqs, layer_, indexer ? region::state_index : region::state_main);
     const tables out_t(pool, seqs, layer_, indexer ? region::keys : region::compressed);
     const cache::state_rows state = pool.state_view(layer_, indexer);
@@ -241,15 +237,15 @@ void attention_layer::forward(const tensor_view& x, const row_batch& rows, const
       for (std::int64_t h = 0; h < ih; ++h) {
         float* v = data(qi) + (t * ih + h) * ic;
         rope_.apply(v, ic - rd, pos_of(t));
-        bf(v + ic - rd, rd);
+        round_activations(nm_, v + ic - rd, rd);
       }
     ops::hadamard(qi, qi, ex_);
-    bf(data(qi), T * ih * ic);  // §1 I3: bf16(f32(sum · c^-1/2))
+    round_activations(nm_, data(qi), T * ih * ic);  // §1 I3: bf16(f32(sum · c^-1/2))
     ops::block_round_trip(qi, qi, ops::quant_format::fp4_e2m1, 32, ex_);
     ops::linear(x, ix.weights_proj, wts, ex_, nm_);  // official: the BF16 GEMM (§1 I5)
     const float wscale = static_cast<float>(1.0 / std::sqrt(double(ic)) / std::sqrt(double(ih)));
     for (std::int64_t i = 0; i < T * ih; ++i) data(wts)[i] *= wscale;
-    bf(data(wts), T * ih);
+    round_activations(nm_, data(wts), T * ih);
     tr.emitted_index = compress(ix.compressor.wkv, ix.compressor.wgate, index_ape_, index_norm_, 4, ic, true);
 
     // k = min(index_topk, the most keys any row sees): each row then keeps min(index_topk, its keys), as always.
@@ -314,7 +310,7 @@ void attention_layer::forward(const tensor_view& x, const row_batch& rows, const
   for (std::int64_t t = 0; t < T; ++t)
     for (std::int64_t h = 0; h < H; ++h) {
       rope_.apply(data(o) + (t * H + h) * hd, nope, pos_of(t), /*inverse=*/true);
-      bf(data(o) + (t * H + h) * hd + nope, rd);
+      round_activations(nm_, data(o) + (t * H + h) * hd + nope, rd);
     }
 
   // Output: wo_a per group (heads k·H/g .. (k+1)·H/g − 1, flattened head-major), then wo_b.
@@ -330,7 +326,8 @@ void attention_layer::forward(const tensor_view& x, const row_batch& rows, const
                      : ops::qweight{wa.narrow(0, k * ol, ol), {}, w_.wo_a.name};
     ops::linear(ov.narrow(1, k * gin, gin), group, o2.view().narrow(1, k * ol, ol), ex_);
   }
-  bf(data(o2), T * g * ol);  // official: wo_a is a BF16 einsum (§1 S3, §4 item 8): fp32 accumulation, BF16 output
+  // official: wo_a is a BF16 einsum (§1 S3, §4 item 8): fp32 accumulation, BF16 output
+  round_activations(nm_, data(o2), T * g * ol);
   ops::linear(o2, w_.wo_b, y, ex_, nm_);
   for (std::int64_t s : seqs) pool.commit(s, layer_, next[s]);
   (void)R;

@@ -208,11 +208,8 @@ void transformer::forward_batch(std::span<const batch_entry> batch, forward_trac
     const std::int64_t bad = first_non_finite(f(h) + t * D, D);
     DSV4_CHECK(bad < 0, kOp, "embed.weight row ", id, " (token ", id, ") holds a non-finite value at column ", bad);
   }
-  const bool off = nm_ == numerics::official;
-  auto bf = [&](const buffer& b, std::int64_t n) {  // official: BF16 here (§1); fp32: nothing
-    if (off) round_bf16(f(b), n);
-  };
-  bf(h, T * D);  // E1: the BF16 table (a no-op for BF16 checkpoints)
+  // round_activations: BF16 here under official (§1), nothing under fp32
+  round_activations(nm_, f(h), T * D);  // E1: the BF16 table (a no-op for BF16 checkpoints)
   ops::hc_expand(h, x, ex_);
   (trace ? trace->embed_s : sink) += clock();
 
@@ -229,9 +226,9 @@ void transformer::forward_batch(std::span<const batch_entry> batch, forward_trac
     layer_trace& tt = lt ? *lt : scratch;
     // Attention sub-block.
     ops::hc_pre(x, b.hc_attn.fn, b.hc_attn.scale, b.hc_attn.base, y, post, comb, mc, ex_);
-    bf(y, T * D);  // A4
+    round_activations(nm_, f(y), T * D);  // A4
     rms_norm_rows(f(y), T, D, attn_norm_[l], c.norm_eps);
-    bf(y, T * D);  // A5
+    round_activations(nm_, f(y), T * D);  // A5
     tt.mhc_s += clock();
     try {
       attn_[l].forward(y, rb, fo, lt ? &lt->attn : nullptr);
@@ -240,12 +237,12 @@ void transformer::forward_batch(std::span<const batch_entry> batch, forward_trac
     }
     tt.attn_s += clock();
     ops::hc_post(fo, x, post, comb, x, ex_);
-    bf(x, T * n * D);  // A16
+    round_activations(nm_, f(x), T * n * D);  // A16
     // MoE sub-block.
     ops::hc_pre(x, b.hc_ffn.fn, b.hc_ffn.scale, b.hc_ffn.base, y, post, comb, mc, ex_);
-    bf(y, T * D);  // F1-F4
+    round_activations(nm_, f(y), T * D);  // F1-F4
     rms_norm_rows(f(y), T, D, ffn_norm_[l], c.norm_eps);
-    bf(y, T * D);
+    round_activations(nm_, f(y), T * D);
     tt.mhc_s += clock();
     const bool hashed = c.hash_routed(b.layer);
     try {
@@ -259,7 +256,7 @@ void transformer::forward_batch(std::span<const batch_entry> batch, forward_trac
     }
     tt.moe_s += clock();
     ops::hc_post(fo, x, post, comb, x, ex_);
-    bf(x, T * n * D);  // F5
+    round_activations(nm_, f(x), T * n * D);  // F5
     tt.mhc_s += clock();
     if (lt) {
       std::vector<char> used(static_cast<std::size_t>(E), 0);
@@ -286,9 +283,9 @@ void transformer::forward_batch(std::span<const batch_entry> batch, forward_trac
     std::memcpy(f(xs) + i * n * D, f(x) + head_rows[static_cast<std::size_t>(i)] * n * D, sizeof(float) * n * D);
   buffer yh(dtype::f32, {Rh, D});
   ops::hc_head(xs, w_.hc_head.fn, w_.hc_head.scale, w_.hc_head.base, yh, mc, ex_);
-  bf(yh, Rh * D);  // H1
+  round_activations(nm_, f(yh), Rh * D);  // H1
   rms_norm_rows(f(yh), Rh, D, norm_, c.norm_eps);
-  bf(yh, Rh * D);  // H2; the head GEMM and the logits stay fp32 (H3)
+  round_activations(nm_, f(yh), Rh * D);  // H2; the head GEMM and the logits stay fp32 (H3)
   const std::int64_t bad_h = first_non_finite(f(yh), Rh * D);
   DSV4_CHECK(bad_h < 0, kOp, "the final norm produced a non-finite value (row ", bad_h / std::max<std::int64_t>(D, 1),
              "): hc_head_fn / hc_head_base / hc_head_scale or norm.weight overflow fp32 for this input");

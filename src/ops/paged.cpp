@@ -356,22 +356,18 @@ void compressor_emit(const tensor_view& positions, const tensor_view& row_req, c
       }
       out[ch] = num / den;
     }
-    if (p.official) {  // official-numerics.md §1 C4, C5: bf16(pooled), then norm -> bf16, RoPE -> bf16
-      round_bf16(out, c);
-      ref::rms_norm(out, c, f32p(norm_weight), p.norm_eps);
-      round_bf16(out, c);
-      ref::rope_rotate(out + (c - p.rope_dim), f32p(rope_freq), p.rope_dim / 2, r * j, false);
-      round_bf16(out + (c - p.rope_dim), p.rope_dim);
-    } else {
-      ref::rms_norm(out, c, f32p(norm_weight), p.norm_eps);
-      ref::rope_rotate(out + (c - p.rope_dim), f32p(rope_freq), p.rope_dim / 2, r * j, false);
-    }
+    // official (official-numerics.md §1 C4, C5): bf16(pooled), then the norm -> bf16 and RoPE -> bf16
+    round_activations(p.nm, out, c);
+    ref::rms_norm(out, c, f32p(norm_weight), p.norm_eps);
+    round_activations(p.nm, out, c);
+    ref::rope_rotate(out + (c - p.rope_dim), f32p(rope_freq), p.rope_dim / 2, r * j, false);
+    round_activations(p.nm, out + (c - p.rope_dim), p.rope_dim);
   });
   const exec inner = with_backend(ex, be);
   const tensor_view v(buf.data(), dtype::f32, {n, c});
   if (p.indexer) {
     hadamard(v, v, inner);
-    if (p.official) round_bf16(buf.data(), n * c);  // §1 I3 / C6b: bf16(f32(sum · 128^-1/2)) before QRT4
+    round_activations(p.nm, buf.data(), n * c);  // §1 I3 / C6b: bf16(f32(sum · 128^-1/2)) before QRT4
     block_round_trip(v, v, quant_format::fp4_e2m1, 32, inner);
   } else {
     block_round_trip(v.narrow(1, 0, c - p.rope_dim), v.narrow(1, 0, c - p.rope_dim), quant_format::fp8_e4m3, 64,

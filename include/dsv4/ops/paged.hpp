@@ -42,8 +42,8 @@ struct compressor_params {
   double norm_eps = 1e-6;
   bool indexer = false;          // false: FP8 round trip of dims [0, c − rope_dim) (block 64) into KV pages;
                                  // true: Hadamard over c + FP4 round trip (block 32) into key pages
-  bool official = false;         // numerics official (official-numerics.md §1 C4-C6): the pooled entry rounded to BF16
-                                 // before the norm, the norm and RoPE outputs to BF16, the Hadamard output to BF16
+  numerics nm = numerics::fp32;  // official (official-numerics.md §1 C4-C6): the pooled entry rounded to BF16 before
+                                 // the norm, the norm and RoPE outputs to BF16, the Hadamard output to BF16
   int coff() const { return ratio == 4 ? 2 : 1; }
 };
 
