@@ -166,8 +166,11 @@ TEST_CASE("cpu vs ref: bitwise for FP4 blocks whose fp32 partial sums are exact,
 
 TEST_CASE("cpu: official outputs do not depend on the batch or the thread count") {
   if (!cpu::simd_isa()) return;
-  for (dtype dt : {dtype::fp4_e2m1, dtype::fp8_e4m3}) {
-    const std::int64_t N = 72, K = 256, T = 19;
+  // T = 19: token lanes, T = 70: panels; each row against T = 1 (the GEMV), so all three schemes meet.
+  for (dtype dt : {dtype::fp4_e2m1, dtype::fp8_e4m3})
+  for (const std::int64_t T : {19, 70}) {
+    CAPTURE(T);
+    const std::int64_t N = 72, K = 256;
     const auto tw = make_weight(dt, N, K, 81);
     const auto xv = randn(static_cast<std::size_t>(T * K), 82, 3.f);
     buffer all(dtype::f32, {T, N});
