@@ -53,6 +53,26 @@ struct fp8w {
   ops::qweight q() const { return {w.view(), s.view()}; }
 };
 
+// E routed FP4 experts (w1, w2, w3 seeded r + e, r + 100 + e, r + 200 + e) and an FP8 shared expert (seeds sh,
+// sh + 1, sh + 2), SwiGLU shapes D -> I -> D. Not movable: the ffn_weights view its own buffers.
+struct expert_set {
+  std::vector<fp4w> w1, w2, w3;
+  fp8w s1, s2, s3;
+  std::vector<ops::ffn_weights> routed;
+  ops::ffn_weights shared;
+  expert_set(std::int64_t D, std::int64_t I, int E, std::uint64_t r, std::uint64_t sh)
+      : s1(I, D, sh), s2(D, I, sh + 1), s3(I, D, sh + 2), shared{s1.q(), s2.q(), s3.q()} {
+    for (int e = 0; e < E; ++e) {
+      w1.emplace_back(I, D, r + static_cast<std::uint64_t>(e));
+      w2.emplace_back(D, I, r + 100 + static_cast<std::uint64_t>(e));
+      w3.emplace_back(I, D, r + 200 + static_cast<std::uint64_t>(e));
+    }
+    for (int e = 0; e < E; ++e) routed.push_back({w1[e].q(), w2[e].q(), w3[e].q()});
+  }
+  expert_set(const expert_set&) = delete;
+  expert_set& operator=(const expert_set&) = delete;
+};
+
 }  // namespace
 
 TEST_SUITE("moe") {
@@ -240,16 +260,9 @@ TEST_CASE("routed outputs are summed in ascending expert order, then the shared 
 TEST_CASE("FP4 routed + FP8 shared experts: cpu equals ref; cpu rows independent of batch and threads") {
   const std::int64_t D = 64, I = 96, E = 8, T = 21;
   const int k = 3;
-  std::vector<fp4w> w1, w2, w3;
-  std::vector<ops::ffn_weights> routed;
-  for (int e = 0; e < E; ++e) {
-    w1.emplace_back(I, D, 100 + e);
-    w2.emplace_back(D, I, 200 + e);
-    w3.emplace_back(I, D, 300 + e);
-  }
-  for (int e = 0; e < E; ++e) routed.push_back({w1[e].q(), w2[e].q(), w3[e].q()});
-  const fp8w s1(I, D, 1), s2(D, I, 2), s3(I, D, 3);
-  const ops::ffn_weights shared{s1.q(), s2.q(), s3.q()};
+  const expert_set experts(D, I, E, 100, 1);
+  const std::vector<ops::ffn_weights>& routed = experts.routed;
+  const ops::ffn_weights& shared = experts.shared;
   const buffer x = host_bf16(T, D, randn(T * D, 7));
   const buffer logits = f32_buf({T, E}, randn(T * E, 8));
   const auto r = route(logits, {ops::score_func::sqrtsoftplus, k, 1.5f}, tensor_view(), backend::ref);
@@ -280,16 +293,9 @@ TEST_CASE("FP4 routed + FP8 shared experts: cpu equals ref; cpu rows independent
 TEST_CASE("numerics official: cpu within BF16 steps of ref; cpu rows independent of batch and threads") {
   const std::int64_t D = 128, I = 96, E = 8, T = 40;  // T > 32 for the shared expert: both official GEMM schemes
   const int k = 3;
-  std::vector<fp4w> w1, w2, w3;
-  std::vector<ops::ffn_weights> routed;
-  for (int e = 0; e < E; ++e) {
-    w1.emplace_back(I, D, 400 + e);
-    w2.emplace_back(D, I, 500 + e);
-    w3.emplace_back(I, D, 600 + e);
-  }
-  for (int e = 0; e < E; ++e) routed.push_back({w1[e].q(), w2[e].q(), w3[e].q()});
-  const fp8w s1(I, D, 4), s2(D, I, 5), s3(I, D, 6);
-  const ops::ffn_weights shared{s1.q(), s2.q(), s3.q()};
+  const expert_set experts(D, I, E, 400, 4);
+  const std::vector<ops::ffn_weights>& routed = experts.routed;
+  const ops::ffn_weights& shared = experts.shared;
   const buffer x = host_bf16(T, D, randn(T * D, 9));
   const buffer logits = f32_buf({T, E}, randn(T * E, 10));
   const auto r = route(logits, {ops::score_func::sqrtsoftplus, k, 1.5f}, tensor_view(), backend::ref);
@@ -330,16 +336,9 @@ TEST_CASE("numerics official, more tokens than one chunk (1024): rows across the
   if (!cpu::simd_isa()) return;
   const std::int64_t D = 64, I = 32, E = 4, T = 1100;
   const int k = 2;
-  std::vector<fp4w> w1, w2, w3;
-  std::vector<ops::ffn_weights> routed;
-  for (int e = 0; e < E; ++e) {
-    w1.emplace_back(I, D, 700 + e);
-    w2.emplace_back(D, I, 800 + e);
-    w3.emplace_back(I, D, 900 + e);
-  }
-  for (int e = 0; e < E; ++e) routed.push_back({w1[e].q(), w2[e].q(), w3[e].q()});
-  const fp8w s1(I, D, 11), s2(D, I, 12), s3(I, D, 13);
-  const ops::ffn_weights shared{s1.q(), s2.q(), s3.q()};
+  const expert_set experts(D, I, E, 700, 11);
+  const std::vector<ops::ffn_weights>& routed = experts.routed;
+  const ops::ffn_weights& shared = experts.shared;
   const buffer x = host_bf16(T, D, randn(T * D, 14));
   const buffer logits = f32_buf({T, E}, randn(T * E, 15));
   const auto r = route(logits, {ops::score_func::sqrtsoftplus, k, 1.5f}, tensor_view(), backend::ref);
