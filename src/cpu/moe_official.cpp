@@ -91,13 +91,14 @@ std::int64_t moe_chunk(const float* x, std::int64_t T, std::int64_t D, view<cons
   }
   // Combine per token: ascending expert id (slot order among equals), then the shared expert; BF16.
   detail::parallel_rows(T, 8, ex, [&](std::int64_t t0, std::int64_t t1) {
-    std::vector<std::int64_t> order(static_cast<std::size_t>(k));
+    std::vector<int> order(static_cast<std::size_t>(k));
+    std::vector<std::int32_t> ids(static_cast<std::size_t>(k));
     for (std::int64_t t = t0; t < t1; ++t) {
-      std::iota(order.begin(), order.end(), std::int64_t{0});
-      std::stable_sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) { return idx(t, a) < idx(t, b); });
+      for (std::int64_t i = 0; i < k; ++i) ids[static_cast<std::size_t>(i)] = idx(t, i);
+      ref::slot_order(ids.data(), static_cast<int>(k), order.data());  // ref::moe_ffn's order
       float* yt = y + t * D;
       std::fill(yt, yt + D, 0.f);
-      for (std::int64_t i : order) {
+      for (int i : order) {
         const bf16* r = rows.data() + (t * k + i) * D;
         for (std::int64_t d = 0; d < D; ++d) yt[d] += r[d].to_float();
       }
