@@ -1,9 +1,20 @@
-// cuda/quant.cu — CUDA kernels and launchers of the block quantizers and dequantization (spec §6.2–§6.4).
+// cuda/quant.cu — CUDA kernels and launchers of the block quantizers and dequantization (spec §6.2–§6.4), bitwise
+// equal to ref/quant.hpp for every input, finite or not.
 //
-// Quantizers: one warp per quantization block (block 32/64/128 -> 1/2/4 values per lane); the block amax and the
-// finiteness test are warp reductions; the UE8M0 scale uses the shared bit rule (formats.hpp); codes come from the
-// CUDA cvt routines — an implementation independent of ref's frexp/rint one. FP4 pairs are packed by the even
-// lane (element 2c in the low nibble). Dequantization: one thread per value, grid-stride.
+// Quantizers: one warp per quantization block, lane l holding the PER = block/32 consecutive values from
+// 32·PER·b + PER·l (PER a template parameter: registers, no local memory). The block amax is a warp max
+// (exact, order-free), the scale the shared UE8M0 rule (formats.hpp), x / s an IEEE division like ref's (exact: s is
+// a power of two), the clamp ref's comparisons (NaN stays NaN, with its sign), then the encode:
+//   FP8: cvt.rn.satfinite.e4m3x2 (every target here is sm_89+), NaN handled first (ref's sign | 0x7F);
+//   FP4: cvt.rn.satfinite.e2m1x2 on family-specific Blackwell targets (sm_100a / 100f), elsewhere the integer RNE
+//        encoder of formats.hpp (not CUDA's double-precision emulation, which maps NaN to +6 without a sign rule
+//        of ours). conversion_mismatches() holds both hardware conversions to the integer encoders on the device.
+// A non-finite block is still written as ref writes it (NaN codes, scale 0xFF when amax is inf) and reported
+// through the launch's status (status_nonfinite_input, one count per block).
+// Grids: blockIdx.x = row, blockIdx.y = group of 8 blocks (warps) of that row: no integer division in the kernels.
+// Dequantization: blockIdx.x = row, one thread per code byte (FP4: two values) or per value (FP8); NaN codes and
+// NaN scales are counted per value (status_nan_code). Where an output is NaN, its bits are the GPU's canonical NaN,
+// not necessarily the host's: outputs are bitwise ref's except that NaN equals any NaN.
 #include <cuda_fp4.h>
 #include <cuda_fp8.h>
 
@@ -13,156 +24,267 @@
 #include "dsv4/cuda/quant.hpp"
 #include "dsv4/detail/quant_instances.hpp"
 
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FAMILY_SPECIFIC__) && (__CUDA_ARCH_FAMILY_SPECIFIC__ >= 1000)
+#define DSV4_FP4_CVT 1  // the e2m1x2 conversion instruction exists on this target
+#else
+#define DSV4_FP4_CVT 0
+#endif
+
 namespace dsv4::cuda {
 namespace {
 
 constexpr unsigned kFull = 0xFFFFFFFFu;
+constexpr unsigned kWarpsPerCta = 8, kThreads = 32 * kWarpsPerCta;
+
+// The hardware conversions, NaN excluded (the caller maps NaN first). v is already clamped to the format's range.
+__device__ std::uint8_t hw_fp8(float v) {
+  return static_cast<std::uint8_t>(__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3));
+}
+__device__ std::uint8_t hw_or_int_fp4(float v) {
+#if DSV4_FP4_CVT
+  return static_cast<std::uint8_t>(__nv_cvt_float_to_fp4(v, __NV_E2M1, cudaRoundNearest)) & 0xFu;
+#else
+  return encode_e2m1_int(v);
+#endif
+}
 
 template <class Code>
 __device__ std::uint8_t encode(float v) {
-  if constexpr (std::is_same_v<Code, fp8_e4m3>)
-    return static_cast<std::uint8_t>(__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3));
-  else
-    return static_cast<std::uint8_t>(__nv_cvt_float_to_fp4(v, __NV_E2M1, cudaRoundNearest)) & 0xFu;
+  if constexpr (std::is_same_v<Code, fp8_e4m3>) {
+    if (v != v) return static_cast<std::uint8_t>(((f32_to_bits(v) >> 24) & 0x80u) | 0x7Fu);
+    return hw_fp8(v);
+  } else {
+    if (v != v) return 0x7u;  // fp4_e2m1::from_float's NaN (unreachable through a finite scale; kept equal to ref)
+    return hw_or_int_fp4(v);
+  }
 }
 
 template <class Code>
 __device__ float decode(std::uint8_t c) {
-  __half_raw h;
   if constexpr (std::is_same_v<Code, fp8_e4m3>)
-    h = __nv_cvt_fp8_to_halfraw(static_cast<__nv_fp8_storage_t>(c), __NV_E4M3);
+    return fp8_e4m3{c}.to_float();
   else
-    h = __nv_cvt_fp4_to_halfraw(static_cast<__nv_fp4_storage_t>(c), __NV_E2M1);
-  return __half2float(__half(h));
+    return fp4_e2m1{c}.to_float();
 }
 
-// Per-warp block setup: loads this lane's `per` values, returns false (after counting) for a non-finite block.
-template <class Code, class TIn>
-__device__ bool load_and_scale(view<const TIn, 2> x, std::int64_t r, std::int64_t k, int per, float* v,
-                               std::uint8_t& sbyte, float& inv_s, float& s, unsigned long long* bad) {
+// One warp's block: the scale byte of v[0:PER) across the warp and the codes of this lane's values (ref's steps).
+template <class Code, int PER>
+__device__ std::uint8_t quantize_lane(const float (&v)[PER], std::uint8_t (&code)[PER], float& s,
+                                      const detail::status_ref& st) {
   using tr = block_quant_traits<Code>;
   float amax = 0.f;
   bool finite = true;
-  for (int i = 0; i < per; ++i) {
-    v[i] = to_f32(x(r, k + i));
+#pragma unroll
+  for (int i = 0; i < PER; ++i) {
     const float a = fabsf(v[i]);
     finite = finite && (a <= 3.4028235e38f);
-    amax = fmaxf(amax, a);
+    amax = a > amax ? a : amax;  // ref's comparison: NaN never wins
   }
-  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(kFull, amax, o));
-  if (!__all_sync(kFull, finite)) {
-    if ((threadIdx.x & 31) == 0) atomicAdd(bad, 1ull);
-    return false;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float other = __shfl_xor_sync(kFull, amax, o);
+    amax = other > amax ? other : amax;
   }
-  sbyte = ue8m0_ceil_scale(amax, tr::kAmaxFloor, tr::kInvMax);
+  if (!__all_sync(kFull, finite) && (threadIdx.x & 31) == 0) st.raise(status_nonfinite_input);
+  const std::uint8_t sbyte = ue8m0_ceil_scale(amax, tr::kAmaxFloor, tr::kInvMax);
   s = ue8m0{sbyte}.to_float();
-  inv_s = bits_to_f32(static_cast<std::uint32_t>(254 - sbyte) << 23);
-  return true;
+#pragma unroll
+  for (int i = 0; i < PER; ++i) {
+    // A NaN input stays itself (ref's x / s on the host returns its NaN operand, sign included; a GPU division
+    // would return the canonical NaN). Only the sign of a NaN reaches a code.
+    float c = v[i] != v[i] ? v[i] : __fdiv_rn(v[i], s);
+    c = c > tr::kMax ? tr::kMax : (c < -tr::kMax ? -tr::kMax : c);
+    code[i] = encode<Code>(c);
+  }
+  return sbyte;
 }
 
-template <class TIn, class TCode>
-__global__ void block_quantize_kernel(view<const TIn, 2> x, view<TCode, 2> q, view<ue8m0, 2> scale, int block,
-                                      unsigned long long* bad) {
-  using Code = std::conditional_t<std::is_same_v<TCode, fp4x2>, fp4_e2m1, fp8_e4m3>;
-  using tr = block_quant_traits<Code>;
-  const std::int64_t nb = scale.size(1), total = x.size(0) * nb;
-  const int lane = threadIdx.x & 31, per = block / 32;
-  for (std::int64_t w = (blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x) / 32; w < total;
-       w += static_cast<std::int64_t>(gridDim.x) * blockDim.x / 32) {
-    const std::int64_t r = w / nb, b = w % nb, k = b * block + lane * per;
-    float v[4];
-    std::uint8_t sbyte;
-    float inv_s, s;
-    if (!load_and_scale<Code>(x, r, k, per, v, sbyte, inv_s, s, bad)) continue;
-    if (lane == 0) scale(r, b) = ue8m0{sbyte};
-    for (int i = 0; i < per; ++i) {
-      const float c = fminf(fmaxf(v[i] * inv_s, -tr::kMax), tr::kMax);
-      const std::uint8_t code = encode<Code>(c);
-      if constexpr (std::is_same_v<TCode, fp4x2>) {
-        const std::uint8_t odd = static_cast<std::uint8_t>(__shfl_down_sync(kFull, code, 1));
-        if ((lane & 1) == 0) q(r, k / 2) = fp4x2{static_cast<std::uint8_t>(code | (odd << 4))};
-      } else {
-        q(r, k + i) = fp8_e4m3{code};
-      }
-    }
+template <int PER, class TIn>
+__device__ void load_lane(view<const TIn, 2> x, std::int64_t r, std::int64_t k, float (&v)[PER]) {
+#pragma unroll
+  for (int i = 0; i < PER; ++i) v[i] = to_f32(x(r, k + i));
+}
+
+template <class TIn, class TCode, int PER>
+__global__ void __launch_bounds__(kThreads) block_quantize_kernel(view<const TIn, 2> x, view<TCode, 2> q,
+                                                                  view<ue8m0, 2> scale, detail::status_ref st) {
+  constexpr bool fp4 = std::is_same_v<TCode, fp4x2>;
+  using Code = std::conditional_t<fp4, fp4_e2m1, fp8_e4m3>;
+  static_assert(!fp4 || PER == 1, "FP4 blocks are 32 values: adjacent lanes pair up into one byte");
+  const std::int64_t r = blockIdx.x, b = static_cast<std::int64_t>(blockIdx.y) * kWarpsPerCta + threadIdx.x / 32;
+  if (b >= scale.size(1)) return;  // warp-uniform
+  const int lane = threadIdx.x & 31;
+  const std::int64_t k = b * (32 * PER) + lane * PER;
+  float v[PER];
+  load_lane<PER>(x, r, k, v);
+  std::uint8_t code[PER];
+  float s;
+  const std::uint8_t sbyte = quantize_lane<Code, PER>(v, code, s, st);
+  if (lane == 0) scale(r, b) = ue8m0{sbyte};
+  if constexpr (fp4) {
+    const unsigned odd = __shfl_down_sync(kFull, static_cast<unsigned>(code[0]), 1);
+    if ((lane & 1) == 0) q(r, k / 2) = fp4x2{static_cast<std::uint8_t>(code[0] | (odd << 4))};
+  } else {
+#pragma unroll
+    for (int i = 0; i < PER; ++i) q(r, k + i) = fp8_e4m3{code[i]};
   }
 }
 
-template <class Code, class TIn, class TOut>
-__global__ void block_round_trip_kernel(view<const TIn, 2> x, view<TOut, 2> y, int block,
-                                        unsigned long long* bad) {
-  using tr = block_quant_traits<Code>;
-  const std::int64_t nb = x.size(1) / block, total = x.size(0) * nb;
-  const int lane = threadIdx.x & 31, per = block / 32;
-  for (std::int64_t w = (blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x) / 32; w < total;
-       w += static_cast<std::int64_t>(gridDim.x) * blockDim.x / 32) {
-    const std::int64_t r = w / nb, k = (w % nb) * block + lane * per;
-    float v[4];
-    std::uint8_t sbyte;
-    float inv_s, s;
-    if (!load_and_scale<Code>(x, r, k, per, v, sbyte, inv_s, s, bad)) continue;
-    for (int i = 0; i < per; ++i) {
-      const float c = fminf(fmaxf(v[i] * inv_s, -tr::kMax), tr::kMax);
-      y(r, k + i) = from_f32<TOut>(decode<Code>(encode<Code>(c)) * s);
-    }
-  }
+template <class Code, class TIn, class TOut, int PER>
+__global__ void __launch_bounds__(kThreads) block_round_trip_kernel(view<const TIn, 2> x, view<TOut, 2> y,
+                                                                    std::int64_t nb, detail::status_ref st) {
+  const std::int64_t r = blockIdx.x, b = static_cast<std::int64_t>(blockIdx.y) * kWarpsPerCta + threadIdx.x / 32;
+  if (b >= nb) return;
+  const std::int64_t k = b * (32 * PER) + (threadIdx.x & 31) * PER;
+  float v[PER];
+  load_lane<PER>(x, r, k, v);  // the whole block is read (in registers) before y, which may alias x, is written
+  std::uint8_t code[PER];
+  float s;
+  quantize_lane<Code, PER>(v, code, s, st);
+#pragma unroll
+  for (int i = 0; i < PER; ++i) y(r, k + i) = from_f32<TOut>(decode<Code>(code[i]) * s);
 }
 
+// One thread per FP4 byte (values 2c, 2c + 1) or FP8 code.
 template <class TCode, class TOut>
-__global__ void dequantize_kernel(view<const TCode, 2> q, view<const ue8m0, 2> scale, view<TOut, 2> out, int br,
-                                  int bc, unsigned long long* bad) {
-  const std::int64_t K = out.size(1), total = out.size(0) * K;
-  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const std::int64_t n = i / K, k = i % K;
-    float v;
-    if constexpr (std::is_same_v<TCode, fp4x2>) {
-      const fp4x2 byte = q(n, k / 2);
-      v = decode<fp4_e2m1>((k & 1) ? byte.hi().code : byte.lo().code);
-    } else {
-      v = decode<fp8_e4m3>(q(n, k).bits);
+__global__ void __launch_bounds__(kThreads) dequantize_kernel(view<const TCode, 2> q, view<const ue8m0, 2> scale,
+                                                              view<TOut, 2> out, int br, int bc,
+                                                              detail::status_ref st) {
+  constexpr bool fp4 = std::is_same_v<TCode, fp4x2>;
+  const int n = static_cast<int>(blockIdx.x);
+  const int unit = static_cast<int>(blockIdx.y * kThreads + threadIdx.x);
+  const int K = static_cast<int>(out.size(1));
+  const int k0 = fp4 ? 2 * unit : unit;
+  if (k0 >= K) return;
+  const int sr = n / br;  // 32-bit divisions by the tile sizes, once per thread
+  unsigned bad = 0;
+  if constexpr (fp4) {
+    const fp4x2 byte = q(n, unit);
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int k = k0 + i;
+      if (k >= K) break;
+      const ue8m0 s = scale(sr, k / bc);
+      const float v = (i == 0 ? byte.lo() : byte.hi()).to_float();
+      bad += (s.bits == 0xFF) ? 1u : 0u;  // E2M1 has no NaN code
+      out(n, k) = from_f32<TOut>(v * s.to_float());
     }
-    const ue8m0 s = scale(n / br, k / bc);
-    if (v != v || s.bits == 0xFF) atomicAdd(bad, 1ull);
-    out(n, k) = from_f32<TOut>(v * s.to_float());
+  } else {
+    const fp8_e4m3 c = q(n, k0);
+    const ue8m0 s = scale(sr, k0 / bc);
+    bad += (s.bits == 0xFF || (c.bits & 0x7F) == 0x7F) ? 1u : 0u;
+    out(n, k0) = from_f32<TOut>(c.to_float() * s.to_float());
   }
+  if (bad) st.raise(status_nan_code, bad);
 }
 
-constexpr unsigned kThreads = 256;
+// Grid limits the launchers check (rows in grid.x, column groups in grid.y; 32-bit column indices).
+constexpr std::int64_t kMaxGridX = 2147483647LL, kMaxGridY = 65535LL;
+
+void check_grid(const char* op, std::int64_t rows, std::int64_t groups, std::int64_t cols) {
+  DSV4_CHECK(rows <= kMaxGridX && groups <= kMaxGridY && cols <= kMaxGridX, op, "the CUDA backend takes at most ",
+             kMaxGridX, " rows and ", kMaxGridY, " column groups per launch, got ", rows, " rows, ", groups,
+             " groups (", cols, " columns)");
+}
+
+// Dispatch block (32 / 64 / 128) to PER (1 / 2 / 4).
+template <class F>
+void with_per(int block, F&& f) {
+  switch (block) {
+    case 32: return f(std::integral_constant<int, 1>{});
+    case 64: return f(std::integral_constant<int, 2>{});
+    case 128: return f(std::integral_constant<int, 4>{});
+    default: DSV4_FAIL("cuda", "quantization block ", block, " is not 32, 64 or 128");
+  }
+}
 
 }  // namespace
 
 template <class TIn, class TCode>
 std::int64_t block_quantize(view<const TIn, 2> x, view<TCode, 2> q, view<ue8m0, 2> scale, int block,
                             const exec& ex) {
-  const cudaStream_t s = detail::stream_of(ex);
-  detail::bad_counter bad(s);
-  const std::int64_t warps = x.size(0) * scale.size(1);
-  if (warps > 0)
-    block_quantize_kernel<<<detail::blocks_for(warps * 32, kThreads), kThreads, 0, s>>>(x, q, scale, block, bad.dev);
-  return bad.read();
+  constexpr const char* op = "block_quantize";
+  const std::int64_t rows = x.size(0), nb = scale.size(1), groups = (nb + kWarpsPerCta - 1) / kWarpsPerCta;
+  check_grid(op, rows, groups, x.size(1));
+  detail::launch l(op, ex);
+  if (rows > 0 && nb > 0) {
+    const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(groups));
+    if constexpr (std::is_same_v<TCode, fp4x2>) {
+      DSV4_CHECK(block == 32, op, "FP4 blocks are 32 values, got ", block);
+      block_quantize_kernel<TIn, TCode, 1><<<grid, kThreads, 0, l.stream()>>>(x, q, scale, l.status());
+    } else {
+      with_per(block, [&](auto per) {
+        block_quantize_kernel<TIn, TCode, decltype(per)::value><<<grid, kThreads, 0, l.stream()>>>(x, q, scale,
+                                                                                                    l.status());
+      });
+    }
+  }
+  return l.finish();
 }
 
 template <class Code, class TIn, class TOut>
 std::int64_t block_round_trip(view<const TIn, 2> x, view<TOut, 2> y, int block, const exec& ex) {
-  const cudaStream_t s = detail::stream_of(ex);
-  detail::bad_counter bad(s);
-  const std::int64_t warps = x.size(0) * (x.size(1) / block);
-  if (warps > 0)
-    block_round_trip_kernel<Code><<<detail::blocks_for(warps * 32, kThreads), kThreads, 0, s>>>(x, y, block, bad.dev);
-  return bad.read();
+  constexpr const char* op = "block_round_trip";
+  const std::int64_t rows = x.size(0), nb = x.size(1) / block, groups = (nb + kWarpsPerCta - 1) / kWarpsPerCta;
+  check_grid(op, rows, groups, x.size(1));
+  detail::launch l(op, ex);
+  if (rows > 0 && nb > 0) {
+    const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(groups));
+    with_per(block, [&](auto per) {
+      block_round_trip_kernel<Code, TIn, TOut, decltype(per)::value><<<grid, kThreads, 0, l.stream()>>>(
+          x, y, nb, l.status());
+    });
+  }
+  return l.finish();
 }
 
 template <class TCode, class TOut>
 std::int64_t dequantize(view<const TCode, 2> q, view<const ue8m0, 2> scale, view<TOut, 2> out, int br, int bc,
                         const exec& ex) {
-  const cudaStream_t s = detail::stream_of(ex);
-  detail::bad_counter bad(s);
-  const std::int64_t n = out.size(0) * out.size(1);
-  if (n > 0) dequantize_kernel<<<detail::blocks_for(n, kThreads), kThreads, 0, s>>>(q, scale, out, br, bc, bad.dev);
-  return bad.read();
+  constexpr const char* op = "dequantize";
+  constexpr bool fp4 = std::is_same_v<TCode, fp4x2>;
+  const std::int64_t rows = out.size(0), K = out.size(1), units = fp4 ? (K + 1) / 2 : K;
+  const std::int64_t groups = (units + kThreads - 1) / kThreads;
+  check_grid(op, rows, groups, K);
+  detail::launch l(op, ex);
+  if (rows > 0 && K > 0)
+    dequantize_kernel<<<dim3(static_cast<unsigned>(rows), static_cast<unsigned>(groups)), kThreads, 0,
+                        l.stream()>>>(q, scale, out, br, bc, l.status());
+  return l.finish();
 }
 
 DSV4_QUANT_INSTANTIATE_ALL()
+
+// ---- conversion self-check ----------------------------------------------------------------------------------------
+
+namespace {
+// Every fp32 pattern u = i + j·stride (grid-stride): the conversion the quantizers use against the integer encoder.
+// Values outside the format's clamp range are clamped first, as the quantizers do.
+__global__ void conversion_check_kernel(int fmt, detail::status_ref st) {
+  unsigned bad = 0;
+  for (unsigned long long u = blockIdx.x * static_cast<unsigned long long>(blockDim.x) + threadIdx.x;
+       u <= 0xFFFFFFFFull; u += static_cast<unsigned long long>(gridDim.x) * blockDim.x) {
+    float v = bits_to_f32(static_cast<std::uint32_t>(u));
+    if (fmt == 8) {
+      v = v > 448.f ? 448.f : (v < -448.f ? -448.f : v);
+      bad += encode<fp8_e4m3>(v) != encode_e4m3_int(v);
+    } else {
+      v = v > 6.f ? 6.f : (v < -6.f ? -6.f : v);
+      bad += encode<fp4_e2m1>(v) != encode_e2m1_int(v);
+    }
+  }
+  if (bad) st.raise(status_nan_code, bad);
+}
+}  // namespace
+
+std::int64_t conversion_mismatches(int format_bits, const exec& ex) {
+  constexpr const char* op = "conversion_mismatches";
+  DSV4_CHECK(format_bits == 8 || format_bits == 4, op, "format_bits must be 8 (E4M3) or 4 (E2M1), got ",
+             format_bits);
+  DSV4_CHECK(ex.checks == check_policy::sync, op, "returns a count: needs check_policy::sync");
+  detail::launch l(op, ex);
+  conversion_check_kernel<<<4096, kThreads, 0, l.stream()>>>(format_bits, l.status());
+  return l.finish();
+}
 
 }  // namespace dsv4::cuda

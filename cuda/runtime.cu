@@ -27,9 +27,21 @@ void* device_malloc(std::size_t bytes, int device) {
 void device_free(void* p) noexcept { cudaFree(p); }
 
 void copy_bytes(void* dst, const void* src, std::size_t bytes, const exec& ex) {
-  const cudaStream_t s = detail::stream_of(ex);
-  DSV4_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, s));
-  DSV4_CUDA_CHECK(cudaStreamSynchronize(s));
+  constexpr const char* op = "copy";
+  int device = -1;
+  for (const void* p : {static_cast<const void*>(dst), src}) {
+    cudaPointerAttributes a{};
+    DSV4_CUDA_CHECK(cudaPointerGetAttributes(&a, p));
+    if (a.type == cudaMemoryTypeDevice && device < 0) device = a.device;
+    DSV4_CHECK(ex.checks == check_policy::sync || a.type != cudaMemoryTypeUnregistered, op,
+               "an asynchronous copy (check_policy deferred / none) needs pinned host memory: pageable memory "
+               "would make the copy synchronize");
+  }
+  exec on = ex;
+  if (on.device < 0) on.device = device;  // -1 (host to host through the runtime) stays the current device
+  detail::launch l(op, on);
+  DSV4_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, l.stream()));
+  l.finish();
 }
 
 }  // namespace dsv4::cuda

@@ -103,6 +103,29 @@ TEST_CASE("E2M1 encode: the spec's worked ties and saturation") {
   for (int c = 0; c < 16; ++c) CHECK(fp4_e2m1::from_float(fp4_e2m1{static_cast<std::uint8_t>(c)}.to_float()).code == c);
 }
 
+TEST_CASE("integer encoders (the device reference) == from_float on every float of a sweep") {
+  // Every high half of the fp32 pattern (sign, exponent, 7 mantissa bits) with the low 16 bits at 0, 1, 0x7FFF,
+  // 0x8000, 0x8001 and 0xFFFF: every tie of both formats (normal and subnormal: a tie clears every bit below the
+  // rounding position, which is bit 16 or higher) and its neighbours one unit away; then stride 97 over all 2^32
+  // patterns (NaNs, infinities and fp32 subnormals included). Exact: codes compared as bytes.
+  std::int64_t checked = 0, bad8 = 0, bad4 = 0;
+  auto check = [&](std::uint32_t u) {
+    const float f = bits_to_f32(u);
+    bad8 += encode_e4m3_int(f) != fp8_e4m3::from_float(f).bits;
+    bad4 += encode_e2m1_int(f) != fp4_e2m1::from_float(f).code;
+    ++checked;
+  };
+  for (std::uint32_t hi = 0; hi < 0x10000u; ++hi)
+    for (std::uint32_t lo : {0x0000u, 0x0001u, 0x7FFFu, 0x8000u, 0x8001u, 0xFFFFu}) check(hi << 16 | lo);
+  for (std::uint64_t u = 0; u <= 0xFFFFFFFFull; u += 97) check(static_cast<std::uint32_t>(u));
+  for (std::uint32_t u : {0x7F800000u, 0xFF800000u, 0x7FC00000u, 0xFFC00001u, 0x00000001u, 0x80000001u, 0u,
+                          0x80000000u, 0x43E00000u, 0x43DFFFFFu, 0x40C00000u, 0x40BFFFFFu, 0x3A800000u, 0x3A000000u})
+    check(u);
+  CHECK(checked > 40'000'000);
+  CHECK(bad8 == 0);
+  CHECK(bad4 == 0);
+}
+
 TEST_CASE("block scale: 2^ceil(log2(max(amax, floor) · fp32(1/max))) from the fp32 bits") {
   using t8 = block_quant_traits<fp8_e4m3>;
   using t4 = block_quant_traits<fp4_e2m1>;

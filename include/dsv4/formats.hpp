@@ -183,6 +183,43 @@ struct fp4x2 {
 };
 static_assert(sizeof(fp4x2) == 1);
 
+// The same two encoders on the fp32 bit pattern with integer round-to-nearest-even, no floating-point step (the
+// semantic reference of device code: the CUDA backend uses these where the GPU has no conversion instruction, and its
+// tests hold the hardware conversions to them). Equal to fp8_e4m3::from_float / fp4_e2m1::from_float for every
+// float (tests/test_formats.cpp sweeps them). RNE at a bit position p of a magnitude a: a + (2^(p-1) - 1) + bit p
+// of a, shifted right by p; a mantissa carry walks into the exponent field, which is the right next value.
+DSV4_HD inline std::uint8_t encode_e4m3_int(float f) {
+  const std::uint32_t u = f32_to_bits(f), a = u & 0x7FFFFFFFu;
+  const std::uint32_t s = (u >> 24) & 0x80u;
+  if (a > 0x7F800000u) return static_cast<std::uint8_t>(s | 0x7Fu);  // NaN
+  if (a >= 0x43E00000u) return static_cast<std::uint8_t>(s | 0x7Eu);  // >= 448 (and inf): saturate
+  const std::uint32_t e = a >> 23;
+  if (e >= 121u)  // >= 2^-6, normal: keep 3 mantissa bits; E4M3 exponent field = e - 120
+    return static_cast<std::uint8_t>(s | (((a + 0x7FFFFu + ((a >> 20) & 1u)) >> 20) - (120u << 3)));
+  // below 2^-6: a multiple q of 2^-9 (q = 8 is 2^-6, the code 0x08); value = mant24 · 2^(e - 150) (normal fp32)
+  const std::uint32_t sh = 141u - e;  // >= 21
+  if (e == 0u || sh >= 25u) return static_cast<std::uint8_t>(s);  // under 2^-10: rounds to zero
+  const std::uint32_t m = (a & 0x7FFFFFu) | 0x800000u, half = 1u << (sh - 1u), rem = m & ((1u << sh) - 1u);
+  std::uint32_t q = m >> sh;
+  q += (rem > half || (rem == half && (q & 1u))) ? 1u : 0u;
+  return static_cast<std::uint8_t>(s | q);
+}
+DSV4_HD inline std::uint8_t encode_e2m1_int(float f) {
+  const std::uint32_t u = f32_to_bits(f), a = u & 0x7FFFFFFFu;
+  const std::uint32_t s = (u >> 28) & 0x8u;
+  if (a > 0x7F800000u) return 0x7u;                                    // NaN: +6, as fp4_e2m1::from_float
+  if (a >= 0x40C00000u) return static_cast<std::uint8_t>(s | 0x7u);  // >= 6 (and inf): saturate
+  const std::uint32_t e = a >> 23;
+  if (e >= 127u)  // >= 1: keep 1 mantissa bit; E2M1 exponent field = e - 126
+    return static_cast<std::uint8_t>(s | (((a + 0x1FFFFFu + ((a >> 22) & 1u)) >> 22) - (126u << 1)));
+  const std::uint32_t sh = 149u - e;  // below 1: a multiple q of 0.5 (q = 2 is 1.0, the code 0x2); sh >= 23
+  if (e == 0u || sh >= 25u) return static_cast<std::uint8_t>(s);  // under 0.25: rounds to zero
+  const std::uint32_t m = (a & 0x7FFFFFu) | 0x800000u, half = 1u << (sh - 1u), rem = m & ((1u << sh) - 1u);
+  std::uint32_t q = m >> sh;
+  q += (rem > half || (rem == half && (q & 1u))) ? 1u : 0u;
+  return static_cast<std::uint8_t>(s | q);
+}
+
 // UE8M0: an unsigned biased exponent, the byte u meaning 2^(u-127); 255 is NaN. All V4 block scales use it.
 struct ue8m0 {
   std::uint8_t bits = 127;

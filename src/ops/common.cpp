@@ -3,6 +3,23 @@
 #include <algorithm>
 
 #include "dsv4/cpu/quant.hpp"
+#if DSV4_WITH_CUDA
+#include "dsv4/cuda/runtime.hpp"
+#endif
+
+namespace dsv4 {
+
+void check_status(const exec& ex) {
+  DSV4_CHECK(ex.checks == check_policy::deferred, "check_status", "exec.checks is not check_policy::deferred: ",
+             "sync ops check before returning and none checks nothing");
+#if DSV4_WITH_CUDA
+  cuda::check_status_word(ex);
+#else
+  DSV4_FAIL("check_status", "this build of dsv4 has no CUDA backend");
+#endif
+}
+
+}  // namespace dsv4
 
 namespace dsv4::ops::detail {
 
@@ -41,6 +58,14 @@ backend choose_backend(const char* op, const exec& ex, device dev, const char* c
 void check_host_only(const char* op, const char* family, std::initializer_list<const tensor_view*> ts) {
   for (const tensor_view* t : ts)
     DSV4_CHECK(t->dev().is_cpu(), op, t->describe(), ": the ", family, " CUDA backend is not implemented yet");
+}
+
+exec on_device(const char* op, const exec& ex, device dev) {
+  DSV4_CHECK(ex.device == -1 || (dev.is_cuda() && ex.device == dev.id), op, "exec.device = ", ex.device,
+             " but the tensors live on ", dev);
+  exec e = ex;
+  if (dev.is_cuda()) e.device = dev.id;
+  return e;
 }
 
 void check_same_device(const char* op, std::initializer_list<const tensor_view*> ts) {

@@ -23,6 +23,9 @@ backend choose_backend(const char* op, const exec& ex, device dev, const char* c
 // All tensors on the same device.
 void check_same_device(const char* op, std::initializer_list<const tensor_view*> ts);
 
+// The exec a CUDA launcher gets: ex with exec::device set to the tensors' device (an error when ex names another).
+exec on_device(const char* op, const exec& ex, device dev);
+
 // For ops with no CUDA backend yet: every tensor on the host, else "<tensor>: the <family> CUDA backend is not
 // implemented yet".
 void check_host_only(const char* op, const char* family, std::initializer_list<const tensor_view*> ts);

@@ -30,7 +30,7 @@ void hadamard(const tensor_view& x, const tensor_view& y, const exec& ex) {
         if (be == backend::ref) ref::hadamard(xv, yv);
         if (be == backend::cpu) cpu::hadamard(xv, yv, ex);
 #if DSV4_WITH_CUDA
-        if (be == backend::cuda) cuda::hadamard(xv, yv, ex);
+        if (be == backend::cuda) cuda::hadamard(xv, yv, detail::on_device(op, ex, x.dev()));
 #endif
       });
     });

@@ -63,7 +63,8 @@ void block_quantize(const tensor_view& x, const tensor_view& q, const tensor_vie
         if (be == backend::ref) bad += ref::block_quantize(xv, qv, sv, block);
         if (be == backend::cpu) bad += cpu::block_quantize(xv, qv, sv, block, ex);
 #if DSV4_WITH_CUDA
-        if (be == backend::cuda) bad += cuda::block_quantize(xv, qv, sv, block, ex);
+        if (be == backend::cuda)
+          bad += cuda::block_quantize(xv, qv, sv, block, detail::on_device(op, ex, x.dev()));
 #endif
       });
     };
@@ -97,7 +98,8 @@ void block_round_trip(const tensor_view& x, const tensor_view& y, quant_format f
           if (be == backend::ref) bad += ref::block_round_trip<Code>(xv, yv, block);
           if (be == backend::cpu) bad += cpu::block_round_trip<Code>(xv, yv, block, ex);
 #if DSV4_WITH_CUDA
-          if (be == backend::cuda) bad += cuda::block_round_trip<Code>(xv, yv, block, ex);
+          if (be == backend::cuda)
+            bad += cuda::block_round_trip<Code>(xv, yv, block, detail::on_device(op, ex, x.dev()));
 #endif
         });
       };
@@ -138,7 +140,8 @@ void dequantize(const tensor_view& q, const tensor_view& scale, const tensor_vie
       if (be == backend::ref) bad += ref::dequantize(qv, sv, ov, block_rows, block_cols);
       if (be == backend::cpu) bad += cpu::dequantize(qv, sv, ov, block_rows, block_cols, ex);
 #if DSV4_WITH_CUDA
-      if (be == backend::cuda) bad += cuda::dequantize(qv, sv, ov, block_rows, block_cols, ex);
+      if (be == backend::cuda)
+        bad += cuda::dequantize(qv, sv, ov, block_rows, block_cols, detail::on_device(op, ex, q.dev()));
 #endif
     });
   };

@@ -15,7 +15,13 @@ int device_count() noexcept;
 void* device_malloc(std::size_t bytes, int device);
 void device_free(void* p) noexcept;
 
-// Copy between any two pointers (host or device, unified addressing), then wait for the stream.
+// Copy between any two pointers (host or device, unified addressing) on ex.cuda_stream. Under check_policy::sync it
+// then waits for the stream (a buffer copy a tool reads at once); under deferred / none it only enqueues, and host
+// memory must then be pinned (a pageable copy would synchronize): anything else is an error.
 void copy_bytes(void* dst, const void* src, std::size_t bytes, const exec& ex);
+
+// check_status (dsv4/exec.hpp) for the CUDA backend: waits for ex.cuda_stream, reads and clears *ex.status, throws
+// naming the bits. Defined in cuda/status.cu.
+void check_status_word(const exec& ex);
 
 }  // namespace dsv4::cuda
