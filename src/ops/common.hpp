@@ -91,11 +91,11 @@ struct qweight;
 }
 namespace dsv4::ops::detail {
 
-// Validates a stored weight (dtype, packing, scale tensor shape for its format; host memory) and returns its typed
-// form. `name` (with `index` >= 0: "name[index]") names the weight in messages; expect_n / expect_k (-1 = any) pin
-// its shape [N, K]. Cheap when valid: messages are only built on failure.
+// Validates a stored weight (dtype, packing, scale tensor shape for its format; host memory unless allow_device)
+// and returns its typed form. `name` (with `index` >= 0: "name[index]") names the weight in messages; expect_n /
+// expect_k (-1 = any) pin its shape [N, K]. Cheap when valid: messages are only built on failure.
 ref::weight_ref bind_weight(const char* op, const char* name, std::int64_t index, const qweight& w,
-                            std::int64_t expect_n, std::int64_t expect_k);
+                            std::int64_t expect_n, std::int64_t expect_k, bool allow_device = false);
 
 // True when the CPU backend can read the weight (innermost strides 1).
 bool weight_is_cpu_friendly(const qweight& w);

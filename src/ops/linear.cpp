@@ -5,6 +5,9 @@
 #include "dsv4/cpu/linear.hpp"
 #include "dsv4/ref/linear.hpp"
 #include "dsv4/ref/official.hpp"
+#if DSV4_WITH_CUDA
+#include "dsv4/cuda/linear.hpp"
+#endif
 
 namespace dsv4::ops {
 
@@ -29,11 +32,12 @@ struct weight_name {
 }  // namespace
 
 ref::weight_ref bind_weight(const char* op, const char* name_, std::int64_t index, const qweight& w,
-                            std::int64_t expect_n, std::int64_t expect_k) {
+                            std::int64_t expect_n, std::int64_t expect_k, bool allow_device) {
   const weight_name name{name_, index};
   const tensor_view& t = w.weight;
   DSV4_CHECK(t.rank() == 2, op, name, " ", describe(w), ": a weight must be [N, K]");
-  DSV4_CHECK(t.dev().is_cpu(), op, name, " ", describe(w), ": only host weights are supported by this op so far");
+  DSV4_CHECK(allow_device || t.dev().is_cpu(), op, name, " ", describe(w),
+             ": only host weights are supported by this op so far");
   ref::weight_ref r;
   r.n = t.shape(0);
   r.k = t.shape(1);
@@ -91,7 +95,7 @@ void linear(const tensor_view& x, const qweight& w, const tensor_view& y, const 
   DSV4_CHECK(x.rank() == 2, op, "x ", x.describe(), ": expected [T, K]");
   DSV4_CHECK(y.rank() == 2, op, "y ", y.describe(), ": expected [T, N]");
   detail::check_same_device(op, {&x, &y, &w.weight});
-  const ref::weight_ref wr = detail::bind_weight(op, "weight", -1, w, y.shape(1), x.shape(1));
+  const ref::weight_ref wr = detail::bind_weight(op, "weight", -1, w, y.shape(1), x.shape(1), true);
   DSV4_CHECK(y.shape(0) == x.shape(0), op, "x ", x.describe(), " and y ", y.describe(), " differ in T");
   detail::check_aliasing(op, x, y, false);
   detail::check_aliasing(op, w.weight, y, false);
@@ -99,11 +103,21 @@ void linear(const tensor_view& x, const qweight& w, const tensor_view& y, const 
   if (x.shape(1) > 1 && x.stride(1) != 1) declines = "x innermost stride is not 1";
   if (!detail::weight_is_cpu_friendly(w)) declines = "weight innermost stride is not 1";
   const backend be = detail::choose_backend(op, ex, x.dev(), declines);
+  if (be == backend::cuda) {
+    DSV4_CHECK(nm == numerics::fp32, op, "the CUDA backend implements numerics fp32 only so far");
+    DSV4_CHECK(!declines, op, "the CUDA backend needs innermost strides 1: ", declines);
+  }
   std::int64_t bad = 0;
   visit_dtype<float, bf16>(x.dt(), op, [&]<class TX>(std::type_identity<TX>) {
     visit_dtype<float, bf16>(y.dt(), op, [&]<class TY>(std::type_identity<TY>) {
       const auto xv = x.as<const TX, 2>();
       const auto yv = y.as<TY, 2>();
+#if DSV4_WITH_CUDA
+      if (be == backend::cuda) {
+        bad = cuda::linear(xv, wr, yv, detail::on_device(op, ex, x.dev()));
+        return;
+      }
+#endif
       if (nm == numerics::official)
         bad = be == backend::ref ? ref::official::linear(xv, wr, yv) : cpu::linear_official(xv, wr, yv, ex);
       else

@@ -1,17 +1,20 @@
-// src/ops/mhc.cpp — validated entry points of the mHC ops (spec §4); ref and cpu backends (see dsv4/ops/mhc.hpp).
+// src/ops/mhc.cpp — validated entry points of the mHC ops (spec §4); ref, cpu and cuda backends (dsv4/ops/mhc.hpp).
 #include "dsv4/ops/mhc.hpp"
 
 #include "common.hpp"
 #include "dsv4/cpu/mhc.hpp"
 #include "dsv4/ref/mhc.hpp"
+#if DSV4_WITH_CUDA
+#include "dsv4/cuda/mhc.hpp"
+#endif
 
 namespace dsv4::ops {
 namespace {
 
-// Host tensors only (no CUDA backend yet); the CPU backend needs innermost strides 1.
-backend pick(const char* op, const exec& ex, std::initializer_list<const tensor_view*> ts) {
+// The CPU backend needs innermost strides 1; the CUDA one (sinkhorn_knopp, hc_pre, hc_post, hc_head) takes any.
+backend pick(const char* op, const exec& ex, std::initializer_list<const tensor_view*> ts, bool cuda_ok = true) {
   detail::check_same_device(op, ts);
-  detail::check_host_only(op, "mHC", {*ts.begin()});
+  if (!cuda_ok) detail::check_host_only(op, "mHC", {*ts.begin()});
   const char* declines = nullptr;
   for (const tensor_view* t : ts)
     if (t->rank() > 0 && t->shape(-1) > 1 && t->stride(-1) != 1) declines = "an innermost stride is not 1";
@@ -31,6 +34,9 @@ void sinkhorn_knopp(const tensor_view& logits, const tensor_view& out, int iters
   detail::check_aliasing(op, logits, out, true);
   const auto in = logits.as<const float, 3>();
   const auto o = out.as<float, 3>();
+#if DSV4_WITH_CUDA
+  if (be == backend::cuda) return cuda::sinkhorn_knopp(in, o, iters, eps, detail::on_device(op, ex, logits.dev()));
+#endif
   if (be == backend::cpu) return cpu::sinkhorn_knopp(in, o, iters, eps, ex);
   const int n = static_cast<int>(logits.shape(1));
   std::vector<float> c(static_cast<std::size_t>(n) * n);
@@ -45,7 +51,7 @@ void hc_expand(const tensor_view& h, const tensor_view& x, const exec& ex) {
   constexpr const char* op = "hc_expand";
   DSV4_CHECK(h.rank() == 2 && x.rank() == 3 && x.shape(0) == h.shape(0) && x.shape(2) == h.shape(1), op, "h ",
              h.describe(), " and x ", x.describe(), ": expected h [T, D] and x [T, n, D]");
-  pick(op, ex, {&h, &x});
+  pick(op, ex, {&h, &x}, false);
   detail::check_aliasing(op, h, x, false);
   visit_dtype<float, bf16>(h.dt(), op, [&]<class TH>(std::type_identity<TH>) {
     visit_dtype<float, bf16>(x.dt(), op, [&]<class TX>(std::type_identity<TX>) {
@@ -107,6 +113,12 @@ void hc_pre(const tensor_view& x, const tensor_view& fn, const tensor_view& scal
   detail::check_aliasing(op, post, comb, false);
   visit_dtype<float, bf16>(x.dt(), op, [&]<class TX>(std::type_identity<TX>) {
     visit_dtype<float, bf16>(y.dt(), op, [&]<class TY>(std::type_identity<TY>) {
+#if DSV4_WITH_CUDA
+      if (be == backend::cuda)
+        return cuda::hc_pre(x.as<const TX, 3>(), fn.as<const float, 2>(), scale.as<const float, 1>(),
+                            base.as<const float, 1>(), y.as<TY, 2>(), post.as<float, 2>(), comb.as<float, 3>(),
+                            cfg.sinkhorn_iters, cfg.hc_eps, cfg.norm_eps, detail::on_device(op, ex, x.dev()));
+#endif
       if (be == backend::cpu)
         cpu::hc_pre(x.as<const TX, 3>(), fn.as<const float, 2>(), scale.as<const float, 1>(),
                     base.as<const float, 1>(), y.as<TY, 2>(), post.as<float, 2>(), comb.as<float, 3>(),
@@ -134,6 +146,11 @@ void hc_post(const tensor_view& f, const tensor_view& x, const tensor_view& post
   visit_dtype<float, bf16>(f.dt(), op, [&]<class TF>(std::type_identity<TF>) {
     visit_dtype<float, bf16>(x.dt(), op, [&]<class TX>(std::type_identity<TX>) {
       visit_dtype<float, bf16>(out.dt(), op, [&]<class TO>(std::type_identity<TO>) {
+#if DSV4_WITH_CUDA
+        if (be == backend::cuda)
+          return cuda::hc_post(f.as<const TF, 2>(), x.as<const TX, 3>(), post.as<const float, 2>(),
+                               comb.as<const float, 3>(), out.as<TO, 3>(), detail::on_device(op, ex, x.dev()));
+#endif
         if (be == backend::cpu)
           cpu::hc_post(f.as<const TF, 2>(), x.as<const TX, 3>(), post.as<const float, 2>(),
                        comb.as<const float, 3>(), out.as<TO, 3>(), ex);
@@ -158,6 +175,12 @@ void hc_head(const tensor_view& x, const tensor_view& fn, const tensor_view& sca
   detail::check_aliasing(op, x, y, false);
   visit_dtype<float, bf16>(x.dt(), op, [&]<class TX>(std::type_identity<TX>) {
     visit_dtype<float, bf16>(y.dt(), op, [&]<class TY>(std::type_identity<TY>) {
+#if DSV4_WITH_CUDA
+      if (be == backend::cuda)
+        return cuda::hc_head(x.as<const TX, 3>(), fn.as<const float, 2>(), scale.as<const float, 1>(),
+                             base.as<const float, 1>(), y.as<TY, 2>(), cfg.hc_eps, cfg.norm_eps,
+                             detail::on_device(op, ex, x.dev()));
+#endif
       if (be == backend::cpu)
         cpu::hc_head(x.as<const TX, 3>(), fn.as<const float, 2>(), scale.as<const float, 1>(),
                      base.as<const float, 1>(), y.as<TY, 2>(), cfg.hc_eps, cfg.norm_eps, ex);

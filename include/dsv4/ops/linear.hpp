@@ -10,9 +10,11 @@
 //             BF16 dot products in a fixed order (src/cpu/linear_official.cpp): bitwise the reference when a block's
 //             fp32 partial sums are exact, else within fp32 rounding of each block.
 //
-// Backends: ref (double accumulation, the most accurate version of the formula) and cpu (xsimd + oneTBB). The CPU
-// result of y[t, n] depends only on x[t, :] and W[n, :] — not on T, on which other rows are in the batch, or on the
-// thread count — so prefill, chunked prefill and decode give bit-identical rows. There is no CUDA backend yet.
+// Backends: ref (double accumulation, the most accurate version of the formula), cpu (xsimd + oneTBB) and cuda
+// (fp32 policy; dsv4/cuda/linear.hpp: weights decoded in registers, one warp per output with a fixed lane partition
+// and butterfly). On each backend y[t, n] depends only on x[t, :] and W[n, :] — not on T, on which other rows are in
+// the batch, or on the thread count — so prefill, chunked prefill and decode give bit-identical rows. The backends
+// sum in different orders, so they agree within fp32 rounding, not bitwise.
 #pragma once
 
 #include <string>

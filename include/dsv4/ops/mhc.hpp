@@ -1,8 +1,9 @@
 // dsv4/ops/mhc.hpp — manifold-constrained hyper-connections (spec §4): Sinkhorn–Knopp projection, hc_pre,
 // hc_post, hc_head. Semantics: dsv4/ref/mhc.hpp.
 //
-// Backends: ref and cpu (dsv4/cpu/mhc.hpp: fused RMS + mix pass, Sinkhorn across tokens in SIMD lanes). The CUDA
-// backend is not written yet: CUDA tensors are an error that says so.
+// Backends: ref, cpu (dsv4/cpu/mhc.hpp: fused RMS + mix pass, Sinkhorn across tokens in SIMD lanes) and cuda for
+// sinkhorn_knopp, hc_pre, hc_post and hc_head (dsv4/cuda/mhc.hpp: a CTA per token, fixed-order sums, n <= 8).
+// hc_expand and the diagnostics run on host tensors.
 #pragma once
 
 #include "dsv4/exec.hpp"
