@@ -1,244 +1,57 @@
 // cuda/linear.cu — y = x · W^T on CUDA cores, fp32 policy (dsv4/cuda/linear.hpp has the dot order).
 //
 // One kernel template: a CTA of kWarps warps, each warp R = 4 weight rows and TT tokens (TT = 1: the decode GEMV,
-// which streams the weights once at memory speed; TT = 8: prefill, where each decoded weight feeds 8 fmas and x comes
-// from L1/L2). grid.x = row groups of 4·kWarps, grid.y = token tiles. A lane's E weights of a row are one vector load
+// which streams the weights once at memory speed; TT = 32 / E for prefill (8 for f32, 4 for the 8-element formats:
+// more spills registers on sm_100a), where each decoded weight feeds TT fmas and x comes from L1/L2). The dot itself
+// is linear_core.cuh's rows_dot. grid.x = row groups of 4·kWarps, grid.y = token tiles. A lane's E weights of a row are one vector load
 // (when the rows are aligned for it: a kernel argument, checked by the launcher; else E scalar loads of the same
 // values), decoded exactly: FP8 through the hardware e4m3x2 -> f16x2 conversion (exact: every E4M3 value is an
 // f16), FP4 from its bit fields, BF16 by a shift, then times the block scale (the product ref::decode_row forms).
 // NaN weights (FP8 / FP4 codes or scales, ref's count) are counted by the token-tile-0 CTAs only, so each once.
-#include <cuda_fp8.h>
-
 #include <type_traits>
 
 #include "check.cuh"
 #include "dsv4/cuda/linear.hpp"
+#include "linear_core.cuh"
 
 namespace dsv4::cuda {
 namespace {
 
+using namespace detail;  // linear_core.cuh
 using ref::wfmt;
-constexpr int kWarps = 4, kRows = 4;  // rows per warp
-constexpr unsigned kThreads = 32 * kWarps;
-
-template <wfmt F>
-struct fmt_traits {
-  static constexpr int E = F == wfmt::f32 ? 4 : 8;  // elements per lane per group
-  static constexpr int G = 32 * E;                   // elements per group
-};
-
-// E = 8 FP8 codes (two 32-bit words) -> fp32, exact.
-__device__ void fp8x8(unsigned lo, unsigned hi, float (&w)[8]) {
-  const unsigned words[2] = {lo, hi};
-#pragma unroll
-  for (int h = 0; h < 2; ++h)
-#pragma unroll
-    for (int p = 0; p < 2; ++p) {
-      const __half2_raw r = __nv_cvt_fp8x2_to_halfraw2(
-          static_cast<__nv_fp8x2_storage_t>((words[h] >> (16 * p)) & 0xFFFFu), __NV_E4M3);
-      const float2 f = __half22float2(__half2(r));
-      w[4 * h + 2 * p] = f.x;
-      w[4 * h + 2 * p + 1] = f.y;
-    }
-}
-
-// E2M1 nibble -> fp32 from its fields (fp4_e2m1::to_float without a branch on the exponent).
-__device__ float e2m1(unsigned c) {
-  const unsigned e = (c >> 1) & 3u, m = c & 1u;
-  const float mag = e == 0u ? 0.5f * static_cast<float>(m) : __uint_as_float(((e + 126u) << 23) | (m << 22));
-  return (c & 8u) ? -mag : mag;
-}
-
-// Row n's E weights from element k0 (k0 % E == 0, k0 + E <= K), decoded; returns how many are NaN (ref's count).
-template <wfmt F>
-__device__ int load_weights(const ref::weight_ref& w, std::int64_t n, std::int64_t k0, bool vec,
-                            float (&out)[fmt_traits<F>::E]) {
-  constexpr int E = fmt_traits<F>::E;
-  if constexpr (F == wfmt::f32) {
-    const float* p = &w.f32(n, k0);
-    if (vec) {
-      const float4 v = __ldg(reinterpret_cast<const float4*>(p));
-      out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
-    } else {
-#pragma unroll
-      for (int i = 0; i < E; ++i) out[i] = __ldg(p + i);
-    }
-    return 0;
-  } else if constexpr (F == wfmt::bf16) {
-    const auto* p = reinterpret_cast<const unsigned short*>(&w.bf(n, k0));
-    if (vec) {
-      const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
-      const unsigned u[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        out[2 * i] = __uint_as_float(u[i] << 16);
-        out[2 * i + 1] = __uint_as_float(u[i] & 0xFFFF0000u);
-      }
-    } else {
-#pragma unroll
-      for (int i = 0; i < E; ++i) out[i] = __uint_as_float(static_cast<unsigned>(__ldg(p + i)) << 16);
-    }
-    return 0;
-  } else if constexpr (F == wfmt::fp8_b128) {
-    const auto* p = reinterpret_cast<const unsigned char*>(&w.f8(n, k0));
-    unsigned lo, hi;
-    if (vec) {
-      const uint2 v = __ldg(reinterpret_cast<const uint2*>(p));
-      lo = v.x, hi = v.y;
-    } else {
-      lo = hi = 0;
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        lo |= static_cast<unsigned>(__ldg(p + i)) << (8 * i);
-        hi |= static_cast<unsigned>(__ldg(p + 4 + i)) << (8 * i);
-      }
-    }
-    fp8x8(lo, hi, out);
-    const ue8m0 s = w.scale(n / ref::kFp8WeightTile, k0 / ref::kFp8WeightTile);  // E | 128: one tile
-    const float sf = s.to_float();
-    int bad = 0;
-#pragma unroll
-    for (int i = 0; i < E; ++i) {
-      const unsigned c = ((i < 4 ? lo : hi) >> (8 * (i & 3))) & 0xFFu;
-      bad += ((c & 0x7Fu) == 0x7Fu || s.bits == 0xFF) ? 1 : 0;
-      out[i] *= sf;
-    }
-    return bad;
-  } else {
-    const auto* p = reinterpret_cast<const unsigned char*>(&w.f4(n, k0 / 2));
-    unsigned v;
-    if (vec) {
-      v = __ldg(reinterpret_cast<const unsigned*>(p));
-    } else {
-      v = 0;
-#pragma unroll
-      for (int i = 0; i < 4; ++i) v |= static_cast<unsigned>(__ldg(p + i)) << (8 * i);
-    }
-    const ue8m0 s = w.scale(n, k0 / ref::kFp4WeightBlock);  // E | 32: one block
-    const float sf = s.to_float();
-#pragma unroll
-    for (int i = 0; i < E; ++i) out[i] = e2m1((v >> (4 * i)) & 0xFu) * sf;  // element 2c: low nibble of byte c
-    return s.bits == 0xFF ? E : 0;
-  }
-}
-
-// One decoded weight of row n at k (the tail of K, k < K).
-template <wfmt F>
-__device__ float load_weight(const ref::weight_ref& w, std::int64_t n, std::int64_t k, int& bad) {
-  if constexpr (F == wfmt::f32) {
-    return w.f32(n, k);
-  } else if constexpr (F == wfmt::bf16) {
-    return w.bf(n, k).to_float();
-  } else if constexpr (F == wfmt::fp8_b128) {
-    const ue8m0 s = w.scale(n / ref::kFp8WeightTile, k / ref::kFp8WeightTile);
-    const fp8_e4m3 c = w.f8(n, k);
-    bad += (s.bits == 0xFF || (c.bits & 0x7F) == 0x7F) ? 1 : 0;
-    return c.to_float() * s.to_float();
-  } else {
-    const ue8m0 s = w.scale(n, k / ref::kFp4WeightBlock);
-    bad += s.bits == 0xFF ? 1 : 0;
-    const fp4x2 b = w.f4(n, k / 2);
-    return ((k & 1) ? b.hi() : b.lo()).to_float() * s.to_float();
-  }
-}
 
 template <wfmt F, int TT, class TX, class TY>
 __global__ void __launch_bounds__(kThreads) linear_kernel(view<const TX, 2> x, ref::weight_ref w, view<TY, 2> y,
                                                           bool vec, detail::status_ref st) {
-  constexpr int E = fmt_traits<F>::E, G = fmt_traits<F>::G;
   const int lane = threadIdx.x & 31;
   const std::int64_t n0 = (static_cast<std::int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32) * kRows;
   const std::int64_t t0 = static_cast<std::int64_t>(blockIdx.y) * TT;
-  const std::int64_t N = w.n, K = w.k, T = x.size(0);
+  const std::int64_t N = w.n, T = x.size(0);
   if (n0 >= N) return;  // warp-uniform
   const int nr = static_cast<int>(N - n0 < kRows ? N - n0 : kRows);
   const int nt = static_cast<int>(T - t0 < TT ? T - t0 : TT);
   float acc[TT][kRows];
-#pragma unroll
-  for (int t = 0; t < TT; ++t)
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) acc[t][r] = 0.f;
-  int bad = 0;
-  const std::int64_t full = K / G * G;
-  for (std::int64_t g = 0; g < full; g += G) {
-    const std::int64_t k0 = g + lane * E;
-    float xv[TT][E];
-#pragma unroll
-    for (int t = 0; t < TT; ++t)
-#pragma unroll
-      for (int i = 0; i < E; ++i) xv[t][i] = t < nt ? to_f32(x(t0 + t, k0 + i)) : 0.f;
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) {
-      if (r < nr) {
-        float wv[E];
-        bad += load_weights<F>(w, n0 + r, k0, vec, wv);
-#pragma unroll
-        for (int t = 0; t < TT; ++t)
-#pragma unroll
-          for (int i = 0; i < E; ++i) acc[t][r] = fmaf(xv[t][i], wv[i], acc[t][r]);
-      }
-    }
-  }
-  // the tail group: lane l's elements that exist, in the same increasing order
-  for (int i = 0; i < E; ++i) {
-    const std::int64_t k = full + lane * E + i;
-    if (k >= K) break;
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) {  // unrolled with guards: acc stays in registers
-      if (r < nr) {
-        const float wk = load_weight<F>(w, n0 + r, k, bad);
-#pragma unroll
-        for (int t = 0; t < TT; ++t)
-          if (t < nt) acc[t][r] = fmaf(to_f32(x(t0 + t, k)), wk, acc[t][r]);
-      }
-    }
-  }
-#pragma unroll
-  for (int t = 0; t < TT; ++t)
-#pragma unroll
-    for (int r = 0; r < kRows; ++r)
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) acc[t][r] += __shfl_xor_sync(0xFFFFFFFFu, acc[t][r], o);
+  const int bad = rows_dot<F, TT>(w, n0, nr, nt, vec, [=](int t, std::int64_t k) { return to_f32(x(t0 + t, k)); },
+                                  acc);
   // lane r·TT + t (< 32) writes output (t, r): every lane holds every sum
 #pragma unroll
   for (int t = 0; t < TT; ++t)
 #pragma unroll
     for (int r = 0; r < kRows; ++r)
       if (lane == r * TT + t && t < nt && r < nr) y(t0 + t, n0 + r) = from_f32<TY>(acc[t][r]);
-  if (blockIdx.y == 0) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) bad += __shfl_xor_sync(0xFFFFFFFFu, bad, o);
-    if (bad && lane == 0) st.raise(status_nan_code, static_cast<unsigned long long>(bad));
-  }
-}
-
-// Whether every row of the weight starts at a multiple of the lane's vector width (then the vector loads are legal).
-bool rows_aligned(const ref::weight_ref& w, std::size_t bytes) {
-  auto ok = [&](const void* base, std::int64_t row_stride_bytes) {
-    return reinterpret_cast<std::uintptr_t>(base) % bytes == 0 && row_stride_bytes % static_cast<std::int64_t>(bytes) == 0;
-  };
-  switch (w.fmt) {
-    case wfmt::f32: return ok(w.f32.data, w.f32.stride[0] * 4);
-    case wfmt::bf16: return ok(w.bf.data, w.bf.stride[0] * 2);
-    case wfmt::fp8_b128: return ok(w.f8.data, w.f8.stride[0]);
-    case wfmt::fp4_b32: return ok(w.f4.data, w.f4.stride[0]);
-  }
-  return false;
+  if (blockIdx.y == 0) warp_raise_nan(bad, st);
 }
 
 template <wfmt F, class TX, class TY>
-void launch_linear(view<const TX, 2> x, const ref::weight_ref& w, view<TY, 2> y, detail::launch& l) {
-  constexpr int E = fmt_traits<F>::E;
-  const std::size_t vec_bytes = F == wfmt::f32 ? 16 : F == wfmt::bf16 ? 16 : F == wfmt::fp8_b128 ? 8 : 4;
-  (void)E;
-  const bool vec = rows_aligned(w, vec_bytes);
+void launch_linear(view<const TX, 2> x, const ref::weight_ref& w, view<TY, 2> y, launch& l) {
+  const bool vec = detail::rows_aligned(w);
   const std::int64_t T = x.size(0), N = w.n;
   const std::int64_t row_groups = (N + kRows * kWarps - 1) / (kRows * kWarps);
   if (T == 1) {
     linear_kernel<F, 1><<<dim3(static_cast<unsigned>(row_groups), 1), kThreads, 0, l.stream()>>>(x, w, y, vec,
                                                                                                  l.status());
   } else {
-    constexpr int TT = 8;
+    constexpr int TT = 32 / fmt_traits<F>::E;  // 8 tokens for f32 (E = 4), 4 for the 8-element formats
     const std::int64_t tiles = (T + TT - 1) / TT;
     DSV4_CHECK(tiles <= 65535, "linear", "the CUDA backend takes at most ", 65535 * TT, " tokens per call, got ", T);
     linear_kernel<F, TT><<<dim3(static_cast<unsigned>(row_groups), static_cast<unsigned>(tiles)), kThreads, 0,
@@ -246,21 +59,34 @@ void launch_linear(view<const TX, 2> x, const ref::weight_ref& w, view<TY, 2> y,
   }
 }
 
+template <class TX, class TY>
+void dispatch_linear(view<const TX, 2> x, const ref::weight_ref& w, view<TY, 2> y, detail::launch& l) {
+  const std::int64_t row_groups = (w.n + kRows * kWarps - 1) / (kRows * kWarps);
+  DSV4_CHECK(row_groups <= 2147483647LL, "linear", "N = ", w.n, " is beyond one launch");
+  if (x.size(0) == 0 || w.n == 0) return;
+  switch (w.fmt) {
+    case wfmt::f32: return launch_linear<wfmt::f32>(x, w, y, l);
+    case wfmt::bf16: return launch_linear<wfmt::bf16>(x, w, y, l);
+    case wfmt::fp8_b128: return launch_linear<wfmt::fp8_b128>(x, w, y, l);
+    case wfmt::fp4_b32: return launch_linear<wfmt::fp4_b32>(x, w, y, l);
+  }
+}
+
 }  // namespace
+
+namespace detail {
+template <class TX>
+void linear_into(view<const TX, 2> x, const ref::weight_ref& w, view<float, 2> y, launch& l) {
+  dispatch_linear(x, w, y, l);
+}
+template void linear_into<float>(view<const float, 2>, const ref::weight_ref&, view<float, 2>, launch&);
+template void linear_into<bf16>(view<const bf16, 2>, const ref::weight_ref&, view<float, 2>, launch&);
+}  // namespace detail
 
 template <class TX, class TY>
 std::int64_t linear(view<const TX, 2> x, const ref::weight_ref& w, view<TY, 2> y, const exec& ex) {
   detail::launch l("linear", ex);
-  const std::int64_t row_groups = (w.n + kRows * kWarps - 1) / (kRows * kWarps);
-  DSV4_CHECK(row_groups <= 2147483647LL, "linear", "N = ", w.n, " is beyond one launch");
-  if (x.size(0) > 0 && w.n > 0) {
-    switch (w.fmt) {
-      case wfmt::f32: launch_linear<wfmt::f32>(x, w, y, l); break;
-      case wfmt::bf16: launch_linear<wfmt::bf16>(x, w, y, l); break;
-      case wfmt::fp8_b128: launch_linear<wfmt::fp8_b128>(x, w, y, l); break;
-      case wfmt::fp4_b32: launch_linear<wfmt::fp4_b32>(x, w, y, l); break;
-    }
-  }
+  dispatch_linear(x, w, y, l);
   return l.finish();
 }
 

@@ -8,6 +8,8 @@
 
 #include "dsv4/ops/linear.hpp"
 #include "dsv4/ops/mhc.hpp"
+#include "dsv4/ops/moe.hpp"
+#include "dsv4/ref/moe.hpp"
 #include "harness.hpp"
 
 using namespace dsv4;
@@ -57,6 +59,36 @@ double max_rel(const buffer& a, const buffer& b) {
   for (std::size_t i = 0; i < x.size(); ++i) m = std::max(m, std::fabs(double(x[i]) - y[i]) / (1 + std::fabs(double(x[i]))));
   return m;
 }
+// A weight view copied to the device.
+buffer on_gpu(const tensor_view& v) {
+  buffer b(v.dt(), v.shape(), kGpu);
+  ops::copy(v, b);
+  return b;
+}
+
+// An expert_set (FP4 routed, FP8 shared) on the device.
+struct device_experts {
+  std::vector<buffer> keep;
+  std::vector<ops::ffn_weights> routed;
+  ops::ffn_weights shared;
+  ops::qweight dev(const ops::qweight& q) {
+    keep.push_back(on_gpu(q.weight));
+    keep.push_back(on_gpu(q.scale));
+    return {keep[keep.size() - 2].view(), keep.back().view()};
+  }
+  explicit device_experts(const expert_set& h) {
+    keep.reserve(6 * h.routed.size() + 6);  // the views point into keep: no reallocation
+    for (const auto& f : h.routed) routed.push_back({dev(f.w1), dev(f.w2), dev(f.w3)});
+    shared = {dev(h.shared.w1), dev(h.shared.w2), dev(h.shared.w3)};
+  }
+};
+
+// Device scratch of `bytes`, freed at scope exit.
+struct device_scratch {
+  void* p = nullptr;
+  explicit device_scratch(std::size_t bytes) { REQUIRE(cudaMalloc(&p, bytes ? bytes : 1) == cudaSuccess); }
+  ~device_scratch() { cudaFree(p); }
+};
 }  // namespace
 
 TEST_SUITE("cuda") {
@@ -222,6 +254,182 @@ TEST_CASE("mHC: Sinkhorn, hc_pre, hc_head, hc_post on CUDA == ref within fp32 ro
       CHECK(bytes_of(to_host(inplace)) == bytes_of(to_host(od)));
     }
   }
+}
+
+TEST_CASE("moe_route on CUDA: the picks of ref (ties to the lower index), weights within fp32 rounding") {
+  const std::int64_t T = 37;
+  for (std::int64_t E : {64, 300})
+    for (ops::score_func f : {ops::score_func::sqrtsoftplus, ops::score_func::sigmoid, ops::score_func::softmax}) {
+      CAPTURE(E);
+      CAPTURE(ops::score_func_name(f));
+      auto lv = randn(static_cast<std::size_t>(T * E), 40 + E, 2.f);
+      for (std::int64_t e = 0; e < E; ++e) lv[static_cast<std::size_t>(e)] = 1.f;  // token 0: all tied
+      const buffer logits = host_f32(T, E, lv);
+      const buffer bias = host_f32(1, E, randn(static_cast<std::size_t>(E), 41, 0.1f));
+      const ops::route_config cfg{f, 6, 1.5f};
+      for (bool with_bias : {false, true}) {
+        const tensor_view b = with_bias ? bias.view().select(0, 0) : tensor_view();
+        buffer w(dtype::f32, {T, 6}), idx(dtype::i32, {T, 6}), wd(dtype::f32, {T, 6}, kGpu),
+            idxd(dtype::i32, {T, 6}, kGpu);
+        ops::moe_route(logits, cfg, b, w, idx, on(backend::ref));
+        const buffer bias_d = on_gpu(bias.view().select(0, 0));
+        ops::moe_route(on_gpu(logits.view()), cfg, with_bias ? bias_d.view() : tensor_view(), wd, idxd);
+        const buffer wh = to_host(wd), ih = to_host(idxd);
+        // random N(0, 4) logits: no two selection values within 1e-5 of the k-th here, so the picks are ref's
+        CHECK(bytes_of(ih) == bytes_of(idx));
+        if (!with_bias)
+          for (int i = 0; i < 6; ++i) CHECK(ih.host_span<std::int32_t>()[i] == i);  // all tied: experts 0..5
+        for (std::int64_t i = 0; i < T * 6; ++i)
+          CHECK(std::fabs(wh.host_span<float>()[i] - w.host_span<float>()[i]) <= 1e-5 * (1 + std::fabs(w.host_span<float>()[i])));
+      }
+    }
+}
+
+TEST_CASE("moe_hash_route on CUDA: ref's experts; an id out of range is reported (deferred) and its slots skipped") {
+  const std::int64_t T = 9, E = 16, V = 50;
+  const buffer logits = host_f32(T, E, randn(T * E, 50));
+  buffer ids(dtype::i64, {T}), map(dtype::i32, {V, 3});
+  for (std::int64_t t = 0; t < T; ++t) ids.host_span<std::int64_t>()[t] = (t * 7) % V;
+  for (std::int64_t v = 0; v < V; ++v)
+    for (int i = 0; i < 3; ++i) map.host_span<std::int32_t>()[v * 3 + i] = static_cast<std::int32_t>((v + 5 * i) % E);
+  const ops::route_config cfg{ops::score_func::sqrtsoftplus, 3, 1.5f};
+  buffer w(dtype::f32, {T, 3}), idx(dtype::i32, {T, 3}), wd(dtype::f32, {T, 3}, kGpu), idxd(dtype::i32, {T, 3}, kGpu);
+  ops::moe_hash_route(logits, cfg, ids, map, w, idx, on(backend::ref));
+  const buffer logits_d = on_gpu(logits.view()), map_d = on_gpu(map.view());
+  buffer ids_d = on_gpu(ids.view());
+  ops::moe_hash_route(logits_d, cfg, ids_d, map_d, wd, idxd);
+  CHECK(bytes_of(to_host(idxd)) == bytes_of(idx));
+  const buffer wh = to_host(wd);
+  for (std::int64_t i = 0; i < T * 3; ++i)
+    CHECK(std::fabs(wh.host_span<float>()[i] - w.host_span<float>()[i]) <= 1e-5 * (1 + std::fabs(w.host_span<float>()[i])));
+  // token 4's id out of range
+  ids.host_span<std::int64_t>()[4] = V + 3;
+  ids_d = on_gpu(ids.view());
+  cudaStream_t s{};
+  std::uint32_t* st = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
+  REQUIRE(cudaMalloc(reinterpret_cast<void**>(&st), 4) == cudaSuccess);
+  REQUIRE(cudaMemset(st, 0, 4) == cudaSuccess);
+  exec ex;
+  ex.cuda_stream = s;
+  ex.checks = check_policy::deferred;
+  ex.status = st;
+  ops::moe_hash_route(logits_d, cfg, ids_d, map_d, wd, idxd, ex);
+  REQUIRE(cudaStreamSynchronize(s) == cudaSuccess);
+  const buffer ih = to_host(idxd);
+  for (int i = 0; i < 3; ++i) CHECK(ih.host_span<std::int32_t>()[4 * 3 + i] == -1);
+  check_error([&] { check_status(ex); }, {"index out of range"});
+  cudaFree(st);
+  cudaStreamDestroy(s);
+}
+
+TEST_CASE("moe_ffn on CUDA (FP4 routed + FP8 shared): ref within fp32 rounding, a token alone == in the batch, "
+          "graph capture == eager") {
+  const std::int64_t D = 64, I = 96, E = 8, T = 21;
+  const int k = 3;
+  const expert_set host(D, I, E, 100, 1);
+  const device_experts dev(host);
+  const buffer x = host_bf16(T, D, randn(T * D, 7));
+  const buffer logits = host_f32(T, E, randn(T * E, 8));
+  const ops::route_config cfg{ops::score_func::sqrtsoftplus, k, 1.5f};
+  buffer w(dtype::f32, {T, k}), idx(dtype::i32, {T, k});
+  ops::moe_route(logits, cfg, tensor_view(), w, idx, on(backend::ref));
+  idx.host_span<std::int32_t>()[5 * k + 1] = idx.host_span<std::int32_t>()[5 * k];  // a duplicate expert
+  buffer yr(dtype::f32, {T, D});
+  ops::moe_ffn(x, w, idx, host.routed, &host.shared, 10.f, yr, on(backend::ref));
+  double mean_abs = 0;
+  for (float v : yr.host_span<float>()) mean_abs += std::fabs(v) / double(T * D);
+  REQUIRE(mean_abs > 0.05);
+  const buffer xd = on_gpu(x.view()), wd = on_gpu(w.view()), idxd = on_gpu(idx.view());
+  device_scratch scratch(ops::moe_ffn_workspace_bytes(T, k, dev.routed, &dev.shared));
+  exec ex;
+  ex.scratch = {scratch.p, ops::moe_ffn_workspace_bytes(T, k, dev.routed, &dev.shared)};
+  buffer yd(dtype::f32, {T, D}, kGpu);
+  ops::moe_ffn(xd, wd, idxd, dev.routed, &dev.shared, 10.f, yd, ex);
+  const buffer yh = to_host(yd);
+  // fp32 dots (K <= 96) on two chained GEMMs and the combine, vs ref's double dots: the bound the CPU meets
+  for (std::int64_t i = 0; i < T * D; ++i)
+    REQUIRE(std::fabs(yh.host_span<float>()[i] - yr.host_span<float>()[i]) <= 1e-5 * (1 + mean_abs));
+  for (std::int64_t t : {0, 5, 20}) {  // one token alone: the same bits as in the batch
+    buffer y1(dtype::f32, {1, D}, kGpu);
+    ops::moe_ffn(xd.view().narrow(0, t, 1), wd.view().narrow(0, t, 1), idxd.view().narrow(0, t, 1), dev.routed,
+                 &dev.shared, 10.f, y1, ex);
+    const auto one = bytes_of(to_host(y1)), all = bytes_of(yh);
+    CHECK(std::equal(one.begin(), one.end(), all.begin() + t * D * 4));
+  }
+  // route + FFN captured once, replayed on new x and logits
+  cudaStream_t s{};
+  std::uint32_t* st = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
+  REQUIRE(cudaMalloc(reinterpret_cast<void**>(&st), 4) == cudaSuccess);
+  REQUIRE(cudaMemset(st, 0, 4) == cudaSuccess);
+  exec dx = ex;
+  dx.cuda_stream = s;
+  dx.checks = check_policy::deferred;
+  dx.status = st;
+  buffer xg(dtype::bf16, {T, D}, kGpu), lg(dtype::f32, {T, E}, kGpu), wg(dtype::f32, {T, k}, kGpu),
+      ig(dtype::i32, {T, k}, kGpu), yg(dtype::f32, {T, D}, kGpu);
+  REQUIRE(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal) == cudaSuccess);
+  ops::moe_route(lg, cfg, tensor_view(), wg, ig, dx);
+  ops::moe_ffn(xg, wg, ig, dev.routed, &dev.shared, 10.f, yg, dx);
+  cudaGraph_t graph{};
+  REQUIRE(cudaStreamEndCapture(s, &graph) == cudaSuccess);
+  cudaGraphExec_t exe{};
+  REQUIRE(cudaGraphInstantiate(&exe, graph, 0) == cudaSuccess);
+  for (int round = 0; round < 3; ++round) {
+    CAPTURE(round);
+    ops::copy(host_bf16(T, D, randn(T * D, 60 + round)), xg);
+    ops::copy(host_f32(T, E, randn(T * E, 70 + round)), lg);
+    REQUIRE(cudaGraphLaunch(exe, s) == cudaSuccess);
+    REQUIRE(cudaStreamSynchronize(s) == cudaSuccess);
+    buffer w2(dtype::f32, {T, k}, kGpu), i2(dtype::i32, {T, k}, kGpu), y2(dtype::f32, {T, D}, kGpu);
+    ops::moe_route(lg, cfg, tensor_view(), w2, i2);
+    ops::moe_ffn(xg, w2, i2, dev.routed, &dev.shared, 10.f, y2, ex);
+    CHECK(bytes_of(to_host(yg)) == bytes_of(to_host(y2)));
+  }
+  check_status(dx);
+  cudaGraphExecDestroy(exe);
+  cudaGraphDestroy(graph);
+  cudaFree(st);
+  cudaStreamDestroy(s);
+}
+
+TEST_CASE("moe_ffn on CUDA: too little scratch and mixed expert layouts are errors; a bad expert id is reported") {
+  const std::int64_t D = 64, I = 96, E = 4, T = 3;
+  const expert_set host(D, I, E, 300, 3);
+  const device_experts dev(host);
+  buffer idx(dtype::i32, {T, 2}), w(dtype::f32, {T, 2});
+  for (std::int64_t i = 0; i < T * 2; ++i) {
+    idx.host_span<std::int32_t>()[i] = static_cast<std::int32_t>(i % E);
+    w.host_span<float>()[i] = 0.5f;
+  }
+  const buffer xd = on_gpu(host_f32(T, D, randn(T * D, 9)).view()), wd = on_gpu(w.view());
+  buffer idxd = on_gpu(idx.view());
+  buffer yd(dtype::f32, {T, D}, kGpu);
+  check_error([&] { ops::moe_ffn(xd, wd, idxd, dev.routed, &dev.shared, 10.f, yd); },
+              {"exec.scratch holds 0 bytes", "moe_ffn_workspace_bytes"});
+  const std::size_t need = ops::moe_ffn_workspace_bytes(T, 2, dev.routed, &dev.shared);
+  device_scratch scratch(need);
+  exec ex;
+  ex.scratch = {scratch.p, need};
+  std::vector<ops::ffn_weights> mixed = dev.routed;
+  mixed[2].w1 = dev.shared.w1;  // FP8 among FP4
+  check_error([&] { ops::moe_ffn(xd, wd, idxd, mixed, &dev.shared, 10.f, yd, ex); }, {"expert 2 differs"});
+  idx.host_span<std::int32_t>()[3] = 9;
+  idxd = on_gpu(idx.view());
+  cudaStream_t s{};
+  std::uint32_t* st = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
+  REQUIRE(cudaMalloc(reinterpret_cast<void**>(&st), 4) == cudaSuccess);
+  REQUIRE(cudaMemset(st, 0, 4) == cudaSuccess);
+  exec dx = ex;
+  dx.cuda_stream = s;
+  dx.checks = check_policy::deferred;
+  dx.status = st;
+  ops::moe_ffn(xd, wd, idxd, dev.routed, &dev.shared, 10.f, yd, dx);
+  check_error([&] { check_status(dx); }, {"index out of range"});
+  cudaFree(st);
+  cudaStreamDestroy(s);
 }
 
 }  // TEST_SUITE

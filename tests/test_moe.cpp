@@ -29,50 +29,6 @@ buffer f32_buf(std::initializer_list<std::int64_t> shape, const std::vector<floa
 }
 
 
-// A random FP4 weight [N, K] (scales 2^-4 .. 2^-2 so activations stay O(1)).
-struct fp4w {
-  buffer w, s;
-  fp4w(std::int64_t N, std::int64_t K, std::uint64_t seed) : w(dtype::fp4_e2m1, {N, K}), s(dtype::ue8m0, {N, K / 32}) {
-    std::mt19937_64 rng(seed);
-    std::uniform_int_distribution<int> byte(0, 255), e(123, 125);
-    auto* p = static_cast<std::uint8_t*>(w.data());
-    for (std::int64_t i = 0; i < N * K / 2; ++i) p[i] = static_cast<std::uint8_t>(byte(rng));
-    for (auto& x : s.host_span<ue8m0>()) x.bits = static_cast<std::uint8_t>(e(rng));
-  }
-  ops::qweight q() const { return {w.view(), s.view()}; }
-};
-struct fp8w {
-  buffer w, s;
-  fp8w(std::int64_t N, std::int64_t K, std::uint64_t seed)
-      : w(dtype::fp8_e4m3, {N, K}), s(dtype::ue8m0, {(N + 127) / 128, (K + 127) / 128}) {
-    std::mt19937_64 rng(seed);
-    std::normal_distribution<float> nd(0.f, 1.f);
-    for (auto& c : w.host_span<fp8_e4m3>()) c = fp8_e4m3::from_float(nd(rng) * 8.f);
-    for (auto& x : s.host_span<ue8m0>()) x.bits = 121;  // 2^-6 · N(0, 8^2): entries ~ N(0, 1/64)
-  }
-  ops::qweight q() const { return {w.view(), s.view()}; }
-};
-
-// E routed FP4 experts (w1, w2, w3 seeded r + e, r + 100 + e, r + 200 + e) and an FP8 shared expert (seeds sh,
-// sh + 1, sh + 2), SwiGLU shapes D -> I -> D. Not movable: the ffn_weights view its own buffers.
-struct expert_set {
-  std::vector<fp4w> w1, w2, w3;
-  fp8w s1, s2, s3;
-  std::vector<ops::ffn_weights> routed;
-  ops::ffn_weights shared;
-  expert_set(std::int64_t D, std::int64_t I, int E, std::uint64_t r, std::uint64_t sh)
-      : s1(I, D, sh), s2(D, I, sh + 1), s3(I, D, sh + 2), shared{s1.q(), s2.q(), s3.q()} {
-    for (int e = 0; e < E; ++e) {
-      w1.emplace_back(I, D, r + static_cast<std::uint64_t>(e));
-      w2.emplace_back(D, I, r + 100 + static_cast<std::uint64_t>(e));
-      w3.emplace_back(I, D, r + 200 + static_cast<std::uint64_t>(e));
-    }
-    for (int e = 0; e < E; ++e) routed.push_back({w1[e].q(), w2[e].q(), w3[e].q()});
-  }
-  expert_set(const expert_set&) = delete;
-  expert_set& operator=(const expert_set&) = delete;
-};
-
 }  // namespace
 
 TEST_SUITE("moe") {

@@ -9,6 +9,9 @@
 #include "dsv4/cpu/moe.hpp"
 #include "dsv4/ref/moe.hpp"
 #include "dsv4/ref/official.hpp"
+#if DSV4_WITH_CUDA
+#include "dsv4/cuda/moe.hpp"
+#endif
 
 namespace dsv4::ops {
 
@@ -37,6 +40,26 @@ std::int64_t check_route(const char* op, const tensor_view& logits, const route_
   return E;
 }
 
+// The routers on CUDA tensors: shapes and devices checked here, values on the device (non-finite logits and ids
+// out of range are reported through the status, dsv4/cuda/moe.hpp).
+std::int64_t check_route_cuda(const char* op, const tensor_view& logits, const route_config& cfg,
+                              const tensor_view& w, const tensor_view& idx) {
+  DSV4_CHECK(logits.rank() == 2 && logits.dt() == dtype::f32, op, "logits ", logits.describe(),
+             ": expected f32[T, E]");
+  const std::int64_t T = logits.shape(0), E = logits.shape(1);
+  DSV4_CHECK(cfg.topk >= 1 && cfg.topk <= E, op, "topk ", cfg.topk, " must be in [1, E = ", E, "]");
+  DSV4_CHECK(std::isfinite(cfg.route_scale) && cfg.route_scale > 0.f, op, "route_scale ", cfg.route_scale,
+             " must be finite and > 0");
+  detail::check_tensor(op, "weights", w, dtype::f32, {T, cfg.topk});
+  detail::check_tensor(op, "experts", idx, dtype::i32, {T, cfg.topk});
+  detail::check_same_device(op, {&logits, &w, &idx});
+  detail::check_aliasing(op, logits, w, false);
+  detail::check_aliasing(op, logits, idx, false);
+  detail::check_aliasing(op, w, idx, false);
+  detail::choose_backend(op, {}, logits.dev(), nullptr);
+  return E;
+}
+
 std::int64_t read_index(const tensor_view& t, std::int64_t i, std::int64_t j) {
   if (t.dt() == dtype::i32) return t.rank() == 1 ? t.as<const std::int32_t, 1>()(i) : t.as<const std::int32_t, 2>()(i, j);
   return t.rank() == 1 ? t.as<const std::int64_t, 1>()(i) : t.as<const std::int64_t, 2>()(i, j);
@@ -47,6 +70,21 @@ std::int64_t read_index(const tensor_view& t, std::int64_t i, std::int64_t j) {
 void moe_route(const tensor_view& logits, const route_config& cfg, const tensor_view& bias, const tensor_view& w,
                const tensor_view& idx, const exec& ex) {
   constexpr const char* op = "moe_route";
+#if DSV4_WITH_CUDA
+  if (logits.dev().is_cuda()) {
+    const std::int64_t E = check_route_cuda(op, logits, cfg, w, idx);
+    const bool has_bias = !detail::is_absent(bias);
+    if (has_bias) {
+      DSV4_CHECK(bias.rank() == 1 && bias.dt() == dtype::f32 && bias.shape(0) == E && bias.stride(0) == 1, op,
+                 "bias ", bias.describe(), ", expected contiguous f32[", E, "] or an empty view");
+      detail::check_same_device(op, {&logits, &bias});
+    }
+    DSV4_CHECK(ex.prefer == backend::automatic || ex.prefer == backend::cuda, op, "backend ",
+               backend_name(ex.prefer), " requested but the tensors live on ", logits.dev());
+    return cuda::moe_route(logits.as<const float, 2>(), cfg, has_bias ? static_cast<const float*>(bias.data()) : nullptr,
+                           w.as<float, 2>(), idx.as<std::int32_t, 2>(), detail::on_device(op, ex, logits.dev()));
+  }
+#endif
   const std::int64_t E = check_route(op, logits, cfg, w, idx);
   std::vector<float> b;
   if (!detail::is_absent(bias)) {
@@ -71,6 +109,25 @@ void moe_route(const tensor_view& logits, const route_config& cfg, const tensor_
 void moe_hash_route(const tensor_view& logits, const route_config& cfg, const tensor_view& token_ids,
                     const tensor_view& tid2eid, const tensor_view& w, const tensor_view& idx, const exec& ex) {
   constexpr const char* op = "moe_hash_route";
+#if DSV4_WITH_CUDA
+  if (logits.dev().is_cuda()) {
+    check_route_cuda(op, logits, cfg, w, idx);
+    const std::int64_t T = logits.shape(0);
+    DSV4_CHECK(token_ids.rank() == 1 && token_ids.shape(0) == T &&
+                   (token_ids.dt() == dtype::i32 || token_ids.dt() == dtype::i64),
+               op, "token_ids ", token_ids.describe(), ", expected i32|i64[", T, "]");
+    DSV4_CHECK(tid2eid.rank() == 2 && tid2eid.shape(1) == cfg.topk &&
+                   (tid2eid.dt() == dtype::i32 || tid2eid.dt() == dtype::i64),
+               op, "tid2eid ", tid2eid.describe(), ", expected i32|i64[vocab, ", cfg.topk, "]");
+    detail::check_same_device(op, {&logits, &token_ids, &tid2eid});
+    DSV4_CHECK(ex.prefer == backend::automatic || ex.prefer == backend::cuda, op, "backend ",
+               backend_name(ex.prefer), " requested but the tensors live on ", logits.dev());
+    return cuda::moe_hash_route(logits.as<const float, 2>(), cfg, token_ids.data(), token_ids.stride(0),
+                                token_ids.dt() == dtype::i32, tid2eid.data(), tid2eid.shape(0), tid2eid.stride(0),
+                                tid2eid.stride(1), tid2eid.dt() == dtype::i32, w.as<float, 2>(),
+                                idx.as<std::int32_t, 2>(), detail::on_device(op, ex, logits.dev()));
+  }
+#endif
   const std::int64_t E = check_route(op, logits, cfg, w, idx);
   const std::int64_t T = logits.shape(0);
   DSV4_CHECK(token_ids.rank() == 1 && token_ids.shape(0) == T &&
@@ -170,6 +227,67 @@ std::int64_t moe_official_ref(const float* x, std::int64_t T, std::int64_t D, vi
 
 }  // namespace
 
+namespace {
+// Every expert bound (the CUDA path cannot read the routing to bind only the used ones); all on x's device.
+std::vector<ref::ffn_ref> bind_all(const char* op, std::span<const ffn_weights> routed, const ffn_weights* shared,
+                                   std::int64_t D, ref::ffn_ref* sr, const tensor_view& x) {
+  auto bind = [&](const ffn_weights& f, const char* n1, const char* n2, const char* n3, std::int64_t e) {
+    ref::ffn_ref r;
+    r.w1 = detail::bind_weight(op, n1, e, f.w1, -1, D, true);
+    r.w3 = detail::bind_weight(op, n3, e, f.w3, r.w1.n, D, true);
+    r.w2 = detail::bind_weight(op, n2, e, f.w2, D, r.w1.n, true);
+    for (const qweight* q : {&f.w1, &f.w2, &f.w3}) {
+      DSV4_CHECK(q->weight.dev() == x.dev(), op, describe(*q), " lives on ", q->weight.dev(), ", x on ", x.dev());
+      DSV4_CHECK(detail::weight_is_cpu_friendly(*q), op, describe(*q), ": innermost stride must be 1");
+    }
+    return r;
+  };
+  std::vector<ref::ffn_ref> rr;
+  for (std::size_t e = 0; e < routed.size(); ++e)
+    rr.push_back(bind(routed[e], "routed w1", "routed w2", "routed w3", static_cast<std::int64_t>(e)));
+  if (shared) *sr = bind(*shared, "shared w1", "shared w2", "shared w3", -1);
+  return rr;
+}
+
+#if DSV4_WITH_CUDA
+void moe_ffn_cuda(const tensor_view& x, const tensor_view& w, const tensor_view& idx,
+                  std::span<const ffn_weights> routed, const ffn_weights* shared, float swiglu_limit,
+                  const tensor_view& y, const exec& ex, numerics nm) {
+  constexpr const char* op = "moe_ffn";
+  DSV4_CHECK(nm == numerics::fp32, op, "the CUDA backend implements numerics fp32 only so far");
+  DSV4_CHECK(ex.prefer == backend::automatic || ex.prefer == backend::cuda, op, "backend ",
+             backend_name(ex.prefer), " requested but the tensors live on ", x.dev());
+  detail::check_same_device(op, {&x, &w, &idx, &y});
+  for (const tensor_view* t : {&x, &w, &idx}) detail::check_aliasing(op, *t, y, false);
+  ref::ffn_ref sr;
+  const std::vector<ref::ffn_ref> rr = bind_all(op, routed, shared, x.shape(1), &sr, x);
+  std::int64_t bad = 0;
+  visit_dtype<float, bf16>(x.dt(), op, [&]<class TX>(std::type_identity<TX>) {
+    visit_dtype<float, bf16>(y.dt(), op, [&]<class TY>(std::type_identity<TY>) {
+      bad = cuda::moe_ffn(x.as<const TX, 2>(), w.as<const float, 2>(), idx.as<const std::int32_t, 2>(), rr,
+                          shared ? &sr : nullptr, swiglu_limit, y.as<TY, 2>(), detail::on_device(op, ex, x.dev()));
+    });
+  });
+  DSV4_CHECK(bad == 0, op, bad, " expert weights decode to NaN (NaN codes, or codes under a 0xFF scale)");
+}
+#endif
+}  // namespace
+
+std::size_t moe_ffn_workspace_bytes(std::int64_t T, std::int64_t k, std::span<const ffn_weights> routed,
+                                    const ffn_weights* shared) {
+  constexpr const char* op = "moe_ffn_workspace_bytes";
+  DSV4_CHECK(!routed.empty(), op, "no routed experts");
+  DSV4_CHECK(T >= 0 && k >= 0, op, "T = ", T, " and k = ", k, " must be >= 0");
+  const std::int64_t D = routed[0].w1.weight.shape(1), I = routed[0].w1.weight.shape(0);
+#if DSV4_WITH_CUDA
+  return cuda::moe_ffn_workspace_bytes(T, k, static_cast<std::int64_t>(routed.size()), D, I, shared != nullptr,
+                                       shared ? shared->w1.weight.shape(0) : 0);
+#else
+  (void)D, (void)I, (void)shared;
+  return 0;  // only the CUDA backend takes scratch
+#endif
+}
+
 void moe_ffn(const tensor_view& x, const tensor_view& w, const tensor_view& idx, std::span<const ffn_weights> routed,
              const ffn_weights* shared, float swiglu_limit, const tensor_view& y, const exec& ex, numerics nm) {
   constexpr const char* op = "moe_ffn";
@@ -184,6 +302,9 @@ void moe_ffn(const tensor_view& x, const tensor_view& w, const tensor_view& idx,
   DSV4_CHECK(std::isfinite(swiglu_limit) && swiglu_limit >= 0.f, op, "swiglu_limit ", swiglu_limit,
              " must be finite and >= 0 (0 = no clamp)");
   DSV4_CHECK(k == 0 || !routed.empty(), op, "experts are selected (k = ", k, ") but no routed experts are given");
+#if DSV4_WITH_CUDA
+  if (x.dev().is_cuda()) return moe_ffn_cuda(x, w, idx, routed, shared, swiglu_limit, y, ex, nm);
+#endif
   detail::check_host_only(op, "MoE", {&x, &w, &idx, &y});
   for (const tensor_view* t : {&x, &w, &idx}) detail::check_aliasing(op, *t, y, false);
   const std::int64_t E = static_cast<std::int64_t>(routed.size());

@@ -5,8 +5,8 @@
 // row never depends on the rest of the batch): a warp owns an output; lane l owns, in each group of 32·E elements
 // of K, the E consecutive elements from 32·E·g + E·l (E = 4 for f32, 8 for bf16 / FP8 / FP4: one 16- or 8- or 4-byte
 // load per lane); it fma-accumulates them in increasing k, group after group; then the 32 lane sums are added by the
-// xor butterfly (offsets 16, 8, 4, 2, 1). Kernels differ only in how many tokens (1 for decode, 8 for prefill) and
-// rows (4) a warp carries at once. Declarations only; cuda/linear.cu has the kernels.
+// xor butterfly (offsets 16, 8, 4, 2, 1). Kernels differ only in how many tokens (1 for decode; 8 (f32) or 4 for
+// prefill) and rows (4) a warp carries at once. Declarations only; cuda/linear.cu has the kernels.
 #pragma once
 
 #include <cstdint>

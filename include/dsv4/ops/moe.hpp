@@ -3,9 +3,13 @@
 // A V4 MoE layer is: logits = linear(x, ffn.gate.weight) in fp32 (ops::linear), then moe_route (layers >=
 // n_hash_layers) or moe_hash_route (layers < n_hash_layers), then moe_ffn over the routed and shared experts.
 //
-// Backends: ref and cpu. The CPU backend scores with xsimd and selects without sorting (moe_route), and groups
+// Backends: ref, cpu and cuda. The CPU backend scores with xsimd and selects without sorting (moe_route), and groups
 // tokens by expert (gather, GEMM through the CPU linear kernels, scatter) in moe_ffn; per token its result is
-// bit-identical whatever the batch and thread count. No CUDA backend yet.
+// bit-identical whatever the batch and thread count. The CUDA backend (fp32 numerics; dsv4/cuda/moe.hpp) plans,
+// gathers, runs the grouped expert GEMMs and combines on the device (no host read, graph-capturable), with scratch
+// from exec::scratch sized by moe_ffn_workspace_bytes; per token it is bit-identical whatever the batch too. On
+// CUDA, values are checked on the device: non-finite logits, token ids or expert ids out of range and NaN weights
+// are reported through exec's check policy (dsv4/exec.hpp) instead of being read back here.
 #pragma once
 
 #include <span>
@@ -70,5 +74,10 @@ struct ffn_weights {
 void moe_ffn(const tensor_view& x, const tensor_view& weights, const tensor_view& experts,
              std::span<const ffn_weights> routed, const ffn_weights* shared, float swiglu_limit,
              const tensor_view& y, const exec& ex = {}, numerics nm = numerics::fp32);
+
+// Device scratch (exec::scratch) the CUDA backend of moe_ffn needs for T tokens of k slots over these experts
+// (0 without a CUDA build: the host backends take none). The routed experts share one shape on CUDA.
+std::size_t moe_ffn_workspace_bytes(std::int64_t T, std::int64_t k, std::span<const ffn_weights> routed,
+                                    const ffn_weights* shared);
 
 }  // namespace dsv4::ops
