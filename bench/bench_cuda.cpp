@@ -1,0 +1,281 @@
+// bench/bench_cuda.cpp — the CUDA backends on V4-Flash / V4-Pro shapes (model_traits.hpp), next to the ceilings of
+// the GPU they run on, measured or derived in the same run:
+//   copy_bw          device-to-device copy of 1 GiB: GB/s of bytes read + written (the HBM ceiling decode compares to);
+//   fp32 peak        SMs x 128 fp32 lanes x 2 flops x the SM clock (cudaDevAttrClockRate): the CUDA-core ceiling of the
+//                    fp32 policy (no tensor cores: exact decode, fp32 fma);
+//   linear_decode    T = 1 over as many distinct copies of the matrix as exceed 4x the L2 (weights from HBM): GB/s of
+//                    weight + scale bytes, and bw = that / copy_bw;
+//   linear_prefill   T = 512: TFLOP/s (2·T·N·K) and peak = that / fp32 peak;
+//   moe_ffn          a full routed-expert bank (Flash: 256 x 3 FP4 matrices, 3.4 GB; Pro: 384, 8.6 GB) + the FP8
+//                    shared expert; T = 1 reports GB/s of the 6 + 1 experts' bytes, T = 512 TFLOP/s;
+//   hc_pre / moe_route  microseconds per call at T = 1 and 512.
+// Times are CUDA events around 20 back-to-back calls on one stream (check_policy::deferred: no host synchronization
+// inside the loop). Without a GPU every case reports "no CUDA device" and the binary exits 0.
+#include <benchmark/benchmark.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <cstdint>
+#include <vector>
+
+#include "dsv4/buffer.hpp"
+#include "dsv4/model_traits.hpp"
+#include "dsv4/ops/linear.hpp"
+#include "dsv4/ops/memory.hpp"
+#include "dsv4/ops/mhc.hpp"
+#include "dsv4/ops/moe.hpp"
+
+namespace {
+
+using namespace dsv4;
+
+bool have_gpu() { return ops::cuda_device_count() > 0; }
+
+// The device's CUDA-core fp32 peak (FLOP/s): 128 fp32 lanes per SM on sm_90 / sm_100.
+double fp32_peak() {
+  int sms = 0, khz = 0;
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
+  cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, 0);
+  return double(sms) * 128 * 2 * double(khz) * 1e3;
+}
+
+// One stream, a status word, events; seconds per call of f over `reps` calls (after one warm-up call).
+struct timer {
+  cudaStream_t s{};
+  std::uint32_t* status = nullptr;
+  cudaEvent_t a{}, b{};
+  timer() {
+    cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
+    cudaMalloc(reinterpret_cast<void**>(&status), 4);
+    cudaMemset(status, 0, 4);
+    cudaEventCreate(&a);
+    cudaEventCreate(&b);
+  }
+  ~timer() {
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    cudaFree(status);
+    cudaStreamDestroy(s);
+  }
+  exec ex(void* scratch = nullptr, std::size_t bytes = 0) const {
+    exec e;
+    e.cuda_stream = s;
+    e.checks = check_policy::deferred;
+    e.status = status;
+    e.scratch = {scratch, bytes};
+    return e;
+  }
+  template <class F>
+  double seconds(F&& f, int reps = 20) {
+    f(0);
+    cudaEventRecord(a, s);
+    for (int r = 0; r < reps; ++r) f(r + 1);
+    cudaEventRecord(b, s);
+    cudaEventSynchronize(b);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, a, b);
+    check_status(ex());
+    return ms / 1e3 / reps;
+  }
+};
+
+double copy_bw() {
+  static const double v = [] {
+    const std::size_t n = std::size_t{1} << 30;
+    void *src = nullptr, *dst = nullptr;
+    cudaMalloc(&src, n);
+    cudaMalloc(&dst, n);
+    cudaMemset(src, 1, n);
+    timer t;
+    const double s = t.seconds([&](int) { cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToDevice, t.s); }, 10);
+    cudaFree(src);
+    cudaFree(dst);
+    return 2.0 * double(n) / s / 1e9;
+  }();
+  return v;
+}
+
+// Random code bytes (no NaN code: 0x7F / 0xFF become 0x7E / 0xFE), 64 MiB made once and copied into every weight,
+// so HBM sees incompressible data; scales are a fixed 2^-3 (timing only: the tests check values).
+const std::vector<std::uint8_t>& random_codes() {
+  static const std::vector<std::uint8_t> v = [] {
+    std::vector<std::uint8_t> b(std::size_t{64} << 20);
+    std::uint64_t x = 0x9E3779B97F4A7C15ull;
+    for (auto& c : b) {
+      x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+      c = static_cast<std::uint8_t>(x >> 56);
+      if ((c & 0x7F) == 0x7F) c = static_cast<std::uint8_t>(c - 1);
+    }
+    return b;
+  }();
+  return v;
+}
+
+struct dev_weight {
+  std::unique_ptr<buffer> w, s;
+  dev_weight(dtype dt, std::int64_t N, std::int64_t K) {
+    const device g = device::cuda(0);
+    w = std::make_unique<buffer>(dt, std::initializer_list<std::int64_t>{N, K}, g);
+    const auto& r = random_codes();
+    for (std::size_t off = 0, n = static_cast<std::size_t>(w->nbytes()); off < n; off += r.size())
+      cudaMemcpy(static_cast<char*>(w->data()) + off, r.data(), std::min(r.size(), n - off), cudaMemcpyHostToDevice);
+    if (dt == dtype::fp8_e4m3)
+      s = std::make_unique<buffer>(dtype::ue8m0, std::initializer_list<std::int64_t>{(N + 127) / 128, (K + 127) / 128}, g);
+    else
+      s = std::make_unique<buffer>(dtype::ue8m0, std::initializer_list<std::int64_t>{N, K / 32}, g);
+    cudaMemset(s->data(), 124, static_cast<std::size_t>(s->nbytes()));
+  }
+  ops::qweight q() const { return {w->view(), s->view()}; }
+  double bytes() const { return double(w->nbytes() + s->nbytes()); }
+};
+
+void linear_case(benchmark::State& state, dtype dt, std::int64_t N, std::int64_t K, std::int64_t T) {
+  if (!have_gpu()) return state.SkipWithError("no CUDA device");
+  int l2 = 0;
+  cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, 0);
+  std::vector<std::unique_ptr<dev_weight>> ws;
+  ws.push_back(std::make_unique<dev_weight>(dt, N, K));
+  if (T == 1)  // distinct copies until 4x the L2: every call streams its weight from HBM
+    while (double(ws.size()) * ws[0]->bytes() < 4.0 * l2) ws.push_back(std::make_unique<dev_weight>(dt, N, K));
+  const device g = device::cuda(0);
+  buffer x(dtype::bf16, {T, K}, g), y(dtype::f32, {T, N}, g);
+  cudaMemset(x.data(), 0x3c, static_cast<std::size_t>(x.nbytes()));
+  timer t;
+  double sec = 0;
+  for (auto _ : state) {
+    sec = t.seconds([&](int r) { ops::linear(x, ws[static_cast<std::size_t>(r) % ws.size()]->q(), y, t.ex()); });
+    state.SetIterationTime(sec);
+  }
+  if (T == 1) {
+    state.counters["GB/s"] = ws[0]->bytes() / sec / 1e9;
+    state.counters["bw"] = ws[0]->bytes() / sec / 1e9 / copy_bw();
+    state.counters["copy_GB/s"] = copy_bw();
+  } else {
+    state.counters["TFLOP/s"] = 2.0 * double(T) * double(N) * double(K) / sec / 1e12;
+    state.counters["peak"] = 2.0 * double(T) * double(N) * double(K) / sec / fp32_peak();
+  }
+}
+
+template <class M>
+void moe_case(benchmark::State& state) {
+  if (!have_gpu()) return state.SkipWithError("no CUDA device");
+  const std::int64_t T = state.range(0), D = M::dim, I = M::moe_inter_dim, E = M::n_routed_experts;
+  const int k = static_cast<int>(M::n_activated_experts);
+  std::vector<std::unique_ptr<dev_weight>> keep;
+  std::vector<ops::ffn_weights> routed;
+  auto w = [&](dtype dt, std::int64_t n, std::int64_t kk) {
+    keep.push_back(std::make_unique<dev_weight>(dt, n, kk));
+    return keep.back()->q();
+  };
+  for (std::int64_t e = 0; e < E; ++e) {
+    const ops::qweight w1 = w(dtype::fp4_e2m1, I, D), w2 = w(dtype::fp4_e2m1, D, I), w3 = w(dtype::fp4_e2m1, I, D);
+    routed.push_back({w1, w2, w3});
+  }
+  const ops::ffn_weights shared{w(dtype::fp8_e4m3, I, D), w(dtype::fp8_e4m3, D, I), w(dtype::fp8_e4m3, I, D)};
+  const device g = device::cuda(0);
+  buffer x(dtype::bf16, {T, D}, g), wt(dtype::f32, {T, k}, g), idx(dtype::i32, {T, k}, g), y(dtype::bf16, {T, D}, g);
+  cudaMemset(x.data(), 0x3c, static_cast<std::size_t>(x.nbytes()));
+  cudaMemset(wt.data(), 0, static_cast<std::size_t>(wt.nbytes()));
+  {  // token t routes to experts (t·k + i) mod E: a spread like real routing
+    std::vector<std::int32_t> h(static_cast<std::size_t>(T * k));
+    for (std::int64_t i = 0; i < T * k; ++i) h[static_cast<std::size_t>(i)] = static_cast<std::int32_t>((i * 37) % E);
+    cudaMemcpy(idx.data(), h.data(), h.size() * 4, cudaMemcpyHostToDevice);
+  }
+  const std::size_t need = ops::moe_ffn_workspace_bytes(T, k, routed, &shared);
+  void* scratch = nullptr;
+  cudaMalloc(&scratch, need);
+  timer t;
+  double sec = 0;
+  for (auto _ : state) {
+    sec = t.seconds([&](int) { ops::moe_ffn(x, wt, idx, routed, &shared, M::swiglu_limit, y, t.ex(scratch, need)); },
+                    T == 1 ? 20 : 3);
+    state.SetIterationTime(sec);
+  }
+  cudaFree(scratch);
+  const double per_expert = 3.0 * keep[0]->bytes(), shared_bytes = 3.0 * keep.back()->bytes();
+  if (T == 1) {
+    state.counters["GB/s"] = (k * per_expert + shared_bytes) / sec / 1e9;
+    state.counters["bw"] = (k * per_expert + shared_bytes) / sec / 1e9 / copy_bw();
+  } else {
+    const double flops = 2.0 * 3 * double(I) * double(D) * double(T) * double(k + 1);
+    state.counters["TFLOP/s"] = flops / sec / 1e12;
+    state.counters["peak"] = flops / sec / fp32_peak();
+  }
+}
+
+template <class M>
+void hc_pre_case(benchmark::State& state) {
+  if (!have_gpu()) return state.SkipWithError("no CUDA device");
+  const std::int64_t T = state.range(0), n = M::hc_mult, D = M::dim, m = 2 * n + n * n;
+  const device g = device::cuda(0);
+  buffer x(dtype::bf16, {T, n, D}, g), fn(dtype::f32, {m, n * D}, g), scale(dtype::f32, {3}, g),
+      base(dtype::f32, {m}, g), y(dtype::bf16, {T, D}, g), post(dtype::f32, {T, n}, g), comb(dtype::f32, {T, n, n}, g);
+  for (buffer* b : {&x, &fn, &scale, &base}) cudaMemset(b->data(), 0x3c, static_cast<std::size_t>(b->nbytes()));
+  timer t;
+  double sec = 0;
+  for (auto _ : state) {
+    sec = t.seconds([&](int) { ops::hc_pre(x, fn, scale, base, y, post, comb, {}, t.ex()); });
+    state.SetIterationTime(sec);
+  }
+  state.counters["us"] = sec * 1e6;
+}
+
+template <class M>
+void route_case(benchmark::State& state) {
+  if (!have_gpu()) return state.SkipWithError("no CUDA device");
+  const std::int64_t T = state.range(0), E = M::n_routed_experts;
+  const int k = static_cast<int>(M::n_activated_experts);
+  const device g = device::cuda(0);
+  buffer logits(dtype::f32, {T, E}, g), w(dtype::f32, {T, k}, g), idx(dtype::i32, {T, k}, g);
+  cudaMemset(logits.data(), 0x3c, static_cast<std::size_t>(logits.nbytes()));
+  timer t;
+  double sec = 0;
+  for (auto _ : state) {
+    sec = t.seconds([&](int) {
+      ops::moe_route(logits, {ops::score_func::sqrtsoftplus, k, M::route_scale}, tensor_view(), w, idx,
+                     t.ex());
+    });
+    state.SetIterationTime(sec);
+  }
+  state.counters["us"] = sec * 1e6;
+}
+
+void BM_cuda_copy_bw(benchmark::State& state) {
+  if (!have_gpu()) return state.SkipWithError("no CUDA device");
+  for (auto _ : state) state.SetIterationTime(1e-3);
+  state.counters["GB/s"] = copy_bw();
+  state.counters["fp32_TFLOP/s"] = fp32_peak() / 1e12;
+}
+void BM_cuda_linear_decode_fp4_2048x4096(benchmark::State& s) { linear_case(s, dtype::fp4_e2m1, 2048, 4096, 1); }
+void BM_cuda_linear_decode_fp4_4096x2048(benchmark::State& s) { linear_case(s, dtype::fp4_e2m1, 4096, 2048, 1); }
+void BM_cuda_linear_decode_fp8_32768x1024(benchmark::State& s) { linear_case(s, dtype::fp8_e4m3, 32768, 1024, 1); }
+void BM_cuda_linear_decode_fp8_4096x8192(benchmark::State& s) { linear_case(s, dtype::fp8_e4m3, 4096, 8192, 1); }
+void BM_cuda_linear_prefill_fp4_2048x4096(benchmark::State& s) { linear_case(s, dtype::fp4_e2m1, 2048, 4096, 512); }
+void BM_cuda_linear_prefill_fp8_4096x8192(benchmark::State& s) { linear_case(s, dtype::fp8_e4m3, 4096, 8192, 512); }
+void BM_cuda_moe_ffn_flash(benchmark::State& s) { moe_case<v4_flash_traits>(s); }
+void BM_cuda_moe_ffn_pro(benchmark::State& s) { moe_case<v4_pro_traits>(s); }
+void BM_cuda_hc_pre_flash(benchmark::State& s) { hc_pre_case<v4_flash_traits>(s); }
+void BM_cuda_hc_pre_pro(benchmark::State& s) { hc_pre_case<v4_pro_traits>(s); }
+void BM_cuda_route_flash(benchmark::State& s) { route_case<v4_flash_traits>(s); }
+void BM_cuda_route_pro(benchmark::State& s) { route_case<v4_pro_traits>(s); }
+
+}  // namespace
+
+#define DSV4_CUDA_BENCH(fn) BENCHMARK(fn)->UseManualTime()->Iterations(1)->Unit(benchmark::kMicrosecond)
+DSV4_CUDA_BENCH(BM_cuda_copy_bw);
+DSV4_CUDA_BENCH(BM_cuda_linear_decode_fp4_2048x4096);
+DSV4_CUDA_BENCH(BM_cuda_linear_decode_fp4_4096x2048);
+DSV4_CUDA_BENCH(BM_cuda_linear_decode_fp8_32768x1024);
+DSV4_CUDA_BENCH(BM_cuda_linear_decode_fp8_4096x8192);
+DSV4_CUDA_BENCH(BM_cuda_linear_prefill_fp4_2048x4096);
+DSV4_CUDA_BENCH(BM_cuda_linear_prefill_fp8_4096x8192);
+DSV4_CUDA_BENCH(BM_cuda_moe_ffn_flash)->Arg(1)->Arg(512);
+DSV4_CUDA_BENCH(BM_cuda_moe_ffn_pro)->Arg(1)->Arg(512);
+DSV4_CUDA_BENCH(BM_cuda_hc_pre_flash)->Arg(1)->Arg(512);
+DSV4_CUDA_BENCH(BM_cuda_hc_pre_pro)->Arg(1)->Arg(512);
+DSV4_CUDA_BENCH(BM_cuda_route_flash)->Arg(1)->Arg(512);
+DSV4_CUDA_BENCH(BM_cuda_route_pro)->Arg(1)->Arg(512);
+BENCHMARK_MAIN();
