@@ -3,59 +3,18 @@
 // execution model (dsv4/exec.hpp): the deferred status word, CUDA-graph capture and replay with new contents, two
 // streams at once, repeated runs, the device guard and the exec checks, empty inputs, strided / rank-3 views, grids
 // past 65,535 rows, and the hardware conversions against the integer encoders on all 2^32 floats.
-#include <cuda_runtime.h>
-
 #include <thread>
 
 #include "dsv4/cuda/quant.hpp"
 #include "dsv4/ops/hadamard.hpp"
 #include "dsv4/ops/quant.hpp"
 #include "dsv4/ref/quant.hpp"
-#include "harness.hpp"
+#include "cuda_harness.hpp"
 
 using namespace dsv4;
 using namespace dsv4::test;
 
 namespace {
-const device kGpu = device::cuda(0);
-
-buffer to_host(const buffer& d) { return clone_to(d, device::cpu()); }
-
-// A non-blocking stream and a zeroed device status word, released at scope exit (test code may allocate and sync).
-struct stream_and_status {
-  cudaStream_t stream{};
-  std::uint32_t* status = nullptr;
-  stream_and_status() {
-    REQUIRE(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) == cudaSuccess);
-    REQUIRE(cudaMalloc(reinterpret_cast<void**>(&status), sizeof(std::uint32_t)) == cudaSuccess);
-    REQUIRE(cudaMemset(status, 0, sizeof(std::uint32_t)) == cudaSuccess);
-  }
-  ~stream_and_status() {
-    cudaStreamSynchronize(stream);
-    cudaFree(status);
-    cudaStreamDestroy(stream);
-  }
-  exec deferred() const {
-    exec e;
-    e.cuda_stream = stream;
-    e.checks = check_policy::deferred;
-    e.status = status;
-    return e;
-  }
-  std::uint32_t word() const {
-    std::uint32_t w = 0;
-    REQUIRE(cudaStreamSynchronize(stream) == cudaSuccess);
-    REQUIRE(cudaMemcpy(&w, status, sizeof w, cudaMemcpyDeviceToHost) == cudaSuccess);
-    return w;
-  }
-};
-
-// Device -> host after the stream has drained (ops::copy itself runs on the legacy stream under the sync policy).
-std::vector<std::uint8_t> drained_bytes(const buffer& d, cudaStream_t s) {
-  REQUIRE(cudaStreamSynchronize(s) == cudaSuccess);
-  return bytes_of(to_host(d));
-}
-
 // f32 outputs equal bit for bit, except that any NaN equals any NaN (a GPU produces its canonical NaN).
 bool same_f32_nan_equal(const buffer& a, const buffer& b) {
   const auto x = a.host_span<float>(), y = b.host_span<float>();

@@ -2,22 +2,18 @@
 // in another order than ref's double accumulation, bitwise where the result is deterministic by construction, and
 // the CUDA backend's own invariants bitwise: a row does not depend on the batch (T = 1 decode kernel == T = 19
 // prefill kernel), 20 runs are identical, aligned (vector loads) == unaligned (scalar loads).
-#include <cuda_runtime.h>
-
 #include <cmath>
 
 #include "dsv4/ops/linear.hpp"
 #include "dsv4/ops/mhc.hpp"
 #include "dsv4/ops/moe.hpp"
 #include "dsv4/ref/moe.hpp"
-#include "harness.hpp"
+#include "cuda_harness.hpp"
 
 using namespace dsv4;
 using namespace dsv4::test;
 
 namespace {
-const device kGpu = device::cuda(0);
-buffer to_host(const buffer& d) { return clone_to(d, device::cpu()); }
 
 // A weight's buffers copied to the device (same layout).
 struct device_weight {
@@ -179,19 +175,10 @@ TEST_CASE("linear: NaN weights are counted as ref counts them and refused (sync)
   buffer yd(dtype::f32, {3, 130}, kGpu);
   // 1 + 256 (the 0xFF code of row 129 sits in tile (1, 0): not under the NaN scale) + 1 = 258
   check_error([&] { ops::linear(xd, dw.q(), yd); }, {"258 weights decode to NaN"});
-  cudaStream_t s{};
-  std::uint32_t* st = nullptr;
-  REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
-  REQUIRE(cudaMalloc(reinterpret_cast<void**>(&st), 4) == cudaSuccess);
-  REQUIRE(cudaMemset(st, 0, 4) == cudaSuccess);
-  exec ex;
-  ex.cuda_stream = s;
-  ex.checks = check_policy::deferred;
-  ex.status = st;
+  stream_and_status ss;
+  const exec ex = ss.deferred();
   ops::linear(xd, dw.q(), yd, ex);
   check_error([&] { check_status(ex); }, {"NaN weight code or NaN scale"});
-  cudaFree(st);
-  cudaStreamDestroy(s);
 }
 
 TEST_CASE("mHC: Sinkhorn, hc_pre, hc_head, hc_post on CUDA == ref within fp32 rounding; a token alone == in a batch") {
@@ -305,22 +292,13 @@ TEST_CASE("moe_hash_route on CUDA: ref's experts; an id out of range is reported
   // token 4's id out of range
   ids.host_span<std::int64_t>()[4] = V + 3;
   ids_d = on_gpu(ids.view());
-  cudaStream_t s{};
-  std::uint32_t* st = nullptr;
-  REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
-  REQUIRE(cudaMalloc(reinterpret_cast<void**>(&st), 4) == cudaSuccess);
-  REQUIRE(cudaMemset(st, 0, 4) == cudaSuccess);
-  exec ex;
-  ex.cuda_stream = s;
-  ex.checks = check_policy::deferred;
-  ex.status = st;
+  stream_and_status ss;
+  const exec ex = ss.deferred();
   ops::moe_hash_route(logits_d, cfg, ids_d, map_d, wd, idxd, ex);
-  REQUIRE(cudaStreamSynchronize(s) == cudaSuccess);
+  REQUIRE(cudaStreamSynchronize(ss.stream) == cudaSuccess);
   const buffer ih = to_host(idxd);
   for (int i = 0; i < 3; ++i) CHECK(ih.host_span<std::int32_t>()[4 * 3 + i] == -1);
   check_error([&] { check_status(ex); }, {"index out of range"});
-  cudaFree(st);
-  cudaStreamDestroy(s);
 }
 
 TEST_CASE("moe_ffn on CUDA (FP4 routed + FP8 shared): ref within fp32 rounding, a token alone == in the batch, "
@@ -358,30 +336,24 @@ TEST_CASE("moe_ffn on CUDA (FP4 routed + FP8 shared): ref within fp32 rounding, 
     CHECK(std::equal(one.begin(), one.end(), all.begin() + t * D * 4));
   }
   // route + FFN captured once, replayed on new x and logits
-  cudaStream_t s{};
-  std::uint32_t* st = nullptr;
-  REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
-  REQUIRE(cudaMalloc(reinterpret_cast<void**>(&st), 4) == cudaSuccess);
-  REQUIRE(cudaMemset(st, 0, 4) == cudaSuccess);
-  exec dx = ex;
-  dx.cuda_stream = s;
-  dx.checks = check_policy::deferred;
-  dx.status = st;
+  stream_and_status ss;
+  exec dx = ss.deferred();
+  dx.scratch = ex.scratch;
   buffer xg(dtype::bf16, {T, D}, kGpu), lg(dtype::f32, {T, E}, kGpu), wg(dtype::f32, {T, k}, kGpu),
       ig(dtype::i32, {T, k}, kGpu), yg(dtype::f32, {T, D}, kGpu);
-  REQUIRE(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal) == cudaSuccess);
+  REQUIRE(cudaStreamBeginCapture(ss.stream, cudaStreamCaptureModeGlobal) == cudaSuccess);
   ops::moe_route(lg, cfg, tensor_view(), wg, ig, dx);
   ops::moe_ffn(xg, wg, ig, dev.routed, &dev.shared, 10.f, yg, dx);
   cudaGraph_t graph{};
-  REQUIRE(cudaStreamEndCapture(s, &graph) == cudaSuccess);
+  REQUIRE(cudaStreamEndCapture(ss.stream, &graph) == cudaSuccess);
   cudaGraphExec_t exe{};
   REQUIRE(cudaGraphInstantiate(&exe, graph, 0) == cudaSuccess);
   for (int round = 0; round < 3; ++round) {
     CAPTURE(round);
     ops::copy(host_bf16(T, D, randn(T * D, 60 + round)), xg);
     ops::copy(host_f32(T, E, randn(T * E, 70 + round)), lg);
-    REQUIRE(cudaGraphLaunch(exe, s) == cudaSuccess);
-    REQUIRE(cudaStreamSynchronize(s) == cudaSuccess);
+    REQUIRE(cudaGraphLaunch(exe, ss.stream) == cudaSuccess);
+    REQUIRE(cudaStreamSynchronize(ss.stream) == cudaSuccess);
     buffer w2(dtype::f32, {T, k}, kGpu), i2(dtype::i32, {T, k}, kGpu), y2(dtype::f32, {T, D}, kGpu);
     ops::moe_route(lg, cfg, tensor_view(), w2, i2);
     ops::moe_ffn(xg, w2, i2, dev.routed, &dev.shared, 10.f, y2, ex);
@@ -390,8 +362,6 @@ TEST_CASE("moe_ffn on CUDA (FP4 routed + FP8 shared): ref within fp32 rounding, 
   check_status(dx);
   cudaGraphExecDestroy(exe);
   cudaGraphDestroy(graph);
-  cudaFree(st);
-  cudaStreamDestroy(s);
 }
 
 TEST_CASE("moe_ffn on CUDA: too little scratch and mixed expert layouts are errors; a bad expert id is reported") {
@@ -417,19 +387,11 @@ TEST_CASE("moe_ffn on CUDA: too little scratch and mixed expert layouts are erro
   check_error([&] { ops::moe_ffn(xd, wd, idxd, mixed, &dev.shared, 10.f, yd, ex); }, {"expert 2 differs"});
   idx.host_span<std::int32_t>()[3] = 9;
   idxd = on_gpu(idx.view());
-  cudaStream_t s{};
-  std::uint32_t* st = nullptr;
-  REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
-  REQUIRE(cudaMalloc(reinterpret_cast<void**>(&st), 4) == cudaSuccess);
-  REQUIRE(cudaMemset(st, 0, 4) == cudaSuccess);
-  exec dx = ex;
-  dx.cuda_stream = s;
-  dx.checks = check_policy::deferred;
-  dx.status = st;
+  stream_and_status ss;
+  exec dx = ss.deferred();
+  dx.scratch = ex.scratch;
   ops::moe_ffn(xd, wd, idxd, dev.routed, &dev.shared, 10.f, yd, dx);
   check_error([&] { check_status(dx); }, {"index out of range"});
-  cudaFree(st);
-  cudaStreamDestroy(s);
 }
 
 }  // TEST_SUITE

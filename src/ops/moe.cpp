@@ -17,33 +17,9 @@ namespace dsv4::ops {
 
 namespace {
 
-// Common checks of both routers; returns E.
-std::int64_t check_route(const char* op, const tensor_view& logits, const route_config& cfg, const tensor_view& w,
-                         const tensor_view& idx) {
-  DSV4_CHECK(logits.rank() == 2 && logits.dt() == dtype::f32, op, "logits ", logits.describe(),
-             ": expected f32[T, E]");
-  const std::int64_t T = logits.shape(0), E = logits.shape(1);
-  DSV4_CHECK(cfg.topk >= 1 && cfg.topk <= E, op, "topk ", cfg.topk, " must be in [1, E = ", E, "]");
-  DSV4_CHECK(std::isfinite(cfg.route_scale) && cfg.route_scale > 0.f, op, "route_scale ", cfg.route_scale,
-             " must be finite and > 0");
-  detail::check_tensor(op, "weights", w, dtype::f32, {T, cfg.topk});
-  detail::check_tensor(op, "experts", idx, dtype::i32, {T, cfg.topk});
-  detail::check_host_only(op, "MoE", {&logits, &w, &idx});
-  detail::check_aliasing(op, logits, w, false);
-  detail::check_aliasing(op, logits, idx, false);
-  detail::check_aliasing(op, w, idx, false);
-  const auto l = logits.as<const float, 2>();
-  std::int64_t bad = 0;
-  for (std::int64_t t = 0; t < T; ++t)
-    for (std::int64_t e = 0; e < E; ++e) bad += !std::isfinite(l(t, e));
-  DSV4_CHECK(bad == 0, op, "logits ", logits.describe(), " hold ", bad, " non-finite values");
-  return E;
-}
-
-// The routers on CUDA tensors: shapes and devices checked here, values on the device (non-finite logits and ids
-// out of range are reported through the status, dsv4/cuda/moe.hpp).
-std::int64_t check_route_cuda(const char* op, const tensor_view& logits, const route_config& cfg,
-                              const tensor_view& w, const tensor_view& idx) {
+// Shape, dtype and aliasing checks of both routers on any device; returns E.
+std::int64_t check_route_shapes(const char* op, const tensor_view& logits, const route_config& cfg,
+                                const tensor_view& w, const tensor_view& idx) {
   DSV4_CHECK(logits.rank() == 2 && logits.dt() == dtype::f32, op, "logits ", logits.describe(),
              ": expected f32[T, E]");
   const std::int64_t T = logits.shape(0), E = logits.shape(1);
@@ -56,8 +32,41 @@ std::int64_t check_route_cuda(const char* op, const tensor_view& logits, const r
   detail::check_aliasing(op, logits, w, false);
   detail::check_aliasing(op, logits, idx, false);
   detail::check_aliasing(op, w, idx, false);
-  detail::choose_backend(op, {}, logits.dev(), nullptr);
   return E;
+}
+
+// The host routers' checks: the shapes, then every logit finite (read here).
+std::int64_t check_route(const char* op, const tensor_view& logits, const route_config& cfg, const tensor_view& w,
+                         const tensor_view& idx) {
+  const std::int64_t E = check_route_shapes(op, logits, cfg, w, idx);
+  detail::check_host_only(op, "MoE", {&logits, &w, &idx});
+  const auto l = logits.as<const float, 2>();
+  std::int64_t bad = 0;
+  for (std::int64_t t = 0; t < logits.shape(0); ++t)
+    for (std::int64_t e = 0; e < E; ++e) bad += !std::isfinite(l(t, e));
+  DSV4_CHECK(bad == 0, op, "logits ", logits.describe(), " hold ", bad, " non-finite values");
+  return E;
+}
+
+// The routers on CUDA tensors: shapes and devices checked here, values on the device (non-finite logits and ids
+// out of range are reported through the status, dsv4/cuda/moe.hpp); a host backend asked for is an error.
+std::int64_t check_route_cuda(const char* op, const tensor_view& logits, const route_config& cfg,
+                              const tensor_view& w, const tensor_view& idx, const exec& ex) {
+  const std::int64_t E = check_route_shapes(op, logits, cfg, w, idx);
+  detail::choose_backend(op, ex, logits.dev(), nullptr);
+  return E;
+}
+
+// token_ids i32|i64 [T], tid2eid i32|i64 [V, k].
+void check_hash_inputs(const char* op, const tensor_view& logits, const route_config& cfg,
+                       const tensor_view& token_ids, const tensor_view& tid2eid) {
+  const std::int64_t T = logits.shape(0);
+  DSV4_CHECK(token_ids.rank() == 1 && token_ids.shape(0) == T &&
+                 (token_ids.dt() == dtype::i32 || token_ids.dt() == dtype::i64),
+             op, "token_ids ", token_ids.describe(), ", expected i32|i64[", T, "]");
+  DSV4_CHECK(tid2eid.rank() == 2 && tid2eid.shape(1) == cfg.topk &&
+                 (tid2eid.dt() == dtype::i32 || tid2eid.dt() == dtype::i64),
+             op, "tid2eid ", tid2eid.describe(), ", expected i32|i64[vocab, ", cfg.topk, "]");
 }
 
 std::int64_t read_index(const tensor_view& t, std::int64_t i, std::int64_t j) {
@@ -72,15 +81,13 @@ void moe_route(const tensor_view& logits, const route_config& cfg, const tensor_
   constexpr const char* op = "moe_route";
 #if DSV4_WITH_CUDA
   if (logits.dev().is_cuda()) {
-    const std::int64_t E = check_route_cuda(op, logits, cfg, w, idx);
+    const std::int64_t E = check_route_cuda(op, logits, cfg, w, idx, ex);
     const bool has_bias = !detail::is_absent(bias);
     if (has_bias) {
       DSV4_CHECK(bias.rank() == 1 && bias.dt() == dtype::f32 && bias.shape(0) == E && bias.stride(0) == 1, op,
                  "bias ", bias.describe(), ", expected contiguous f32[", E, "] or an empty view");
       detail::check_same_device(op, {&logits, &bias});
     }
-    DSV4_CHECK(ex.prefer == backend::automatic || ex.prefer == backend::cuda, op, "backend ",
-               backend_name(ex.prefer), " requested but the tensors live on ", logits.dev());
     return cuda::moe_route(logits.as<const float, 2>(), cfg, has_bias ? static_cast<const float*>(bias.data()) : nullptr,
                            w.as<float, 2>(), idx.as<std::int32_t, 2>(), detail::on_device(op, ex, logits.dev()));
   }
@@ -111,17 +118,9 @@ void moe_hash_route(const tensor_view& logits, const route_config& cfg, const te
   constexpr const char* op = "moe_hash_route";
 #if DSV4_WITH_CUDA
   if (logits.dev().is_cuda()) {
-    check_route_cuda(op, logits, cfg, w, idx);
-    const std::int64_t T = logits.shape(0);
-    DSV4_CHECK(token_ids.rank() == 1 && token_ids.shape(0) == T &&
-                   (token_ids.dt() == dtype::i32 || token_ids.dt() == dtype::i64),
-               op, "token_ids ", token_ids.describe(), ", expected i32|i64[", T, "]");
-    DSV4_CHECK(tid2eid.rank() == 2 && tid2eid.shape(1) == cfg.topk &&
-                   (tid2eid.dt() == dtype::i32 || tid2eid.dt() == dtype::i64),
-               op, "tid2eid ", tid2eid.describe(), ", expected i32|i64[vocab, ", cfg.topk, "]");
+    check_route_cuda(op, logits, cfg, w, idx, ex);
+    check_hash_inputs(op, logits, cfg, token_ids, tid2eid);
     detail::check_same_device(op, {&logits, &token_ids, &tid2eid});
-    DSV4_CHECK(ex.prefer == backend::automatic || ex.prefer == backend::cuda, op, "backend ",
-               backend_name(ex.prefer), " requested but the tensors live on ", logits.dev());
     return cuda::moe_hash_route(logits.as<const float, 2>(), cfg, token_ids.data(), token_ids.stride(0),
                                 token_ids.dt() == dtype::i32, tid2eid.data(), tid2eid.shape(0), tid2eid.stride(0),
                                 tid2eid.stride(1), tid2eid.dt() == dtype::i32, w.as<float, 2>(),
@@ -130,12 +129,7 @@ void moe_hash_route(const tensor_view& logits, const route_config& cfg, const te
 #endif
   const std::int64_t E = check_route(op, logits, cfg, w, idx);
   const std::int64_t T = logits.shape(0);
-  DSV4_CHECK(token_ids.rank() == 1 && token_ids.shape(0) == T &&
-                 (token_ids.dt() == dtype::i32 || token_ids.dt() == dtype::i64),
-             op, "token_ids ", token_ids.describe(), ", expected i32|i64[", T, "]");
-  DSV4_CHECK(tid2eid.rank() == 2 && tid2eid.shape(1) == cfg.topk &&
-                 (tid2eid.dt() == dtype::i32 || tid2eid.dt() == dtype::i64),
-             op, "tid2eid ", tid2eid.describe(), ", expected i32|i64[vocab, ", cfg.topk, "]");
+  check_hash_inputs(op, logits, cfg, token_ids, tid2eid);
   DSV4_CHECK(token_ids.dev().is_cpu() && tid2eid.dev().is_cpu(), op, "token_ids and tid2eid must live on the host");
   const std::int64_t V = tid2eid.shape(0);
   auto wv = w.as<float, 2>();
@@ -255,9 +249,8 @@ void moe_ffn_cuda(const tensor_view& x, const tensor_view& w, const tensor_view&
                   const tensor_view& y, const exec& ex, numerics nm) {
   constexpr const char* op = "moe_ffn";
   DSV4_CHECK(nm == numerics::fp32, op, "the CUDA backend implements numerics fp32 only so far");
-  DSV4_CHECK(ex.prefer == backend::automatic || ex.prefer == backend::cuda, op, "backend ",
-             backend_name(ex.prefer), " requested but the tensors live on ", x.dev());
   detail::check_same_device(op, {&x, &w, &idx, &y});
+  detail::choose_backend(op, ex, x.dev(), nullptr);
   for (const tensor_view* t : {&x, &w, &idx}) detail::check_aliasing(op, *t, y, false);
   ref::ffn_ref sr;
   const std::vector<ref::ffn_ref> rr = bind_all(op, routed, shared, x.shape(1), &sr, x);
