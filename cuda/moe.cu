@@ -112,7 +112,7 @@ __global__ void __launch_bounds__(32 * kRouteWarps) route_kernel(view<const floa
 #pragma unroll
     for (int j = 0; j < kPerLane; ++j) {
       const int e = lane + 32 * j;
-      if (e < E && !((taken >> j) & 1u) && (!has || sel[j] > bv)) {
+      if (e < E && !((taken >> j) & 1u) && sel[j] == sel[j] && (!has || sel[j] > bv)) {  // NaN never picked
         has = true;
         bv = sel[j];
         be = e;

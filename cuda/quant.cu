@@ -12,6 +12,8 @@
 // A non-finite block is still written as ref writes it (NaN codes, scale 0xFF when amax is inf) and reported
 // through the launch's status (status_nonfinite_input, one count per block).
 // Grids: blockIdx.x = row, blockIdx.y = group of 8 blocks (warps) of that row: no integer division in the kernels.
+// Contiguous rows aligned for it are read with one 8- / 16-byte load per lane and FP8 codes stored as one 2- / 4-byte
+// word (the launcher checks the alignment; otherwise the same values go through strided accesses).
 // Dequantization: blockIdx.x = row, one thread per code byte (FP4: two values) or per value (FP8); NaN codes and
 // NaN scales are counted per value (status_nan_code). Where an output is NaN, its bits are the GPU's canonical NaN,
 // not necessarily the host's: outputs are bitwise ref's except that NaN equals any NaN.
@@ -99,15 +101,54 @@ __device__ std::uint8_t quantize_lane(const float (&v)[PER], std::uint8_t (&code
   return sbyte;
 }
 
+// The lane's PER values: one vector load when `vec` (contiguous rows aligned for it, checked by the launcher), else
+// PER strided loads of the same values.
 template <int PER, class TIn>
-__device__ void load_lane(view<const TIn, 2> x, std::int64_t r, std::int64_t k, float (&v)[PER]) {
+__device__ void load_lane(view<const TIn, 2> x, std::int64_t r, std::int64_t k, bool vec, float (&v)[PER]) {
+  if constexpr (PER > 1) {
+    if (vec) {
+      const TIn* p = &x(r, k);
+      if constexpr (std::is_same_v<TIn, float>) {
+        if constexpr (PER == 4) {
+          const float4 a = *reinterpret_cast<const float4*>(p);
+          v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
+        } else {
+          const float2 a = *reinterpret_cast<const float2*>(p);
+          v[0] = a.x, v[1] = a.y;
+        }
+      } else {  // bf16: PER halves of 32-bit words
+        unsigned u[PER / 2];
+        if constexpr (PER == 4) {
+          const uint2 a = *reinterpret_cast<const uint2*>(p);
+          u[0] = a.x, u[PER / 2 - 1] = a.y;
+        } else {
+          u[0] = *reinterpret_cast<const unsigned*>(p);
+        }
+#pragma unroll
+        for (int i = 0; i < PER / 2; ++i) {
+          v[2 * i] = __uint_as_float(u[i] << 16);
+          v[2 * i + 1] = __uint_as_float(u[i] & 0xFFFF0000u);
+        }
+      }
+      return;
+    }
+  }
 #pragma unroll
   for (int i = 0; i < PER; ++i) v[i] = to_f32(x(r, k + i));
 }
 
+// Whether the rows of a view allow PER-element vector accesses (inner stride 1, base and row stride aligned).
+template <class T>
+bool vec_ok(const view<T, 2>& v, int per) {
+  const std::int64_t bytes = static_cast<std::int64_t>(sizeof(T)) * per;
+  return per > 1 && (v.shape[1] <= 1 || v.stride[1] == 1) && reinterpret_cast<std::uintptr_t>(v.data) % bytes == 0 &&
+         (v.stride[0] * static_cast<std::int64_t>(sizeof(T))) % bytes == 0;
+}
+
 template <class TIn, class TCode, int PER>
 __global__ void __launch_bounds__(kThreads) block_quantize_kernel(view<const TIn, 2> x, view<TCode, 2> q,
-                                                                  view<ue8m0, 2> scale, detail::status_ref st) {
+                                                                  view<ue8m0, 2> scale, bool vec_in, bool vec_out,
+                                                                  detail::status_ref st) {
   constexpr bool fp4 = std::is_same_v<TCode, fp4x2>;
   using Code = std::conditional_t<fp4, fp4_e2m1, fp8_e4m3>;
   static_assert(!fp4 || PER == 1, "FP4 blocks are 32 values: adjacent lanes pair up into one byte");
@@ -116,7 +157,7 @@ __global__ void __launch_bounds__(kThreads) block_quantize_kernel(view<const TIn
   const int lane = threadIdx.x & 31;
   const std::int64_t k = b * (32 * PER) + lane * PER;
   float v[PER];
-  load_lane<PER>(x, r, k, v);
+  load_lane<PER>(x, r, k, vec_in, v);
   std::uint8_t code[PER];
   float s;
   const std::uint8_t sbyte = quantize_lane<Code, PER>(v, code, s, st);
@@ -125,6 +166,19 @@ __global__ void __launch_bounds__(kThreads) block_quantize_kernel(view<const TIn
     const unsigned odd = __shfl_down_sync(kFull, static_cast<unsigned>(code[0]), 1);
     if ((lane & 1) == 0) q(r, k / 2) = fp4x2{static_cast<std::uint8_t>(code[0] | (odd << 4))};
   } else {
+    if constexpr (PER > 1) {
+      if (vec_out) {  // one 2- or 4-byte store of the lane's codes
+        unsigned word = 0;
+#pragma unroll
+        for (int i = 0; i < PER; ++i) word |= static_cast<unsigned>(code[i]) << (8 * i);
+        auto* p = reinterpret_cast<unsigned char*>(&q(r, k));
+        if constexpr (PER == 4)
+          *reinterpret_cast<unsigned*>(p) = word;
+        else
+          *reinterpret_cast<unsigned short*>(p) = static_cast<unsigned short>(word);
+        return;
+      }
+    }
 #pragma unroll
     for (int i = 0; i < PER; ++i) q(r, k + i) = fp8_e4m3{code[i]};
   }
@@ -132,12 +186,13 @@ __global__ void __launch_bounds__(kThreads) block_quantize_kernel(view<const TIn
 
 template <class Code, class TIn, class TOut, int PER>
 __global__ void __launch_bounds__(kThreads) block_round_trip_kernel(view<const TIn, 2> x, view<TOut, 2> y,
-                                                                    std::int64_t nb, detail::status_ref st) {
+                                                                    std::int64_t nb, bool vec_in,
+                                                                    detail::status_ref st) {
   const std::int64_t r = blockIdx.x, b = static_cast<std::int64_t>(blockIdx.y) * kWarpsPerCta + threadIdx.x / 32;
   if (b >= nb) return;
   const std::int64_t k = b * (32 * PER) + (threadIdx.x & 31) * PER;
   float v[PER];
-  load_lane<PER>(x, r, k, v);  // the whole block is read (in registers) before y, which may alias x, is written
+  load_lane<PER>(x, r, k, vec_in, v);  // the whole block is read (in registers) before y, which may alias x, is written
   std::uint8_t code[PER];
   float s;
   quantize_lane<Code, PER>(v, code, s, st);
@@ -211,11 +266,13 @@ std::int64_t block_quantize(view<const TIn, 2> x, view<TCode, 2> q, view<ue8m0, 
     const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(groups));
     if constexpr (std::is_same_v<TCode, fp4x2>) {
       DSV4_CHECK(block == 32, op, "FP4 blocks are 32 values, got ", block);
-      block_quantize_kernel<TIn, TCode, 1><<<grid, kThreads, 0, l.stream()>>>(x, q, scale, l.status());
+      block_quantize_kernel<TIn, TCode, 1><<<grid, kThreads, 0, l.stream()>>>(x, q, scale, false, false,
+                                                                              l.status());
     } else {
       with_per(block, [&](auto per) {
-        block_quantize_kernel<TIn, TCode, decltype(per)::value><<<grid, kThreads, 0, l.stream()>>>(x, q, scale,
-                                                                                                    l.status());
+        constexpr int P = decltype(per)::value;
+        block_quantize_kernel<TIn, TCode, P><<<grid, kThreads, 0, l.stream()>>>(x, q, scale, vec_ok(x, P),
+                                                                                 vec_ok(q, P), l.status());
       });
     }
   }
@@ -231,8 +288,9 @@ std::int64_t block_round_trip(view<const TIn, 2> x, view<TOut, 2> y, int block, 
   if (rows > 0 && nb > 0) {
     const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(groups));
     with_per(block, [&](auto per) {
-      block_round_trip_kernel<Code, TIn, TOut, decltype(per)::value><<<grid, kThreads, 0, l.stream()>>>(
-          x, y, nb, l.status());
+      constexpr int P = decltype(per)::value;
+      block_round_trip_kernel<Code, TIn, TOut, P><<<grid, kThreads, 0, l.stream()>>>(x, y, nb, vec_ok(x, P),
+                                                                                      l.status());
     });
   }
   return l.finish();

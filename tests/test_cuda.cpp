@@ -294,6 +294,17 @@ TEST_CASE("rank-3 and strided views, bf16 Hadamard, 70,000 rows, ragged 128x128 
     ops::block_quantize(xd.view().narrow(1, 128, 256), qd, sd, 128);
     CHECK(bytes_of(to_host(qd)) == bytes_of(want.q));
   }
+  SUBCASE("columns 1..512 of a [40, 513] tensor: rows not 16-byte aligned, the strided loads") {
+    const auto v = adversarial(40, 513, 1, fp8_grid(), 15);
+    std::vector<float> mid;
+    for (int r = 0; r < 40; ++r) mid.insert(mid.end(), v.begin() + r * 513 + 1, v.begin() + r * 513 + 513);
+    const ref_codes want(host_f32(40, 512, mid), dtype::fp8_e4m3, 128);
+    const buffer xd = clone_to(host_f32(40, 513, v), kGpu);
+    buffer qd(dtype::fp8_e4m3, {40, 512}, kGpu), sd(dtype::ue8m0, {40, 4}, kGpu);
+    ops::block_quantize(xd.view().narrow(1, 1, 512), qd, sd, 128);
+    CHECK(bytes_of(to_host(qd)) == bytes_of(want.q));
+    CHECK(bytes_of(to_host(sd)) == bytes_of(want.s));
+  }
   SUBCASE("70,000 rows (grid.x past 65,535)") {
     const std::int64_t rows = 70000;
     const auto v = randn(static_cast<std::size_t>(rows * 32), 13);
