@@ -48,6 +48,7 @@ std::int64_t check_route(const char* op, const tensor_view& logits, const route_
   return E;
 }
 
+#if DSV4_WITH_CUDA
 // The routers on CUDA tensors: shapes and devices checked here, values on the device (non-finite logits and ids
 // out of range are reported through the status, dsv4/cuda/moe.hpp); a host backend asked for is an error.
 std::int64_t check_route_cuda(const char* op, const tensor_view& logits, const route_config& cfg,
@@ -56,6 +57,7 @@ std::int64_t check_route_cuda(const char* op, const tensor_view& logits, const r
   detail::choose_backend(op, ex, logits.dev(), nullptr);
   return E;
 }
+#endif
 
 // token_ids i32|i64 [T], tid2eid i32|i64 [V, k].
 void check_hash_inputs(const char* op, const tensor_view& logits, const route_config& cfg,
@@ -222,6 +224,7 @@ std::int64_t moe_official_ref(const float* x, std::int64_t T, std::int64_t D, vi
 }  // namespace
 
 namespace {
+#if DSV4_WITH_CUDA
 // Every expert bound (the CUDA path cannot read the routing to bind only the used ones); all on x's device.
 std::vector<ref::ffn_ref> bind_all(const char* op, std::span<const ffn_weights> routed, const ffn_weights* shared,
                                    std::int64_t D, ref::ffn_ref* sr, const tensor_view& x) {
@@ -243,7 +246,6 @@ std::vector<ref::ffn_ref> bind_all(const char* op, std::span<const ffn_weights> 
   return rr;
 }
 
-#if DSV4_WITH_CUDA
 void moe_ffn_cuda(const tensor_view& x, const tensor_view& w, const tensor_view& idx,
                   std::span<const ffn_weights> routed, const ffn_weights* shared, float swiglu_limit,
                   const tensor_view& y, const exec& ex, numerics nm) {

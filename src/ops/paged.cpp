@@ -23,6 +23,9 @@
 #include "dsv4/ref/cache.hpp"
 #include "dsv4/ref/rotary.hpp"
 #include "parallel.hpp"
+#if DSV4_WITH_CUDA
+#include "dsv4/cuda/paged.hpp"
+#endif
 
 namespace dsv4 {
 
@@ -40,7 +43,6 @@ void check_page_tensor(const char* op, const char* what, const tensor_view& t, s
              " entries each, expected 1 .. 2^20");
   DSV4_CHECK(t.shape(0) * page_tokens <= std::numeric_limits<std::int32_t>::max(), op, what, " pages: ",
              t.shape(0), " pages x ", page_tokens, " entries do not fit i32 slots");
-  ops::detail::check_host_only(op, "paged-cache", {&t});
 }
 }  // namespace
 
@@ -68,7 +70,6 @@ void check_state(const char* op, const state_rows& s, std::int64_t width) {
                  (width <= 1 || s.rows.stride(1) == 1),
              op, "state rows are ", s.rows.describe(), ", expected f32[slots, ", width, "] with unit inner stride");
   DSV4_CHECK(s.page_tokens >= 1, op, "state pages hold ", s.page_tokens, " rows, expected >= 1");
-  ops::detail::check_host_only(op, "paged-cache", {&s.rows});
 }
 
 }  // namespace cache
@@ -153,6 +154,38 @@ exec with_backend(const exec& ex, backend be) {
   return e;
 }
 
+// Whether the op runs on CUDA: the first tensor lives on a CUDA device (then every other present tensor must live on
+// the same one, and the CUDA path checks shapes only: values are checked on the device, dsv4/cuda/paged.hpp); else
+// every tensor must be on the host.
+bool on_cuda(const char* op, const exec& ex, std::initializer_list<const tensor_view*> ts) {
+  std::vector<const tensor_view*> present;
+  for (const tensor_view* t : ts)
+    if (!is_absent(*t)) present.push_back(t);
+  if (present.empty() || !present.front()->dev().is_cuda()) {
+    for (const tensor_view* t : present) detail::check_host_only(op, "paged-cache", {t});
+    return false;
+  }
+  for (const tensor_view* t : present)
+    DSV4_CHECK(t->dev() == present.front()->dev(), op, "tensors on different devices: ", present.front()->describe(),
+               " and ", t->describe());
+  detail::choose_backend(op, ex, present.front()->dev(), nullptr);
+#if !DSV4_WITH_CUDA
+  DSV4_FAIL(op, "this build of dsv4 has no CUDA backend");
+#endif
+  return true;
+}
+
+#if DSV4_WITH_CUDA
+// A contiguous i32 [n] (or absent when `optional`) column's device pointer.
+const std::int32_t* i32_column(const char* op, const char* name, const tensor_view& t, std::int64_t n,
+                               bool optional = false) {
+  if (optional && is_absent(t)) return nullptr;
+  check_tensor(op, name, t, dtype::i32, {n});
+  DSV4_CHECK(t.is_contiguous(), op, name, " ", t.describe(), " must be contiguous");
+  return i32p(t);
+}
+#endif
+
 }  // namespace
 
 // ---- stores and loads --------------------------------------------------------------------------------------------
@@ -197,26 +230,69 @@ void load_rows(const char* op, const tensor_view& slots, const tensor_view& valu
 
 }  // namespace
 
+#if DSV4_WITH_CUDA
+namespace {
+// The CUDA forms of the four stores / loads: values f32 [rows, width] contiguous, slots i32 [rows].
+void check_rows_cuda(const char* op, const tensor_view& values, const tensor_view& slots, std::int64_t width) {
+  DSV4_CHECK(values.rank() == 2 && values.dt() == dtype::f32 && values.shape(1) == width && values.is_contiguous(),
+             op, "values ", values.describe(), ", expected contiguous f32[T, ", width, "]");
+  i32_column(op, "slots", slots, values.shape(0));
+}
+void store_failed(const char* op, std::int64_t bad) {
+  DSV4_CHECK(bad == 0, op, bad, " block(s) of the values hold inf or NaN");
+}
+}  // namespace
+#endif
+
 void kv_store(const tensor_view& values, const tensor_view& slots, const cache::kv_pages& kv, const exec& ex) {
   cache::check_pages("kv_store", kv);
+  if (on_cuda("kv_store", ex, {&kv.pages, &values, &slots})) {
+#if DSV4_WITH_CUDA
+    check_rows_cuda("kv_store", values, slots, kv.geo.head_dim);
+    return store_failed("kv_store", cuda::kv_store(values.as<const float, 2>(), i32p(slots), cuda::device_pages(kv),
+                                                   detail::on_device("kv_store", ex, kv.pages.dev())));
+  #endif
+  }
   store_rows("kv_store", values, slots, kv.geo.head_dim, kv.num_slots(), ex,
              [&](std::int32_t s, const float* v) { return ref::store_kv_entry(kv, s, v); });
 }
 
 void kv_load(const cache::kv_pages& kv, const tensor_view& slots, const tensor_view& values, const exec& ex) {
   cache::check_pages("kv_load", kv);
+  if (on_cuda("kv_load", ex, {&kv.pages, &values, &slots})) {
+#if DSV4_WITH_CUDA
+    check_rows_cuda("kv_load", values, slots, kv.geo.head_dim);
+    return cuda::kv_load(cuda::device_pages(kv), i32p(slots), values.as<float, 2>(),
+                         detail::on_device("kv_load", ex, kv.pages.dev()));
+  #endif
+  }
   load_rows("kv_load", slots, values, kv.geo.head_dim, kv.num_slots(), ex,
             [&](std::int32_t s, float* v) { ref::load_kv_entry(kv, s, v); });
 }
 
 void key_store(const tensor_view& values, const tensor_view& slots, const cache::key_pages& keys, const exec& ex) {
   cache::check_pages("key_store", keys);
+  if (on_cuda("key_store", ex, {&keys.pages, &values, &slots})) {
+#if DSV4_WITH_CUDA
+    check_rows_cuda("key_store", values, slots, keys.geo.dim);
+    return store_failed("key_store", cuda::key_store(values.as<const float, 2>(), i32p(slots),
+                                                     cuda::device_pages(keys),
+                                                     detail::on_device("key_store", ex, keys.pages.dev())));
+  #endif
+  }
   store_rows("key_store", values, slots, keys.geo.dim, keys.num_slots(), ex,
              [&](std::int32_t s, const float* v) { return ref::store_key(keys, s, v); });
 }
 
 void key_load(const cache::key_pages& keys, const tensor_view& slots, const tensor_view& values, const exec& ex) {
   cache::check_pages("key_load", keys);
+  if (on_cuda("key_load", ex, {&keys.pages, &values, &slots})) {
+#if DSV4_WITH_CUDA
+    check_rows_cuda("key_load", values, slots, keys.geo.dim);
+    return cuda::key_load(cuda::device_pages(keys), i32p(slots), values.as<float, 2>(),
+                          detail::on_device("key_load", ex, keys.pages.dev()));
+  #endif
+  }
   load_rows("key_load", slots, values, keys.geo.dim, keys.num_slots(), ex,
             [&](std::int32_t s, float* v) { ref::load_key(keys, s, v); });
 }
@@ -242,6 +318,16 @@ void compressor_append(const tensor_view& kv, const tensor_view& score, const te
   check_tensor(op, "score", score, dtype::f32, {T, cw});
   check_tensor(op, "ape", ape, dtype::f32, {p.ratio, cw});
   check_tensor(op, "positions", positions, dtype::i64, {T});
+  if (on_cuda(op, ex, {&kv, &score, &ape, &positions, &state_slot, &state.rows})) {
+#if DSV4_WITH_CUDA
+    for (const auto* t : {&kv, &score, &ape, &positions})
+      DSV4_CHECK(t->is_contiguous(), op, "input ", t->describe(), " must be contiguous");
+    cache::check_state(op, state, 2 * cw);
+    return cuda::compressor_append(kv.as<const float, 2>(), score.as<const float, 2>(), ape.as<const float, 2>(),
+                                   i64p(positions), i32_column(op, "state_slot", state_slot, T),
+                                   state.rows.as<float, 2>(), p.ratio, detail::on_device(op, ex, kv.dev()));
+  #endif
+  }
   for (const auto* t : {&kv, &score, &ape, &positions}) need_contiguous(op, "input", *t);
   cache::check_state(op, state, 2 * cw);
   check_slots(op, "state_slot", state_slot, T, state.rows.shape(0), true);
@@ -265,6 +351,8 @@ void compressor_emit(const tensor_view& positions, const tensor_view& row_req, c
                      const cache::key_pages* key_out, const tensor_view& entries, const exec& ex) {
   constexpr const char* op = "compressor_emit";
   check_params(op, p);
+  for (const tensor_view* t : {&positions, &state.rows})
+    DSV4_CHECK(t->dev().is_cpu(), op, t->describe(), ": compressor_emit has no CUDA backend yet (host tensors only)");
   const std::int64_t r = p.ratio, c = p.c, coff = p.coff(), cw = coff * c;
   const std::int64_t T = positions.rank() == 1 ? positions.shape(0) : -1;
   check_tensor(op, "positions", positions, dtype::i64, {T});
@@ -281,10 +369,12 @@ void compressor_emit(const tensor_view& positions, const tensor_view& row_req, c
   std::int64_t out_slots = 0;
   if (p.indexer) {
     cache::check_pages(op, *key_out);
+    detail::check_host_only(op, "paged-cache", {&key_out->pages});
     DSV4_CHECK(key_out->geo.dim == c, op, "key pages of dim ", key_out->geo.dim, " for entries of ", c);
     out_slots = key_out->num_slots();
   } else {
     cache::check_pages(op, *main_out);
+    detail::check_host_only(op, "paged-cache", {&main_out->pages});
     DSV4_CHECK(main_out->geo.head_dim == c && main_out->geo.rope_dim == p.rope_dim, op, "KV pages of head_dim ",
                main_out->geo.head_dim, " / rope ", main_out->geo.rope_dim, " for entries of ", c, " / ", p.rope_dim);
     DSV4_CHECK((c - p.rope_dim) % 64 == 0, op, "the FP8 round trip needs c - rope_dim a multiple of 64");
@@ -410,6 +500,25 @@ std::pair<std::int64_t, std::int64_t> check_indexer(const char* op, const tensor
   return {T, H};
 }
 
+#if DSV4_WITH_CUDA
+// The CUDA indexer's checks (shapes only; n_keys and the block table are checked on the device). Returns T.
+std::int64_t check_indexer_cuda(const char* op, const tensor_view& q, const tensor_view& w,
+                                const cache::key_pages& keys, const tensor_view& table, const tensor_view& row_req,
+                                const tensor_view& n_keys, numerics nm) {
+  DSV4_CHECK(nm == numerics::fp32, op, "the CUDA backend implements numerics fp32 only so far");
+  cache::check_pages(op, keys);
+  DSV4_CHECK(q.rank() == 3 && q.dt() == dtype::f32 && q.shape(2) == keys.geo.dim && q.is_contiguous(), op, "q is ",
+             q.describe(), ", expected contiguous f32[T, heads, ", keys.geo.dim, "]");
+  const std::int64_t T = q.shape(0), H = q.shape(1);
+  check_tensor(op, "w", w, dtype::f32, {T, H});
+  DSV4_CHECK(table.rank() == 2 && table.dt() == dtype::i32 && table.is_contiguous(), op, "block_table is ",
+             table.describe(), ", expected contiguous i32[requests, max_pages]");
+  i32_column(op, "row_req", row_req, T);
+  i32_column(op, "n_keys", n_keys, T);
+  return T;
+}
+#endif
+
 void scores_rows(backend be, const tensor_view& q, const tensor_view& w, const cache::key_pages& keys,
                  const tensor_view& table, const tensor_view& row_req, const tensor_view& n_keys,
                  const tensor_view& logits, const exec& ex, numerics nm) {
@@ -526,6 +635,16 @@ void indexer_logits(const tensor_view& q, const tensor_view& w, const cache::key
   check_official_keys(op, keys, nm);
   DSV4_CHECK(logits.rank() == 2 && logits.dt() == dtype::f32, op, "logits is ", logits.describe(),
              ", expected f32[T, L]");
+  if (on_cuda(op, ex, {&q, &w, &keys.pages, &block_table, &row_req, &n_keys, &logits})) {
+#if DSV4_WITH_CUDA
+    const std::int64_t T = check_indexer_cuda(op, q, w, keys, block_table, row_req, n_keys, nm);
+    DSV4_CHECK(logits.shape(0) == T && logits.is_contiguous(), op, "logits ", logits.describe(), ": expected ", T,
+               " contiguous rows");
+    return cuda::indexer_logits(q.as<const float, 3>(), w.as<const float, 2>(), cuda::device_pages(keys),
+                                block_table.as<const std::int32_t, 2>(), i32p(row_req), i32p(n_keys),
+                                logits.as<float, 2>(), detail::on_device(op, ex, q.dev()));
+  #endif
+  }
   need_contiguous(op, "logits", logits);
   const auto [T, H] = check_indexer(op, q, w, keys, block_table, row_req, n_keys, logits.shape(1));
   DSV4_CHECK(logits.shape(0) == T, op, "logits has ", logits.shape(0), " rows for ", T, " queries");
@@ -538,6 +657,17 @@ void topk_rows(const tensor_view& logits, const tensor_view& n_keys, const tenso
   constexpr const char* op = "topk_rows";
   DSV4_CHECK(logits.rank() == 2 && logits.dt() == dtype::f32, op, "logits is ", logits.describe(),
              ", expected f32[T, L]");
+  if (on_cuda(op, ex, {&logits, &n_keys, &idx, &len})) {
+#if DSV4_WITH_CUDA
+    const std::int64_t T = logits.shape(0);
+    DSV4_CHECK(idx.rank() == 2 && idx.dt() == dtype::i32 && idx.shape(0) == T && idx.shape(1) >= 1 &&
+                   idx.is_contiguous(),
+               op, "idx is ", idx.describe(), ", expected contiguous i32[", T, ", k >= 1]");
+    return cuda::topk_rows(logits.as<const float, 2>(), i32_column(op, "n_keys", n_keys, T), idx.as<std::int32_t, 2>(),
+                           const_cast<std::int32_t*>(i32_column(op, "len", len, T)),
+                           detail::on_device(op, ex, logits.dev()));
+  #endif
+  }
   need_contiguous(op, "logits", logits);
   const std::int64_t T = logits.shape(0), L = logits.shape(1);
   DSV4_CHECK(idx.rank() == 2 && idx.dt() == dtype::i32 && idx.shape(0) == T && idx.shape(1) >= 1, op, "idx is ",
@@ -555,6 +685,19 @@ void topk_rows(const tensor_view& logits, const tensor_view& n_keys, const tenso
 void to_slots(const tensor_view& idx, const tensor_view& len, const tensor_view& row_req,
               const tensor_view& block_table, std::int64_t page_tokens, const tensor_view& slots, const exec& ex) {
   constexpr const char* op = "to_slots";
+  if (on_cuda(op, ex, {&idx, &len, &row_req, &block_table, &slots})) {
+#if DSV4_WITH_CUDA
+    DSV4_CHECK(idx.rank() == 2 && idx.dt() == dtype::i32, op, "idx is ", idx.describe(), ", expected i32[T, k]");
+    const std::int64_t T = idx.shape(0), K = idx.shape(1);
+    check_tensor(op, "slots", slots, dtype::i32, {T, K});
+    DSV4_CHECK(block_table.rank() == 2 && block_table.dt() == dtype::i32, op, "block_table is ",
+               block_table.describe(), ", expected i32[requests, max_pages]");
+    DSV4_CHECK(page_tokens >= 1, op, "page_tokens ", page_tokens, " must be >= 1");
+    return cuda::to_slots(idx.as<const std::int32_t, 2>(), i32_column(op, "len", len, T, true),
+                          i32_column(op, "row_req", row_req, T), block_table.as<const std::int32_t, 2>(), page_tokens,
+                          slots.as<std::int32_t, 2>(), detail::on_device(op, ex, idx.dev()));
+  #endif
+  }
   check_slot_inputs(op, idx, len, row_req, block_table, page_tokens, slots);
   (void)host_backend(op, ex);
   slots_kernel(idx, len, row_req, block_table, page_tokens, slots);
@@ -566,6 +709,24 @@ void indexer_topk(const tensor_view& q, const tensor_view& w, const cache::key_p
                   numerics nm) {
   constexpr const char* op = "indexer_topk";
   check_official_keys(op, keys, nm);
+  if (on_cuda(op, ex, {&q, &w, &keys.pages, &block_table, &row_req, &n_keys, &idx, &len, &slots})) {
+#if DSV4_WITH_CUDA
+    const std::int64_t T = check_indexer_cuda(op, q, w, keys, block_table, row_req, n_keys, nm);
+    DSV4_CHECK(idx.rank() == 2 && idx.dt() == dtype::i32 && idx.shape(0) == T && idx.shape(1) >= 1 &&
+                   idx.is_contiguous(),
+               op, "idx is ", idx.describe(), ", expected contiguous i32[", T, ", k >= 1]");
+    std::int32_t* sl = nullptr;
+    if (!is_absent(slots)) {
+      check_tensor(op, "slots", slots, dtype::i32, {T, idx.shape(1)});
+      DSV4_CHECK(slots.is_contiguous(), op, "slots ", slots.describe(), " must be contiguous");
+      sl = static_cast<std::int32_t*>(slots.data());
+    }
+    return cuda::indexer_topk(q.as<const float, 3>(), w.as<const float, 2>(), cuda::device_pages(keys),
+                              block_table.as<const std::int32_t, 2>(), i32p(row_req), i32p(n_keys),
+                              idx.as<std::int32_t, 2>(), const_cast<std::int32_t*>(i32_column(op, "len", len, T)), sl,
+                              detail::on_device(op, ex, q.dev()));
+  #endif
+  }
   const std::int64_t max_keys = keys.num_slots();
   const auto [T, H] = check_indexer(op, q, w, keys, block_table, row_req, n_keys, max_keys);
   (void)H;
@@ -592,6 +753,11 @@ void indexer_topk(const tensor_view& q, const tensor_view& w, const cache::key_p
     check_slot_inputs(op, idx, len, row_req, block_table, keys.geo.page_tokens, slots);
     slots_kernel(idx, len, row_req, block_table, keys.geo.page_tokens, slots);
   }
+}
+
+std::size_t indexer_topk_workspace_bytes(std::int64_t T, const cache::key_pages& keys) {
+  DSV4_CHECK(T >= 0, "indexer_topk_workspace_bytes", "T = ", T, " must be >= 0");
+  return static_cast<std::size_t>(T * keys.num_slots()) * sizeof(float);
 }
 
 // ---- sparse MQA ----------------------------------------------------------------------------------------------------
@@ -624,6 +790,40 @@ void sparse_mqa(const tensor_view& q, const sparse_segment& window, const sparse
                 const exec& ex, numerics nm) {
   constexpr const char* op = "sparse_mqa";
   DSV4_CHECK(q.rank() == 3 && q.dt() == dtype::f32, op, "q is ", q.describe(), ", expected f32[T, H, D]");
+  const tensor_view none;
+  if (on_cuda(op, ex, {&q, &sink, &out, &lse, &window.kv.pages, &window.slots, &window.len,
+                       compressed ? &compressed->kv.pages : &none, compressed ? &compressed->slots : &none,
+                       compressed ? &compressed->len : &none})) {
+#if DSV4_WITH_CUDA
+    DSV4_CHECK(nm == numerics::fp32, op, "the CUDA backend implements numerics fp32 only so far");
+    DSV4_CHECK(q.is_contiguous(), op, "q ", q.describe(), " must be contiguous");
+    const std::int64_t T = q.shape(0), H = q.shape(1), D = q.shape(2);
+    check_tensor(op, "sink", sink, dtype::f32, {H});
+    DSV4_CHECK(sink.is_contiguous(), op, "sink ", sink.describe(), " must be contiguous");
+    check_tensor(op, "out", out, dtype::f32, {T, H, D});
+    detail::check_aliasing(op, q, out, false);
+    if (!is_absent(lse)) {
+      check_tensor(op, "lse", lse, dtype::f32, {T, H});
+      DSV4_CHECK(lse.is_contiguous(), op, "lse ", lse.describe(), " must be contiguous");
+    }
+    DSV4_CHECK(std::isfinite(scale), op, "scale ", scale, " is not finite");
+    auto seg = [&](const char* name, const sparse_segment& s) {
+      cache::check_pages(op, s.kv);
+      DSV4_CHECK(s.kv.geo.head_dim == D, op, name, " KV pages hold entries of ", s.kv.geo.head_dim, " dims, q has ",
+                 D);
+      DSV4_CHECK(s.slots.rank() == 2 && s.slots.dt() == dtype::i32 && s.slots.shape(0) == T, op, name,
+                 " slots are ", s.slots.describe(), ", expected i32[", T, ", K]");
+      return cuda::segment_dev{cuda::device_pages(s.kv), s.slots.as<const std::int32_t, 2>(),
+                               i32_column(op, "len", s.len, T, true)};
+    };
+    const cuda::segment_dev w = seg("window", window);
+    cuda::segment_dev c{};
+    if (compressed) c = seg("compressed", *compressed);
+    return cuda::sparse_mqa(q.as<const float, 3>(), w, compressed ? &c : nullptr, f32p(sink), scale,
+                            out.as<float, 3>(), is_absent(lse) ? nullptr : f32w(lse),
+                            detail::on_device(op, ex, q.dev()));
+  #endif
+  }
   need_contiguous(op, "q", q);
   const std::int64_t T = q.shape(0), H = q.shape(1), D = q.shape(2);
   check_tensor(op, "sink", sink, dtype::f32, {H});

@@ -11,9 +11,15 @@
 //   * slots are i32 physical slots (page · B + offset), as FlashMLA's indices_in_kvcache;
 //   * every op is validated at the boundary (dtype, shapes, page geometry, and every slot or block-table entry it
 //     dereferences is range-checked) and runs on the ref backend or the CPU backend (the same results: byte-identical
-//     page writes, bitwise top-k and slots, attention within fp32 rounding); the CUDA backends come in a later issue.
+//     page writes, bitwise top-k and slots, attention within fp32 rounding);
+//   * on CUDA tensors (dsv4/cuda/paged.hpp; fp32 policy; every op but compressor_emit) shapes are checked here and
+//     values on the device: a slot, block-table entry or length out of range is skipped (a store does nothing, a load
+//     or attention lane gives nothing, a logit is −inf, a slot −1) and reported through exec's check policy
+//     (dsv4/exec.hpp: an error under the default sync policy, a status bit under deferred); page writes are ref's
+//     bytes, FP4 index scores, top-k and slots ref's bits, FP8 scores and attention within fp32 rounding.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "dsv4/cache.hpp"
@@ -99,6 +105,9 @@ void indexer_topk(const tensor_view& q, const tensor_view& w, const cache::key_p
                   const tensor_view& block_table, const tensor_view& row_req, const tensor_view& n_keys,
                   const tensor_view& idx, const tensor_view& len, const tensor_view& slots, const exec& ex = {},
                   numerics nm = numerics::fp32);
+// The device scratch (exec::scratch) indexer_topk needs on CUDA for T rows over these key pages: a [T, slots] f32
+// score matrix (the host backends need none).
+std::size_t indexer_topk_workspace_bytes(std::int64_t T, const cache::key_pages& keys);
 
 // ---- sparse MQA with sink over two page segments (spec §3.7; FlashMLA semantics) ----------------------------------
 

@@ -1,0 +1,743 @@
+// cuda/paged.cu — the paged-cache ops on CUDA (dsv4/cuda/paged.hpp has the orders and the device-side checks).
+#include <cuda_fp8.h>
+
+#include <cmath>
+
+#include "check.cuh"
+#include "dsv4/cuda/paged.hpp"
+#include "quant_core.cuh"
+
+namespace dsv4::cuda {
+namespace {
+
+using namespace detail;  // quant_core.cuh, check.cuh
+constexpr unsigned kFullMask = 0xFFFFFFFFu;
+
+__device__ inline std::uint8_t* kv_page(const kv_dev& kv, std::int64_t slot) {
+  return kv.base + (slot / kv.geo.page_tokens) * kv.page_stride;
+}
+__device__ inline std::uint8_t* key_page(const key_dev& k, std::int64_t slot) {
+  return k.base + (slot / k.geo.page_tokens) * k.page_stride;
+}
+
+// A slot argument: −1 skips, anything else outside [0, n) is reported and skipped. Returns whether to use it.
+__device__ inline bool slot_ok(std::int64_t s, std::int64_t n, const status_ref& st) {
+  if (s == -1) return false;
+  if (s < -1 || s >= n) {
+    st.raise(status_index_oob);
+    return false;
+  }
+  return true;
+}
+
+// ---- stores and loads (one warp per row) ----------------------------------------------------------------------
+
+__global__ void kv_store_kernel(view<const float, 2> values, const std::int32_t* slots, kv_dev kv, status_ref st) {
+  const std::int64_t t = blockIdx.x;
+  const int lane = threadIdx.x;
+  const std::int64_t s = slots[t];
+  if (!slot_ok(s, kv.num_slots, lane == 0 ? st : status_ref{})) return;
+  const cache::kv_geometry& g = kv.geo;
+  std::uint8_t* page = kv_page(kv, s);
+  const std::int64_t e = s % g.page_tokens;
+  std::uint8_t* data = page + g.data_offset(e);
+  if (g.format == cache::kv_format::f32) {
+    float* d = reinterpret_cast<float*>(data);
+    for (std::int64_t i = lane; i < g.head_dim; i += 32) d[i] = values(t, i);
+    return;
+  }
+  std::uint8_t* sc = page + g.scale_offset(e);
+  const std::int64_t nope = g.nope();
+  for (std::int64_t b = 0; b < nope / 64; ++b) {  // FP8 blocks of 64: two values a lane
+    float v[2] = {values(t, b * 64 + 2 * lane), values(t, b * 64 + 2 * lane + 1)};
+    std::uint8_t code[2];
+    float sf;
+    const std::uint8_t sbyte = quantize_lane<fp8_e4m3, 2>(v, code, sf, st);
+    data[b * 64 + 2 * lane] = code[0];
+    data[b * 64 + 2 * lane + 1] = code[1];
+    if (lane == 0) sc[b] = sbyte;
+  }
+  for (std::int64_t i = nope / 64 + lane; i < g.scale_stride(); i += 32) sc[i] = 0;  // pad
+  for (std::int64_t i = lane; i < g.rope_dim; i += 32) {
+    const std::uint16_t h = bf16::from_float(values(t, nope + i)).bits;
+    data[nope + 2 * i] = static_cast<std::uint8_t>(h & 0xFF);
+    data[nope + 2 * i + 1] = static_cast<std::uint8_t>(h >> 8);
+  }
+}
+
+__global__ void kv_load_kernel(kv_dev kv, const std::int32_t* slots, view<float, 2> values, status_ref st) {
+  const std::int64_t t = blockIdx.x;
+  const int lane = threadIdx.x;
+  const std::int64_t s = slots[t];
+  const cache::kv_geometry& g = kv.geo;
+  if (!slot_ok(s, kv.num_slots, lane == 0 ? st : status_ref{})) {
+    for (std::int64_t i = lane; i < g.head_dim; i += 32) values(t, i) = 0.f;
+    return;
+  }
+  const std::uint8_t* page = kv_page(kv, s);
+  const std::int64_t e = s % g.page_tokens;
+  const std::uint8_t* data = page + g.data_offset(e);
+  if (g.format == cache::kv_format::f32) {
+    for (std::int64_t i = lane; i < g.head_dim; i += 32) values(t, i) = reinterpret_cast<const float*>(data)[i];
+    return;
+  }
+  const std::uint8_t* sc = page + g.scale_offset(e);
+  const std::int64_t nope = g.nope();
+  for (std::int64_t d = lane; d < nope; d += 32) values(t, d) = fp8_e4m3{data[d]}.to_float() * ue8m0{sc[d / 64]}.to_float();
+  for (std::int64_t i = lane; i < g.rope_dim; i += 32)
+    values(t, nope + i) = bf16{static_cast<std::uint16_t>(data[nope + 2 * i] | (data[nope + 2 * i + 1] << 8))}.to_float();
+}
+
+template <int PER>
+__device__ void fp8_key(view<const float, 2> values, std::int64_t t, std::uint8_t* codes, std::uint8_t* sc,
+                        const status_ref& st) {
+  const int lane = threadIdx.x;
+  float v[PER];
+#pragma unroll
+  for (int i = 0; i < PER; ++i) v[i] = values(t, lane * PER + i);
+  std::uint8_t code[PER];
+  float sf;
+  quantize_lane<fp8_e4m3, PER>(v, code, sf, st);
+#pragma unroll
+  for (int i = 0; i < PER; ++i) codes[lane * PER + i] = code[i];
+  if (lane == 0) {
+    const std::uint32_t b = f32_to_bits(sf);
+    for (int i = 0; i < 4; ++i) sc[i] = static_cast<std::uint8_t>(b >> (8 * i));  // little-endian f32
+  }
+}
+
+__global__ void key_store_kernel(view<const float, 2> values, const std::int32_t* slots, key_dev keys, status_ref st) {
+  const std::int64_t t = blockIdx.x;
+  const int lane = threadIdx.x;
+  const std::int64_t s = slots[t];
+  if (!slot_ok(s, keys.num_slots, lane == 0 ? st : status_ref{})) return;
+  const cache::key_geometry& g = keys.geo;
+  std::uint8_t* page = key_page(keys, s);
+  const std::int64_t e = s % g.page_tokens;
+  std::uint8_t* codes = page + g.code_offset(e);
+  std::uint8_t* sc = page + g.scale_offset(e);
+  if (g.format == cache::key_format::fp4) {
+    for (std::int64_t b = 0; b < g.dim / 32; ++b) {  // E2M1 blocks of 32: one value a lane, pairs packed by even lanes
+      float v[1] = {values(t, b * 32 + lane)};
+      std::uint8_t code[1];
+      float sf;
+      const std::uint8_t sbyte = quantize_lane<fp4_e2m1, 1>(v, code, sf, st);
+      const unsigned odd = __shfl_down_sync(kFullMask, static_cast<unsigned>(code[0]), 1);
+      if ((lane & 1) == 0) codes[(b * 32 + lane) / 2] = static_cast<std::uint8_t>(code[0] | (odd << 4));
+      if (lane == 0) sc[b] = sbyte;
+    }
+    return;
+  }
+  switch (g.dim) {  // one E4M3 block over the whole key (the launcher admits these widths)
+    case 32: return fp8_key<1>(values, t, codes, sc, st);
+    case 64: return fp8_key<2>(values, t, codes, sc, st);
+    case 128: return fp8_key<4>(values, t, codes, sc, st);
+    case 256: return fp8_key<8>(values, t, codes, sc, st);
+    default: return fp8_key<16>(values, t, codes, sc, st);
+  }
+}
+
+__global__ void key_load_kernel(key_dev keys, const std::int32_t* slots, view<float, 2> values, status_ref st) {
+  const std::int64_t t = blockIdx.x;
+  const int lane = threadIdx.x;
+  const std::int64_t s = slots[t];
+  const cache::key_geometry& g = keys.geo;
+  if (!slot_ok(s, keys.num_slots, lane == 0 ? st : status_ref{})) {
+    for (std::int64_t i = lane; i < g.dim; i += 32) values(t, i) = 0.f;
+    return;
+  }
+  const std::uint8_t* page = key_page(keys, s);
+  const std::int64_t e = s % g.page_tokens;
+  const std::uint8_t* codes = page + g.code_offset(e);
+  const std::uint8_t* sc = page + g.scale_offset(e);
+  if (g.format == cache::key_format::fp4) {
+    for (std::int64_t i = lane; i < g.dim; i += 32) {
+      const fp4x2 pair{codes[i / 2]};
+      values(t, i) = ((i & 1) ? pair.hi() : pair.lo()).to_float() * ue8m0{sc[i / 32]}.to_float();
+    }
+    return;
+  }
+  const float sf = bits_to_f32(static_cast<std::uint32_t>(sc[0]) | (static_cast<std::uint32_t>(sc[1]) << 8) |
+                               (static_cast<std::uint32_t>(sc[2]) << 16) | (static_cast<std::uint32_t>(sc[3]) << 24));
+  for (std::int64_t i = lane; i < g.dim; i += 32) values(t, i) = fp8_e4m3{codes[i]}.to_float() * sf;
+}
+
+// ---- compressor append ------------------------------------------------------------------------------------------
+
+__global__ void append_kernel(view<const float, 2> kv, view<const float, 2> score, view<const float, 2> ape,
+                              const std::int64_t* positions, const std::int32_t* state_slot, view<float, 2> rows,
+                              int ratio, status_ref st) {
+  const std::int64_t t = blockIdx.x, cw = kv.size(1);
+  const std::int64_t s = state_slot[t];
+  if (!slot_ok(s, rows.size(0), threadIdx.x == 0 ? st : status_ref{})) return;
+  const std::int64_t pos = positions[t];
+  if (pos < 0) {
+    if (threadIdx.x == 0) st.raise(status_index_oob);
+    return;
+  }
+  const std::int64_t a = pos & (ratio - 1);  // ratio is 4 or 128
+  for (std::int64_t ch = threadIdx.x; ch < cw; ch += blockDim.x) {
+    rows(s, ch) = kv(t, ch);
+    rows(s, cw + ch) = score(t, ch) + ape(a, ch);
+  }
+}
+
+// ---- slots ---------------------------------------------------------------------------------------------------
+
+__global__ void to_slots_kernel(view<const std::int32_t, 2> idx, const std::int32_t* len, const std::int32_t* row_req,
+                                view<const std::int32_t, 2> table, std::int64_t B, view<std::int32_t, 2> slots,
+                                status_ref st) {
+  const std::int64_t t = blockIdx.x, K = idx.size(1);
+  const std::int64_t i = static_cast<std::int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+  if (i >= K) return;
+  const std::int64_t n = len ? len[t] : K;
+  const std::int64_t r = row_req[t];
+  std::int32_t out = -1;
+  const std::int32_t e = idx(t, i);
+  if (r < 0 || r >= table.size(0) || n < 0 || n > K) {
+    st.raise(status_index_oob);
+  } else if (i < n && e >= 0) {
+    const std::int64_t page = e / B;
+    const std::int32_t p = page < table.size(1) ? table(r, page) : -1;
+    if (p < 0) st.raise(status_index_oob);
+    else out = static_cast<std::int32_t>(static_cast<std::int64_t>(p) * B + e % B);
+  }
+  slots(t, i) = out;
+}
+
+// ---- top-k --------------------------------------------------------------------------------------------------------
+
+// The 64-bit key of (score, index): unsigned order = score order, then the lower index; NaN below everything.
+__device__ inline unsigned long long topk_key(float v, std::int64_t s) {
+  std::uint32_t u = f32_to_bits(v);
+  u = (v != v) ? 0u : ((u >> 31) ? ~u : (u | 0x80000000u));
+  return (static_cast<unsigned long long>(u) << 32) | static_cast<std::uint32_t>(~static_cast<std::uint32_t>(s));
+}
+
+constexpr int kTopkThreads = 1024, kMaxTopkK = 4096;
+
+__global__ void __launch_bounds__(kTopkThreads) topk_kernel(view<const float, 2> logits, const std::int32_t* n_keys,
+                                                            view<std::int32_t, 2> idx, std::int32_t* len,
+                                                            status_ref st) {
+  __shared__ unsigned hist[256];
+  __shared__ unsigned long long sel[kMaxTopkK];
+  __shared__ unsigned long long prefix_s, mask_s;
+  __shared__ int need_s, count_s;
+  const std::int64_t t = blockIdx.x, K = idx.size(1), L = logits.size(1);
+  std::int64_t n = n_keys[t];
+  if (n < 0 || n > L) {
+    if (threadIdx.x == 0) st.raise(status_index_oob);
+    n = n < 0 ? 0 : L;
+  }
+  const int need = static_cast<int>(n < K ? n : K);
+  bool nan = false;
+  if (threadIdx.x == 0) {
+    prefix_s = 0;
+    mask_s = 0;
+    need_s = need;
+    count_s = 0;
+  }
+  __syncthreads();
+  // radix select of the need-th largest key, 8 bits a pass from the top
+  for (int shift = 56; shift >= 0 && need > 0; shift -= 8) {
+    for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0;
+    __syncthreads();
+    const unsigned long long prefix = prefix_s, mask = mask_s;
+    for (std::int64_t s = threadIdx.x; s < n; s += blockDim.x) {
+      const float v = logits(t, s);
+      nan = nan || v != v;
+      const unsigned long long k = topk_key(v, s);
+      if ((k & mask) == prefix) atomicAdd(&hist[(k >> shift) & 255u], 1u);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      int rem = need_s;
+      for (int d = 255; d >= 0; --d) {
+        const int h = static_cast<int>(hist[d]);
+        if (h >= rem) {
+          prefix_s |= static_cast<unsigned long long>(d) << shift;
+          mask_s |= 255ull << shift;
+          break;
+        }
+        rem -= h;
+      }
+      need_s = rem;
+    }
+    __syncthreads();
+  }
+  if (__syncthreads_or(nan) && threadIdx.x == 0) st.raise(status_nonfinite_input);
+  // every key >= the threshold (exactly `need` of them: keys are distinct), then a descending bitonic sort
+  const unsigned long long thr = prefix_s;
+  for (std::int64_t s = threadIdx.x; s < n && need > 0; s += blockDim.x) {
+    const unsigned long long k = topk_key(logits(t, s), s);
+    if (k >= thr) {
+      const int at = atomicAdd(&count_s, 1);
+      if (at < kMaxTopkK) sel[at] = k;
+    }
+  }
+  __syncthreads();
+  int p2 = 1;
+  while (p2 < need) p2 <<= 1;
+  for (int i = need + static_cast<int>(threadIdx.x); i < p2; i += blockDim.x) sel[i] = 0;  // pads sort last
+  __syncthreads();
+  for (int size = 2; size <= p2; size <<= 1)
+    for (int stride = size >> 1; stride > 0; stride >>= 1) {
+      for (int i = threadIdx.x; i < p2; i += blockDim.x) {
+        const int j = i ^ stride;
+        if (j > i) {
+          const bool desc = (i & size) == 0;
+          const unsigned long long a = sel[i], b = sel[j];
+          if (desc ? a < b : a > b) {
+            sel[i] = b;
+            sel[j] = a;
+          }
+        }
+      }
+      __syncthreads();
+    }
+  for (std::int64_t i = threadIdx.x; i < K; i += blockDim.x)
+    idx(t, i) = i < need ? static_cast<std::int32_t>(~static_cast<std::uint32_t>(sel[i] & 0xFFFFFFFFull)) : -1;
+  if (threadIdx.x == 0) len[t] = need;
+}
+
+// ---- indexer ----------------------------------------------------------------------------------------------------
+
+constexpr int kIdxThreads = 128, kMaxHeads = 128;
+
+// 2·E2M1 of a nibble, as ref::fp4_twice.
+__device__ inline int fp4_twice(unsigned c) {
+  const unsigned m = c & 7u;
+  const int mag = m < 4 ? static_cast<int>(m) : (m == 4 ? 4 : (m == 5 ? 6 : (m == 6 ? 8 : 12)));
+  return (c & 8u) ? -mag : mag;
+}
+
+// The row's q rounded to FP4 (ref::quantize_query) into shared memory: qa [H·C] 2·codes, qs [H·C/32] scale bytes,
+// qfin [H]; w [H].
+__device__ void stage_query(view<const float, 3> q, view<const float, 2> w, std::int64_t t, std::int8_t* qa,
+                            std::uint8_t* qs, int* qfin, float* ws) {
+  const int H = static_cast<int>(q.size(1)), C = static_cast<int>(q.size(2)), nb = C / 32;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  for (int h = threadIdx.x; h < H; h += blockDim.x) {
+    qfin[h] = 1;
+    ws[h] = w(t, h);
+  }
+  __syncthreads();
+  for (int blk = warp; blk < H * nb; blk += warps) {
+    const int h = blk / nb, b = blk % nb;
+    float v[1] = {q(t, h, b * 32 + lane)};
+    const bool fin = __all_sync(kFullMask, fabsf(v[0]) <= 3.4028235e38f);
+    std::uint8_t code[1];
+    float sf;
+    const std::uint8_t sbyte = quantize_lane<fp4_e2m1, 1>(v, code, sf, status_ref{});
+    qa[h * C + b * 32 + lane] = static_cast<std::int8_t>(fp4_twice(code[0]));
+    if (lane == 0) {
+      qs[blk] = sbyte;
+      if (!fin) qfin[h] = 0;
+    }
+  }
+  __syncthreads();
+}
+
+// The FP4 score of one key (codes C/2 bytes, scales C/32) against the staged q: ref::fp4_score bit for bit.
+template <int C>
+__device__ float fp4_key_score(const std::int8_t* qa, const std::uint8_t* qs, const int* qfin, const float* ws, int H,
+                               const std::uint8_t* codes, const std::uint8_t* scales) {
+  constexpr int nb = C / 32, words = C / 4;
+  int kw[words];  // the key's 2·codes, four int8 a word (element 4i + j in byte j)
+#pragma unroll
+  for (int i = 0; i < words; ++i) {
+    const unsigned b0 = codes[2 * i], b1 = codes[2 * i + 1];
+    const unsigned v = static_cast<std::uint8_t>(fp4_twice(b0 & 0xF)) | (static_cast<std::uint8_t>(fp4_twice(b0 >> 4)) << 8) |
+                       (static_cast<std::uint8_t>(fp4_twice(b1 & 0xF)) << 16) |
+                       (static_cast<unsigned>(static_cast<std::uint8_t>(fp4_twice(b1 >> 4))) << 24);
+    kw[i] = static_cast<int>(v);
+  }
+  std::uint8_t sk[nb];
+#pragma unroll
+  for (int b = 0; b < nb; ++b) sk[b] = scales[b];
+  // one head's ReLU(exact dot), ref::fp4_dot + indexer_relu
+  auto head = [&](int h) {
+    const int* qw = reinterpret_cast<const int*>(qa + h * C);
+    double d = 0;
+    bool bad = !qfin[h];
+#pragma unroll
+    for (int b = 0; b < nb; ++b) {
+      const std::uint8_t sq = qs[h * nb + b];
+      bad = bad || sq == 0xFF || sk[b] == 0xFF;
+      int I = 0;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) I = __dp4a(qw[b * 8 + j], kw[b * 8 + j], I);
+      // I · 2^(eq + ek − 2), exact (the exponent stays in [−256, 252]: a power of two built from its bits, which is
+      // ldexp's value without its library call)
+      const int ex2 = static_cast<int>(sq) + static_cast<int>(sk[b]) - 256;
+      d += static_cast<double>(I) * __longlong_as_double(static_cast<long long>(ex2 + 1023) << 52);
+    }
+    const float r = bad ? __int_as_float(0x7FC00000) : static_cast<float>(d);
+    return (0.f > r) ? 0.f : r;
+  };
+  // the 16-lane tree: lane l takes heads h = l (mod 16); whole groups of 16 first (fully unrolled: p stays in
+  // registers), then the last partial group
+  float p[16];
+#pragma unroll
+  for (int l = 0; l < 16; ++l) p[l] = 0.f;
+  int h0 = 0;
+  for (; h0 + 16 <= H; h0 += 16) {
+#pragma unroll
+    for (int l = 0; l < 16; ++l) p[l] = fmaf(ws[h0 + l], head(h0 + l), p[l]);
+  }
+  if (h0 < H) {  // H % 16 heads left: every lane computes a (clamped) head and keeps it only when it exists, so the
+                // loop stays straight-line and p in registers
+#pragma unroll
+    for (int l = 0; l < 16; ++l) {
+      const int h = h0 + l < H ? h0 + l : H - 1;
+      const float v = fmaf(ws[h], head(h), p[l]);
+      p[l] = h0 + l < H ? v : p[l];
+    }
+  }
+#pragma unroll
+  for (int l = 0; l < 8; ++l) p[l] = p[l] + p[l + 8];  // the tree written out: constant indices, registers only
+#pragma unroll
+  for (int l = 0; l < 4; ++l) p[l] = p[l] + p[l + 4];
+  p[0] = p[0] + p[2];
+  p[1] = p[1] + p[3];
+  return p[0] + p[1];
+}
+
+// Resolve key s of row t to its slot; −1 (and a report) when its page is out of the table or unmapped.
+__device__ inline std::int64_t key_slot(view<const std::int32_t, 2> table, std::int64_t r, std::int64_t s,
+                                        const key_dev& keys, const status_ref& st) {
+  const std::int64_t B = keys.geo.page_tokens, page = s / B;
+  const std::int32_t p = (r >= 0 && r < table.size(0) && page < table.size(1)) ? table(r, page) : -1;
+  const std::int64_t slot = p < 0 ? -1 : static_cast<std::int64_t>(p) * B + s % B;
+  if (slot < 0 || slot >= keys.num_slots) {
+    st.raise(status_index_oob);
+    return -1;
+  }
+  return slot;
+}
+
+template <int C>
+__global__ void __launch_bounds__(kIdxThreads) indexer_fp4_kernel(view<const float, 3> q, view<const float, 2> w,
+                                                                  key_dev keys, view<const std::int32_t, 2> table,
+                                                                  const std::int32_t* row_req,
+                                                                  const std::int32_t* n_keys, view<float, 2> logits,
+                                                                  status_ref st) {
+  __shared__ __align__(16) std::int8_t qa[kMaxHeads * C];
+  __shared__ std::uint8_t qs[kMaxHeads * C / 32];
+  __shared__ int qfin[kMaxHeads];
+  __shared__ float ws[kMaxHeads];
+  const std::int64_t t = blockIdx.y;
+  stage_query(q, w, t, qa, qs, qfin, ws);
+  const std::int64_t s = static_cast<std::int64_t>(blockIdx.x) * kIdxThreads + threadIdx.x;
+  if (s >= logits.size(1)) return;
+  const std::int64_t n = n_keys[t];
+  if (s >= n) {
+    logits(t, s) = -__int_as_float(0x7F800000);
+    return;
+  }
+  const std::int64_t slot = key_slot(table, row_req[t], s, keys, st);
+  if (slot < 0) {
+    logits(t, s) = -__int_as_float(0x7F800000);
+    return;
+  }
+  const std::uint8_t* page = key_page(keys, slot);
+  const std::int64_t e = slot % keys.geo.page_tokens;
+  logits(t, s) = fp4_key_score<C>(qa, qs, qfin, ws, static_cast<int>(q.size(1)), page + keys.geo.code_offset(e),
+                                  page + keys.geo.scale_offset(e));
+}
+
+// FP8 keys: fp32 dots in k order, ReLU, the head sum as an fma chain in head order.
+__global__ void __launch_bounds__(kIdxThreads) indexer_fp8_kernel(view<const float, 3> q, view<const float, 2> w,
+                                                                  key_dev keys, view<const std::int32_t, 2> table,
+                                                                  const std::int32_t* row_req,
+                                                                  const std::int32_t* n_keys, view<float, 2> logits,
+                                                                  status_ref st) {
+  const std::int64_t t = blockIdx.y;
+  const std::int64_t s = static_cast<std::int64_t>(blockIdx.x) * kIdxThreads + threadIdx.x;
+  if (s >= logits.size(1)) return;
+  const std::int64_t n = n_keys[t];
+  const std::int64_t slot = s < n ? key_slot(table, row_req[t], s, keys, st) : -1;
+  if (slot < 0) {
+    logits(t, s) = -__int_as_float(0x7F800000);
+    return;
+  }
+  const std::uint8_t* page = key_page(keys, slot);
+  const std::int64_t e = slot % keys.geo.page_tokens;
+  const std::uint8_t* codes = page + keys.geo.code_offset(e);
+  const std::uint8_t* sc = page + keys.geo.scale_offset(e);
+  const float sf = bits_to_f32(static_cast<std::uint32_t>(sc[0]) | (static_cast<std::uint32_t>(sc[1]) << 8) |
+                               (static_cast<std::uint32_t>(sc[2]) << 16) | (static_cast<std::uint32_t>(sc[3]) << 24));
+  const std::int64_t H = q.size(1), C = q.size(2);
+  float acc = 0.f;
+  for (std::int64_t h = 0; h < H; ++h) {
+    float d = 0.f;
+    for (std::int64_t k = 0; k < C; ++k) d = fmaf(q(t, h, k), fp8_e4m3{codes[k]}.to_float() * sf, d);
+    acc = fmaf(w(t, h), (0.f > d) ? 0.f : d, acc);
+  }
+  logits(t, s) = acc;
+}
+
+// ---- sparse MQA ---------------------------------------------------------------------------------------------------
+
+constexpr int kMqaHeads = 8, kMqaChunk = 8;  // heads per CTA (a warp each), entries decoded per shared-memory round
+
+// Entry `slot` of kv decoded to fp32 by the CTA into row (D floats).
+__device__ void decode_entry(const kv_dev& kv, std::int64_t slot, float* row) {
+  const cache::kv_geometry& g = kv.geo;
+  const std::uint8_t* page = kv_page(kv, slot);
+  const std::int64_t e = slot % g.page_tokens;
+  const std::uint8_t* data = page + g.data_offset(e);
+  if (g.format == cache::kv_format::f32) {
+    for (std::int64_t i = threadIdx.x; i < g.head_dim; i += blockDim.x) row[i] = reinterpret_cast<const float*>(data)[i];
+    return;
+  }
+  const std::uint8_t* sc = page + g.scale_offset(e);
+  const std::int64_t nope = g.nope();
+  for (std::int64_t d = threadIdx.x; d < g.head_dim; d += blockDim.x)
+    row[d] = d < nope ? fp8_e4m3{data[d]}.to_float() * ue8m0{sc[d / 64]}.to_float()
+                      : bf16{static_cast<std::uint16_t>(data[nope + 2 * (d - nope)] | (data[nope + 2 * (d - nope) + 1] << 8))}
+                            .to_float();
+}
+
+// One segment's valid lanes folded into the warp's online softmax (m, sum, acc) for head h of token t.
+template <int DL>
+__device__ void mqa_segment(const segment_dev& sg, std::int64_t t, float scale, const float (&qv)[DL], float& m,
+                            float& sum, float (&acc)[DL], bool& any, float (*rows)[32 * DL], int* valid,
+                            const status_ref& st) {
+  const int lane = threadIdx.x & 31;
+  const std::int64_t Ks = sg.slots.size(1);
+  std::int64_t len = sg.len ? sg.len[t] : Ks;
+  if (len < 0 || len > Ks) {
+    if (threadIdx.x == 0) st.raise(status_index_oob);
+    len = len < 0 ? 0 : Ks;
+  }
+  for (std::int64_t i0 = 0; i0 < len; i0 += kMqaChunk) {
+    if (threadIdx.x < kMqaChunk) {
+      const std::int64_t i = i0 + threadIdx.x;
+      const std::int64_t v = i < len ? sg.slots(t, i) : -1;
+      valid[threadIdx.x] = slot_ok(v, sg.kv.num_slots, st) ? 1 : 0;
+    }
+    __syncthreads();
+    for (int j = 0; j < kMqaChunk; ++j)
+      if (valid[j]) decode_entry(sg.kv, sg.slots(t, i0 + j), rows[j]);
+    __syncthreads();
+    for (int j = 0; j < kMqaChunk; ++j) {
+      if (!valid[j]) continue;
+      float d = 0.f;
+#pragma unroll
+      for (int i = 0; i < DL; ++i) d = fmaf(qv[i], rows[j][lane + 32 * i], d);
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) d += __shfl_xor_sync(kFullMask, d, o);
+      const float l = scale * d;
+      const float mn = l > m ? l : m;
+      const float c = expf(m - mn), p = expf(l - mn);  // m = −inf at first: c = 0
+      sum = sum * c + p;
+#pragma unroll
+      for (int i = 0; i < DL; ++i) acc[i] = acc[i] * c + p * rows[j][lane + 32 * i];
+      m = mn;
+      any = true;
+    }
+    __syncthreads();
+  }
+}
+
+template <int DL>  // D / 32 values a lane
+__global__ void __launch_bounds__(32 * kMqaHeads) mqa_kernel(view<const float, 3> q,
+                                                             const __grid_constant__ segment_dev win,
+                                                             const __grid_constant__ segment_dev cmp, bool has_cmp,
+                                                             const float* sink, float scale, view<float, 3> out,
+                                                             float* lse, status_ref st) {
+  constexpr int D = 32 * DL;
+  __shared__ float rows[kMqaChunk][D];
+  __shared__ int valid[kMqaChunk];
+  const std::int64_t t = blockIdx.x, H = q.size(1);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
+  const std::int64_t h = static_cast<std::int64_t>(blockIdx.y) * kMqaHeads + warp;
+  const bool live = h < H;
+  float qv[DL], acc[DL];
+#pragma unroll
+  for (int i = 0; i < DL; ++i) {
+    qv[i] = live ? q(t, h, lane + 32 * i) : 0.f;
+    acc[i] = 0.f;
+  }
+  float m = -__int_as_float(0x7F800000), sum = 0.f;
+  bool any = false;
+  mqa_segment<DL>(win, t, scale, qv, m, sum, acc, any, rows, valid, st);
+  if (has_cmp) mqa_segment<DL>(cmp, t, scale, qv, m, sum, acc, any, rows, valid, st);
+  if (!live) return;
+  const float den = any ? sum + expf(sink[h] - m) : 1.f;
+#pragma unroll
+  for (int i = 0; i < DL; ++i) out(t, h, lane + 32 * i) = any ? acc[i] / den : 0.f;
+  if (lse && lane == 0) lse[t * H + h] = any ? m + logf(sum) : __int_as_float(0x7F800000);
+}
+
+}  // namespace
+
+std::int64_t kv_store(view<const float, 2> values, const std::int32_t* slots, const kv_dev& kv, const exec& ex) {
+  launch l("kv_store", ex);
+  if (values.size(0) > 0)
+    kv_store_kernel<<<static_cast<unsigned>(values.size(0)), 32, 0, l.stream()>>>(values, slots, kv, l.status());
+  return l.finish();
+}
+
+void kv_load(const kv_dev& kv, const std::int32_t* slots, view<float, 2> values, const exec& ex) {
+  launch l("kv_load", ex);
+  if (values.size(0) > 0)
+    kv_load_kernel<<<static_cast<unsigned>(values.size(0)), 32, 0, l.stream()>>>(kv, slots, values, l.status());
+  DSV4_CHECK(l.finish() == 0 || true, "kv_load", "");
+}
+
+std::int64_t key_store(view<const float, 2> values, const std::int32_t* slots, const key_dev& keys, const exec& ex) {
+  const std::int64_t c = keys.geo.dim;
+  DSV4_CHECK(keys.geo.format == cache::key_format::fp4 || c == 32 || c == 64 || c == 128 || c == 256 || c == 512,
+             "key_store", "FP8 key pages of dim ", c, ": the CUDA store takes 32, 64, 128, 256 or 512");
+  launch l("key_store", ex);
+  if (values.size(0) > 0)
+    key_store_kernel<<<static_cast<unsigned>(values.size(0)), 32, 0, l.stream()>>>(values, slots, keys, l.status());
+  return l.finish();
+}
+
+void key_load(const key_dev& keys, const std::int32_t* slots, view<float, 2> values, const exec& ex) {
+  launch l("key_load", ex);
+  if (values.size(0) > 0)
+    key_load_kernel<<<static_cast<unsigned>(values.size(0)), 32, 0, l.stream()>>>(keys, slots, values, l.status());
+  l.finish();
+}
+
+void compressor_append(view<const float, 2> kv, view<const float, 2> score, view<const float, 2> ape,
+                       const std::int64_t* positions, const std::int32_t* state_slot, view<float, 2> rows, int ratio,
+                       const exec& ex) {
+  launch l("compressor_append", ex);
+  if (kv.size(0) > 0)
+    append_kernel<<<static_cast<unsigned>(kv.size(0)), 256, 0, l.stream()>>>(kv, score, ape, positions, state_slot,
+                                                                             rows, ratio, l.status());
+  l.finish();
+}
+
+void to_slots(view<const std::int32_t, 2> idx, const std::int32_t* len, const std::int32_t* row_req,
+              view<const std::int32_t, 2> table, std::int64_t page_tokens, view<std::int32_t, 2> slots,
+              const exec& ex) {
+  const std::int64_t T = idx.size(0), K = idx.size(1), groups = (K + 255) / 256;
+  DSV4_CHECK(T <= 2147483647LL && groups <= 65535, "to_slots", "shape beyond one launch: ", T, " x ", K);
+  launch l("to_slots", ex);
+  if (T > 0 && K > 0)
+    to_slots_kernel<<<dim3(static_cast<unsigned>(T), static_cast<unsigned>(groups)), 256, 0, l.stream()>>>(
+        idx, len, row_req, table, page_tokens, slots, l.status());
+  l.finish();
+}
+
+namespace {
+void launch_topk(view<const float, 2> logits, const std::int32_t* n_keys, view<std::int32_t, 2> idx,
+                 std::int32_t* len, launch& l) {
+  DSV4_CHECK(idx.size(1) <= kMaxTopkK, "topk_rows", "the CUDA top-k takes k <= ", kMaxTopkK, ", got ", idx.size(1));
+  if (logits.size(0) > 0)
+    topk_kernel<<<static_cast<unsigned>(logits.size(0)), kTopkThreads, 0, l.stream()>>>(logits, n_keys, idx, len,
+                                                                                         l.status());
+}
+
+void launch_indexer(view<const float, 3> q, view<const float, 2> w, const key_dev& keys,
+                    view<const std::int32_t, 2> table, const std::int32_t* row_req, const std::int32_t* n_keys,
+                    view<float, 2> logits, launch& l) {
+  constexpr const char* op = "indexer_logits";
+  const std::int64_t T = q.size(0), H = q.size(1), C = q.size(2), L = logits.size(1);
+  const std::int64_t chunks = (L + kIdxThreads - 1) / kIdxThreads;
+  DSV4_CHECK(T <= 65535 && chunks <= 2147483647LL, op, "shape beyond one launch: ", T, " rows x ", L, " keys");
+  if (T == 0 || L == 0) return;
+  const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(T));
+  if (keys.geo.format == cache::key_format::fp8) {
+    indexer_fp8_kernel<<<grid, kIdxThreads, 0, l.stream()>>>(q, w, keys, table, row_req, n_keys, logits, l.status());
+    return;
+  }
+  DSV4_CHECK(H <= kMaxHeads, op, "the CUDA indexer takes at most ", kMaxHeads, " heads, got ", H);
+  switch (C) {
+    case 32: indexer_fp4_kernel<32><<<grid, kIdxThreads, 0, l.stream()>>>(q, w, keys, table, row_req, n_keys, logits, l.status()); break;
+    case 64: indexer_fp4_kernel<64><<<grid, kIdxThreads, 0, l.stream()>>>(q, w, keys, table, row_req, n_keys, logits, l.status()); break;
+    case 128: indexer_fp4_kernel<128><<<grid, kIdxThreads, 0, l.stream()>>>(q, w, keys, table, row_req, n_keys, logits, l.status()); break;
+    default: DSV4_FAIL(op, "the CUDA FP4 indexer takes key dims 32, 64 or 128, got ", C);
+  }
+}
+}  // namespace
+
+void topk_rows(view<const float, 2> logits, const std::int32_t* n_keys, view<std::int32_t, 2> idx, std::int32_t* len,
+               const exec& ex) {
+  launch l("topk_rows", ex);
+  launch_topk(logits, n_keys, idx, len, l);
+  l.finish();
+}
+
+void indexer_logits(view<const float, 3> q, view<const float, 2> w, const key_dev& keys,
+                    view<const std::int32_t, 2> table, const std::int32_t* row_req, const std::int32_t* n_keys,
+                    view<float, 2> logits, const exec& ex) {
+  launch l("indexer_logits", ex);
+  launch_indexer(q, w, keys, table, row_req, n_keys, logits, l);
+  l.finish();
+}
+
+std::size_t indexer_topk_workspace_bytes(std::int64_t T, std::int64_t max_keys) {
+  return static_cast<std::size_t>(T * max_keys) * sizeof(float);
+}
+
+void indexer_topk(view<const float, 3> q, view<const float, 2> w, const key_dev& keys,
+                  view<const std::int32_t, 2> table, const std::int32_t* row_req, const std::int32_t* n_keys,
+                  view<std::int32_t, 2> idx, std::int32_t* len, std::int32_t* slots, const exec& ex) {
+  constexpr const char* op = "indexer_topk";
+  const std::int64_t T = q.size(0), L = keys.num_slots;
+  const std::size_t need = indexer_topk_workspace_bytes(T, L);
+  DSV4_CHECK(ex.scratch.data != nullptr && ex.scratch.bytes >= need, op, "exec.scratch holds ", ex.scratch.bytes,
+             " bytes; the CUDA indexer_topk needs ", need, " (ops::indexer_topk_workspace_bytes)");
+  view<float, 2> lg;
+  lg.data = static_cast<float*>(ex.scratch.data);
+  lg.shape[0] = T;
+  lg.shape[1] = L;
+  lg.stride[0] = L;
+  lg.stride[1] = 1;
+  launch l(op, ex);
+  launch_indexer(q, w, keys, table, row_req, n_keys, lg, l);
+  view<const float, 2> clg;
+  clg.data = lg.data;
+  for (int d = 0; d < 2; ++d) {
+    clg.shape[d] = lg.shape[d];
+    clg.stride[d] = lg.stride[d];
+  }
+  launch_topk(clg, n_keys, idx, len, l);
+  if (slots && T > 0 && idx.size(1) > 0) {
+    view<std::int32_t, 2> sv;
+    sv.data = slots;
+    sv.shape[0] = T;
+    sv.shape[1] = idx.size(1);
+    sv.stride[0] = idx.size(1);
+    sv.stride[1] = 1;
+    view<const std::int32_t, 2> ci;
+    ci.data = idx.data;
+    for (int d = 0; d < 2; ++d) {
+      ci.shape[d] = idx.shape[d];
+      ci.stride[d] = idx.stride[d];
+    }
+    const std::int64_t groups = (idx.size(1) + 255) / 256;
+    to_slots_kernel<<<dim3(static_cast<unsigned>(T), static_cast<unsigned>(groups)), 256, 0, l.stream()>>>(
+        ci, len, row_req, table, keys.geo.page_tokens, sv, l.status());
+  }
+  l.finish();
+}
+
+void sparse_mqa(view<const float, 3> q, const segment_dev& window, const segment_dev* compressed, const float* sink,
+                float scale, view<float, 3> out, float* lse, const exec& ex) {
+  constexpr const char* op = "sparse_mqa";
+  const std::int64_t T = q.size(0), H = q.size(1), D = q.size(2), hg = (H + kMqaHeads - 1) / kMqaHeads;
+  DSV4_CHECK(T <= 2147483647LL && hg <= 65535, op, "shape beyond one launch: ", T, " x ", H);
+  launch l(op, ex);
+  const segment_dev none{};
+  const segment_dev& cmp = compressed ? *compressed : none;
+  if (T > 0 && H > 0) {
+    const dim3 grid(static_cast<unsigned>(T), static_cast<unsigned>(hg));
+    switch (D) {
+      case 128: mqa_kernel<4><<<grid, 32 * kMqaHeads, 0, l.stream()>>>(q, window, cmp, compressed != nullptr, sink, scale, out, lse, l.status()); break;
+      case 256: mqa_kernel<8><<<grid, 32 * kMqaHeads, 0, l.stream()>>>(q, window, cmp, compressed != nullptr, sink, scale, out, lse, l.status()); break;
+      case 512: mqa_kernel<16><<<grid, 32 * kMqaHeads, 0, l.stream()>>>(q, window, cmp, compressed != nullptr, sink, scale, out, lse, l.status()); break;
+      default: DSV4_FAIL(op, "the CUDA sparse MQA takes head_dim 128, 256 or 512, got ", D);
+    }
+  }
+  l.finish();
+}
+
+}  // namespace dsv4::cuda
