@@ -8,7 +8,12 @@
 //   linear_prefill   T = 512: TFLOP/s (2·T·N·K) and peak = that / fp32 peak;
 //   moe_ffn          a full routed-expert bank (Flash: 256 x 3 FP4 matrices, 3.4 GB; Pro: 384, 8.6 GB) + the FP8
 //                    shared expert; T = 1 reports GB/s of the 6 + 1 experts' bytes, T = 512 TFLOP/s;
-//   hc_pre / moe_route  microseconds per call at T = 1 and 512.
+//   hc_pre / moe_route  microseconds per call at T = 1 and 512;
+//   indexer          ops::indexer_topk over FP4 key pages (64 heads x 128, top-512, one query row) at 64K and 1M
+//                    tokens of context (ctx/4 keys of 68 B): GB/s of key bytes and bw = that / copy_bw;
+//   sparse_mqa       decode of 64 query rows over fp8_ds_mla pages: V4-Flash (64 heads, 128 window + 512 picked),
+//                    V4-Pro (128 heads, 128 + 1024), HCA at 1M context (64 heads, 128 + 8192): TFLOP/s (QK and PV,
+//                    2 per multiply-add), peak = that / fp32 peak, and µs per token-layer.
 // Times are CUDA events around 20 back-to-back calls on one stream (check_policy::deferred: no host synchronization
 // inside the loop). Without a GPU every case reports "no CUDA device" and the binary exits 0.
 #include <benchmark/benchmark.h>
@@ -27,6 +32,7 @@
 #include "dsv4/ops/memory.hpp"
 #include "dsv4/ops/mhc.hpp"
 #include "dsv4/ops/moe.hpp"
+#include "dsv4/ops/paged.hpp"
 
 namespace {
 
@@ -243,6 +249,114 @@ void route_case(benchmark::State& state) {
   state.counters["us"] = sec * 1e6;
 }
 
+
+// ---- paged attention ops ------------------------------------------------------------------------------------------
+
+// Pages whose bytes are random codes with valid scales (FP4 keys: scale bytes 120..127; fp8_ds_mla: scales 120..127,
+// rope BF16 bytes random but finite).
+buffer random_pages(std::int64_t pages, std::int64_t page_bytes) {
+  buffer b(dtype::u8, {pages, page_bytes}, device::cuda(0));
+  const auto& r = random_codes();
+  for (std::size_t off = 0, n = static_cast<std::size_t>(b.nbytes()); off < n; off += r.size())
+    cudaMemcpy(static_cast<char*>(b.data()) + off, r.data(), std::min(r.size(), n - off), cudaMemcpyHostToDevice);
+  return b;
+}
+
+void indexer_case(benchmark::State& state) {
+  if (!have_gpu()) return state.SkipWithError("no CUDA device");
+  const std::int64_t ctx = state.range(0), nkeys = ctx / 4, H = 64, C = 128, B = 64, K = 512;
+  const std::int64_t pages = (nkeys + B - 1) / B;
+  const cache::key_geometry g{cache::key_format::fp4, C, B};
+  buffer kp = random_pages(pages, g.page_bytes());
+  {  // scale bytes: fixed 124 (2^-3) so no key is NaN
+    std::vector<std::uint8_t> page(static_cast<std::size_t>(g.page_bytes()));
+    cudaMemcpy(page.data(), kp.data(), page.size(), cudaMemcpyDeviceToHost);
+    std::fill(page.begin() + g.scale_offset(0), page.end(), 124);
+    for (std::int64_t p = 0; p < pages; ++p)
+      cudaMemcpy(static_cast<char*>(kp.data()) + p * g.page_bytes() + g.scale_offset(0), page.data() + g.scale_offset(0),
+                 static_cast<std::size_t>(g.page_bytes() - g.scale_offset(0)), cudaMemcpyHostToDevice);
+  }
+  const device d = device::cuda(0);
+  buffer q(dtype::f32, {1, H, C}, d), w(dtype::f32, {1, H}, d), table(dtype::i32, {1, pages}, d), req(dtype::i32, {1}, d),
+      nk(dtype::i32, {1}, d), idx(dtype::i32, {1, K}, d), len(dtype::i32, {1}, d), slots(dtype::i32, {1, K}, d);
+  cudaMemset(q.data(), 0x3c, static_cast<std::size_t>(q.nbytes()));
+  cudaMemset(w.data(), 0x3c, static_cast<std::size_t>(w.nbytes()));
+  std::vector<std::int32_t> t(static_cast<std::size_t>(pages));
+  for (std::int64_t i = 0; i < pages; ++i) t[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(i);
+  cudaMemcpy(table.data(), t.data(), t.size() * 4, cudaMemcpyHostToDevice);
+  cudaMemset(req.data(), 0, 4);
+  const std::int32_t n32 = static_cast<std::int32_t>(nkeys);
+  cudaMemcpy(nk.data(), &n32, 4, cudaMemcpyHostToDevice);
+  const cache::key_pages keys{kp.view(), g};
+  const std::size_t need = ops::indexer_topk_workspace_bytes(1, keys);
+  void* scratch = nullptr;
+  cudaMalloc(&scratch, need);
+  timer tm;
+  double sec = 0;
+  for (auto _ : state) {
+    sec = tm.seconds([&](int) {
+      ops::indexer_topk(q, w, keys, table, req, nk, idx, len, slots, tm.ex(scratch, need));
+    });
+    state.SetIterationTime(sec);
+  }
+  cudaFree(scratch);
+  const double bytes = double(nkeys) * double(g.key_bytes());
+  state.counters["GB/s"] = bytes / sec / 1e9;
+  state.counters["bw"] = bytes / sec / 1e9 / copy_bw();
+  state.counters["us"] = sec * 1e6;
+}
+
+void mqa_case(benchmark::State& state, std::int64_t H, std::int64_t Kc) {
+  if (!have_gpu()) return state.SkipWithError("no CUDA device");
+  const std::int64_t T = 64, D = 512, Kw = 128, B = 64;
+  const cache::kv_geometry g{cache::kv_format::fp8_ds_mla, D, 64, B};
+  const std::int64_t per_row = Kw + Kc, pages = (T * per_row + B - 1) / B;
+  buffer kp = random_pages(pages, g.page_bytes());
+  {  // valid scale bytes and finite rope values: rewrite the scale section and the rope bytes of every entry
+    std::vector<std::uint8_t> page(static_cast<std::size_t>(g.page_bytes()));
+    for (std::int64_t p = 0; p < pages; ++p) {
+      char* dst = static_cast<char*>(kp.data()) + p * g.page_bytes();
+      cudaMemcpy(page.data(), dst, page.size(), cudaMemcpyDeviceToHost);
+      for (std::int64_t e = 0; e < B; ++e) {
+        for (std::int64_t j = 0; j < g.scale_stride(); ++j) page[static_cast<std::size_t>(g.scale_offset(e) + j)] = 120;
+        for (std::int64_t i = 0; i < 64; ++i) page[static_cast<std::size_t>(g.data_offset(e) + g.nope() + 2 * i + 1)] = 0x3c;
+        for (std::int64_t i = 0; i < g.nope(); ++i)
+          if ((page[static_cast<std::size_t>(g.data_offset(e) + i)] & 0x7F) == 0x7F) page[static_cast<std::size_t>(g.data_offset(e) + i)] = 0;
+      }
+      cudaMemcpy(dst, page.data(), page.size(), cudaMemcpyHostToDevice);
+    }
+  }
+  const device d = device::cuda(0);
+  buffer q(dtype::f32, {T, H, D}, d), sink(dtype::f32, {H}, d), out(dtype::f32, {T, H, D}, d), lse(dtype::f32, {T, H}, d),
+      ws(dtype::i32, {T, Kw}, d), cs(dtype::i32, {T, Kc}, d);
+  cudaMemset(q.data(), 0, static_cast<std::size_t>(q.nbytes()));
+  cudaMemset(sink.data(), 0, static_cast<std::size_t>(sink.nbytes()));
+  std::vector<std::int32_t> w(static_cast<std::size_t>(T * Kw)), c(static_cast<std::size_t>(T * Kc));
+  for (std::int64_t t = 0; t < T; ++t) {
+    for (std::int64_t i = 0; i < Kw; ++i) w[static_cast<std::size_t>(t * Kw + i)] = static_cast<std::int32_t>(t * per_row + i);
+    for (std::int64_t i = 0; i < Kc; ++i) c[static_cast<std::size_t>(t * Kc + i)] = static_cast<std::int32_t>(t * per_row + Kw + i);
+  }
+  cudaMemcpy(ws.data(), w.data(), w.size() * 4, cudaMemcpyHostToDevice);
+  cudaMemcpy(cs.data(), c.data(), c.size() * 4, cudaMemcpyHostToDevice);
+  const cache::kv_pages kv{kp.view(), g};
+  const ops::sparse_segment win{kv, ws.view(), tensor_view()}, cmp{kv, cs.view(), tensor_view()};
+  timer tm;
+  double sec = 0;
+  for (auto _ : state) {
+    sec = tm.seconds([&](int) { ops::sparse_mqa(q, win, &cmp, sink, 0.044f, out, lse, tm.ex()); });
+    state.SetIterationTime(sec);
+  }
+  const double flops = 4.0 * double(T) * double(H) * double(per_row) * double(D);
+  state.counters["TFLOP/s"] = flops / sec / 1e12;
+  state.counters["peak"] = flops / sec / fp32_peak();
+  state.counters["us_per_token"] = sec * 1e6 / double(T);
+}
+
+void BM_cuda_indexer_fp4(benchmark::State& s) { indexer_case(s); }
+void BM_cuda_sparse_mqa_flash(benchmark::State& s) { mqa_case(s, 64, 512); }
+void BM_cuda_sparse_mqa_pro(benchmark::State& s) { mqa_case(s, 128, 1024); }
+void BM_cuda_hca_1m(benchmark::State& s) { mqa_case(s, 64, 8192); }
+
 void BM_cuda_copy_bw(benchmark::State& state) {
   if (!have_gpu()) return state.SkipWithError("no CUDA device");
   for (auto _ : state) state.SetIterationTime(1e-3);
@@ -278,4 +392,8 @@ DSV4_CUDA_BENCH(BM_cuda_hc_pre_flash)->Arg(1)->Arg(512);
 DSV4_CUDA_BENCH(BM_cuda_hc_pre_pro)->Arg(1)->Arg(512);
 DSV4_CUDA_BENCH(BM_cuda_route_flash)->Arg(1)->Arg(512);
 DSV4_CUDA_BENCH(BM_cuda_route_pro)->Arg(1)->Arg(512);
+DSV4_CUDA_BENCH(BM_cuda_indexer_fp4)->Arg(65536)->Arg(1048576);
+DSV4_CUDA_BENCH(BM_cuda_sparse_mqa_flash);
+DSV4_CUDA_BENCH(BM_cuda_sparse_mqa_pro);
+DSV4_CUDA_BENCH(BM_cuda_hca_1m);
 BENCHMARK_MAIN();
