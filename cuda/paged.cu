@@ -571,6 +571,206 @@ __global__ void __launch_bounds__(32 * kMqaHeads) mqa_kernel(view<const float, 3
   if (lse && lane == 0) lse[t * H + h] = any ? m + logf(sum) : __int_as_float(0x7F800000);
 }
 
+// ---- compressor emit ------------------------------------------------------------------------------------------
+
+constexpr int kEmitThreads = 128, kMaxEmitC = 1024;
+
+// The state row of position q of request r (−1 and a report when its page is out of the table or unmapped).
+__device__ inline std::int64_t state_slot_of(view<const std::int32_t, 2> table, std::int64_t r, std::int64_t q,
+                                             std::int64_t S, std::int64_t nslots, const status_ref& st) {
+  const std::int64_t page = q / S;
+  const std::int32_t p = page < table.size(1) ? table(r, page) : -1;
+  const std::int64_t slot = p < 0 ? -1 : static_cast<std::int64_t>(p) * S + q % S;
+  if (slot < 0 || slot >= nslots) {
+    st.raise(status_index_oob);
+    return -1;
+  }
+  return slot;
+}
+
+// FP8 / FP4 round trip of e[b·32·PER, +32·PER) by one warp (ref::block_round_trip of one block).
+template <class Code, int PER>
+__device__ void round_trip_block(float* e, std::int64_t b) {
+  const int lane = threadIdx.x & 31;
+  float v[PER];
+#pragma unroll
+  for (int i = 0; i < PER; ++i) v[i] = e[b * 32 * PER + lane * PER + i];
+  std::uint8_t code[PER];
+  float sf;
+  quantize_lane<Code, PER>(v, code, sf, status_ref{});
+#pragma unroll
+  for (int i = 0; i < PER; ++i) e[b * 32 * PER + lane * PER + i] = decode<Code>(code[i]) * sf;
+}
+
+// sin and cos of an fp32 angle, as floats: the argument reduced by π/2 in double (two-part constant, fma: exact for
+// the angles RoPE makes, |x| < 2^30) and Taylor series in double on |r| <= π/4 (error far below fp32's ulp). Unlike
+// sinf / cosf, there is no Payne–Hanek slow path with a local-memory table (the cuda-dev preset forbids local memory).
+__device__ inline void sin_cos(float ang, float& s, float& c) {
+  const double x = ang;
+  const double k = rint(x * 0.63661977236758134308);
+  double r = fma(-k, 1.5707963267948966192e0, x);
+  r = fma(-k, 6.123233995736766036e-17, r);
+  const double r2 = r * r;
+  const double sn = r * (1 - r2 / 6 * (1 - r2 / 20 * (1 - r2 / 42 * (1 - r2 / 72 * (1 - r2 / 110 * (1 - r2 / 156 *
+                         (1 - r2 / 210 * (1 - r2 / 272))))))));
+  const double cs = 1 - r2 / 2 * (1 - r2 / 12 * (1 - r2 / 30 * (1 - r2 / 56 * (1 - r2 / 90 * (1 - r2 / 132 *
+                         (1 - r2 / 182 * (1 - r2 / 240)))))));
+  switch (static_cast<long long>(k) & 3) {
+    case 0: s = static_cast<float>(sn), c = static_cast<float>(cs); break;
+    case 1: s = static_cast<float>(cs), c = static_cast<float>(-sn); break;
+    case 2: s = static_cast<float>(-sn), c = static_cast<float>(-cs); break;
+    default: s = static_cast<float>(-cs), c = static_cast<float>(sn); break;
+  }
+}
+
+struct emit_args {
+  const std::int64_t* positions;
+  const std::int32_t* row_req;
+  view<const std::int32_t, 2> table;  // state table [R, pages]
+  view<const float, 2> rows;          // state rows [slots, 2·cw]
+  std::int64_t state_page_tokens;
+  const float* norm_weight;           // [c]
+  const float* rope_freq;             // [rope_dim / 2]
+  const std::int32_t* out_slot;       // [T]
+  int ratio, coff;
+  std::int64_t c, rope_dim;
+  double norm_eps;
+  bool indexer;
+  kv_dev kv;      // main
+  key_dev keys;   // indexer
+  float* entries;  // [T, c] or null
+};
+
+__global__ void __launch_bounds__(kEmitThreads) emit_kernel(const __grid_constant__ emit_args a, status_ref st) {
+  __shared__ float e[kMaxEmitC];
+  __shared__ double red[kEmitThreads];
+  const std::int64_t t = blockIdx.x, pos = a.positions[t], r = a.ratio, c = a.c, cw = a.coff * c;
+  if (pos < 0 || (pos + 1) % r != 0) return;
+  const std::int64_t os = a.out_slot[t];
+  const std::int64_t out_slots = a.indexer ? a.keys.num_slots : a.kv.num_slots;
+  if (!slot_ok(os, out_slots, threadIdx.x == 0 ? st : status_ref{})) return;
+  const std::int64_t req = a.row_req[t];
+  if (req < 0 || req >= a.table.size(0)) {
+    if (threadIdx.x == 0) st.raise(status_index_oob);
+    return;
+  }
+  const std::int64_t j = pos / r, first = (j + 1) * r - a.coff * r, S = a.state_page_tokens, nslots = a.rows.size(0);
+  const float ninf = -__int_as_float(0x7F800000);
+  // pool: per channel the softmax over the coff·r candidate rows (oldest first), ref's two passes
+  for (std::int64_t ch = threadIdx.x; ch < c; ch += blockDim.x) {
+    float m = ninf;
+    for (std::int64_t k = 0; k < a.coff * r; ++k) {
+      const std::int64_t q = first + k;
+      const std::int64_t slot = q < 0 ? -1 : state_slot_of(a.table, req, q, S, nslots, st);
+      const std::int64_t col = a.coff == 2 && k >= r ? c + ch : ch;
+      const float sc = slot < 0 ? ninf : a.rows(slot, cw + col);
+      m = sc > m ? sc : m;
+    }
+    float den = 0.f, num = 0.f;
+    for (std::int64_t k = 0; k < a.coff * r; ++k) {
+      const std::int64_t q = first + k;
+      const std::int64_t slot = q < 0 ? -1 : state_slot_of(a.table, req, q, S, nslots, status_ref{});
+      const std::int64_t col = a.coff == 2 && k >= r ? c + ch : ch;
+      const float kv = slot < 0 ? 0.f : a.rows(slot, col), sc = slot < 0 ? ninf : a.rows(slot, cw + col);
+      const float w = expf(sc - m);
+      den = __fadd_rn(den, w);
+      num = __fadd_rn(num, __fmul_rn(w, kv));
+    }
+    e[ch] = num / den;
+  }
+  __syncthreads();
+  // RMSNorm (ref::rms_norm: the sum of squares in double, r rounded to fp32, v·r·w)
+  double ss = 0;
+  for (std::int64_t ch = threadIdx.x; ch < c; ch += blockDim.x) ss += double(e[ch]) * e[ch];
+  red[threadIdx.x] = ss;
+  __syncthreads();
+  for (int h = kEmitThreads / 2; h > 0; h >>= 1) {
+    if (static_cast<int>(threadIdx.x) < h) red[threadIdx.x] += red[threadIdx.x + h];
+    __syncthreads();
+  }
+  const float rs = static_cast<float>(1.0 / sqrt(red[0] / double(c) + a.norm_eps));
+  for (std::int64_t ch = threadIdx.x; ch < c; ch += blockDim.x) e[ch] = __fmul_rn(__fmul_rn(e[ch], rs), a.norm_weight[ch]);
+  __syncthreads();
+  // RoPE on the last rope_dim channels at position r·j (ref::rope_rotate, no contraction)
+  const float p = static_cast<float>(r * j);
+  float* rv = e + (c - a.rope_dim);
+  for (std::int64_t i = threadIdx.x; i < a.rope_dim / 2; i += blockDim.x) {
+    const float ang = __fmul_rn(p, a.rope_freq[i]);
+    float sn, cs;
+    sin_cos(ang, sn, cs);
+    const float x = rv[2 * i], y = rv[2 * i + 1];
+    rv[2 * i] = __fsub_rn(__fmul_rn(x, cs), __fmul_rn(y, sn));
+    rv[2 * i + 1] = __fadd_rn(__fmul_rn(x, sn), __fmul_rn(y, cs));
+  }
+  __syncthreads();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, warps = kEmitThreads / 32;
+  std::uint8_t* page;
+  std::int64_t slot_in_page;
+  if (a.indexer) {
+    // Hadamard over c (ref's stage order and scale: cuda/hadamard.cu's butterflies), then FP4 blocks of 32
+    int log2c = 0;
+    while ((std::int64_t{1} << log2c) < c) ++log2c;
+    for (int lh = 0; lh < log2c; ++lh) {
+      const std::int64_t h = std::int64_t{1} << lh;
+      for (std::int64_t pr = threadIdx.x; pr < c / 2; pr += blockDim.x) {
+        const std::int64_t i = ((pr >> lh) << (lh + 1)) + (pr & (h - 1));
+        const float x = e[i], y = e[i + h];
+        e[i] = __fadd_rn(x, y);
+        e[i + h] = __fsub_rn(x, y);
+      }
+      __syncthreads();
+    }
+    const float hs = static_cast<float>(1.0 / sqrt(static_cast<double>(c)));
+    for (std::int64_t ch = threadIdx.x; ch < c; ch += blockDim.x) e[ch] = __fmul_rn(e[ch], hs);
+    __syncthreads();
+    for (std::int64_t b = warp; b < c / 32; b += warps) round_trip_block<fp4_e2m1, 1>(e, b);
+    __syncthreads();
+    page = key_page(a.keys, os);
+    slot_in_page = os % a.keys.geo.page_tokens;
+    std::uint8_t* codes = page + a.keys.geo.code_offset(slot_in_page);
+    std::uint8_t* sc = page + a.keys.geo.scale_offset(slot_in_page);
+    for (std::int64_t b = warp; b < c / 32; b += warps) {
+      float v[1] = {e[b * 32 + lane]};
+      std::uint8_t code[1];
+      float sf;
+      const std::uint8_t sbyte = quantize_lane<fp4_e2m1, 1>(v, code, sf, st);
+      const unsigned odd = __shfl_down_sync(kFullMask, static_cast<unsigned>(code[0]), 1);
+      if ((lane & 1) == 0) codes[(b * 32 + lane) / 2] = static_cast<std::uint8_t>(code[0] | (odd << 4));
+      if (lane == 0) sc[b] = sbyte;
+    }
+  } else {
+    const std::int64_t nope = c - a.rope_dim;
+    for (std::int64_t b = warp; b < nope / 64; b += warps) round_trip_block<fp8_e4m3, 2>(e, b);
+    __syncthreads();
+    const cache::kv_geometry& g = a.kv.geo;
+    page = kv_page(a.kv, os);
+    slot_in_page = os % g.page_tokens;
+    std::uint8_t* data = page + g.data_offset(slot_in_page);
+    if (g.format == cache::kv_format::f32) {
+      for (std::int64_t ch = threadIdx.x; ch < c; ch += blockDim.x) reinterpret_cast<float*>(data)[ch] = e[ch];
+    } else {
+      std::uint8_t* sc = page + g.scale_offset(slot_in_page);
+      for (std::int64_t b = warp; b < nope / 64; b += warps) {
+        float v[2] = {e[b * 64 + 2 * lane], e[b * 64 + 2 * lane + 1]};
+        std::uint8_t code[2];
+        float sf;
+        const std::uint8_t sbyte = quantize_lane<fp8_e4m3, 2>(v, code, sf, st);
+        data[b * 64 + 2 * lane] = code[0];
+        data[b * 64 + 2 * lane + 1] = code[1];
+        if (lane == 0) sc[b] = sbyte;
+      }
+      for (std::int64_t i = nope / 64 + threadIdx.x; i < g.scale_stride(); i += blockDim.x) sc[i] = 0;
+      for (std::int64_t i = threadIdx.x; i < a.rope_dim; i += blockDim.x) {
+        const std::uint16_t h = bf16::from_float(e[nope + i]).bits;
+        data[nope + 2 * i] = static_cast<std::uint8_t>(h & 0xFF);
+        data[nope + 2 * i + 1] = static_cast<std::uint8_t>(h >> 8);
+      }
+    }
+  }
+  if (a.entries)
+    for (std::int64_t ch = threadIdx.x; ch < c; ch += blockDim.x) a.entries[t * c + ch] = e[ch];
+}
+
 }  // namespace
 
 std::int64_t kv_store(view<const float, 2> values, const std::int32_t* slots, const kv_dev& kv, const exec& ex) {
@@ -611,6 +811,37 @@ void compressor_append(view<const float, 2> kv, view<const float, 2> score, view
   if (kv.size(0) > 0)
     append_kernel<<<static_cast<unsigned>(kv.size(0)), 256, 0, l.stream()>>>(kv, score, ape, positions, state_slot,
                                                                              rows, ratio, l.status());
+  l.finish();
+}
+
+void compressor_emit(const std::int64_t* positions, const std::int32_t* row_req, view<const std::int32_t, 2> table,
+                     view<const float, 2> rows, std::int64_t state_page_tokens, const float* norm_weight,
+                     const float* rope_freq, const std::int32_t* out_slot, int ratio, std::int64_t c,
+                     std::int64_t rope_dim, double norm_eps, bool indexer, const kv_dev* kv, const key_dev* keys,
+                     float* entries, std::int64_t T, const exec& ex) {
+  constexpr const char* op = "compressor_emit";
+  DSV4_CHECK(c <= kMaxEmitC && (!indexer || (c & (c - 1)) == 0), op, "the CUDA compressor takes entries of at most ",
+             kMaxEmitC, " channels (a power of two for the indexer), got ", c);
+  emit_args a{};
+  a.positions = positions;
+  a.row_req = row_req;
+  a.table = table;
+  a.rows = rows;
+  a.state_page_tokens = state_page_tokens;
+  a.norm_weight = norm_weight;
+  a.rope_freq = rope_freq;
+  a.out_slot = out_slot;
+  a.ratio = ratio;
+  a.coff = ratio == 4 ? 2 : 1;
+  a.c = c;
+  a.rope_dim = rope_dim;
+  a.norm_eps = norm_eps;
+  a.indexer = indexer;
+  if (kv) a.kv = *kv;
+  if (keys) a.keys = *keys;
+  a.entries = entries;
+  launch l(op, ex);
+  if (T > 0) emit_kernel<<<static_cast<unsigned>(T), kEmitThreads, 0, l.stream()>>>(a, l.status());
   l.finish();
 }
 

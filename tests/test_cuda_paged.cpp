@@ -383,4 +383,84 @@ TEST_CASE("a decode step captured as a CUDA graph (append, fused indexer top-k, 
   cudaFree(scratch);
 }
 
+TEST_CASE("compressor_emit on CUDA (ratio 4 main + indexer, ratio 128): ref's entries within fp32 rounding, the pages "
+          "the store of those entries") {
+  struct cfg { int ratio; std::int64_t c; bool indexer; };
+  for (cfg k : {cfg{4, 512, false}, cfg{4, 128, true}, cfg{128, 512, false}}) {
+    CAPTURE(k.ratio);
+    CAPTURE(k.indexer);
+    const std::int64_t N = k.ratio == 4 ? 40 : 300, S = 16, coff = k.ratio == 4 ? 2 : 1, cw = coff * k.c, rope = 64;
+    const std::int64_t state_pages = (N + S - 1) / S;
+    std::mt19937_64 rng(21 + k.ratio);
+    std::normal_distribution<float> nd;
+    // state rows of positions 0..N-1 through a shuffled table (rows = state_pages·S)
+    const twin table = i32_twin({1, state_pages}, shuffled(state_pages, 22));
+    twin rows(dtype::f32, {state_pages * S, 2 * cw});
+    for (auto& x : rows.h.host_span<float>()) x = nd(rng);
+    rows.push();
+    std::vector<std::int64_t> pos(static_cast<std::size_t>(N));
+    std::iota(pos.begin(), pos.end(), 0);
+    twin positions(dtype::i64, {N});
+    std::copy(pos.begin(), pos.end(), positions.h.host_span<std::int64_t>().begin());
+    positions.push();
+    std::vector<std::int32_t> os(static_cast<std::size_t>(N), -1);
+    for (std::int64_t t = 0; t < N; ++t)
+      if ((t + 1) % k.ratio == 0) os[static_cast<std::size_t>(t)] = static_cast<std::int32_t>(t / k.ratio);
+    const twin out_slot = i32_twin({N}, os), req = i32_twin({N}, std::vector<std::int32_t>(static_cast<std::size_t>(N), 0));
+    std::vector<float> nw(static_cast<std::size_t>(k.c)), fr(static_cast<std::size_t>(rope / 2));
+    for (auto& x : nw) x = 1.f + 0.1f * nd(rng);
+    for (std::size_t i = 0; i < fr.size(); ++i) fr[i] = std::pow(10000.f, -2.f * float(i) / float(rope));
+    const twin nwt = f32_twin({k.c}, nw), frt = f32_twin({rope / 2}, fr);
+    ops::compressor_params p;
+    p.ratio = k.ratio;
+    p.c = k.c;
+    p.rope_dim = rope;
+    p.indexer = k.indexer;
+    twin ent(dtype::f32, {N, k.c});
+    std::fill(ent.h.host_span<float>().begin(), ent.h.host_span<float>().end(), 0.f);
+    ent.push();
+    const std::int64_t entries_n = N / k.ratio + 1;
+    if (k.indexer) {
+      const cache::key_geometry g{cache::key_format::fp4, k.c, S};
+      twin pages = page_twin((entries_n + S - 1) / S, g.page_bytes(), 0);
+      const cache::key_pages kh{pages.h.view(), g}, kd{pages.d.view(), g};
+      ops::compressor_emit(positions.h, req.h, table.h, {rows.h.view(), S}, nwt.h, frt.h, out_slot.h, p, nullptr, &kh,
+                           ent.h, on(backend::ref));
+      ops::compressor_emit(positions.d, req.d, table.d, {rows.d.view(), S}, nwt.d, frt.d, out_slot.d, p, nullptr, &kd,
+                           ent.d);
+      // the device pages are the store of the device's entries
+      const buffer got = to_host(ent.d);
+      twin again = page_twin(pages.h.view().shape(0), g.page_bytes(), 0);
+      ops::key_store(got, out_slot.h, {again.h.view(), g}, on(backend::ref));
+      CHECK(pages.device_bytes() == bytes_of(again.h));
+    } else {
+      const cache::kv_geometry g{cache::kv_format::fp8_ds_mla, k.c, rope, S};
+      twin pages = page_twin((entries_n + S - 1) / S, g.page_bytes(), 0);
+      const cache::kv_pages kh{pages.h.view(), g}, kd{pages.d.view(), g};
+      ops::compressor_emit(positions.h, req.h, table.h, {rows.h.view(), S}, nwt.h, frt.h, out_slot.h, p, &kh, nullptr,
+                           ent.h, on(backend::ref));
+      ops::compressor_emit(positions.d, req.d, table.d, {rows.d.view(), S}, nwt.d, frt.d, out_slot.d, p, &kd, nullptr,
+                           ent.d);
+      const buffer got = to_host(ent.d);
+      twin again = page_twin(pages.h.view().shape(0), g.page_bytes(), 0);
+      ops::kv_store(got, out_slot.h, {again.h.view(), g}, on(backend::ref));
+      CHECK(pages.device_bytes() == bytes_of(again.h));
+    }
+    // entries: the pool, norm and RoPE agree within fp32 rounding (expf and the trig within a few ulp of libm); a
+    // value on a rounding boundary of the round trip can land one code away, so count those and bound them
+    const buffer got = to_host(ent.d);
+    const auto a = ent.h.host_span<float>(), b = got.host_span<float>();
+    std::int64_t differ = 0;
+    double rel = 0, mass = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      differ += f32_to_bits(a[i]) != f32_to_bits(b[i]);
+      rel += std::fabs(double(a[i]) - b[i]);
+      mass += std::fabs(double(a[i]));
+    }
+    REQUIRE(mass > 0);
+    CHECK(differ <= static_cast<std::int64_t>(a.size() / 100));
+    CHECK(rel / mass <= 1e-3);
+  }
+}
+
 }  // TEST_SUITE

@@ -351,8 +351,51 @@ void compressor_emit(const tensor_view& positions, const tensor_view& row_req, c
                      const cache::key_pages* key_out, const tensor_view& entries, const exec& ex) {
   constexpr const char* op = "compressor_emit";
   check_params(op, p);
-  for (const tensor_view* t : {&positions, &state.rows})
-    DSV4_CHECK(t->dev().is_cpu(), op, t->describe(), ": compressor_emit has no CUDA backend yet (host tensors only)");
+  const tensor_view none;
+  if (on_cuda(op, ex, {&positions, &row_req, &state_table, &state.rows, &norm_weight, &rope_freq, &out_slot,
+                       main_out ? &main_out->pages : &none, key_out ? &key_out->pages : &none, &entries})) {
+#if DSV4_WITH_CUDA
+    DSV4_CHECK(p.nm == numerics::fp32, op, "the CUDA backend implements numerics fp32 only so far");
+    const std::int64_t T = positions.rank() == 1 ? positions.shape(0) : -1, c = p.c, cw = p.coff() * c;
+    check_tensor(op, "positions", positions, dtype::i64, {T});
+    DSV4_CHECK(positions.is_contiguous(), op, "positions ", positions.describe(), " must be contiguous");
+    DSV4_CHECK(state_table.rank() == 2 && state_table.dt() == dtype::i32, op, "state_table is ",
+               state_table.describe(), ", expected i32[requests, pages]");
+    cache::check_state(op, state, 2 * cw);
+    check_tensor(op, "norm_weight", norm_weight, dtype::f32, {c});
+    check_tensor(op, "rope_freq", rope_freq, dtype::f32, {p.rope_dim / 2});
+    DSV4_CHECK(norm_weight.is_contiguous() && rope_freq.is_contiguous(), op, "norm_weight and rope_freq must be contiguous");
+    DSV4_CHECK(p.indexer ? (key_out && !main_out) : (main_out && !key_out), op,
+               p.indexer ? "the indexer compressor stores into key pages (key_out), not KV pages"
+                         : "the main compressor stores into KV pages (main_out), not key pages");
+    cuda::kv_dev kvd{};
+    cuda::key_dev kd{};
+    if (p.indexer) {
+      cache::check_pages(op, *key_out);
+      DSV4_CHECK(key_out->geo.dim == c && key_out->geo.format == cache::key_format::fp4, op, "key pages of dim ",
+                 key_out->geo.dim, " (", cache::key_format_name(key_out->geo.format), ") for FP4 entries of ", c);
+      kd = cuda::device_pages(*key_out);
+    } else {
+      cache::check_pages(op, *main_out);
+      DSV4_CHECK(main_out->geo.head_dim == c && main_out->geo.rope_dim == p.rope_dim && (c - p.rope_dim) % 64 == 0,
+                 op, "KV pages of head_dim ", main_out->geo.head_dim, " / rope ", main_out->geo.rope_dim,
+                 " for entries of ", c, " / ", p.rope_dim);
+      kvd = cuda::device_pages(*main_out);
+    }
+    float* ent = nullptr;
+    if (!is_absent(entries)) {
+      check_tensor(op, "entries", entries, dtype::f32, {T, c});
+      DSV4_CHECK(entries.is_contiguous(), op, "entries ", entries.describe(), " must be contiguous");
+      ent = f32w(entries);
+    }
+    return cuda::compressor_emit(i64p(positions), i32_column(op, "row_req", row_req, T),
+                                 state_table.as<const std::int32_t, 2>(), state.rows.as<const float, 2>(),
+                                 state.page_tokens, f32p(norm_weight), f32p(rope_freq),
+                                 i32_column(op, "out_slot", out_slot, T), p.ratio, c, p.rope_dim, p.norm_eps,
+                                 p.indexer, p.indexer ? nullptr : &kvd, p.indexer ? &kd : nullptr, ent, T,
+                                 detail::on_device(op, ex, positions.dev()));
+#endif
+  }
   const std::int64_t r = p.ratio, c = p.c, coff = p.coff(), cw = coff * c;
   const std::int64_t T = positions.rank() == 1 ? positions.shape(0) : -1;
   check_tensor(op, "positions", positions, dtype::i64, {T});

@@ -22,7 +22,11 @@
 //                     at a time (an fp8_ds_mla entry decoded exactly), an online softmax with the sink in the
 //                     denominator only; FlashMLA's out = 0 / lse = +inf for a row with no valid lane. ref sums in
 //                     another order: within fp32 rounding. head_dim in {128, 256, 512, 1024}.
-// Not on CUDA yet: compressor_emit (pool + norm + RoPE + round trip), the official policy.
+//   compressor_emit   one CTA per emitting row: the pool and RMSNorm in ref's orders, RoPE and the round trips; expf
+//                     is the GPU's (within 2 ulp of libm) and sin / cos a double-precision reduction + series, so the entries agree with ref's within
+//                     fp32 rounding and a stored code can sit one step away where a value falls on a rounding
+//                     boundary; the page bytes are always the store of the returned entries.
+// Not on CUDA yet: the official policy.
 #pragma once
 
 #include <cstddef>
@@ -72,6 +76,15 @@ void key_load(const key_dev& keys, const std::int32_t* slots, view<float, 2> val
 void compressor_append(view<const float, 2> kv, view<const float, 2> score, view<const float, 2> ape,
                        const std::int64_t* positions, const std::int32_t* state_slot, view<float, 2> rows,
                        int ratio, const exec& ex);
+
+// For each row closing a block with out_slot >= 0: pool (softmax over the coff·ratio state rows, ref's two passes),
+// RMSNorm (double sum of squares), RoPE at ratio·j, then main: FP8 round trip of the nope dims + store into kv;
+// indexer: Hadamard + FP4 round trip + store into keys. entries [T, c] (or null): the stored values.
+void compressor_emit(const std::int64_t* positions, const std::int32_t* row_req, view<const std::int32_t, 2> table,
+                     view<const float, 2> rows, std::int64_t state_page_tokens, const float* norm_weight,
+                     const float* rope_freq, const std::int32_t* out_slot, int ratio, std::int64_t c,
+                     std::int64_t rope_dim, double norm_eps, bool indexer, const kv_dev* kv, const key_dev* keys,
+                     float* entries, std::int64_t T, const exec& ex);
 
 void to_slots(view<const std::int32_t, 2> idx, const std::int32_t* len, const std::int32_t* row_req,
               view<const std::int32_t, 2> table, std::int64_t page_tokens, view<std::int32_t, 2> slots,

@@ -12,7 +12,7 @@
 //   * every op is validated at the boundary (dtype, shapes, page geometry, and every slot or block-table entry it
 //     dereferences is range-checked) and runs on the ref backend or the CPU backend (the same results: byte-identical
 //     page writes, bitwise top-k and slots, attention within fp32 rounding);
-//   * on CUDA tensors (dsv4/cuda/paged.hpp; fp32 policy; every op but compressor_emit) shapes are checked here and
+//   * on CUDA tensors (dsv4/cuda/paged.hpp; fp32 policy) shapes are checked here and
 //     values on the device: a slot, block-table entry or length out of range is skipped (a store does nothing, a load
 //     or attention lane gives nothing, a logit is −inf, a slot −1) and reported through exec's check policy
 //     (dsv4/exec.hpp: an error under the default sync policy, a status bit under deferred); page writes are ref's
