@@ -872,8 +872,25 @@ void launch_indexer(view<const float, 3> q, view<const float, 2> w, const key_de
   constexpr const char* op = "indexer_logits";
   const std::int64_t T = q.size(0), H = q.size(1), C = q.size(2), L = logits.size(1);
   const std::int64_t chunks = (L + kIdxThreads - 1) / kIdxThreads;
-  DSV4_CHECK(T <= 65535 && chunks <= 2147483647LL, op, "shape beyond one launch: ", T, " rows x ", L, " keys");
+  DSV4_CHECK(chunks <= 2147483647LL, op, "shape beyond one launch: ", L, " keys");
   if (T == 0 || L == 0) return;
+  constexpr std::int64_t kRowsPerLaunch = 65535;  // rows are grid.y
+  if (T > kRowsPerLaunch) {  // more rows than one grid holds: launch row ranges (offset views; graph-capturable)
+    for (std::int64_t r0 = 0; r0 < T; r0 += kRowsPerLaunch) {
+      const std::int64_t n = T - r0 < kRowsPerLaunch ? T - r0 : kRowsPerLaunch;
+      view<const float, 3> qs = q;
+      qs.data = &q(r0, 0, 0);
+      qs.shape[0] = n;
+      view<const float, 2> ws = w;
+      ws.data = &w(r0, 0);
+      ws.shape[0] = n;
+      view<float, 2> ls = logits;
+      ls.data = &logits(r0, 0);
+      ls.shape[0] = n;
+      launch_indexer(qs, ws, keys, table, row_req + r0, n_keys + r0, ls, l);
+    }
+    return;
+  }
   const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(T));
   if (keys.geo.format == cache::key_format::fp8) {
     indexer_fp8_kernel<<<grid, kIdxThreads, 0, l.stream()>>>(q, w, keys, table, row_req, n_keys, logits, l.status());

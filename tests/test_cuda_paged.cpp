@@ -256,6 +256,33 @@ TEST_CASE("indexer over paged keys on CUDA: FP4 scores bitwise ref's, FP8 within
   }
 }
 
+TEST_CASE("indexer_logits on CUDA past 65,535 rows (split launches): ref's bits") {
+  const std::int64_t T = 65600, H = 16, C = 32, B = 4;
+  const cache::key_geometry g{cache::key_format::fp4, C, B};
+  twin pages = page_twin(2, g.page_bytes(), 0);
+  std::mt19937_64 rng(31);
+  std::normal_distribution<float> nd;
+  {
+    std::vector<float> kv(static_cast<std::size_t>(2 * B * C));
+    for (auto& x : kv) x = nd(rng);
+    std::vector<std::int32_t> all(static_cast<std::size_t>(2 * B));
+    std::iota(all.begin(), all.end(), 0);
+    ops::key_store(f32_twin({2 * B, C}, kv).h, i32_twin({2 * B}, all).h, {pages.h.view(), g}, on(backend::ref));
+    pages.push();
+  }
+  std::vector<float> q(static_cast<std::size_t>(T * H * C)), w(static_cast<std::size_t>(T * H));
+  for (auto& x : q) x = nd(rng);
+  for (auto& x : w) x = nd(rng);
+  std::vector<std::int32_t> nk(static_cast<std::size_t>(T));
+  for (std::int64_t t = 0; t < T; ++t) nk[static_cast<std::size_t>(t)] = static_cast<std::int32_t>(t % 9);
+  const twin qt = f32_twin({T, H, C}, q), wt = f32_twin({T, H}, w), table = i32_twin({1, 2}, {1, 0}),
+             req = i32_twin({T}, std::vector<std::int32_t>(static_cast<std::size_t>(T), 0)), nkt = i32_twin({T}, nk);
+  twin logits(dtype::f32, {T, 8});
+  ops::indexer_logits(qt.h, wt.h, {pages.h.view(), g}, table.h, req.h, nkt.h, logits.h, on(backend::ref));
+  ops::indexer_logits(qt.d, wt.d, {pages.d.view(), g}, table.d, req.d, nkt.d, logits.d);
+  CHECK(logits.device_bytes() == bytes_of(logits.h));
+}
+
 TEST_CASE("sparse MQA on CUDA over fp8_ds_mla + f32 segments: ref within fp32 rounding; empty rows, padded head") {
   const std::int64_t T = 4, H = 10, D = 512, Kw = 16, Kc = 40, B = 53;
   std::mt19937_64 rng(13);
