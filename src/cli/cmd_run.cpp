@@ -218,6 +218,8 @@ int cmd_run(int argc, char** argv) {
   }
   const std::int64_t chunk = a.integer("chunk", 0, 1, model::limits::positions);
   const std::string be = a.str("backend", "cpu");
+  DSV4_CHECK(be != "cuda", "run", "--backend cuda: the forward pass has no CUDA backend yet (its blocks do: linear, "
+             "mHC, MoE and the paged attention ops; the whole model on the GPU is issue 15)");
   DSV4_CHECK(be == "cpu" || be == "ref", "run", "--backend ", detail::printable(be, 40), " (expected ref or cpu)");
   exec ex;
   ex.prefer = be == "ref" ? backend::ref : backend::cpu;
