@@ -62,6 +62,37 @@ typedef struct dsv4_exec {
   void* cuda_stream;  /* a cudaStream_t for the CUDA backend (NULL: the default stream) */
 } dsv4_exec;
 
+/* ---- CUDA execution settings of the calling thread (dsv4/exec.hpp) ------------------------------------------
+ * dsv4_exec keeps its layout; what an engine needs beyond a stream is set per thread, like cudaSetDevice, and
+ * applies to every later call on that thread (CPU and ref backends ignore it):
+ *   checks   DSV4_CHECKS_SYNC (default: the call waits and returns DSV4_ERROR on what its kernels found),
+ *            DSV4_CHECKS_DEFERRED (kernels OR bits into *status, a device uint32; the call returns at once, with no
+ *            allocation, synchronization or host read: capturable in a CUDA graph; dsv4_cuda_check_status reads it),
+ *            DSV4_CHECKS_NONE. DEFERRED and NONE need a non-NULL dsv4_exec.cuda_stream.
+ *   device   -1: the tensors' device; else it must be theirs.
+ *   scratch  device memory for the ops that need it (none of this ABI's ops yet). */
+typedef enum dsv4_check_policy {
+  DSV4_CHECKS_SYNC = 0,
+  DSV4_CHECKS_DEFERRED = 1,
+  DSV4_CHECKS_NONE = 2
+} dsv4_check_policy;
+
+typedef struct dsv4_cuda_exec {
+  int32_t checks;         /* dsv4_check_policy */
+  int32_t device;         /* -1 or a CUDA device */
+  uint32_t* status;       /* device word for DSV4_CHECKS_DEFERRED */
+  void* scratch;          /* device scratch, 256-byte aligned */
+  uint64_t scratch_bytes;
+} dsv4_cuda_exec;
+
+/* NULL: back to the defaults (sync, the tensors' device, no status word, no scratch). */
+DSV4_API int dsv4_cuda_exec_set(const dsv4_cuda_exec* settings);
+/* The thread's settings, as set (the defaults when none were). */
+DSV4_API int dsv4_cuda_exec_get(dsv4_cuda_exec* out);
+/* Waits for cuda_stream, reads and clears the thread's status word, and returns DSV4_ERROR naming the bits found
+ * (DSV4_OK when none). An error when the thread's policy is not DSV4_CHECKS_DEFERRED or there is no CUDA backend. */
+DSV4_API int dsv4_cuda_check_status(void* cuda_stream);
+
 /* ---- models and sequences --------------------------------------------------------------------------------- */
 
 typedef struct dsv4_model dsv4_model;

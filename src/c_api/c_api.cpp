@@ -109,8 +109,15 @@ tensor_view optional_view(const DLTensor* t, const char* name, dsv4_dtype as = D
   return t ? as_view(t, name, as) : tensor_view();
 }
 
+// The calling thread's CUDA settings (dsv4_cuda_exec_set), merged into every exec this thread builds.
+thread_local dsv4_cuda_exec g_cuda = {DSV4_CHECKS_SYNC, -1, nullptr, nullptr, 0};
+
 exec to_exec(const dsv4_exec* e) {
   exec x;
+  x.checks = static_cast<check_policy>(g_cuda.checks);
+  x.device = g_cuda.device;
+  x.status = g_cuda.status;
+  x.scratch = {g_cuda.scratch, static_cast<std::size_t>(g_cuda.scratch_bytes)};
   if (!e) return x;
   DSV4_CHECK(e->backend >= 0 && e->backend <= 3, "c_api", "dsv4_exec.backend ", e->backend, " is not a dsv4_backend");
   x.prefer = static_cast<backend>(e->backend);
@@ -193,6 +200,34 @@ void dsv4_model_options_default(dsv4_model_options* o) {
   o->kv_format = DSV4_KV_F32;
   o->page_tokens = 64;
   o->max_rollback = 32;
+}
+
+int dsv4_cuda_exec_set(const dsv4_cuda_exec* settings) {
+  return guarded([&] {
+    if (!settings) {
+      g_cuda = {DSV4_CHECKS_SYNC, -1, nullptr, nullptr, 0};
+      return;
+    }
+    DSV4_CHECK(settings->checks >= DSV4_CHECKS_SYNC && settings->checks <= DSV4_CHECKS_NONE, "c_api",
+               "dsv4_cuda_exec.checks ", settings->checks, " is not a dsv4_check_policy");
+    DSV4_CHECK(settings->device >= -1, "c_api", "dsv4_cuda_exec.device ", settings->device, " is below -1");
+    DSV4_CHECK(settings->checks != DSV4_CHECKS_DEFERRED || settings->status != nullptr, "c_api",
+               "DSV4_CHECKS_DEFERRED needs dsv4_cuda_exec.status (a device uint32)");
+    DSV4_CHECK(settings->scratch_bytes == 0 || settings->scratch != nullptr, "c_api", "dsv4_cuda_exec.scratch_bytes ",
+               settings->scratch_bytes, " with a NULL scratch");
+    g_cuda = *settings;
+  });
+}
+
+int dsv4_cuda_exec_get(dsv4_cuda_exec* out) {
+  return guarded([&] { *need(out, "out") = g_cuda; });
+}
+
+int dsv4_cuda_check_status(void* cuda_stream) {
+  return guarded([&] {
+    dsv4_exec e{DSV4_BACKEND_AUTO, 0, cuda_stream};
+    check_status(to_exec(&e));
+  });
 }
 
 int dsv4_model_open(const char* dir, const dsv4_model_options* options, dsv4_model** out) {

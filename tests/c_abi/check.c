@@ -307,6 +307,44 @@ int main(int argc, char** argv) {
     }
   }
 
+  /* The thread's CUDA settings: validated when set, read back, ignored by host backends, reset by NULL. */
+  {
+    dsv4_cuda_exec bad_policy = {7, -1, NULL, NULL, 0}, no_status = {DSV4_CHECKS_DEFERRED, -1, NULL, NULL, 0};
+    ++g_checks;
+    if (dsv4_cuda_exec_set(&bad_policy) != DSV4_ERROR || !strstr(dsv4_last_error(), "checks 7")) {
+      ++g_failed;
+      fprintf(stderr, "MISMATCH bad check policy accepted: %s\n", dsv4_last_error());
+    }
+    ++g_checks;
+    if (dsv4_cuda_exec_set(&no_status) != DSV4_ERROR || !strstr(dsv4_last_error(), "needs dsv4_cuda_exec.status")) {
+      ++g_failed;
+      fprintf(stderr, "MISMATCH deferred without a status word accepted: %s\n", dsv4_last_error());
+    }
+    uint32_t word = 0; /* a host address stands in: host backends never touch it */
+    dsv4_cuda_exec none = {DSV4_CHECKS_NONE, -1, &word, NULL, 0}, back;
+    ok(dsv4_cuda_exec_set(&none), "cuda_exec_set");
+    ok(dsv4_cuda_exec_get(&back), "cuda_exec_get");
+    ++g_checks;
+    if (back.checks != DSV4_CHECKS_NONE || back.status != &word || back.device != -1) {
+      ++g_failed;
+      fprintf(stderr, "MISMATCH cuda_exec_get\n");
+    }
+    ok(dsv4_hadamard(&x.t, &y.t, NULL), "hadamard under CUDA settings");
+    same("hadamard under CUDA settings", &y, "hadamard");
+    ++g_checks;
+    if (dsv4_cuda_check_status(NULL) != DSV4_ERROR || !strstr(dsv4_last_error(), "check_status")) {
+      ++g_failed;
+      fprintf(stderr, "MISMATCH check_status outside the deferred policy: %s\n", dsv4_last_error());
+    }
+    ok(dsv4_cuda_exec_set(NULL), "cuda_exec_set(NULL)");
+    ok(dsv4_cuda_exec_get(&back), "cuda_exec_get");
+    ++g_checks;
+    if (back.checks != DSV4_CHECKS_SYNC || back.status != NULL) {
+      ++g_failed;
+      fprintf(stderr, "MISMATCH cuda_exec_set(NULL) did not reset\n");
+    }
+  }
+
   /* Errors: status codes and messages, never a crash. */
   ++g_checks;
   if (dsv4_forward(model, a, tr, 1, &lg.t) != DSV4_ERROR || !strstr(dsv4_last_error(), "expected contiguous f32[1, ")) {
