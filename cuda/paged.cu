@@ -30,6 +30,55 @@ __device__ inline bool slot_ok(std::int64_t s, std::int64_t n, const status_ref&
   return true;
 }
 
+// A little-endian f32 at p (the FP8 key pages' per-key scale).
+__device__ inline float read_f32_le(const std::uint8_t* p) {
+  return bits_to_f32(static_cast<std::uint32_t>(p[0]) | (static_cast<std::uint32_t>(p[1]) << 8) |
+                     (static_cast<std::uint32_t>(p[2]) << 16) | (static_cast<std::uint32_t>(p[3]) << 24));
+}
+
+// One warp writes the fp8_ds_mla bytes of an entry whose value i is val(i) (ref::store_kv_entry): the nope dims in
+// E4M3 blocks of 64 (two values a lane, warps w0, w0 + ws, ... of the caller take the blocks), the scale pad zeroed and
+// the rope dims as BF16. Non-finite blocks are reported through st.
+template <class Val>
+__device__ void store_fp8_ds_mla(std::uint8_t* data, std::uint8_t* sc, const cache::kv_geometry& g, Val val,
+                                 int w0, int ws, const status_ref& st) {
+  const int lane = threadIdx.x & 31;
+  const std::int64_t nope = g.nope();
+  for (std::int64_t b = w0; b < nope / 64; b += ws) {
+    float v[2] = {val(b * 64 + 2 * lane), val(b * 64 + 2 * lane + 1)};
+    std::uint8_t code[2];
+    float sf;
+    const std::uint8_t sbyte = quantize_lane<fp8_e4m3, 2>(v, code, sf, st);
+    data[b * 64 + 2 * lane] = code[0];
+    data[b * 64 + 2 * lane + 1] = code[1];
+    if (lane == 0) sc[b] = sbyte;
+  }
+  const int tid = w0 * 32 + lane, nthreads = ws * 32;
+  for (std::int64_t i = nope / 64 + tid; i < g.scale_stride(); i += nthreads) sc[i] = 0;  // pad
+  for (std::int64_t i = tid; i < g.rope_dim; i += nthreads) {
+    const std::uint16_t h = bf16::from_float(val(nope + i)).bits;
+    data[nope + 2 * i] = static_cast<std::uint8_t>(h & 0xFF);
+    data[nope + 2 * i + 1] = static_cast<std::uint8_t>(h >> 8);
+  }
+}
+
+// One warp (or warps w0 + k·ws) writes an FP4 key of c values val(i) (ref::store_key): E2M1 blocks of 32, one value a
+// lane, pairs packed by the even lanes, the block scales.
+template <class Val>
+__device__ void store_fp4_key(std::uint8_t* codes, std::uint8_t* sc, std::int64_t c, Val val, int w0, int ws,
+                              const status_ref& st) {
+  const int lane = threadIdx.x & 31;
+  for (std::int64_t b = w0; b < c / 32; b += ws) {
+    float v[1] = {val(b * 32 + lane)};
+    std::uint8_t code[1];
+    float sf;
+    const std::uint8_t sbyte = quantize_lane<fp4_e2m1, 1>(v, code, sf, st);
+    const unsigned odd = __shfl_down_sync(kFullMask, static_cast<unsigned>(code[0]), 1);
+    if ((lane & 1) == 0) codes[(b * 32 + lane) / 2] = static_cast<std::uint8_t>(code[0] | (odd << 4));
+    if (lane == 0) sc[b] = sbyte;
+  }
+}
+
 // ---- stores and loads (one warp per row) ----------------------------------------------------------------------
 
 __global__ void kv_store_kernel(view<const float, 2> values, const std::int32_t* slots, kv_dev kv, status_ref st) {
@@ -46,23 +95,7 @@ __global__ void kv_store_kernel(view<const float, 2> values, const std::int32_t*
     for (std::int64_t i = lane; i < g.head_dim; i += 32) d[i] = values(t, i);
     return;
   }
-  std::uint8_t* sc = page + g.scale_offset(e);
-  const std::int64_t nope = g.nope();
-  for (std::int64_t b = 0; b < nope / 64; ++b) {  // FP8 blocks of 64: two values a lane
-    float v[2] = {values(t, b * 64 + 2 * lane), values(t, b * 64 + 2 * lane + 1)};
-    std::uint8_t code[2];
-    float sf;
-    const std::uint8_t sbyte = quantize_lane<fp8_e4m3, 2>(v, code, sf, st);
-    data[b * 64 + 2 * lane] = code[0];
-    data[b * 64 + 2 * lane + 1] = code[1];
-    if (lane == 0) sc[b] = sbyte;
-  }
-  for (std::int64_t i = nope / 64 + lane; i < g.scale_stride(); i += 32) sc[i] = 0;  // pad
-  for (std::int64_t i = lane; i < g.rope_dim; i += 32) {
-    const std::uint16_t h = bf16::from_float(values(t, nope + i)).bits;
-    data[nope + 2 * i] = static_cast<std::uint8_t>(h & 0xFF);
-    data[nope + 2 * i + 1] = static_cast<std::uint8_t>(h >> 8);
-  }
+  store_fp8_ds_mla(data, page + g.scale_offset(e), g, [&](std::int64_t i) { return values(t, i); }, 0, 1, st);
 }
 
 __global__ void kv_load_kernel(kv_dev kv, const std::int32_t* slots, view<float, 2> values, status_ref st) {
@@ -116,18 +149,8 @@ __global__ void key_store_kernel(view<const float, 2> values, const std::int32_t
   const std::int64_t e = s % g.page_tokens;
   std::uint8_t* codes = page + g.code_offset(e);
   std::uint8_t* sc = page + g.scale_offset(e);
-  if (g.format == cache::key_format::fp4) {
-    for (std::int64_t b = 0; b < g.dim / 32; ++b) {  // E2M1 blocks of 32: one value a lane, pairs packed by even lanes
-      float v[1] = {values(t, b * 32 + lane)};
-      std::uint8_t code[1];
-      float sf;
-      const std::uint8_t sbyte = quantize_lane<fp4_e2m1, 1>(v, code, sf, st);
-      const unsigned odd = __shfl_down_sync(kFullMask, static_cast<unsigned>(code[0]), 1);
-      if ((lane & 1) == 0) codes[(b * 32 + lane) / 2] = static_cast<std::uint8_t>(code[0] | (odd << 4));
-      if (lane == 0) sc[b] = sbyte;
-    }
-    return;
-  }
+  if (g.format == cache::key_format::fp4)
+    return store_fp4_key(codes, sc, g.dim, [&](std::int64_t i) { return values(t, i); }, 0, 1, st);
   switch (g.dim) {  // one E4M3 block over the whole key (the launcher admits these widths)
     case 32: return fp8_key<1>(values, t, codes, sc, st);
     case 64: return fp8_key<2>(values, t, codes, sc, st);
@@ -157,8 +180,7 @@ __global__ void key_load_kernel(key_dev keys, const std::int32_t* slots, view<fl
     }
     return;
   }
-  const float sf = bits_to_f32(static_cast<std::uint32_t>(sc[0]) | (static_cast<std::uint32_t>(sc[1]) << 8) |
-                               (static_cast<std::uint32_t>(sc[2]) << 16) | (static_cast<std::uint32_t>(sc[3]) << 24));
+  const float sf = read_f32_le(sc);
   for (std::int64_t i = lane; i < g.dim; i += 32) values(t, i) = fp8_e4m3{codes[i]}.to_float() * sf;
 }
 
@@ -465,8 +487,7 @@ __global__ void __launch_bounds__(kIdxThreads) indexer_fp8_kernel(view<const flo
   const std::int64_t e = slot % keys.geo.page_tokens;
   const std::uint8_t* codes = page + keys.geo.code_offset(e);
   const std::uint8_t* sc = page + keys.geo.scale_offset(e);
-  const float sf = bits_to_f32(static_cast<std::uint32_t>(sc[0]) | (static_cast<std::uint32_t>(sc[1]) << 8) |
-                               (static_cast<std::uint32_t>(sc[2]) << 16) | (static_cast<std::uint32_t>(sc[3]) << 24));
+  const float sf = read_f32_le(sc);
   const std::int64_t H = q.size(1), C = q.size(2);
   float acc = 0.f;
   for (std::int64_t h = 0; h < H; ++h) {
@@ -703,7 +724,7 @@ __global__ void __launch_bounds__(kEmitThreads) emit_kernel(const __grid_constan
     rv[2 * i + 1] = __fadd_rn(__fmul_rn(x, sn), __fmul_rn(y, cs));
   }
   __syncthreads();
-  const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, warps = kEmitThreads / 32;
+  const int warp = threadIdx.x / 32, warps = kEmitThreads / 32;
   std::uint8_t* page;
   std::int64_t slot_in_page;
   if (a.indexer) {
@@ -727,17 +748,8 @@ __global__ void __launch_bounds__(kEmitThreads) emit_kernel(const __grid_constan
     __syncthreads();
     page = key_page(a.keys, os);
     slot_in_page = os % a.keys.geo.page_tokens;
-    std::uint8_t* codes = page + a.keys.geo.code_offset(slot_in_page);
-    std::uint8_t* sc = page + a.keys.geo.scale_offset(slot_in_page);
-    for (std::int64_t b = warp; b < c / 32; b += warps) {
-      float v[1] = {e[b * 32 + lane]};
-      std::uint8_t code[1];
-      float sf;
-      const std::uint8_t sbyte = quantize_lane<fp4_e2m1, 1>(v, code, sf, st);
-      const unsigned odd = __shfl_down_sync(kFullMask, static_cast<unsigned>(code[0]), 1);
-      if ((lane & 1) == 0) codes[(b * 32 + lane) / 2] = static_cast<std::uint8_t>(code[0] | (odd << 4));
-      if (lane == 0) sc[b] = sbyte;
-    }
+    store_fp4_key(page + a.keys.geo.code_offset(slot_in_page), page + a.keys.geo.scale_offset(slot_in_page), c,
+                  [&](std::int64_t i) { return e[i]; }, warp, warps, st);
   } else {
     const std::int64_t nope = c - a.rope_dim;
     for (std::int64_t b = warp; b < nope / 64; b += warps) round_trip_block<fp8_e4m3, 2>(e, b);
@@ -749,22 +761,8 @@ __global__ void __launch_bounds__(kEmitThreads) emit_kernel(const __grid_constan
     if (g.format == cache::kv_format::f32) {
       for (std::int64_t ch = threadIdx.x; ch < c; ch += blockDim.x) reinterpret_cast<float*>(data)[ch] = e[ch];
     } else {
-      std::uint8_t* sc = page + g.scale_offset(slot_in_page);
-      for (std::int64_t b = warp; b < nope / 64; b += warps) {
-        float v[2] = {e[b * 64 + 2 * lane], e[b * 64 + 2 * lane + 1]};
-        std::uint8_t code[2];
-        float sf;
-        const std::uint8_t sbyte = quantize_lane<fp8_e4m3, 2>(v, code, sf, st);
-        data[b * 64 + 2 * lane] = code[0];
-        data[b * 64 + 2 * lane + 1] = code[1];
-        if (lane == 0) sc[b] = sbyte;
-      }
-      for (std::int64_t i = nope / 64 + threadIdx.x; i < g.scale_stride(); i += blockDim.x) sc[i] = 0;
-      for (std::int64_t i = threadIdx.x; i < a.rope_dim; i += blockDim.x) {
-        const std::uint16_t h = bf16::from_float(e[nope + i]).bits;
-        data[nope + 2 * i] = static_cast<std::uint8_t>(h & 0xFF);
-        data[nope + 2 * i + 1] = static_cast<std::uint8_t>(h >> 8);
-      }
+      store_fp8_ds_mla(data, page + g.scale_offset(slot_in_page), g, [&](std::int64_t i) { return e[i]; }, warp,
+                       warps, st);
     }
   }
   if (a.entries)

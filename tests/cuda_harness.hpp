@@ -47,4 +47,29 @@ inline std::vector<std::uint8_t> drained_bytes(const buffer& d, cudaStream_t s) 
   return bytes_of(to_host(d));
 }
 
+// A CUDA graph recorded from what `record` enqueues on `stream` (stream capture, global mode), instantiated once and
+// replayed by launch() (which waits for the stream).
+struct captured_graph {
+  cudaStream_t stream{};
+  cudaGraph_t graph{};
+  cudaGraphExec_t exe{};
+  template <class Record>
+  captured_graph(cudaStream_t s, Record&& record) : stream(s) {
+    REQUIRE(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal) == cudaSuccess);
+    record();
+    REQUIRE(cudaStreamEndCapture(stream, &graph) == cudaSuccess);
+    REQUIRE(cudaGraphInstantiate(&exe, graph, 0) == cudaSuccess);
+  }
+  void launch() const {
+    REQUIRE(cudaGraphLaunch(exe, stream) == cudaSuccess);
+    REQUIRE(cudaStreamSynchronize(stream) == cudaSuccess);
+  }
+  ~captured_graph() {
+    cudaGraphExecDestroy(exe);
+    cudaGraphDestroy(graph);
+  }
+  captured_graph(const captured_graph&) = delete;
+  captured_graph& operator=(const captured_graph&) = delete;
+};
+
 }  // namespace dsv4::test

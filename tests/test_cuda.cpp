@@ -163,21 +163,18 @@ TEST_CASE("graph capture: quantize -> dequantize -> Hadamard captured once, repl
   const exec ex = ss.deferred();
   buffer xd(dtype::f32, {rows, k}, kGpu), qd(dtype::fp8_e4m3, {rows, k}, kGpu), sd(dtype::ue8m0, {rows, k / 128}, kGpu),
       deqd(dtype::f32, {rows, k}, kGpu), hd(dtype::bf16, {rows, k}, kGpu), rtd(dtype::bf16, {rows, k}, kGpu);
-  REQUIRE(cudaStreamBeginCapture(ss.stream, cudaStreamCaptureModeGlobal) == cudaSuccess);
-  ops::block_quantize(xd, qd, sd, 128, ex);
-  ops::dequantize(qd, sd, deqd, 1, 128, ex);
-  ops::hadamard(deqd, hd, ex);
-  ops::block_round_trip(xd, rtd, ops::quant_format::fp4_e2m1, 32, ex);
-  cudaGraph_t graph{};
-  REQUIRE(cudaStreamEndCapture(ss.stream, &graph) == cudaSuccess);
-  cudaGraphExec_t exe{};
-  REQUIRE(cudaGraphInstantiate(&exe, graph, 0) == cudaSuccess);
+  const captured_graph g(ss.stream, [&] {
+    ops::block_quantize(xd, qd, sd, 128, ex);
+    ops::dequantize(qd, sd, deqd, 1, 128, ex);
+    ops::hadamard(deqd, hd, ex);
+    ops::block_round_trip(xd, rtd, ops::quant_format::fp4_e2m1, 32, ex);
+  });
   for (int round = 0; round < 4; ++round) {
     CAPTURE(round);
     const buffer x = host_f32(rows, k, adversarial(rows, k, 128, fp8_grid(), 100 + round));
     ops::copy(x, xd);  // new contents, same addresses
-    REQUIRE(cudaGraphLaunch(exe, ss.stream) == cudaSuccess);
-    const auto got_h = drained_bytes(hd, ss.stream), got_rt = bytes_of(to_host(rtd));
+    g.launch();
+    const auto got_h = bytes_of(to_host(hd)), got_rt = bytes_of(to_host(rtd));
     // eager, sync policy, fresh buffers
     buffer q2(dtype::fp8_e4m3, {rows, k}, kGpu), s2(dtype::ue8m0, {rows, k / 128}, kGpu),
         d2(dtype::f32, {rows, k}, kGpu), h2(dtype::bf16, {rows, k}, kGpu), rt2(dtype::bf16, {rows, k}, kGpu);
@@ -189,8 +186,6 @@ TEST_CASE("graph capture: quantize -> dequantize -> Hadamard captured once, repl
     CHECK(got_rt == bytes_of(to_host(rt2)));
   }
   check_status(ex);
-  cudaGraphExecDestroy(exe);
-  cudaGraphDestroy(graph);
 }
 
 TEST_CASE("two streams at once, 20 runs each, every run bitwise the first") {

@@ -341,27 +341,21 @@ TEST_CASE("moe_ffn on CUDA (FP4 routed + FP8 shared): ref within fp32 rounding, 
   dx.scratch = ex.scratch;
   buffer xg(dtype::bf16, {T, D}, kGpu), lg(dtype::f32, {T, E}, kGpu), wg(dtype::f32, {T, k}, kGpu),
       ig(dtype::i32, {T, k}, kGpu), yg(dtype::f32, {T, D}, kGpu);
-  REQUIRE(cudaStreamBeginCapture(ss.stream, cudaStreamCaptureModeGlobal) == cudaSuccess);
-  ops::moe_route(lg, cfg, tensor_view(), wg, ig, dx);
-  ops::moe_ffn(xg, wg, ig, dev.routed, &dev.shared, 10.f, yg, dx);
-  cudaGraph_t graph{};
-  REQUIRE(cudaStreamEndCapture(ss.stream, &graph) == cudaSuccess);
-  cudaGraphExec_t exe{};
-  REQUIRE(cudaGraphInstantiate(&exe, graph, 0) == cudaSuccess);
+  const captured_graph g(ss.stream, [&] {
+    ops::moe_route(lg, cfg, tensor_view(), wg, ig, dx);
+    ops::moe_ffn(xg, wg, ig, dev.routed, &dev.shared, 10.f, yg, dx);
+  });
   for (int round = 0; round < 3; ++round) {
     CAPTURE(round);
     ops::copy(host_bf16(T, D, randn(T * D, 60 + round)), xg);
     ops::copy(host_f32(T, E, randn(T * E, 70 + round)), lg);
-    REQUIRE(cudaGraphLaunch(exe, ss.stream) == cudaSuccess);
-    REQUIRE(cudaStreamSynchronize(ss.stream) == cudaSuccess);
+    g.launch();
     buffer w2(dtype::f32, {T, k}, kGpu), i2(dtype::i32, {T, k}, kGpu), y2(dtype::f32, {T, D}, kGpu);
     ops::moe_route(lg, cfg, tensor_view(), w2, i2);
     ops::moe_ffn(xg, w2, i2, dev.routed, &dev.shared, 10.f, y2, ex);
     CHECK(bytes_of(to_host(yg)) == bytes_of(to_host(y2)));
   }
   check_status(dx);
-  cudaGraphExecDestroy(exe);
-  cudaGraphDestroy(graph);
 }
 
 TEST_CASE("moe_ffn on CUDA: too little scratch and mixed expert layouts are errors; a bad expert id is reported") {

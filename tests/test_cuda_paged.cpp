@@ -381,12 +381,7 @@ TEST_CASE("a decode step captured as a CUDA graph (append, fused indexer top-k, 
   stream_and_status ss;
   exec dx = ss.deferred();
   dx.scratch = {scratch, need};
-  REQUIRE(cudaStreamBeginCapture(ss.stream, cudaStreamCaptureModeGlobal) == cudaSuccess);
-  step(dx);
-  cudaGraph_t graph{};
-  REQUIRE(cudaStreamEndCapture(ss.stream, &graph) == cudaSuccess);
-  cudaGraphExec_t exe{};
-  REQUIRE(cudaGraphInstantiate(&exe, graph, 0) == cudaSuccess);
+  const captured_graph g(ss.stream, [&] { step(dx); });
   for (int round = 0; round < 3; ++round) {
     CAPTURE(round);
     std::copy_n(shuffled(R * P, 19 + round).begin(), R * P, table.h.host_span<std::int32_t>().begin());
@@ -394,8 +389,7 @@ TEST_CASE("a decode step captured as a CUDA graph (append, fused indexer top-k, 
     nk.h.host_span<std::int32_t>()[0] = static_cast<std::int32_t>(50 + 30 * round);
     nk.h.host_span<std::int32_t>()[1] = static_cast<std::int32_t>(round * 5);  // round 0: no keys at all
     nk.push();
-    REQUIRE(cudaGraphLaunch(exe, ss.stream) == cudaSuccess);
-    REQUIRE(cudaStreamSynchronize(ss.stream) == cudaSuccess);
+    g.launch();
     const auto g_out = bytes_of(to_host(out.d)), g_lse = bytes_of(to_host(lse.d)), g_idx = bytes_of(to_host(idx.d));
     exec eager;
     eager.scratch = {scratch, need};
@@ -405,8 +399,6 @@ TEST_CASE("a decode step captured as a CUDA graph (append, fused indexer top-k, 
     CHECK(bytes_of(to_host(idx.d)) == g_idx);
   }
   check_status(dx);
-  cudaGraphExecDestroy(exe);
-  cudaGraphDestroy(graph);
   cudaFree(scratch);
 }
 
