@@ -13,11 +13,20 @@ namespace {
 using namespace detail;  // quant_core.cuh, check.cuh
 constexpr unsigned kFullMask = 0xFFFFFFFFu;
 
+// a / b and a % b for 0 <= a < 2^31 and 1 <= b <= 2^20 (slots fit i32 and pages hold at most 2^20 entries: the
+// geometry checks of cache.hpp): 32-bit division, a short instruction sequence where 64-bit division is a long one.
+__device__ inline std::int64_t div32(std::int64_t a, std::int64_t b) {
+  return static_cast<unsigned>(a) / static_cast<unsigned>(b);
+}
+__device__ inline std::int64_t mod32(std::int64_t a, std::int64_t b) {
+  return static_cast<unsigned>(a) % static_cast<unsigned>(b);
+}
+
 __device__ inline std::uint8_t* kv_page(const kv_dev& kv, std::int64_t slot) {
-  return kv.base + (slot / kv.geo.page_tokens) * kv.page_stride;
+  return kv.base + div32(slot, kv.geo.page_tokens) * kv.page_stride;
 }
 __device__ inline std::uint8_t* key_page(const key_dev& k, std::int64_t slot) {
-  return k.base + (slot / k.geo.page_tokens) * k.page_stride;
+  return k.base + div32(slot, k.geo.page_tokens) * k.page_stride;
 }
 
 // A slot argument: −1 skips, anything else outside [0, n) is reported and skipped. Returns whether to use it.
@@ -88,7 +97,7 @@ __global__ void kv_store_kernel(view<const float, 2> values, const std::int32_t*
   if (!slot_ok(s, kv.num_slots, lane == 0 ? st : status_ref{})) return;
   const cache::kv_geometry& g = kv.geo;
   std::uint8_t* page = kv_page(kv, s);
-  const std::int64_t e = s % g.page_tokens;
+  const std::int64_t e = mod32(s, g.page_tokens);
   std::uint8_t* data = page + g.data_offset(e);
   if (g.format == cache::kv_format::f32) {
     float* d = reinterpret_cast<float*>(data);
@@ -108,7 +117,7 @@ __global__ void kv_load_kernel(kv_dev kv, const std::int32_t* slots, view<float,
     return;
   }
   const std::uint8_t* page = kv_page(kv, s);
-  const std::int64_t e = s % g.page_tokens;
+  const std::int64_t e = mod32(s, g.page_tokens);
   const std::uint8_t* data = page + g.data_offset(e);
   if (g.format == cache::kv_format::f32) {
     for (std::int64_t i = lane; i < g.head_dim; i += 32) values(t, i) = reinterpret_cast<const float*>(data)[i];
@@ -146,7 +155,7 @@ __global__ void key_store_kernel(view<const float, 2> values, const std::int32_t
   if (!slot_ok(s, keys.num_slots, lane == 0 ? st : status_ref{})) return;
   const cache::key_geometry& g = keys.geo;
   std::uint8_t* page = key_page(keys, s);
-  const std::int64_t e = s % g.page_tokens;
+  const std::int64_t e = mod32(s, g.page_tokens);
   std::uint8_t* codes = page + g.code_offset(e);
   std::uint8_t* sc = page + g.scale_offset(e);
   if (g.format == cache::key_format::fp4)
@@ -170,7 +179,7 @@ __global__ void key_load_kernel(key_dev keys, const std::int32_t* slots, view<fl
     return;
   }
   const std::uint8_t* page = key_page(keys, s);
-  const std::int64_t e = s % g.page_tokens;
+  const std::int64_t e = mod32(s, g.page_tokens);
   const std::uint8_t* codes = page + g.code_offset(e);
   const std::uint8_t* sc = page + g.scale_offset(e);
   if (g.format == cache::key_format::fp4) {
@@ -219,10 +228,10 @@ __global__ void to_slots_kernel(view<const std::int32_t, 2> idx, const std::int3
   if (r < 0 || r >= table.size(0) || n < 0 || n > K) {
     st.raise(status_index_oob);
   } else if (i < n && e >= 0) {
-    const std::int64_t page = e / B;
+    const std::int64_t page = div32(e, B);  // e is an i32 >= 0
     const std::int32_t p = page < table.size(1) ? table(r, page) : -1;
     if (p < 0) st.raise(status_index_oob);
-    else out = static_cast<std::int32_t>(static_cast<std::int64_t>(p) * B + e % B);
+    else out = static_cast<std::int32_t>(static_cast<std::int64_t>(p) * B + mod32(e, B));
   }
   slots(t, i) = out;
 }
@@ -428,9 +437,9 @@ __device__ float fp4_key_score(const std::int8_t* qa, const std::uint8_t* qs, co
 // Resolve key s of row t to its slot; −1 (and a report) when its page is out of the table or unmapped.
 __device__ inline std::int64_t key_slot(view<const std::int32_t, 2> table, std::int64_t r, std::int64_t s,
                                         const key_dev& keys, const status_ref& st) {
-  const std::int64_t B = keys.geo.page_tokens, page = s / B;
+  const std::int64_t B = keys.geo.page_tokens, page = div32(s, B);  // s < n_keys <= the slots: < 2^31
   const std::int32_t p = (r >= 0 && r < table.size(0) && page < table.size(1)) ? table(r, page) : -1;
-  const std::int64_t slot = p < 0 ? -1 : static_cast<std::int64_t>(p) * B + s % B;
+  const std::int64_t slot = p < 0 ? -1 : static_cast<std::int64_t>(p) * B + mod32(s, B);
   if (slot < 0 || slot >= keys.num_slots) {
     st.raise(status_index_oob);
     return -1;
@@ -463,7 +472,7 @@ __global__ void __launch_bounds__(kIdxThreads) indexer_fp4_kernel(view<const flo
     return;
   }
   const std::uint8_t* page = key_page(keys, slot);
-  const std::int64_t e = slot % keys.geo.page_tokens;
+  const std::int64_t e = mod32(slot, keys.geo.page_tokens);
   logits(t, s) = fp4_key_score<C>(qa, qs, qfin, ws, static_cast<int>(q.size(1)), page + keys.geo.code_offset(e),
                                   page + keys.geo.scale_offset(e));
 }
@@ -484,7 +493,7 @@ __global__ void __launch_bounds__(kIdxThreads) indexer_fp8_kernel(view<const flo
     return;
   }
   const std::uint8_t* page = key_page(keys, slot);
-  const std::int64_t e = slot % keys.geo.page_tokens;
+  const std::int64_t e = mod32(slot, keys.geo.page_tokens);
   const std::uint8_t* codes = page + keys.geo.code_offset(e);
   const std::uint8_t* sc = page + keys.geo.scale_offset(e);
   const float sf = read_f32_le(sc);
@@ -506,7 +515,7 @@ constexpr int kMqaHeads = 8, kMqaChunk = 8;  // heads per CTA (a warp each), ent
 __device__ void decode_entry(const kv_dev& kv, std::int64_t slot, float* row) {
   const cache::kv_geometry& g = kv.geo;
   const std::uint8_t* page = kv_page(kv, slot);
-  const std::int64_t e = slot % g.page_tokens;
+  const std::int64_t e = mod32(slot, g.page_tokens);
   const std::uint8_t* data = page + g.data_offset(e);
   if (g.format == cache::kv_format::f32) {
     for (std::int64_t i = threadIdx.x; i < g.head_dim; i += blockDim.x) row[i] = reinterpret_cast<const float*>(data)[i];
@@ -747,7 +756,7 @@ __global__ void __launch_bounds__(kEmitThreads) emit_kernel(const __grid_constan
     for (std::int64_t b = warp; b < c / 32; b += warps) round_trip_block<fp4_e2m1, 1>(e, b);
     __syncthreads();
     page = key_page(a.keys, os);
-    slot_in_page = os % a.keys.geo.page_tokens;
+    slot_in_page = mod32(os, a.keys.geo.page_tokens);
     store_fp4_key(page + a.keys.geo.code_offset(slot_in_page), page + a.keys.geo.scale_offset(slot_in_page), c,
                   [&](std::int64_t i) { return e[i]; }, warp, warps, st);
   } else {
@@ -756,7 +765,7 @@ __global__ void __launch_bounds__(kEmitThreads) emit_kernel(const __grid_constan
     __syncthreads();
     const cache::kv_geometry& g = a.kv.geo;
     page = kv_page(a.kv, os);
-    slot_in_page = os % g.page_tokens;
+    slot_in_page = mod32(os, g.page_tokens);
     std::uint8_t* data = page + g.data_offset(slot_in_page);
     if (g.format == cache::kv_format::f32) {
       for (std::int64_t ch = threadIdx.x; ch < c; ch += blockDim.x) reinterpret_cast<float*>(data)[ch] = e[ch];
@@ -870,7 +879,7 @@ void launch_indexer(view<const float, 3> q, view<const float, 2> w, const key_de
   constexpr const char* op = "indexer_logits";
   const std::int64_t T = q.size(0), H = q.size(1), C = q.size(2), L = logits.size(1);
   const std::int64_t chunks = (L + kIdxThreads - 1) / kIdxThreads;
-  DSV4_CHECK(chunks <= 2147483647LL, op, "shape beyond one launch: ", L, " keys");
+  DSV4_CHECK(L <= 2147483647LL, op, "shape beyond one launch: ", L, " keys (key indices are 32-bit)");
   if (T == 0 || L == 0) return;
   constexpr std::int64_t kRowsPerLaunch = 65535;  // rows are grid.y
   if (T > kRowsPerLaunch) {  // more rows than one grid holds: launch row ranges (offset views; graph-capturable)
