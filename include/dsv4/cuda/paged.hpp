@@ -12,7 +12,8 @@
 //   indexer_logits    FP4 keys: the exact score of ref/indexer.hpp bit for bit — q rounded to FP4 in shared memory,
 //                     per block an integer dot (dp4a on 2·E2M1 values), the blocks summed in double in block order,
 //                     rounded once, ReLU, the fixed 16-lane head tree; one thread per key. FP8 keys: fp32 dots in
-//                     k order and an fma head sum (ref sums in double: within fp32 rounding). c in {32, 64, 128, 256}.
+//                     k order and an fma head sum (ref sums in double: within fp32 rounding). FP4: c in {32, 64,
+//                     128} and at most 128 heads.
 //   topk_rows         one CTA per row: radix select on 64-bit keys (orderable(score) << 32 | ~index: ties to the
 //                     lower index), then a bitonic sort of the k picks: the same idx as ref for the same logits.
 //                     k <= 4096.
@@ -21,11 +22,11 @@
 //   sparse_mqa        one CTA per (token, 8 heads), a warp per head: the row's entries decoded into shared memory 8
 //                     at a time (an fp8_ds_mla entry decoded exactly), an online softmax with the sink in the
 //                     denominator only; FlashMLA's out = 0 / lse = +inf for a row with no valid lane. ref sums in
-//                     another order: within fp32 rounding. head_dim in {128, 256, 512, 1024}.
+//                     another order: within fp32 rounding. head_dim in {128, 256, 512}.
 //   compressor_emit   one CTA per emitting row: the pool and RMSNorm in ref's orders, RoPE and the round trips; expf
-//                     is the GPU's (within 2 ulp of libm) and sin / cos a double-precision reduction + series, so the entries agree with ref's within
-//                     fp32 rounding and a stored code can sit one step away where a value falls on a rounding
-//                     boundary; the page bytes are always the store of the returned entries.
+//                     is the GPU's (within 2 ulp of libm) and sin / cos a double-precision reduction and series, so
+//                     the entries agree with ref's within fp32 rounding and a stored code can sit one step away where
+//                     a value falls on a rounding boundary; the page bytes are always the store of the entries.
 // Not on CUDA yet: the official policy.
 #pragma once
 
