@@ -2,38 +2,13 @@
 // [n, D] once per group of 8 mixes (fn rows streamed from L2), so x stays in L1 between the groups.
 #include "check.cuh"
 #include "dsv4/cuda/mhc.hpp"
+#include "dsv4/ref/mhc.hpp"
 
 namespace dsv4::cuda {
 namespace {
 
 constexpr unsigned kThreads = 256;
 constexpr int kGroup = 8;  // mixes per pass over x
-
-__device__ float sigmoid(float v) { return 1.f / (1.f + expf(-v)); }
-
-// ref::sinkhorn_knopp on c [n·n] (shared or register-free memory), the same steps and order.
-__device__ void sinkhorn(float* c, int n, int iters, float eps) {
-  for (int j = 0; j < n; ++j) {
-    float mx = c[j * n];
-    for (int k = 1; k < n; ++k) mx = c[j * n + k] > mx ? c[j * n + k] : mx;
-    float sum = 0.f;
-    for (int k = 0; k < n; ++k) sum += (c[j * n + k] = expf(c[j * n + k] - mx));
-    for (int k = 0; k < n; ++k) c[j * n + k] = c[j * n + k] / sum + eps;
-  }
-  for (int it = 0; it < iters; ++it) {
-    if (it > 0)
-      for (int j = 0; j < n; ++j) {
-        float sum = 0.f;
-        for (int k = 0; k < n; ++k) sum += c[j * n + k];
-        for (int k = 0; k < n; ++k) c[j * n + k] /= sum + eps;
-      }
-    for (int k = 0; k < n; ++k) {
-      float sum = 0.f;
-      for (int j = 0; j < n; ++j) sum += c[j * n + k];
-      for (int j = 0; j < n; ++j) c[j * n + k] /= sum + eps;
-    }
-  }
-}
 
 // One thread per token; the matrix in this thread's slice of shared memory (no local memory).
 __global__ void sinkhorn_kernel(view<const float, 3> in, view<float, 3> out, int iters, float eps) {
@@ -43,7 +18,7 @@ __global__ void sinkhorn_kernel(view<const float, 3> in, view<float, 3> out, int
   if (t >= in.size(0)) return;
   float* c = sh + threadIdx.x * n * n;
   for (int i = 0; i < n * n; ++i) c[i] = in(t, i / n, i % n);
-  sinkhorn(c, n, iters, eps);
+  ref::sinkhorn_knopp(c, n, iters, eps);
   for (int i = 0; i < n * n; ++i) out(t, i / n, i % n) = c[i];
 }
 
@@ -116,15 +91,14 @@ __global__ void __launch_bounds__(kThreads) hc_pre_kernel(view<const TX, 3> x, v
                                                           int iters, float hc_eps, float norm_eps) {
   __shared__ float red[kThreads];
   __shared__ float mixes[2 * kMaxHcMult + kMaxHcMult * kMaxHcMult];
-  __shared__ float pre[kMaxHcMult], c[kMaxHcMult * kMaxHcMult];
+  __shared__ float pre[kMaxHcMult], p[kMaxHcMult], c[kMaxHcMult * kMaxHcMult];
   const std::int64_t t = blockIdx.x;
   const int n = static_cast<int>(x.size(1));
   token_mixes(x, t, fn, norm_eps, mixes, red);
-  if (threadIdx.x == 0) {  // ref::hc_gates, then the projection
-    for (int j = 0; j < n; ++j) pre[j] = sigmoid(mixes[j] * scale(0) + base(j)) + hc_eps;
-    for (int j = 0; j < n; ++j) post(t, j) = 2.f * sigmoid(mixes[n + j] * scale(1) + base(n + j));
-    for (int i = 0; i < n * n; ++i) c[i] = mixes[2 * n + i] * scale(2) + base(2 * n + i);
-    sinkhorn(c, n, iters, hc_eps);
+  if (threadIdx.x == 0) {  // the gates and the projection: ref's own functions
+    ref::hc_gates(mixes, n, scale, base, hc_eps, pre, p, c);
+    for (int j = 0; j < n; ++j) post(t, j) = p[j];
+    ref::sinkhorn_knopp(c, n, iters, hc_eps);
     for (int i = 0; i < n * n; ++i) comb(t, i / n, i % n) = c[i];
   }
   __syncthreads();
@@ -140,8 +114,7 @@ __global__ void __launch_bounds__(kThreads) hc_head_kernel(view<const TX, 3> x, 
   const std::int64_t t = blockIdx.x;
   const int n = static_cast<int>(x.size(1));
   token_mixes(x, t, fn, norm_eps, mixes, red);
-  if (threadIdx.x == 0)
-    for (int j = 0; j < n; ++j) pre[j] = sigmoid(mixes[j] * scale(0) + base(j)) + hc_eps;
+  if (threadIdx.x == 0) ref::hc_gates(mixes, n, scale, base, hc_eps, pre, nullptr, nullptr);
   __syncthreads();
   collapse(x, t, pre, y);
 }

@@ -31,7 +31,7 @@ __device__ void token_scores(view<const float, 2> logits, std::int64_t t, int E,
     if (e < E) mx = l > mx ? l : mx;
     switch (f) {
       case ops::score_func::sqrtsoftplus: s[j] = sqrtf(l > 20.f ? l : log1pf(expf(l))); break;
-      case ops::score_func::sigmoid: s[j] = 1.f / (1.f + expf(-l)); break;
+      case ops::score_func::sigmoid: s[j] = 1.f / (1.f + expf(-l)); break;  // ref::score_row's formula
       case ops::score_func::softmax: s[j] = l; break;
     }
   }
@@ -289,22 +289,13 @@ __global__ void __launch_bounds__(kThreads) grouped_kernel(view<const float, 2> 
   if (tile.w) warp_raise_nan(bad, st);
 }
 
-// ref::swiglu, the same comparisons (NaN passes like std::min / std::clamp let it).
-__device__ float swiglu(float g, float u, float limit, float weight) {
-  if (limit > 0.f) {
-    g = limit < g ? limit : g;
-    u = u < -limit ? -limit : (limit < u ? limit : u);
-  }
-  return g / (1.f + expf(-g)) * u * weight;
-}
-
 // g = swiglu(g, u) times the row's route weight (row_w null: 1) for rows < *rows (rows null: fixed_rows).
 __global__ void swiglu_kernel(view<float, 2> g, view<const float, 2> u, const int* rows, int fixed_rows,
                               const float* row_w, float limit) {
   const int R = rows ? *rows : fixed_rows;
   const std::int64_t I = g.size(1);
   for (int r = blockIdx.x; r < R; r += gridDim.x)
-    for (std::int64_t i = threadIdx.x; i < I; i += blockDim.x) g(r, i) = swiglu(g(r, i), u(r, i), limit, row_w ? row_w[r] : 1.f);
+    for (std::int64_t i = threadIdx.x; i < I; i += blockDim.x) g(r, i) = ref::swiglu(g(r, i), u(r, i), limit, row_w ? row_w[r] : 1.f);
 }
 
 // y[t, d] = Σ over t's slots in ascending (expert, slot) of og[pair_row] + os[t, d] (if shared).

@@ -27,13 +27,14 @@ namespace dsv4::ref {
 //   then (iters - 1) x { row-normalize (÷ (Σ_k + eps)), column-normalize }.
 // That is 1 softmax, iters - 1 row and iters column normalizations; the last step normalizes columns.
 // `after(it, c)` is called after iteration it = 1..iters (iteration 1 = softmax + column step); the diagnostics use it.
+// Host and device code (DSV4_HD): the CUDA backend runs this very function, one thread per token.
 template <class After>
-void sinkhorn_knopp(float* c, int n, int iters, float eps, After&& after) noexcept {
+DSV4_HD void sinkhorn_knopp(float* c, int n, int iters, float eps, After&& after) noexcept {
   for (int j = 0; j < n; ++j) {
     float mx = c[j * n];
     for (int k = 1; k < n; ++k) mx = c[j * n + k] > mx ? c[j * n + k] : mx;
     float sum = 0.f;
-    for (int k = 0; k < n; ++k) sum += (c[j * n + k] = std::exp(c[j * n + k] - mx));
+    for (int k = 0; k < n; ++k) sum += (c[j * n + k] = ::expf(c[j * n + k] - mx));
     for (int k = 0; k < n; ++k) c[j * n + k] = c[j * n + k] / sum + eps;
   }
   auto normalize_columns = [&] {
@@ -56,7 +57,7 @@ void sinkhorn_knopp(float* c, int n, int iters, float eps, After&& after) noexce
   }
 }
 
-inline void sinkhorn_knopp(float* c, int n, int iters, float eps) noexcept {
+DSV4_HD inline void sinkhorn_knopp(float* c, int n, int iters, float eps) noexcept {
   sinkhorn_knopp(c, n, iters, eps, [](int, const float*) {});
 }
 
@@ -74,7 +75,7 @@ inline void stochastic_residuals(const float* c, int n, double& row, double& col
   }
 }
 
-inline float sigmoid(float x) noexcept { return 1.f / (1.f + std::exp(-x)); }
+DSV4_HD inline float sigmoid(float x) noexcept { return 1.f / (1.f + ::expf(-x)); }
 
 // mixes [m] = (x_flat · fn^T) · rsqrt(mean(x_flat^2) + norm_eps) for one token; x_flat has n·D values.
 template <class TX>
@@ -96,8 +97,8 @@ void hc_mixes(view<const TX, 2> x /*[n, D]*/, view<const float, 2> fn /*[m, n·D
 
 // The gates of one token from its mixes (spec §4 steps 4–6, before Sinkhorn): pre [n] = sigmoid(mixes_j·scale[0] +
 // base_j) + hc_eps; when `post` is not null (hc_pre, not hc_head) also post [n] = 2·sigmoid(mixes_{n+j}·scale[1] +
-// base_{n+j}) and comb_logits [n²] = mixes_{2n+i}·scale[2] + base_{2n+i}. Shared by every backend.
-inline void hc_gates(const float* mixes, std::int64_t n, view<const float, 1> scale, view<const float, 1> base,
+// base_{n+j}) and comb_logits [n²] = mixes_{2n+i}·scale[2] + base_{2n+i}. Shared by every backend (CUDA included).
+DSV4_HD inline void hc_gates(const float* mixes, std::int64_t n, view<const float, 1> scale, view<const float, 1> base,
                      float hc_eps, float* pre, float* post, float* comb_logits) noexcept {
   for (std::int64_t j = 0; j < n; ++j) pre[j] = sigmoid(mixes[j] * scale(0) + base(j)) + hc_eps;
   if (!post) return;

@@ -89,13 +89,14 @@ inline void slot_order(const std::int32_t* experts, int k, int* order) noexcept 
   std::stable_sort(order, order + k, [&](int a, int b) { return experts[a] < experts[b]; });
 }
 
-// The SwiGLU element: silu(min(g, L)) · clamp(u, -L, L) · weight, in fp32; L = 0 means no clamp.
-inline float swiglu(float g, float u, float limit, float weight) noexcept {
+// The SwiGLU element: silu(min(g, L)) · clamp(u, -L, L) · weight, in fp32; L = 0 means no clamp. The comparisons
+// are std::min's and std::clamp's (a NaN passes through). Host and device code: the CUDA backend calls it too.
+DSV4_HD inline float swiglu(float g, float u, float limit, float weight) noexcept {
   if (limit > 0.f) {
-    g = std::min(g, limit);
-    u = std::clamp(u, -limit, limit);
+    g = limit < g ? limit : g;
+    u = u < -limit ? -limit : (limit < u ? limit : u);
   }
-  return g / (1.f + std::exp(-g)) * u * weight;
+  return g / (1.f + ::expf(-g)) * u * weight;
 }
 
 // out [D] += nothing: out = expert(x) for one token x [D] (fp32), routing weight `weight`. Returns NaN-weight count.
