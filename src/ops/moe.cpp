@@ -224,15 +224,22 @@ std::int64_t moe_official_ref(const float* x, std::int64_t T, std::int64_t D, vi
 }  // namespace
 
 namespace {
+// One expert's three weights validated as [I, D], [I, D] (w3 like w1) and [D, I]; names for messages.
+ref::ffn_ref bind_ffn(const char* op, const ffn_weights& f, const char* n1, const char* n2, const char* n3,
+                      std::int64_t e, std::int64_t D, bool allow_device = false) {
+  ref::ffn_ref r;
+  r.w1 = detail::bind_weight(op, n1, e, f.w1, -1, D, allow_device);
+  r.w3 = detail::bind_weight(op, n3, e, f.w3, r.w1.n, D, allow_device);
+  r.w2 = detail::bind_weight(op, n2, e, f.w2, D, r.w1.n, allow_device);
+  return r;
+}
+
 #if DSV4_WITH_CUDA
 // Every expert bound (the CUDA path cannot read the routing to bind only the used ones); all on x's device.
 std::vector<ref::ffn_ref> bind_all(const char* op, std::span<const ffn_weights> routed, const ffn_weights* shared,
                                    std::int64_t D, ref::ffn_ref* sr, const tensor_view& x) {
   auto bind = [&](const ffn_weights& f, const char* n1, const char* n2, const char* n3, std::int64_t e) {
-    ref::ffn_ref r;
-    r.w1 = detail::bind_weight(op, n1, e, f.w1, -1, D, true);
-    r.w3 = detail::bind_weight(op, n3, e, f.w3, r.w1.n, D, true);
-    r.w2 = detail::bind_weight(op, n2, e, f.w2, D, r.w1.n, true);
+    const ref::ffn_ref r = bind_ffn(op, f, n1, n2, n3, e, D, true);
     for (const qweight* q : {&f.w1, &f.w2, &f.w3}) {
       DSV4_CHECK(q->weight.dev() == x.dev(), op, describe(*q), " lives on ", q->weight.dev(), ", x on ", x.dev());
       DSV4_CHECK(detail::weight_is_cpu_friendly(*q), op, describe(*q), ": innermost stride must be 1");
@@ -310,11 +317,7 @@ void moe_ffn(const tensor_view& x, const tensor_view& w, const tensor_view& idx,
   std::vector<char> bound(routed.size(), 0);
   std::int64_t I = -1;
   auto bind = [&](const ffn_weights& f, const char* n1, const char* n2, const char* n3, std::int64_t e) {
-    ref::ffn_ref r;
-    r.w1 = detail::bind_weight(op, n1, e, f.w1, -1, D);
-    r.w3 = detail::bind_weight(op, n3, e, f.w3, r.w1.n, D);
-    r.w2 = detail::bind_weight(op, n2, e, f.w2, D, r.w1.n);
-    return r;
+    return bind_ffn(op, f, n1, n2, n3, e, D);
   };
   bool strided = false;
   for (std::int64_t t = 0; t < T; ++t)
