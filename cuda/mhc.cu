@@ -143,6 +143,17 @@ __global__ void __launch_bounds__(kThreads) hc_post_kernel(view<const TF, 2> f, 
   }
 }
 
+// x[t, j, d] = h[t, d] for every stream j (the embedding expanded into n identical streams).
+template <class TH, class TX>
+__global__ void hc_expand_kernel(view<const TH, 2> h, view<TX, 3> x) {
+  const std::int64_t n = x.size(1), D = x.size(2), total = x.size(0) * n * D;
+  for (std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t d = i % D, tj = i / D;
+    x(tj / n, tj % n, d) = from_f32<TX>(to_f32(h(tj / n, d)));
+  }
+}
+
 void check_n(const char* op, std::int64_t n) {
   DSV4_CHECK(n >= 1 && n <= kMaxHcMult, op, "the CUDA backend takes hc_mult n in [1, ", kMaxHcMult, "], got ", n);
 }
@@ -198,6 +209,18 @@ void hc_head(view<const TX, 3> x, view<const float, 2> fn, view<const float, 1> 
                                                                                    norm_eps);
   l.finish();
 }
+
+template <class TH, class TX>
+void hc_expand(view<const TH, 2> h, view<TX, 3> x, const exec& ex) {
+  detail::launch l("hc_expand", ex);
+  const std::int64_t total = x.size(0) * x.size(1) * x.size(2);
+  if (total > 0) hc_expand_kernel<<<detail::blocks_for(total, kThreads), kThreads, 0, l.stream()>>>(h, x);
+  l.finish();
+}
+template void hc_expand<float, float>(view<const float, 2>, view<float, 3>, const exec&);
+template void hc_expand<float, bf16>(view<const float, 2>, view<bf16, 3>, const exec&);
+template void hc_expand<bf16, float>(view<const bf16, 2>, view<float, 3>, const exec&);
+template void hc_expand<bf16, bf16>(view<const bf16, 2>, view<bf16, 3>, const exec&);
 
 #define DSV4_CUDA_MHC_XY(TX, TY)                                                                                   \
   template void hc_pre<TX, TY>(view<const TX, 3>, view<const float, 2>, view<const float, 1>,                     \

@@ -12,6 +12,7 @@
 #include "dsv4/ops/hadamard.hpp"
 #include "dsv4/ops/linear.hpp"
 #include "dsv4/ops/paged.hpp"
+#include "dsv4/ops/rowwise.hpp"
 #include "dsv4/ref/linear.hpp"
 #include "dsv4/ref/official.hpp"
 #include "dsv4/ops/quant.hpp"
@@ -23,11 +24,13 @@ namespace {
 
 constexpr const char* kOp = "attention";
 
-using detail::rms_norm;
+using detail::as_shape;
+using detail::f32_on;
+using detail::round_cols;
+using detail::staging;
 using detail::to_f32;
+using detail::to_host;
 using region = page_pool::region;
-
-buffer f32(std::int64_t rows, std::int64_t cols) { return buffer(dtype::f32, {rows, cols}); }
 
 float* data(const buffer& b) { return static_cast<float*>(b.data()); }
 
@@ -49,10 +52,6 @@ struct tables {
   }
 };
 
-tensor_view i32_view(std::vector<std::int32_t>& v, std::int64_t rows, std::int64_t cols) {
-  return tensor_view(v.data(), dtype::i32, {rows, cols});
-}
-
 }  // namespace
 
 row_batch row_batch::one(page_pool& pool, std::int64_t seq, std::int64_t p0, std::int64_t T) {
@@ -67,19 +66,22 @@ row_batch row_batch::one(page_pool& pool, std::int64_t seq, std::int64_t p0, std
 
 attention_layer::attention_layer(const model_config& cfg, const block_weights& w, const exec& ex, numerics nm)
     : cfg_(cfg), layer_(w.layer), ratio_(w.ratio), kind_(cfg.kind(w.layer)), ex_(ex), nm_(nm),
-      rope_(rope_table::for_layer(cfg, w.layer)), w_(w.attn) {
+      dev_(w.attn.wq_a.weight.dev()), rope_(rope_table::for_layer(cfg, w.layer)), w_(w.attn) {
   DSV4_CHECK(ratio_ == cfg.compress_ratio(layer_), kOp, "layer ", layer_, " weights are for ratio ", ratio_,
              ", the config says ", cfg.compress_ratio(layer_));
-  q_norm_ = to_f32(w_.q_norm);
-  kv_norm_ = to_f32(w_.kv_norm);
-  sink_ = to_f32(w_.attn_sink);
+  DSV4_CHECK(dev_.is_cpu() || nm_ == numerics::fp32, kOp, "numerics official has no CUDA path (layer ", layer_,
+             "'s weights live on ", dev_, ")");
+  freq_ = f32_on(dev_, rope_.freq);
+  q_norm_ = f32_on(dev_, to_f32(w_.q_norm));
+  kv_norm_ = f32_on(dev_, to_f32(w_.kv_norm));
+  sink_ = f32_on(dev_, to_f32(w_.attn_sink));
   if (w_.compressor) {
-    comp_norm_ = to_f32(w_.compressor->norm);
-    comp_ape_ = to_f32(w_.compressor->ape);
+    comp_norm_ = f32_on(dev_, to_f32(w_.compressor->norm));
+    comp_ape_ = f32_on(dev_, to_f32(w_.compressor->ape));
   }
   if (w_.indexer) {
-    index_norm_ = to_f32(w_.indexer->compressor.norm);
-    index_ape_ = to_f32(w_.indexer->compressor.ape);
+    index_norm_ = f32_on(dev_, to_f32(w_.indexer->compressor.norm));
+    index_ape_ = f32_on(dev_, to_f32(w_.indexer->compressor.ape));
   }
   // wo_a: group k is the row range [k·o_lora, (k+1)·o_lora). When those ranges align with the 128-row FP8 tiles
   // (V4-Flash / V4-Pro: o_lora = 1024) each group is an FP8 linear on its own rows and scale rows, read as stored
@@ -89,11 +91,11 @@ attention_layer::attention_layer(const model_config& cfg, const block_weights& w
   const std::int64_t N = wa.shape(0), K = wa.shape(1);
   wo_a_stored_ = wa.dt() == dtype::fp8_e4m3 && cfg.o_lora_rank % ref::kFp8WeightTile == 0;
   if (wo_a_stored_) return;
-  wo_a_.resize(static_cast<std::size_t>(N * K));
+  wo_a_ = buffer(dtype::f32, {N, K}, dev_);
   if (wa.dt() == dtype::fp8_e4m3)
-    ops::dequantize(wa, w_.wo_a.scale, tensor_view(wo_a_.data(), dtype::f32, {N, K}), 128, 128, ex_);
+    ops::dequantize(wa, w_.wo_a.scale, wo_a_.view(), 128, 128, ex_);
   else
-    wo_a_ = to_f32(wa);  // a dequantized (BF16 / F32) checkpoint: widen
+    ops::copy(as_shape(f32_on(device::cpu(), to_f32(wa)), {N, K}), wo_a_.view());  // BF16 / F32: widen
 }
 
 void attention_layer::forward(const tensor_view& x, const row_batch& rows, const tensor_view& y,
@@ -106,6 +108,8 @@ void attention_layer::forward(const tensor_view& x, const row_batch& rows, const
   DSV4_CHECK(T >= 1, kOp, "no tokens (x is ", x.describe(), ")");
   DSV4_CHECK(y.rank() == 2 && y.dt() == dtype::f32 && y.shape(0) == T && y.shape(1) == D && y.is_contiguous(), kOp,
              "y is ", y.describe(), ", expected contiguous f32[", T, ", ", D, "]");
+  DSV4_CHECK(x.dev() == dev_ && y.dev() == dev_, kOp, "x on ", x.dev(), " and y on ", y.dev(),
+             ": the layer's weights live on ", dev_);
   DSV4_CHECK(rows.pool != nullptr && rows.size() == T && static_cast<std::int64_t>(rows.pos.size()) == T, kOp,
              "the row batch describes ", rows.size(), " rows (and a pool) for ", T, " tokens");
   page_pool& pool = *rows.pool;
@@ -113,6 +117,8 @@ void attention_layer::forward(const tensor_view& x, const row_batch& rows, const
   DSV4_CHECK(pc.head_dim == hd && pc.rope_head_dim == cf.rope_head_dim && pc.window_size == W &&
                  pc.n_layers > layer_ && pc.compress_ratio(layer_) == ratio_ && pc.index_head_dim == cf.index_head_dim,
              kOp, "the page pool was made for another model shape (", pc.name, ")");
+  DSV4_CHECK(pool.options().dev == dev_, kOp, "the page pool's pages live on ", pool.options().dev,
+             ", the layer's weights on ", dev_, " (pool_options::dev)");
 
   // Requests: the distinct sequences in first-seen order; each one's rows must be its next positions, in order.
   std::vector<std::int64_t> seqs, req(static_cast<std::size_t>(T));
@@ -131,65 +137,62 @@ void attention_layer::forward(const tensor_view& x, const row_batch& rows, const
     ++next[s];
   }
   for (std::int64_t s : seqs) pool.prepare(s, layer_, next[s]);
-  const std::int64_t R = static_cast<std::int64_t>(seqs.size()), B = pool.options().page_tokens;
+  const std::int64_t B = pool.options().page_tokens;
+  staging stage{dev_, {}};
+  auto buf = [&](std::int64_t r, std::int64_t c) { return buffer(dtype::f32, {r, c}, dev_); };
   std::vector<std::int64_t> pos64(rows.pos);
-  const tensor_view positions(pos64.data(), dtype::i64, {T});
+  const tensor_view positions = stage(pos64.data(), dtype::i64, {T});
   std::vector<std::int32_t> row_req(static_cast<std::size_t>(T));
   for (std::int64_t t = 0; t < T; ++t) row_req[static_cast<std::size_t>(t)] = static_cast<std::int32_t>(req[static_cast<std::size_t>(t)]);
-  const tensor_view row_req_v(row_req.data(), dtype::i32, {T});
+  const tensor_view row_req_v = stage(row_req.data(), dtype::i32, {T});
   auto pos_of = [&](std::int64_t t) { return rows.pos[static_cast<std::size_t>(t)]; };
   const cache::kv_pages kv = pool.kv_view(layer_);
   attention_trace local;
   attention_trace& tr = trace ? *trace : local;
   tr = {};
 
-  const bool off = nm_ == numerics::official;  // round_activations below: BF16 under official, nothing under fp32
-  const std::int64_t rd = cf.rope_head_dim;
+  const bool off = nm_ == numerics::official;  // round_cols below: BF16 under official, nothing under fp32
+  const std::int64_t rd = cf.rope_head_dim, ql = cf.q_lora_rank;
+  const double eps = cf.norm_eps;
 
-  // Query path.
-  buffer qr = f32(T, cf.q_lora_rank), q = f32(T, H * hd);
+  // Query path: qr = q_norm(wq_a x); q = wq_b qr, per-head RMS rescale, RoPE on the last rd dims of each head.
+  buffer qr = buf(T, ql), q = buf(T, H * hd);
+  const tensor_view q3 = as_shape(q, {T, H, hd});
   ops::linear(x, w_.wq_a, qr, ex_, nm_);
-  for (std::int64_t t = 0; t < T; ++t) {
-    rms_norm(data(qr) + t * cf.q_lora_rank, cf.q_lora_rank, q_norm_.data(), cf.norm_eps);
-    round_activations(nm_, data(qr) + t * cf.q_lora_rank, cf.q_lora_rank);
-  }
+  ops::rms_norm(qr, q_norm_, eps, qr, ex_);
+  round_cols(nm_, qr, T, ql, 0, ql);
   ops::linear(qr, w_.wq_b, q, ex_, nm_);
-  for (std::int64_t t = 0; t < T; ++t)
-    for (std::int64_t h = 0; h < H; ++h) {
-      float* v = data(q) + (t * H + h) * hd;
-      if (off) ref::official::q_head_norm(v, hd, static_cast<float>(cf.norm_eps));  // §1 A9: BF16 arithmetic
-      else rms_norm(v, hd, nullptr, cf.norm_eps);  // per-head RMS rescale, no weight
-      rope_.apply(v, nope, pos_of(t));
-      round_activations(nm_, v + nope, rd);
-    }
+  if (off)  // §1 A9: the q head norm in BF16 arithmetic (host: official runs there)
+    for (std::int64_t i = 0; i < T * H; ++i) ref::official::q_head_norm(data(q) + i * hd, hd, static_cast<float>(eps));
+  else
+    ops::rms_norm(q3, tensor_view(), eps, q3, ex_);  // per-head RMS rescale, no weight
+  ops::rope(q3, positions, freq_, nope, false, ex_);
+  round_cols(nm_, q, T * H, hd, nope, rd);
 
   // Window KV path: each row's entry stored at its position in its sequence's window pages.
   const tables win_t(pool, seqs, layer_, region::window);
   {
-    buffer kvn = f32(T, hd);
+    buffer kvn = buf(T, hd);
     ops::linear(x, w_.wkv, kvn, ex_, nm_);
-    for (std::int64_t t = 0; t < T; ++t) {
-      float* v = data(kvn) + t * hd;
-      rms_norm(v, hd, kv_norm_.data(), cf.norm_eps);
-      round_activations(nm_, v, hd);
-      rope_.apply(v, nope, pos_of(t));
-      round_activations(nm_, v + nope, rd);
-    }
+    ops::rms_norm(kvn, kv_norm_, eps, kvn, ex_);
+    round_cols(nm_, kvn, T, hd, 0, hd);
+    ops::rope(kvn, positions, freq_, nope, false, ex_);
+    round_cols(nm_, kvn, T, hd, nope, rd);
     ops::block_round_trip(kvn.view().narrow(1, 0, nope), kvn.view().narrow(1, 0, nope), ops::quant_format::fp8_e4m3,
                           64, ex_);
     std::vector<std::int32_t> slots(static_cast<std::size_t>(T));
     for (std::int64_t t = 0; t < T; ++t)
       slots[static_cast<std::size_t>(t)] =
           static_cast<std::int32_t>(cache::slot_of(win_t.row(req[static_cast<std::size_t>(t)]), pos_of(t), B));
-    ops::kv_store(kvn, tensor_view(slots.data(), dtype::i32, {T}), kv, ex_);
+    ops::kv_store(kvn, stage(slots.data(), dtype::i32, {T}), kv, ex_);
   }
 
   // A compressor over position-keyed state rows: append every row, then emit the entries of the rows that close a
   // block into `slot_region` (compressed KV entries, or indexer keys).
-  auto compress = [&](const ops::qweight& wkv, const ops::qweight& wgate, const std::vector<float>& ape,
-                      const std::vector<float>& norm, int ratio, std::int64_t c, bool indexer) {
+  auto compress = [&](const ops::qweight& wkv, const ops::qweight& wgate, const buffer& ape, const buffer& norm,
+                      int ratio, std::int64_t c, bool indexer) {
     const std::int64_t cw = (ratio == 4 ? 2 : 1) * c;
-    buffer kvp = f32(T, cw), sc = f32(T, cw);
+    buffer kvp = buf(T, cw), sc = buf(T, cw);
     ops::linear(x, wkv, kvp, ex_);
     ops::linear(x, wgate, sc, ex_);
     ops::compressor_params p;
@@ -212,14 +215,11 @@ void attention_layer::forward(const tensor_view& x, const row_batch& rows, const
         ++emitted;
       }
     }
-    ops::compressor_append(kvp, sc, tensor_view(const_cast<float*>(ape.data()), dtype::f32, {ratio, cw}), positions,
-                           tensor_view(state_slot.data(), dtype::i32, {T}), state, p, ex_);
-    const std::vector<float> freq = rope_.freq;
+    ops::compressor_append(kvp, sc, as_shape(ape, {ratio, cw}), positions,
+                           stage(state_slot.data(), dtype::i32, {T}), state, p, ex_);
     const cache::key_pages keys = indexer ? pool.key_view(layer_) : cache::key_pages{};
-    ops::compressor_emit(positions, row_req_v, st.view(), state,
-                         tensor_view(const_cast<float*>(norm.data()), dtype::f32, {c}),
-                         tensor_view(const_cast<float*>(freq.data()), dtype::f32, {static_cast<std::int64_t>(freq.size())}),
-                         tensor_view(out_slot.data(), dtype::i32, {T}), p, indexer ? nullptr : &kv,
+    ops::compressor_emit(positions, row_req_v, stage(st.view()), state, norm, freq_,
+                         stage(out_slot.data(), dtype::i32, {T}), p, indexer ? nullptr : &kv,
                          indexer ? &keys : nullptr, tensor_view(), ex_);
     return emitted;
   };
@@ -231,21 +231,18 @@ void attention_layer::forward(const tensor_view& x, const row_batch& rows, const
   if (ratio_ == 4) {
     const indexer_weights& ix = *w_.indexer;
     const std::int64_t ih = cf.index_n_heads, ic = cf.index_head_dim;
-    buffer qi = f32(T * ih, ic), wts = f32(T, ih);
-    ops::linear(qr, ix.wq_b, tensor_view(qi.data(), dtype::f32, {T, ih * ic}), ex_, nm_);
-    for (std::int64_t t = 0; t < T; ++t)
-      for (std::int64_t h = 0; h < ih; ++h) {
-        float* v = data(qi) + (t * ih + h) * ic;
-        rope_.apply(v, ic - rd, pos_of(t));
-        round_activations(nm_, v + ic - rd, rd);
-      }
+    buffer qi = buf(T * ih, ic), wts = buf(T, ih);
+    const tensor_view qi3 = as_shape(qi, {T, ih, ic});
+    ops::linear(qr, ix.wq_b, as_shape(qi, {T, ih * ic}), ex_, nm_);
+    ops::rope(qi3, positions, freq_, ic - rd, false, ex_);
+    round_cols(nm_, qi, T * ih, ic, ic - rd, rd);
     ops::hadamard(qi, qi, ex_);
-    round_activations(nm_, data(qi), T * ih * ic);  // §1 I3: bf16(f32(sum · c^-1/2))
+    round_cols(nm_, qi, T * ih, ic, 0, ic);  // §1 I3: bf16(f32(sum · c^-1/2))
     ops::block_round_trip(qi, qi, ops::quant_format::fp4_e2m1, 32, ex_);
     ops::linear(x, ix.weights_proj, wts, ex_, nm_);  // official: the BF16 GEMM (§1 I5)
-    const float wscale = static_cast<float>(1.0 / std::sqrt(double(ic)) / std::sqrt(double(ih)));
-    for (std::int64_t i = 0; i < T * ih; ++i) data(wts)[i] *= wscale;
-    round_activations(nm_, data(wts), T * ih);
+    // the head weights scaled by index_head_dim^-1/2 · index_n_heads^-1/2 (spec §3.5)
+    ops::scale(wts, static_cast<float>(1.0 / std::sqrt(double(ic)) / std::sqrt(double(ih))), ex_);
+    round_cols(nm_, wts, T, ih, 0, ih);
     tr.emitted_index = compress(ix.compressor.wkv, ix.compressor.wgate, index_ape_, index_norm_, 4, ic, true);
 
     // k = min(index_topk, the most keys any row sees): each row then keeps min(index_topk, its keys), as always.
@@ -257,10 +254,16 @@ void attention_layer::forward(const tensor_view& x, const row_batch& rows, const
     }
     const std::int64_t k = std::min(cf.index_topk, most);
     const tables key_t(pool, seqs, layer_, region::keys);
-    std::vector<std::int32_t> idx(static_cast<std::size_t>(T * k)), len(static_cast<std::size_t>(T));
-    ops::indexer_topk(tensor_view(qi.data(), dtype::f32, {T, ih, ic}), wts, pool.key_view(layer_), key_t.view(),
-                      row_req_v, tensor_view(n_keys.data(), dtype::i32, {T}), i32_view(idx, T, k),
-                      tensor_view(len.data(), dtype::i32, {T}), tensor_view(), ex_, nm_);
+    const cache::key_pages keys = pool.key_view(layer_);
+    buffer idx_b(dtype::i32, {T, k}, dev_), len_b(dtype::i32, {T}, dev_), scratch;
+    exec ix_ex = ex_;
+    if (dev_.is_cuda()) {  // the score matrix of the CUDA backend
+      scratch = buffer(dtype::u8, {static_cast<std::int64_t>(ops::indexer_topk_workspace_bytes(T, keys)) + 256}, dev_);
+      ix_ex.scratch = {scratch.data(), static_cast<std::size_t>(scratch.nbytes())};
+    }
+    ops::indexer_topk(qi3, wts, keys, stage(key_t.view()), row_req_v, stage(n_keys.data(), dtype::i32, {T}), idx_b,
+                      len_b, tensor_view(), ix_ex, nm_);
+    const std::vector<std::int32_t> idx = to_host<std::int32_t>(idx_b), len = to_host<std::int32_t>(len_b);
     for (std::int64_t t = 0; t < T; ++t) {
       auto& pk = picks[static_cast<std::size_t>(t)];
       pk.assign(idx.begin() + t * k, idx.begin() + t * k + len[static_cast<std::size_t>(t)]);
@@ -301,36 +304,30 @@ void attention_layer::forward(const tensor_view& x, const row_batch& rows, const
   }
 
   // Sparse attention with sink over the two segments, then inverse RoPE.
-  buffer o(dtype::f32, {T, H, hd});
-  const ops::sparse_segment win{kv, i32_view(wslots, T, Kw), tensor_view(wlen.data(), dtype::i32, {T})};
-  const ops::sparse_segment comp{kv, i32_view(cslots, T, Kc), tensor_view(clen.data(), dtype::i32, {T})};
-  ops::sparse_mqa(tensor_view(q.data(), dtype::f32, {T, H, hd}), win, ratio_ != 0 ? &comp : nullptr,
-                  tensor_view(const_cast<float*>(sink_.data()), dtype::f32, {H}),
-                  static_cast<float>(1.0 / std::sqrt(double(hd))), o, tensor_view(), ex_, nm_);
-  for (std::int64_t t = 0; t < T; ++t)
-    for (std::int64_t h = 0; h < H; ++h) {
-      rope_.apply(data(o) + (t * H + h) * hd, nope, pos_of(t), /*inverse=*/true);
-      round_activations(nm_, data(o) + (t * H + h) * hd + nope, rd);
-    }
+  buffer o(dtype::f32, {T, H, hd}, dev_);
+  const ops::sparse_segment win{kv, stage(wslots.data(), dtype::i32, {T, Kw}), stage(wlen.data(), dtype::i32, {T})};
+  const ops::sparse_segment comp{kv, stage(cslots.data(), dtype::i32, {T, Kc}), stage(clen.data(), dtype::i32, {T})};
+  ops::sparse_mqa(q3, win, ratio_ != 0 ? &comp : nullptr, sink_, static_cast<float>(1.0 / std::sqrt(double(hd))), o,
+                  tensor_view(), ex_, nm_);
+  ops::rope(o, positions, freq_, nope, /*inverse=*/true, ex_);
+  round_cols(nm_, o, T * H, hd, nope, rd);
 
   // Output: wo_a per group (heads k·H/g .. (k+1)·H/g − 1, flattened head-major), then wo_b.
   const std::int64_t g = cf.o_groups, ol = cf.o_lora_rank, gin = H * hd / g;
-  buffer o2 = f32(T, g * ol);
-  const tensor_view ov(o.data(), dtype::f32, {T, H * hd});
-  const tensor_view wa(const_cast<float*>(wo_a_.data()), dtype::f32, {g * ol, gin});
+  buffer o2 = buf(T, g * ol);
+  const tensor_view ov = as_shape(o, {T, H * hd});
   for (std::int64_t k = 0; k < g; ++k) {
     const ops::qweight group =
         wo_a_stored_ ? ops::qweight{w_.wo_a.weight.narrow(0, k * ol, ol),
                                     w_.wo_a.scale.narrow(0, k * ol / ref::kFp8WeightTile, ol / ref::kFp8WeightTile),
                                     w_.wo_a.name}
-                     : ops::qweight{wa.narrow(0, k * ol, ol), {}, w_.wo_a.name};
+                     : ops::qweight{wo_a_.view().narrow(0, k * ol, ol), {}, w_.wo_a.name};
     ops::linear(ov.narrow(1, k * gin, gin), group, o2.view().narrow(1, k * ol, ol), ex_);
   }
   // official: wo_a is a BF16 einsum (§1 S3, §4 item 8): fp32 accumulation, BF16 output
-  round_activations(nm_, data(o2), T * g * ol);
+  round_cols(nm_, o2, T, g * ol, 0, g * ol);
   ops::linear(o2, w_.wo_b, y, ex_, nm_);
   for (std::int64_t s : seqs) pool.commit(s, layer_, next[s]);
-  (void)R;
 }
 
 }  // namespace dsv4::model

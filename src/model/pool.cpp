@@ -4,7 +4,9 @@
 #include <algorithm>
 #include <limits>
 
+#include "dsv4/buffer.hpp"
 #include "dsv4/error.hpp"
+#include "dsv4/ops/memory.hpp"
 
 namespace dsv4::model {
 
@@ -12,37 +14,51 @@ namespace {
 
 constexpr const char* kOp = "page_pool";
 
-// Fixed-size pages in one growable allocation (8-byte aligned), with a free list; new pages are zero.
+// Fixed-size pages in one growable allocation (64-byte aligned; host memory or device memory of the pool's device),
+// with a free list; new pages are zero (on a device: one copy from a host page of zeros per page mapped, so a
+// page's bytes never depend on what it held before).
 class page_array {
  public:
-  explicit page_array(std::int64_t page_bytes = 0) : page_bytes_(page_bytes) {}
+  explicit page_array(std::int64_t page_bytes = 0, device dev = device::cpu()) : page_bytes_(page_bytes), dev_(dev) {}
   std::int64_t page_bytes() const { return page_bytes_; }
   std::int64_t pages() const { return pages_; }
   std::int64_t in_use() const { return pages_ - static_cast<std::int64_t>(free_.size()); }
-  std::uint8_t* data() const { return reinterpret_cast<std::uint8_t*>(const_cast<std::uint64_t*>(mem_.data())); }
-  std::int64_t bytes() const { return static_cast<std::int64_t>(mem_.size() * sizeof(std::uint64_t)); }
+  std::uint8_t* data() const { return static_cast<std::uint8_t*>(mem_.data()); }
+  std::int64_t bytes() const { return mem_.nbytes(); }
 
   std::int32_t alloc() {
     if (free_.empty()) grow();
     const std::int32_t p = free_.back();
     free_.pop_back();
-    std::fill(data() + p * page_bytes_, data() + (p + 1) * page_bytes_, std::uint8_t{0});
+    if (dev_.is_cpu()) {
+      std::fill(data() + p * page_bytes_, data() + (p + 1) * page_bytes_, std::uint8_t{0});
+    } else {
+      const std::vector<std::uint8_t> zeros(static_cast<std::size_t>(page_bytes_), 0);
+      ops::copy(tensor_view(const_cast<std::uint8_t*>(zeros.data()), dtype::u8, {page_bytes_}),
+                tensor_view(data() + p * page_bytes_, dtype::u8, {page_bytes_}, dev_));
+    }
     return p;
   }
   void release(std::int32_t p) { free_.push_back(p); }
 
  private:
+  // Doubles the array (at least 4 pages), keeping the pages' contents: block tables hold page indices, not addresses.
   void grow() {
     const std::int64_t more = std::max<std::int64_t>(pages_, 4);
     DSV4_CHECK((pages_ + more) * page_bytes_ < (std::int64_t{1} << 40) &&
                    pages_ + more < std::numeric_limits<std::int32_t>::max() / 1024,
                kOp, "out of pages: ", pages_, " pages of ", page_bytes_, " bytes already allocated");
-    mem_.resize(static_cast<std::size_t>(((pages_ + more) * page_bytes_ + 7) / 8), 0);
+    buffer grown(dtype::u8, {(pages_ + more) * page_bytes_}, dev_);
+    if (pages_ > 0)
+      ops::copy(tensor_view(mem_.data(), dtype::u8, {pages_ * page_bytes_}, dev_),
+                tensor_view(grown.data(), dtype::u8, {pages_ * page_bytes_}, dev_));
+    mem_ = std::move(grown);
     for (std::int64_t p = pages_ + more - 1; p >= pages_; --p) free_.push_back(static_cast<std::int32_t>(p));
     pages_ += more;
   }
   std::int64_t page_bytes_ = 0, pages_ = 0;
-  std::vector<std::uint64_t> mem_;
+  device dev_;
+  buffer mem_;
   std::vector<std::int32_t> free_;
 };
 
@@ -109,22 +125,24 @@ page_pool::page_pool(const model_config& cfg, const pool_options& opt) : cfg_(cf
              " must be in [1, 65536]");
   DSV4_CHECK(opt.max_rollback >= 0 && opt.max_rollback <= (1 << 20), kOp, "max_rollback ", opt.max_rollback,
              " must be in [0, 2^20]");
+  DSV4_CHECK(opt.dev.is_cpu() || ops::cuda_device_count() > opt.dev.id, kOp, "pages on ", opt.dev,
+             " but this process sees ", ops::cuda_device_count(), " CUDA devices");
   const std::int64_t B = opt.page_tokens;
   d_->kv_geo = {opt.kv, cfg.head_dim, cfg.rope_head_dim, B};
   d_->key_geo = {opt.keys, cfg.index_head_dim, B};
   for (std::int64_t l = 0; l < cfg.n_layers; ++l) {
     impl::layer L;
     L.ratio = cfg.compress_ratio(l);
-    L.kv = page_array(d_->kv_geo.page_bytes());
-    if (L.ratio == 4) L.keys = page_array(d_->key_geo.page_bytes());
+    L.kv = page_array(d_->kv_geo.page_bytes(), opt.dev);
+    if (L.ratio == 4) L.keys = page_array(d_->key_geo.page_bytes(), opt.dev);
     if (L.ratio != 0) {
       const std::int64_t coff = L.ratio == 4 ? 2 : 1;
       L.state_width_main = 2 * coff * cfg.head_dim;
-      L.state_main = page_array(B * L.state_width_main * 4);
+      L.state_main = page_array(B * L.state_width_main * 4, opt.dev);
     }
     if (L.ratio == 4) {
       L.state_width_index = 2 * 2 * cfg.index_head_dim;
-      L.state_index = page_array(B * L.state_width_index * 4);
+      L.state_index = page_array(B * L.state_width_index * 4, opt.dev);
     }
     d_->layers.push_back(std::move(L));
   }
@@ -243,13 +261,13 @@ void page_pool::commit(std::int64_t id, std::int64_t layer, std::int64_t end) {
 cache::kv_pages page_pool::kv_view(std::int64_t layer) const {
   const std::lock_guard<std::recursive_mutex> lock(mu_);
   const page_array& a = d_->layers[static_cast<std::size_t>(layer)].kv;
-  return {tensor_view(a.data(), dtype::u8, {a.pages(), a.page_bytes()}), d_->kv_geo};
+  return {tensor_view(a.data(), dtype::u8, {a.pages(), a.page_bytes()}, opt_.dev), d_->kv_geo};
 }
 
 cache::key_pages page_pool::key_view(std::int64_t layer) const {
   const std::lock_guard<std::recursive_mutex> lock(mu_);
   const page_array& a = d_->layers[static_cast<std::size_t>(layer)].keys;
-  return {tensor_view(a.data(), dtype::u8, {a.pages(), a.page_bytes()}), d_->key_geo};
+  return {tensor_view(a.data(), dtype::u8, {a.pages(), a.page_bytes()}, opt_.dev), d_->key_geo};
 }
 
 cache::state_rows page_pool::state_view(std::int64_t layer, bool indexer) const {
@@ -257,7 +275,7 @@ cache::state_rows page_pool::state_view(std::int64_t layer, bool indexer) const 
   const impl::layer& L = d_->layers[static_cast<std::size_t>(layer)];
   const page_array& a = indexer ? L.state_index : L.state_main;
   const std::int64_t w = indexer ? L.state_width_index : L.state_width_main;
-  return {tensor_view(a.data(), dtype::f32, {a.pages() * opt_.page_tokens, w}), opt_.page_tokens};
+  return {tensor_view(a.data(), dtype::f32, {a.pages() * opt_.page_tokens, w}, opt_.dev), opt_.page_tokens};
 }
 
 const std::vector<std::int32_t>& page_pool::table(std::int64_t id, std::int64_t layer, region r) const {

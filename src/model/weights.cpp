@@ -1,6 +1,8 @@
 // bind_weights: the spec §1.2 inventory, checked tensor by tensor against the config; all problems in one error.
 #include "dsv4/model/weights.hpp"
 
+#include "dsv4/ops/memory.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <set>
@@ -312,6 +314,87 @@ model_weights bind_weights(const io::checkpoint& ckpt, const model_config& cfg, 
   cfg.validate();
   binder b(ckpt, cfg, opt);
   return b.bind();
+}
+
+// ---- upload ----------------------------------------------------------------------------------------------------
+
+namespace {
+
+// Calls f(tensor_view&) on every tensor the forward pass reads (everything but MTP).
+template <class F>
+void each_tensor(model_weights& w, F&& f) {
+  auto q = [&](ops::qweight& x) {
+    f(x.weight);
+    f(x.scale);
+  };
+  auto ffn = [&](ops::ffn_weights& x) {
+    q(x.w1);
+    q(x.w2);
+    q(x.w3);
+  };
+  auto hc = [&](hc_weights& x) {
+    f(x.fn);
+    f(x.base);
+    f(x.scale);
+  };
+  auto comp = [&](compressor_weights& x) {
+    q(x.wkv);
+    q(x.wgate);
+    f(x.ape);
+    f(x.norm);
+  };
+  f(w.embed);
+  f(w.head);
+  f(w.norm);
+  hc(w.hc_head);
+  for (block_weights& b : w.layers) {
+    hc(b.hc_attn);
+    hc(b.hc_ffn);
+    f(b.attn_norm);
+    f(b.ffn_norm);
+    attention_weights& a = b.attn;
+    for (ops::qweight* x : {&a.wq_a, &a.wq_b, &a.wkv, &a.wo_a, &a.wo_b}) q(*x);
+    for (tensor_view* x : {&a.q_norm, &a.kv_norm, &a.attn_sink}) f(*x);
+    if (a.compressor) comp(*a.compressor);
+    if (a.indexer) {
+      q(a.indexer->wq_b);
+      q(a.indexer->weights_proj);
+      comp(a.indexer->compressor);
+    }
+    f(b.ffn.gate);
+    f(b.ffn.bias);
+    f(b.ffn.tid2eid);
+    for (ops::ffn_weights& e : b.ffn.experts) ffn(e);
+    if (b.ffn.shared) ffn(*b.ffn.shared);
+  }
+}
+
+}  // namespace
+
+device_weights upload_weights(const model_weights& w, device dev,
+                              const std::function<void(std::int64_t, std::int64_t)>& progress) {
+  constexpr const char* op = "upload_weights";
+  DSV4_CHECK(dev.is_cuda(), op, "weights go to a CUDA device, got ", dev);
+  device_weights out;
+  out.weights = w;
+  out.weights.mtp.clear();
+  std::int64_t total = 0;
+  each_tensor(out.weights, [&](tensor_view& t) {
+    if (t.rank() == 0 && t.data() == nullptr) return;
+    DSV4_CHECK(t.dev().is_cpu(), op, t.describe(), " is already on ", t.dev());
+    DSV4_CHECK(t.is_contiguous(), op, t.describe(), " is not contiguous");
+    total += t.nbytes();
+  });
+  each_tensor(out.weights, [&](tensor_view& t) {
+    if (t.rank() == 0 && t.data() == nullptr) return;
+    buffer b(t.dt(), t.shape(), dev);
+    ops::copy(t, b.view());
+    t = b.view();
+    out.bytes += b.nbytes();
+    out.memory.push_back(std::move(b));
+    if (progress) progress(out.bytes, total);
+  });
+  return out;
 }
 
 }  // namespace dsv4::model

@@ -51,12 +51,16 @@ void hc_expand(const tensor_view& h, const tensor_view& x, const exec& ex) {
   constexpr const char* op = "hc_expand";
   DSV4_CHECK(h.rank() == 2 && x.rank() == 3 && x.shape(0) == h.shape(0) && x.shape(2) == h.shape(1), op, "h ",
              h.describe(), " and x ", x.describe(), ": expected h [T, D] and x [T, n, D]");
-  pick(op, ex, {&h, &x}, false);
+  const backend be = pick(op, ex, {&h, &x});
   detail::check_aliasing(op, h, x, false);
   visit_dtype<float, bf16>(h.dt(), op, [&]<class TH>(std::type_identity<TH>) {
     visit_dtype<float, bf16>(x.dt(), op, [&]<class TX>(std::type_identity<TX>) {
       const auto hv = h.as<const TH, 2>();
       const auto xv = x.as<TX, 3>();
+#if DSV4_WITH_CUDA
+      if (be == backend::cuda) return cuda::hc_expand<TH, TX>(hv, xv, detail::on_device(op, ex, h.dev()));
+#endif
+      (void)be;
       for (std::int64_t t = 0; t < xv.size(0); ++t)
         for (std::int64_t j = 0; j < xv.size(1); ++j)
           for (std::int64_t d = 0; d < xv.size(2); ++d) xv(t, j, d) = from_f32<TX>(to_f32(hv(t, d)));

@@ -28,6 +28,9 @@ void hc_pre(view<const TX, 3> x, view<const float, 2> fn, view<const float, 1> s
 template <class TF, class TX, class TO>
 void hc_post(view<const TF, 2> f, view<const TX, 3> x, view<const float, 2> post, view<const float, 3> comb,
              view<TO, 3> out, const exec& ex);
+// x[t, j, :] = h[t, :] for every stream j; TH, TX in {float, bf16}.
+template <class TH, class TX>
+void hc_expand(view<const TH, 2> h, view<TX, 3> x, const exec& ex);
 template <class TX, class TY>
 void hc_head(view<const TX, 3> x, view<const float, 2> fn, view<const float, 1> scale, view<const float, 1> base,
              view<TY, 2> y, float hc_eps, float norm_eps, const exec& ex);

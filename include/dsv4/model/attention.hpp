@@ -26,6 +26,13 @@
 // its groups align with the FP8 tiles (else decodes it to fp32 once: the fp32 policy's values are the same) and
 // copies the small vectors (norms, sink, ape).
 //
+// Device: the layer runs where its weights live. With weights on a CUDA device (model::upload_weights) and a pool
+// whose pages live there too, every activation is a device buffer and every step an op with a CUDA backend; what
+// stays on the host is the bookkeeping (page mapping, the slot lists of each row), built as on the CPU and copied to
+// the device per call, plus the CSA picks, read back and sorted ascending (the attention sums in entry order). That
+// is an eager step under check_policy::sync: buffers are allocated per call and every op waits. The numerics
+// official policy has no CUDA path (an error).
+//
 // Under numerics official every step rounds where DeepSeek's inference code does (official-numerics.md §1 A6-A16,
 // C1-C7, I1-I8, S1-S4): wq_a, wq_b, wkv, the indexer's wq_b and wo_b are promoted FP8 GEMMs with BF16 outputs, the
 // norms and RoPE write BF16, the q head norm is the BF16-arithmetic chain, the indexer weights are a BF16 GEMM times
@@ -37,6 +44,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "dsv4/buffer.hpp"
 #include "dsv4/exec.hpp"
 #include "dsv4/model/config.hpp"
 #include "dsv4/model/pool.hpp"
@@ -88,11 +96,13 @@ class attention_layer {
   attn_kind kind_;
   exec ex_;
   numerics nm_;
+  device dev_;  // where the weights live: every activation and index array of a call goes there too
   rope_table rope_;
   attention_weights w_;
-  std::vector<float> q_norm_, kv_norm_, sink_, comp_norm_, comp_ape_, index_norm_, index_ape_;
+  // The small vectors as f32 on dev_: RoPE frequencies, norms, sink, compressor ape.
+  buffer freq_, q_norm_, kv_norm_, sink_, comp_norm_, comp_ape_, index_norm_, index_ape_;
   bool wo_a_stored_ = false;  // wo_a read as stored (FP8, groups tile-aligned); else wo_a_ holds it decoded
-  std::vector<float> wo_a_;   // [g·o_lora, H·head_dim / g] fp32 (only when !wo_a_stored_)
+  buffer wo_a_;               // [g·o_lora, H·head_dim / g] f32 on dev_ (only when !wo_a_stored_)
 };
 
 }  // namespace dsv4::model

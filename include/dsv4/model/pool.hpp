@@ -34,6 +34,7 @@
 
 #include "dsv4/cache.hpp"
 #include "dsv4/model/config.hpp"
+#include "dsv4/tensor.hpp"
 
 namespace dsv4::model {
 
@@ -42,6 +43,7 @@ struct pool_options {
   cache::kv_format kv = cache::kv_format::f32;      // f32: exact under the fp32 policy; fp8_ds_mla: the engines' 584 B
   cache::key_format keys = cache::key_format::fp4;  // fp4: lossless for the indexer's FP4 round-tripped keys
   std::int64_t max_rollback = 32;                   // positions a sequence can be truncated back by
+  device dev = device::cpu();                        // where the pages live (a CUDA device for the GPU forward pass)
 };
 
 class page_pool {

@@ -15,8 +15,11 @@
 // tensor name, so a NaN code met later in ops::linear names the tensor too.
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <vector>
+
+#include "dsv4/buffer.hpp"
 
 #include "dsv4/io/safetensors.hpp"
 #include "dsv4/model/config.hpp"
@@ -103,5 +106,17 @@ struct bind_options {
 };
 
 model_weights bind_weights(const io::checkpoint& ckpt, const model_config& cfg, const bind_options& opt = {});
+
+// Bound weights copied once to a device, in their stored formats (FP8 / FP4 codes, E8M0 scales, BF16, F32) under the
+// same names, for the forward pass on the GPU (transformer takes `weights`). It owns the device memory; `weights`
+// views it and stays valid while this object lives (moving it keeps the views valid). MTP blocks are not copied:
+// the forward pass does not run them. progress(done, total) is called after each tensor with bytes copied so far.
+struct device_weights {
+  model_weights weights;
+  std::vector<buffer> memory;
+  std::int64_t bytes = 0;
+};
+device_weights upload_weights(const model_weights& w, device dev,
+                              const std::function<void(std::int64_t, std::int64_t)>& progress = {});
 
 }  // namespace dsv4::model

@@ -2,8 +2,9 @@
 // hc_post, hc_head. Semantics: dsv4/ref/mhc.hpp.
 //
 // Backends: ref, cpu (dsv4/cpu/mhc.hpp: fused RMS + mix pass, Sinkhorn across tokens in SIMD lanes) and cuda for
-// sinkhorn_knopp, hc_pre, hc_post and hc_head (dsv4/cuda/mhc.hpp: a CTA per token, fixed-order sums, n <= 8).
-// hc_expand and the diagnostics run on host tensors.
+// sinkhorn_knopp, hc_pre, hc_post, hc_head and hc_expand (dsv4/cuda/mhc.hpp: a CTA per token, fixed-order sums,
+// n <= 8).
+// The diagnostics (sinkhorn_residuals) run on host tensors.
 #pragma once
 
 #include "dsv4/exec.hpp"
