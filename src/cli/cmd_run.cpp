@@ -26,6 +26,7 @@
 #include "dsv4/model/config.hpp"
 #include "dsv4/model/forward.hpp"
 #include "dsv4/model/weights.hpp"
+#include "dsv4/ops/memory.hpp"
 
 namespace dsv4::cli {
 
@@ -132,7 +133,7 @@ bool ranks_before(const float* l, std::int64_t x, std::int64_t y) {
 const char* const kRunUsage =
     "usage: dsv4 run --model DIR --prompt IDS [--decode IDS] [--logits OUT.npy]\n"
     "       dsv4 run --model DIR --batch FILE [--logits-dir DIR]\n"
-    "                [--chunk N] [--backend ref|cpu] [--threads N] [--kv f32|fp8_ds_mla] [--top K]\n"
+    "                [--chunk N] [--backend ref|cpu|cuda] [--threads N] [--kv f32|fp8_ds_mla] [--top K]\n"
     "                [--numerics fp32|official]\n"
     "  Loads DIR (HF config.json + safetensors), prefills the prompt (at once, or in chunks of N tokens), feeds\n"
     "  each --decode token as one step (teacher forcing), and prints the top K next tokens after the last one.\n"
@@ -143,7 +144,8 @@ const char* const kRunUsage =
     "  --logits-dir DIR    with --batch: DIR/seq<i>.npy per sequence (i from 0, in file order), the same contents\n"
     "                      as `dsv4 run --logits` on that sequence alone\n"
     "  --chunk N           prefill chunk size, N >= 1 (default: the whole prompt in one call)\n"
-    "  --backend           cpu (default) or ref (the scalar reference)\n"
+    "  --backend           cpu (default), ref (the scalar reference) or cuda (the weights uploaded once to GPU 0,\n"
+    "                      pages and activations there; numerics fp32)\n"
     "  --threads N         CPU worker threads in [0, 1024] (0, the default: all cores)\n"
     "  --numerics POLICY   fp32 (default: exact weights, fp32 activations) or official (the rounding points of\n"
     "                      DeepSeek's inference code: BF16 activations, FP8 1x128 activation quantization, ...)\n"
@@ -218,11 +220,15 @@ int cmd_run(int argc, char** argv) {
   }
   const std::int64_t chunk = a.integer("chunk", 0, 1, model::limits::positions);
   const std::string be = a.str("backend", "cpu");
-  DSV4_CHECK(be != "cuda", "run", "--backend cuda: the forward pass has no CUDA backend yet (its blocks do: linear, "
-             "mHC, MoE and the paged attention ops; the whole model on the GPU is issue 15)");
-  DSV4_CHECK(be == "cpu" || be == "ref", "run", "--backend ", detail::printable(be, 40), " (expected ref or cpu)");
+  DSV4_CHECK(be == "cpu" || be == "ref" || be == "cuda", "run", "--backend ", detail::printable(be, 40),
+             " (expected ref, cpu or cuda)");
+  const bool gpu = be == "cuda";
+  const numerics nm = parse_numerics(a.str("numerics", "fp32"));
+  DSV4_CHECK(!gpu || nm == numerics::fp32, "run", "--backend cuda runs numerics fp32 only");
+  DSV4_CHECK(!gpu || ops::cuda_built(), "run", "--backend cuda: this build of dsv4 has no CUDA backend");
+  DSV4_CHECK(!gpu || ops::cuda_device_count() > 0, "run", "--backend cuda: no CUDA device is visible");
   exec ex;
-  ex.prefer = be == "ref" ? backend::ref : backend::cpu;
+  ex.prefer = be == "ref" ? backend::ref : gpu ? backend::automatic : backend::cpu;
   ex.threads = static_cast<int>(a.integer("threads", 0, 0, kMaxThreads));
   const std::int64_t top = a.integer("top", 0, 1, model::limits::vocab);
   model::pool_options po;
@@ -230,7 +236,6 @@ int cmd_run(int argc, char** argv) {
   DSV4_CHECK(kv == "f32" || kv == "fp8_ds_mla", "run", "--kv ", detail::printable(kv, 40),
              " (expected f32 or fp8_ds_mla)");
   po.kv = kv == "f32" ? cache::kv_format::f32 : cache::kv_format::fp8_ds_mla;
-  const numerics nm = parse_numerics(a.str("numerics", "fp32"));
 
   const model::model_config cfg = model::load_config(dir);
   const std::int64_t V = cfg.vocab_size;
@@ -258,7 +263,17 @@ int cmd_run(int argc, char** argv) {
   }
 
   const io::checkpoint ck = io::checkpoint::open(dir);
-  const model::model_weights w = model::bind_weights(ck, cfg);
+  const model::model_weights host_w = model::bind_weights(ck, cfg);
+  model::device_weights dev_w;
+  if (gpu) {
+    const auto t_up = std::chrono::steady_clock::now();
+    dev_w = model::upload_weights(host_w, device::cuda(0), [&](std::int64_t done, std::int64_t all) {
+      if (std::chrono::duration<double>(std::chrono::steady_clock::now() - t_up).count() > 1.0)
+        std::fprintf(stderr, "\r[dsv4 run] uploading weights: %lld / %lld MB   %s", (long long)(done >> 20),
+                     (long long)(all >> 20), done == all ? "\n" : "");
+    });
+  }
+  const model::model_weights& w = gpu ? dev_w.weights : host_w;
   const model::transformer tf(cfg, w, ex, po, nm);
   for (job& j : jobs) {
     j.seq = tf.new_sequence(j.total());

@@ -10,7 +10,9 @@
 #include "dsv4/error.hpp"
 #include "dsv4/ops/linear.hpp"
 #include "dsv4/ops/mhc.hpp"
+#include "dsv4/ops/memory.hpp"
 #include "dsv4/ops/moe.hpp"
+#include "dsv4/ops/rowwise.hpp"
 #include "common.hpp"
 
 namespace dsv4::model {
@@ -19,18 +21,14 @@ namespace {
 
 constexpr const char* kOp = "forward";
 
-// Rows of x [T, D] through RMSNorm with weight w.
-void rms_norm_rows(float* x, std::int64_t T, std::int64_t D, const std::vector<float>& w, double eps) {
-  for (std::int64_t t = 0; t < T; ++t) detail::rms_norm(x + t * D, D, w.data(), eps);
-}
-
-float* f(const buffer& b) { return static_cast<float*>(b.data()); }
-
-// Index of the first non-finite value of p[0, n), or -1. The forward pass never returns NaN or Inf silently: every
-// block's output and the logits are checked (a pass over T·n·D floats per block, noise next to the block's work).
-std::int64_t first_non_finite(const float* p, std::int64_t n) {
-  for (std::int64_t i = 0; i < n; ++i)
-    if (!std::isfinite(p[i])) return i;
+// Index of the first non-finite value of t (f32, contiguous, host or device), or -1. The forward pass never returns
+// NaN or Inf silently: every block's output and the logits are checked (a pass over T·n·D floats per block, noise
+// next to the block's work; on a device a count kernel, and the values are read back only to name the first one).
+std::int64_t first_non_finite(const tensor_view& t, const exec& ex) {
+  if (ops::count_non_finite(t, ex) == 0) return -1;
+  const std::vector<float> h = detail::to_host<float>(t);
+  for (std::size_t i = 0; i < h.size(); ++i)
+    if (!std::isfinite(h[i])) return static_cast<std::int64_t>(i);
   return -1;
 }
 
@@ -87,23 +85,36 @@ void sequence_state::truncate(std::int64_t n) {
 
 // ---- transformer -----------------------------------------------------------------------------------------------
 
+namespace {
+pool_options on(const pool_options& opt, device dev) {
+  pool_options o = opt;
+  o.dev = dev;
+  return o;
+}
+}  // namespace
+
 transformer::transformer(const model_config& cfg, const model_weights& w, const exec& ex, const pool_options& pool,
                          numerics nm)
-    : cfg_(cfg), w_(w), ex_(ex), nm_(nm), pool_(std::make_shared<page_pool>(cfg, pool)) {
+    : cfg_(cfg), w_(w), ex_(ex), nm_(nm), dev_(w.embed.dev()) {
   DSV4_CHECK(static_cast<std::int64_t>(w.layers.size()) == cfg.n_layers, kOp, "weights for ", w.layers.size(),
              " layers, the config has ", cfg.n_layers);
+  DSV4_CHECK(dev_.is_cpu() || nm_ == numerics::fp32, kOp, "numerics official has no CUDA path (the weights live on ",
+             dev_, ")");
+  DSV4_CHECK(dev_.is_cpu() || ex_.checks == check_policy::sync, kOp,
+             "the forward pass on a GPU runs under check_policy::sync (it reads results back between ops)");
+  pool_ = std::make_shared<page_pool>(cfg, on(pool, dev_));
   attn_.reserve(w.layers.size());
   for (const auto& b : w.layers) {
     attn_.emplace_back(cfg, b, ex, nm);
     gate_.push_back(ops::qweight{b.ffn.gate, {}, "layers." + std::to_string(b.layer) + ".ffn.gate"});
-    attn_norm_.push_back(detail::to_f32(b.attn_norm));
-    ffn_norm_.push_back(detail::to_f32(b.ffn_norm));
+    attn_norm_.push_back(detail::f32_on(dev_, detail::to_f32(b.attn_norm)));
+    ffn_norm_.push_back(detail::f32_on(dev_, detail::to_f32(b.ffn_norm)));
   }
-  norm_ = detail::to_f32(w.norm);
+  norm_ = detail::f32_on(dev_, detail::to_f32(w.norm));
 }
 
 std::shared_ptr<page_pool> transformer::make_pool(const pool_options& opt) const {
-  return std::make_shared<page_pool>(cfg_, opt);
+  return std::make_shared<page_pool>(cfg_, on(opt, dev_));
 }
 
 sequence_state transformer::new_sequence(std::int64_t capacity) const { return sequence_state(pool_, capacity); }
@@ -196,28 +207,34 @@ void transformer::forward_batch(std::span<const batch_entry> batch, forward_trac
   double sink = 0;  // laps nobody asked for
 
   // Embedding (a row gather, exact) and the initial expansion into n identical streams.
-  buffer h(dtype::f32, {T, D}), x(dtype::f32, {T, n, D});
-  for (std::int64_t t = 0; t < T; ++t) {
-    const std::int64_t id = tok[t];
-    if (w_.embed.dt() == dtype::bf16) {
-      const auto* row = static_cast<const bf16*>(w_.embed.data()) + id * D;
-      for (std::int64_t i = 0; i < D; ++i) f(h)[t * D + i] = row[i].to_float();
-    } else {
-      std::memcpy(f(h) + t * D, static_cast<const float*>(w_.embed.data()) + id * D, sizeof(float) * D);
-    }
-    const std::int64_t bad = first_non_finite(f(h) + t * D, D);
-    DSV4_CHECK(bad < 0, kOp, "embed.weight row ", id, " (token ", id, ") holds a non-finite value at column ", bad);
-  }
+  detail::staging stage{dev_, {}};
+  const tensor_view ids_d = stage(ids.view());
+  auto buf = [&](dtype dt, std::initializer_list<std::int64_t> shape) { return buffer(dt, shape, dev_); };
+  buffer h = buf(dtype::f32, {T, D}), x = buf(dtype::f32, {T, n, D});
+  ops::embed(ids_d, w_.embed, h, ex_);
+  if (const std::int64_t bad = first_non_finite(h, ex_); bad >= 0)
+    DSV4_FAIL(kOp, "embed.weight row ", tok[bad / D], " (token ", tok[bad / D], ") holds a non-finite value at column ",
+              bad % D);
   // round_activations: BF16 here under official (§1), nothing under fp32
-  round_activations(nm_, f(h), T * D);  // E1: the BF16 table (a no-op for BF16 checkpoints)
+  detail::round_cols(nm_, h, T, D, 0, D);  // E1: the BF16 table (a no-op for BF16 checkpoints)
   ops::hc_expand(h, x, ex_);
   (trace ? trace->embed_s : sink) += clock();
 
   const ops::mhc_config mc{c.hc_sinkhorn_iters, static_cast<float>(c.hc_eps), static_cast<float>(c.norm_eps)};
   const ops::route_config rc{c.score, static_cast<int>(c.n_activated_experts), static_cast<float>(c.route_scale)};
   const std::int64_t k = c.n_activated_experts, E = c.n_routed_experts;
-  buffer y(dtype::f32, {T, D}), fo(dtype::f32, {T, D}), post(dtype::f32, {T, n}), comb(dtype::f32, {T, n, n});
-  buffer gl(dtype::f32, {T, E}), rw(dtype::f32, {T, k}), ri(dtype::i32, {T, k});
+  buffer y = buf(dtype::f32, {T, D}), fo = buf(dtype::f32, {T, D}), post = buf(dtype::f32, {T, n}),
+         comb = buf(dtype::f32, {T, n, n});
+  buffer gl = buf(dtype::f32, {T, E}), rw = buf(dtype::f32, {T, k}), ri = buf(dtype::i32, {T, k});
+  // The CUDA MoE's device scratch (plan, gathered rows, expert outputs), the same for every layer of the step.
+  buffer moe_scratch;
+  exec moe_ex = ex_;
+  if (dev_.is_cuda()) {
+    const auto& b0 = w_.layers.front().ffn;
+    moe_scratch = buf(dtype::u8, {static_cast<std::int64_t>(ops::moe_ffn_workspace_bytes(
+                                      T, k, b0.experts, b0.shared ? &*b0.shared : nullptr)) + 256});
+    moe_ex.scratch = {moe_scratch.data(), static_cast<std::size_t>(moe_scratch.nbytes())};
+  }
 
   for (std::size_t l = 0; l < attn_.size(); ++l) {
     const block_weights& b = w_.layers[l];
@@ -226,9 +243,9 @@ void transformer::forward_batch(std::span<const batch_entry> batch, forward_trac
     layer_trace& tt = lt ? *lt : scratch;
     // Attention sub-block.
     ops::hc_pre(x, b.hc_attn.fn, b.hc_attn.scale, b.hc_attn.base, y, post, comb, mc, ex_);
-    round_activations(nm_, f(y), T * D);  // A4
-    rms_norm_rows(f(y), T, D, attn_norm_[l], c.norm_eps);
-    round_activations(nm_, f(y), T * D);  // A5
+    detail::round_cols(nm_, y, T, D, 0, D);  // A4
+    ops::rms_norm(y, attn_norm_[l], c.norm_eps, y, ex_);
+    detail::round_cols(nm_, y, T, D, 0, D);  // A5
     tt.mhc_s += clock();
     try {
       attn_[l].forward(y, rb, fo, lt ? &lt->attn : nullptr);
@@ -237,38 +254,38 @@ void transformer::forward_batch(std::span<const batch_entry> batch, forward_trac
     }
     tt.attn_s += clock();
     ops::hc_post(fo, x, post, comb, x, ex_);
-    round_activations(nm_, f(x), T * n * D);  // A16
+    detail::round_cols(nm_, x, T * n, D, 0, D);  // A16
     // MoE sub-block.
     ops::hc_pre(x, b.hc_ffn.fn, b.hc_ffn.scale, b.hc_ffn.base, y, post, comb, mc, ex_);
-    round_activations(nm_, f(y), T * D);  // F1-F4
-    rms_norm_rows(f(y), T, D, ffn_norm_[l], c.norm_eps);
-    round_activations(nm_, f(y), T * D);
+    detail::round_cols(nm_, y, T, D, 0, D);  // F1-F4
+    ops::rms_norm(y, ffn_norm_[l], c.norm_eps, y, ex_);
+    detail::round_cols(nm_, y, T, D, 0, D);
     tt.mhc_s += clock();
     const bool hashed = c.hash_routed(b.layer);
     try {
       ops::linear(y, gate_[l], gl, ex_);
-      if (hashed) ops::moe_hash_route(gl, rc, ids, b.ffn.tid2eid, rw, ri, ex_);
+      if (hashed) ops::moe_hash_route(gl, rc, ids_d, b.ffn.tid2eid, rw, ri, ex_);
       else ops::moe_route(gl, rc, b.ffn.bias, rw, ri, ex_);
       ops::moe_ffn(y, rw, ri, b.ffn.experts, b.ffn.shared ? &*b.ffn.shared : nullptr,
-                   static_cast<float>(c.swiglu_limit), fo, ex_, nm_);
+                   static_cast<float>(c.swiglu_limit), fo, moe_ex, nm_);
     } catch (const error& e) {
       DSV4_FAIL(kOp, "layer ", l, " MoE: ", e.what());
     }
     tt.moe_s += clock();
     ops::hc_post(fo, x, post, comb, x, ex_);
-    round_activations(nm_, f(x), T * n * D);  // F5
+    detail::round_cols(nm_, x, T * n, D, 0, D);  // F5
     tt.mhc_s += clock();
     if (lt) {
+      const std::vector<std::int32_t> ids_h = detail::to_host<std::int32_t>(ri);
+      const std::vector<float> w_h = detail::to_host<float>(rw);
       std::vector<char> used(static_cast<std::size_t>(E), 0);
-      for (std::int64_t i = 0; i < T * k; ++i) used[static_cast<std::size_t>(static_cast<const std::int32_t*>(ri.data())[i])] = 1;
+      for (std::int64_t i = 0; i < T * k; ++i) used[static_cast<std::size_t>(ids_h[static_cast<std::size_t>(i)])] = 1;
       lt->distinct_experts = std::count(used.begin(), used.end(), 1);
       lt->hash_routed = hashed;
-      const auto* e = static_cast<const std::int32_t*>(ri.data()) + (T - 1) * k;
-      const auto* wt = f(rw) + (T - 1) * k;
-      lt->last_experts.assign(e, e + k);
-      lt->last_weights.assign(wt, wt + k);
+      lt->last_experts.assign(ids_h.end() - k, ids_h.end());
+      lt->last_weights.assign(w_h.end() - k, w_h.end());
     }
-    if (const std::int64_t bad = first_non_finite(f(x), T * n * D); bad >= 0)
+    if (const std::int64_t bad = first_non_finite(x, ex_); bad >= 0)
       DSV4_FAIL(kOp, "layer ", l, " produced a non-finite activation (position ",
                 rb.pos[static_cast<std::size_t>(bad / (n * D))], "): the weights of layers.", l,
                 " overflow fp32 for this input");
@@ -278,24 +295,26 @@ void transformer::forward_batch(std::span<const batch_entry> batch, forward_trac
 
   // Head: collapse the streams, final norm, fp32 logits, for the rows asked for (all entries at once).
   const std::int64_t Rh = static_cast<std::int64_t>(head_rows.size());
-  buffer xs(dtype::f32, {Rh, n, D});
-  for (std::int64_t i = 0; i < Rh; ++i)
-    std::memcpy(f(xs) + i * n * D, f(x) + head_rows[static_cast<std::size_t>(i)] * n * D, sizeof(float) * n * D);
-  buffer yh(dtype::f32, {Rh, D});
+  buffer xs = buf(dtype::f32, {Rh, n, D});
+  for (std::int64_t i = 0; i < Rh; ++i) {
+    const std::int64_t r = head_rows[static_cast<std::size_t>(i)];
+    ops::copy(x.view().select(0, r), xs.view().select(0, i));
+  }
+  buffer yh = buf(dtype::f32, {Rh, D});
   ops::hc_head(xs, w_.hc_head.fn, w_.hc_head.scale, w_.hc_head.base, yh, mc, ex_);
-  round_activations(nm_, f(yh), Rh * D);  // H1
-  rms_norm_rows(f(yh), Rh, D, norm_, c.norm_eps);
-  round_activations(nm_, f(yh), Rh * D);  // H2; the head GEMM and the logits stay fp32 (H3)
-  const std::int64_t bad_h = first_non_finite(f(yh), Rh * D);
+  detail::round_cols(nm_, yh, Rh, D, 0, D);  // H1
+  ops::rms_norm(yh, norm_, c.norm_eps, yh, ex_);
+  detail::round_cols(nm_, yh, Rh, D, 0, D);  // H2; the head GEMM and the logits stay fp32 (H3)
+  const std::int64_t bad_h = first_non_finite(yh, ex_);
   DSV4_CHECK(bad_h < 0, kOp, "the final norm produced a non-finite value (row ", bad_h / std::max<std::int64_t>(D, 1),
              "): hc_head_fn / hc_head_base / hc_head_scale or norm.weight overflow fp32 for this input");
-  // One head GEMM for every entry when they want logits together; a single entry writes straight into its view.
-  const bool direct = batch.size() == 1;
-  buffer all = direct ? buffer() : buffer(dtype::f32, {Rh, V});
+  // One head GEMM for every entry when they want logits together; a single entry on the weights' device writes
+  // straight into its view.
+  const bool direct = batch.size() == 1 && batch[0].logits.dev() == dev_;
+  buffer all = direct ? buffer() : buf(dtype::f32, {Rh, V});
   const tensor_view& out = direct ? batch[0].logits : all.view();
   ops::linear(yh, ops::qweight{w_.head, {}, "head"}, out, ex_);
-  const auto* lg = static_cast<const float*>(out.data());
-  if (const std::int64_t bad = first_non_finite(lg, Rh * V); bad >= 0)
+  if (const std::int64_t bad = first_non_finite(out, ex_); bad >= 0)
     DSV4_FAIL(kOp, "logit ", bad % V, " of row ", bad / V, " is not finite: head.weight row ", bad % V,
               " holds a value that overflows fp32 for this input");
   if (!direct) {
@@ -303,7 +322,7 @@ void transformer::forward_batch(std::span<const batch_entry> batch, forward_trac
     for (const batch_entry& e : batch) {
       if (e.logits.rank() == 0 && e.logits.data() == nullptr) continue;
       const std::int64_t R = e.logits.shape(0);
-      std::memcpy(e.logits.data(), lg + at * V, sizeof(float) * static_cast<std::size_t>(R * V));
+      ops::copy(all.view().narrow(0, at, R), e.logits);
       at += R;
     }
   }

@@ -26,6 +26,7 @@
 #include <span>
 #include <vector>
 
+#include "dsv4/buffer.hpp"
 #include "dsv4/exec.hpp"
 #include "dsv4/model/attention.hpp"
 #include "dsv4/model/config.hpp"
@@ -83,6 +84,12 @@ class transformer {
  public:
   // The weights (and the checkpoint they view) must outlive the transformer. `pool` sets the page layout of the
   // transformer's own pool (what new_sequence(capacity) uses).
+  // Device: the transformer runs where the weights live. Weights on a CUDA device (upload_weights) run the whole
+  // step there: every activation a device buffer, every op its CUDA backend, pages in device memory (the pools it
+  // makes put them on that device; pool_options::dev is set to it), logits copied into the caller's views (host or
+  // device). The host keeps the bookkeeping (validation, page tables, slot lists, the CSA picks' order); the step is
+  // eager under check_policy::sync (numerics fp32 only). Its logits agree with the CPU's within fp32 rounding
+  // (tests/test_cuda_forward.cpp) and keep the same invariants: chunking, batching, rollback, repeated runs.
   transformer(const model_config& cfg, const model_weights& w, const exec& ex = {}, const pool_options& pool = {},
               numerics nm = numerics::fp32);
 
@@ -126,8 +133,9 @@ class transformer {
   std::shared_ptr<page_pool> pool_;
   std::vector<attention_layer> attn_;
   std::vector<ops::qweight> gate_;  // the router weights, named for messages
-  std::vector<float> norm_;
-  std::vector<std::vector<float>> attn_norm_, ffn_norm_;
+  device dev_;                       // where the weights live (every activation of a step goes there too)
+  buffer norm_;                      // f32 [D] on dev_
+  std::vector<buffer> attn_norm_, ffn_norm_;
 };
 
 }  // namespace dsv4::model
