@@ -22,7 +22,8 @@
 //   sparse_mqa        one CTA per (token, 8 heads), a warp per head: the row's entries decoded into shared memory 8
 //                     at a time (an fp8_ds_mla entry decoded exactly), an online softmax with the sink in the
 //                     denominator only; FlashMLA's out = 0 / lse = +inf for a row with no valid lane. ref sums in
-//                     another order: within fp32 rounding. head_dim in {128, 256, 512}.
+//                     another order: within fp32 rounding. head_dim in {128, 256, 512} (V4: 512; 128: the `small`
+//                     demo shape. 64 and 96 spill registers under ptxas as the kernel stands, so `tiny` stays on the host).
 //   compressor_emit   one CTA per emitting row: the pool and RMSNorm in ref's orders, RoPE and the round trips; expf
 //                     is the GPU's (within 2 ulp of libm) and sin / cos a double-precision reduction and series, so
 //                     the entries agree with ref's within fp32 rounding and a stored code can sit one step away where

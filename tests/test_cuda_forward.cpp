@@ -1,0 +1,245 @@
+// The whole forward pass on the GPU (weights uploaded once, pages in device memory, every op on its CUDA backend)
+// against the CPU forward on the same checkpoint, and the CUDA forward's own invariants bitwise: prefill == chunked
+// prefill == token-by-token decode, a sequence alone == inside a batch, rollback == never having seen the rejected
+// tokens, 20 runs identical. Also the row-wise ops it is built from (RMSNorm, RoPE, embed, scale, the non-finite
+// count, hc_expand) against their host backends.
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "cuda_harness.hpp"
+#include "dsv4/model/forward.hpp"
+#include "dsv4/model/synth.hpp"
+#include "dsv4/ops/mhc.hpp"
+#include "dsv4/ops/rowwise.hpp"
+
+using namespace dsv4;
+using namespace dsv4::test;
+using namespace dsv4::model;
+
+namespace {
+
+std::vector<float> floats(const buffer& b) {
+  const buffer h = b.view().dev().is_cpu() ? clone_to(b, device::cpu()) : to_host(b);
+  const auto s = h.host_span<float>();
+  return {s.begin(), s.end()};
+}
+
+buffer buffer_of_i64(const std::vector<std::int64_t>& v) {
+  buffer b(dtype::i64, {static_cast<std::int64_t>(v.size())});
+  std::memcpy(b.data(), v.data(), v.size() * sizeof(std::int64_t));
+  return b;
+}
+
+// max over i of |a - b| / (1 + |b|)
+double max_rel(const std::vector<float>& a, const std::vector<float>& b) {
+  double m = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(double(a[i]) - b[i]) / (1 + std::fabs(double(b[i]))));
+  return m;
+}
+
+double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    den += double(b[i]) * b[i];
+  }
+  return std::sqrt(num / den);
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// A synthetic checkpoint bound on the host and uploaded to the GPU.
+struct gpu_model {
+  temp_dir dir;
+  model_config cfg;
+  io::checkpoint ckpt;
+  model_weights host;
+  device_weights dev;
+  gpu_model(const std::string& tag, const model_config& c)
+      : dir(tag), cfg(c), ckpt(make(c)), host(bind_weights(ckpt, load_config(dir.path))),
+        dev(upload_weights(host, kGpu)) {}
+  io::checkpoint make(const model_config& c) {
+    synthesize(c, dir.path, {});
+    return io::checkpoint::open(dir.path);
+  }
+};
+
+std::vector<std::int64_t> tokens(std::int64_t n, std::int64_t vocab, unsigned seed) {
+  std::mt19937 r(seed);
+  std::vector<std::int64_t> t(static_cast<std::size_t>(n));
+  for (auto& v : t) v = static_cast<std::int64_t>(r() % static_cast<unsigned>(vocab));
+  return t;
+}
+
+// Logits of every position, the prompt fed in calls of `chunk` tokens (host logits views).
+std::vector<float> run(const transformer& tf, const std::vector<std::int64_t>& ids, std::int64_t chunk) {
+  const std::int64_t V = tf.config().vocab_size, n = static_cast<std::int64_t>(ids.size());
+  sequence_state s = tf.new_sequence();
+  std::vector<float> out(static_cast<std::size_t>(n * V));
+  for (std::int64_t t0 = 0; t0 < n; t0 += chunk) {
+    const std::int64_t c = std::min(chunk, n - t0);
+    tf.forward(std::span<const std::int64_t>(ids.data() + t0, static_cast<std::size_t>(c)), s,
+               tensor_view(out.data() + t0 * V, dtype::f32, {c, V}));
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_SUITE("cuda") {
+  TEST_CASE("row-wise ops on the GPU: RMSNorm and RoPE within fp32 rounding of the host, the rest bitwise") {
+    const std::int64_t T = 37, H = 5, hd = 128, n = 1536;
+    const std::vector<float> xv = randn(static_cast<std::size_t>(T * n), 41, 4.f), wv = randn(n, 42);
+    const buffer x = host_f32(T, n, xv), w = host_f32(1, n, wv);
+    const buffer xd = clone_to(x, kGpu), wd = clone_to(w, kGpu);
+    const tensor_view w1(w.data(), dtype::f32, {n}), w1d(wd.data(), dtype::f32, {n}, kGpu);
+    // RMSNorm: the sum of squares in double on both sides; r = fp32(1/sqrt(...)) may differ in its last bit next to
+    // a rounding boundary, then two fp32 products: within 3 ulp (4e-7 relative) of the host.
+    buffer yh(dtype::f32, {T, n}), yd(dtype::f32, {T, n}, kGpu);
+    ops::rms_norm(x, w1, 1e-6, yh);
+    ops::rms_norm(xd, w1d, 1e-6, yd);
+    const double e_norm = max_rel(floats(yd), floats(yh));
+    MESSAGE("rms_norm GPU vs host: max relative difference ", e_norm);
+    CHECK(e_norm < 4e-7);
+    // per head, no weight, in place ([T, H, hd] view)
+    buffer qh = host_f32(T, H * hd, randn(static_cast<std::size_t>(T * H * hd), 43, 2.f));
+    buffer qd = clone_to(qh, kGpu);
+    const tensor_view qh3(qh.data(), dtype::f32, {T, H, hd}), qd3(qd.data(), dtype::f32, {T, H, hd}, kGpu);
+    ops::rms_norm(qh3, tensor_view(), 1e-6, qh3);
+    ops::rms_norm(qd3, tensor_view(), 1e-6, qd3);
+    CHECK(max_rel(floats(qd), floats(qh)) < 4e-7);
+    // RoPE on the last 64 dims of each head at positions up to 2^20 (V4's YaRN frequencies would do as well): the
+    // device's sin / cos (double reduction and series) and the C library's are each within an ulp of the truth.
+    std::vector<float> fv(32);
+    for (int i = 0; i < 32; ++i) fv[i] = 1.f / std::pow(160000.f, 2.f * i / 64.f);
+    std::vector<std::int64_t> pos(static_cast<std::size_t>(T));
+    for (std::int64_t t = 0; t < T; ++t) pos[t] = t * 28411 % (1 << 20);
+    const buffer ph(dtype::i64, {T}), fh = host_f32(1, 32, fv);
+    std::memcpy(ph.data(), pos.data(), pos.size() * sizeof(std::int64_t));
+    const buffer pd = clone_to(ph, kGpu), fd = clone_to(fh, kGpu);
+    const tensor_view f1(fh.data(), dtype::f32, {32}), f1d(fd.data(), dtype::f32, {32}, kGpu);
+    for (const bool inverse : {false, true}) {
+      ops::rope(qh3, ph, f1, hd - 64, inverse);
+      ops::rope(qd3, pd, f1d, hd - 64, inverse);
+      const double e_rope = max_rel(floats(qd), floats(qh));
+      MESSAGE("rope (inverse ", inverse, ") GPU vs host after the norm: max relative difference ", e_rope);
+      CHECK(e_rope < 1e-6);
+    }
+    // embed (f32 and bf16 tables), scale, count, hc_expand: bitwise
+    const std::int64_t V = 50, D = 96;
+    const std::vector<float> tv = randn(static_cast<std::size_t>(V * D), 44);
+    const buffer tables[2] = {host_f32(V, D, tv), host_bf16(V, D, tv)};
+    for (const buffer& table : tables) {
+      std::vector<std::int64_t> ids = {49, 0, 7, 7, 13};
+      const tensor_view iv(ids.data(), dtype::i64, {5});
+      const buffer idd = clone_to(buffer_of_i64(ids), kGpu), td = clone_to(table, kGpu);
+      buffer eh(dtype::f32, {5, D}), ed(dtype::f32, {5, D}, kGpu);
+      ops::embed(iv, table, eh);
+      ops::embed(idd, td, ed);
+      CHECK(same_bits(floats(ed), floats(eh)));
+      buffer xh(dtype::f32, {5, 4, D}), xd2(dtype::f32, {5, 4, D}, kGpu);
+      ops::hc_expand(eh, xh);
+      ops::hc_expand(ed, xd2);
+      CHECK(same_bits(floats(xd2), floats(xh)));
+      ops::scale(eh, 0.3f);
+      ops::scale(ed, 0.3f);
+      CHECK(same_bits(floats(ed), floats(eh)));
+      // a bad id: the sync policy throws, deferred sets the index bit and writes a zero row
+      ids[2] = 50;
+      const buffer bad = clone_to(buffer_of_i64(ids), kGpu);
+      check_error([&] { ops::embed(bad, td, ed); }, {"embed", "outside the vocabulary"});
+      stream_and_status ss;
+      ops::embed(bad, td, ed, ss.deferred());
+      CHECK((ss.word() & status_index_oob) != 0);
+    }
+    buffer nf = host_f32(3, 3, {1, NAN, 3, INFINITY, 0, -INFINITY, 2, 2, 2});
+    const buffer nfd = clone_to(nf, kGpu);
+    CHECK(ops::count_non_finite(nfd) == 3);
+    stream_and_status ss;
+    CHECK(ops::count_non_finite(nfd, ss.deferred()) == 0);
+    CHECK((ss.word() & status_nonfinite_input) != 0);
+    CHECK(ops::count_non_finite(xd) == 0);
+  }
+
+  TEST_CASE("the whole forward pass on the GPU: the CPU's logits within fp32 rounding; chunking, batching, rollback "
+            "and repeated runs bitwise") {
+    // small (the demo shape, head_dim 128): window 32, top-k 16, ratios [0, 4, 128, 4, 128, 4]; 300 tokens -> 75
+    // CSA entries (top-k selective) and 2 HCA entries per compressed layer
+    const gpu_model m("cuda_fwd", preset("small"));
+    const transformer cpu(m.cfg, m.host), gpu(m.cfg, m.dev.weights);
+    CHECK(gpu.pool()->options().dev == kGpu);
+    const std::int64_t V = m.cfg.vocab_size;
+    const std::vector<std::int64_t> ids = tokens(300, V, 7);
+    const std::vector<float> ref = run(cpu, ids, 300), full = run(gpu, ids, 300);
+    // The GPU sums in other orders than the CPU (fp32 warp trees vs SIMD lanes, double vs fp32 partials), so the
+    // logits agree to fp32 rounding carried through 4 layers, the bound the CPU holds against the scalar ref.
+    const double e = rel_l2(full, ref);
+    MESSAGE("whole-model logits, GPU vs CPU: relative L2 ", e, ", max relative ", max_rel(full, ref));
+    CHECK(e < 1e-4);
+    // chunk invariance: prompt in one call, in chunks of 7, token by token
+    CHECK(same_bits(run(gpu, ids, 7), full));
+    CHECK(same_bits(run(gpu, ids, 1), full));
+    // a prompt of exactly 4 tokens (the first ratio-4 boundary), then decode
+    {
+      const std::vector<std::int64_t> four(ids.begin(), ids.begin() + 6);
+      CHECK(same_bits(run(gpu, four, 4), std::vector<float>(full.begin(), full.begin() + 6 * V)));
+    }
+    // batch: two sequences at different positions in one call == each alone
+    {
+      const std::vector<std::int64_t> other = tokens(40, V, 8);
+      const std::vector<float> alone = run(gpu, other, 40);
+      auto pool = gpu.make_pool();
+      sequence_state a = gpu.new_sequence(pool), b = gpu.new_sequence(pool);
+      std::vector<float> la(static_cast<std::size_t>(300 * V)), lb(static_cast<std::size_t>(40 * V));
+      gpu.forward(std::span<const std::int64_t>(ids.data(), 260), a, tensor_view(la.data(), dtype::f32, {260, V}));
+      const transformer::batch_entry e2[2] = {
+          {std::span<const std::int64_t>(ids.data() + 260, 40), &a, tensor_view(la.data() + 260 * V, dtype::f32, {40, V}), {}},
+          {std::span<const std::int64_t>(other.data(), 40), &b, tensor_view(lb.data(), dtype::f32, {40, V}), {}}};
+      gpu.forward_batch(e2);
+      CHECK(same_bits(la, full));
+      CHECK(same_bits(lb, alone));
+    }
+    // rollback: 10 rejected tokens across the 128 boundary, truncated, then the true continuation
+    {
+      sequence_state s = gpu.new_sequence();
+      std::vector<float> l(static_cast<std::size_t>(300 * V)), junk(static_cast<std::size_t>(10 * V));
+      gpu.forward(std::span<const std::int64_t>(ids.data(), 124), s, tensor_view(l.data(), dtype::f32, {124, V}));
+      const std::vector<std::int64_t> wrong = tokens(10, V, 9);
+      gpu.forward(wrong, s, tensor_view(junk.data(), dtype::f32, {10, V}));
+      s.truncate(124);
+      gpu.forward(std::span<const std::int64_t>(ids.data() + 124, 176), s,
+                  tensor_view(l.data() + 124 * V, dtype::f32, {176, V}));
+      CHECK(same_bits(l, full));
+    }
+    // 20 runs of a 40-token prompt: identical
+    {
+      const std::vector<std::int64_t> p(ids.begin(), ids.begin() + 40);
+      const std::vector<float> first = run(gpu, p, 40);
+      int differ = 0;
+      for (int i = 0; i < 19; ++i) differ += !same_bits(run(gpu, p, 40), first);
+      CHECK(differ == 0);
+    }
+    // logits into a device view: the same bits
+    {
+      sequence_state s = gpu.new_sequence();
+      buffer ld(dtype::f32, {300, V}, kGpu);
+      gpu.forward(ids, s, ld);
+      CHECK(same_bits(floats(ld), full));
+    }
+  }
+
+  TEST_CASE("the GPU forward pass refuses what it does not run: official numerics, a deferred policy, mixed devices") {
+    const gpu_model m("cuda_fwd_err", preset("small"));
+    check_error([&] { transformer t(m.cfg, m.dev.weights, {}, {}, numerics::official); }, {"official", "CUDA"});
+    exec d;
+    d.checks = check_policy::deferred;
+    check_error([&] { transformer t(m.cfg, m.dev.weights, d); }, {"check_policy::sync"});
+    const transformer gpu(m.cfg, m.dev.weights), cpu(m.cfg, m.host);
+    sequence_state s = cpu.new_sequence();  // a host pool
+    const std::vector<std::int64_t> ids = {1, 2, 3};
+    check_error([&] { gpu.forward(ids, s, tensor_view()); }, {"page pool", "live on cpu"});
+  }
+}
