@@ -14,19 +14,28 @@
 //   sparse_mqa       decode of 64 query rows over fp8_ds_mla pages: V4-Flash (64 heads, 128 window + 512 picked),
 //                    V4-Pro (128 heads, 128 + 1024), HCA at 1M context (64 heads, 128 + 8192): TFLOP/s (QK and PV,
 //                    2 per multiply-add), peak = that / fp32 peak, and µs per token-layer.
+//   small_decode     the whole forward pass of the `small` preset (6 layers, head_dim 128, 16 experts) on the GPU: one
+//                    decode step after a 512-token prompt, ms per token next to the CPU backend's step on the same
+//                    checkpoint in the same run (cpu_ms, speedup). The step is eager (check_policy::sync, host
+//                    bookkeeping and a wait per op), so this measures launch and synchronization latency, not HBM.
 // Times are CUDA events around 20 back-to-back calls on one stream (check_policy::deferred: no host synchronization
 // inside the loop). Without a GPU every case reports "no CUDA device" and the binary exits 0.
 #include <benchmark/benchmark.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <filesystem>
+#include <unistd.h>
 #include <cstdio>
 #include <memory>
 #include <cstdint>
 #include <vector>
 
 #include "dsv4/buffer.hpp"
+#include "dsv4/model/forward.hpp"
+#include "dsv4/model/synth.hpp"
 #include "dsv4/model_traits.hpp"
 #include "dsv4/ops/linear.hpp"
 #include "dsv4/ops/memory.hpp"
@@ -357,6 +366,44 @@ void BM_cuda_sparse_mqa_flash(benchmark::State& s) { mqa_case(s, 64, 512); }
 void BM_cuda_sparse_mqa_pro(benchmark::State& s) { mqa_case(s, 128, 1024); }
 void BM_cuda_hca_1m(benchmark::State& s) { mqa_case(s, 64, 8192); }
 
+// Milliseconds per decode step of `tf` after a 512-token prompt (steps: how many to average).
+double decode_ms(const model::transformer& tf, int steps) {
+  const std::int64_t V = tf.config().vocab_size;
+  model::sequence_state s = tf.new_sequence();
+  std::vector<std::int64_t> prompt(512);
+  for (std::size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<std::int64_t>((i * 7919) % V);
+  tf.forward(prompt, s, {});
+  std::vector<float> logits(static_cast<std::size_t>(V));
+  const std::int64_t tok[1] = {1};
+  tf.forward(tok, s, tensor_view(logits.data(), dtype::f32, {1, V}));  // warm-up
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < steps; ++i) tf.forward(tok, s, tensor_view(logits.data(), dtype::f32, {1, V}));
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / steps;
+}
+
+void BM_cuda_small_decode(benchmark::State& state) {
+  if (!have_gpu()) return state.SkipWithError("no CUDA device");
+  const auto dir = std::filesystem::temp_directory_path() / ("dsv4_bench_small_" + std::to_string(::getpid()));
+  const model::model_config cfg = model::preset("small");
+  model::synthesize(cfg, dir, {});
+  {
+    const io::checkpoint ck = io::checkpoint::open(dir);
+    const model::model_weights host = model::bind_weights(ck, model::load_config(dir));
+    const model::device_weights dev = model::upload_weights(host, device::cuda(0));
+    const model::transformer cpu(cfg, host), gpu(cfg, dev.weights);
+    double ms = 0;
+    for (auto _ : state) {
+      ms = decode_ms(gpu, 20);
+      state.SetIterationTime(ms * 1e-3);
+    }
+    const double cpu_ms = decode_ms(cpu, 5);
+    state.counters["ms/token"] = ms;
+    state.counters["cpu_ms"] = cpu_ms;
+    state.counters["speedup"] = cpu_ms / ms;
+  }
+  std::filesystem::remove_all(dir);
+}
+
 void BM_cuda_copy_bw(benchmark::State& state) {
   if (!have_gpu()) return state.SkipWithError("no CUDA device");
   for (auto _ : state) state.SetIterationTime(1e-3);
@@ -396,4 +443,5 @@ DSV4_CUDA_BENCH(BM_cuda_indexer_fp4)->Arg(65536)->Arg(1048576);
 DSV4_CUDA_BENCH(BM_cuda_sparse_mqa_flash);
 DSV4_CUDA_BENCH(BM_cuda_sparse_mqa_pro);
 DSV4_CUDA_BENCH(BM_cuda_hca_1m);
+DSV4_CUDA_BENCH(BM_cuda_small_decode);
 BENCHMARK_MAIN();
