@@ -165,6 +165,7 @@ struct model_state {
   io::checkpoint ckpt;
   model::model_weights w;
   std::unique_ptr<model::transformer> tf;
+  model::device_weights dw;  // backend "cuda": w copied once to GPU 0 (the transformer reads these)
 };
 
 struct Model {
@@ -179,7 +180,13 @@ struct Sequence {
 Model load(const std::string& dir, const std::string& backend_name, int threads, const std::string& kv,
            std::int64_t page_tokens, std::int64_t max_rollback, const std::string& numerics_name) {
   const numerics nm = parse_numerics(numerics_name);
-  const exec ex = make_exec(backend_name, threads);
+  const bool gpu = backend_name == "cuda";
+  exec ex = make_exec(backend_name, threads);
+  if (gpu) {  // the whole forward pass on GPU 0: weights uploaded once, pages and activations there
+    DSV4_CHECK(ops::cuda_device_count() > 0, "python", "backend \"cuda\": no CUDA device is visible");
+    DSV4_CHECK(nm == numerics::fp32, "python", "backend \"cuda\" runs numerics fp32 only");
+    ex.prefer = backend::automatic;
+  }
   model::pool_options po;
   DSV4_CHECK(kv == "f32" || kv == "fp8_ds_mla", "python", "kv \"", kv, "\" (expected f32 or fp8_ds_mla)");
   po.kv = kv == "f32" ? cache::kv_format::f32 : cache::kv_format::fp8_ds_mla;
@@ -188,7 +195,8 @@ Model load(const std::string& dir, const std::string& backend_name, int threads,
   py::gil_scoped_release nogil;
   auto s = std::make_shared<model_state>(model_state{model::load_config(dir), io::checkpoint::open(dir), {}, nullptr});
   s->w = model::bind_weights(s->ckpt, s->cfg);
-  s->tf = std::make_unique<model::transformer>(s->cfg, s->w, ex, po, nm);
+  if (gpu) s->dw = model::upload_weights(s->w, device::cuda(0));
+  s->tf = std::make_unique<model::transformer>(s->cfg, gpu ? s->dw.weights : s->w, ex, po, nm);
   return Model{s};
 }
 

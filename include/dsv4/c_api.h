@@ -102,7 +102,9 @@ typedef enum dsv4_kv_format { DSV4_KV_F32 = 0, DSV4_KV_FP8_DS_MLA = 1 } dsv4_kv_
 typedef enum dsv4_key_format { DSV4_KEY_FP4 = 0, DSV4_KEY_FP8 = 1 } dsv4_key_format;
 
 typedef struct dsv4_model_options {
-  int32_t backend;       /* dsv4_backend (default AUTO) */
+  int32_t backend;       /* dsv4_backend (default AUTO). CUDA: the weights are copied once to the calling thread's
+                            CUDA device (dsv4_cuda_exec_set; default 0) and the whole forward pass runs there
+                            (eager, numerics fp32; logits still land in the caller's host arrays) */
   int32_t threads;       /* default 0: all cores */
   int32_t kv_format;     /* dsv4_kv_format (default F32: exact under the fp32 policy) */
   int32_t page_tokens;   /* entries per cache page (default 64) */

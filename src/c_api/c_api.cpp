@@ -24,6 +24,7 @@ struct dsv4_model {
     io::checkpoint ckpt;
     model::model_weights w;
     std::unique_ptr<model::transformer> tf;
+    model::device_weights dw;  // DSV4_BACKEND_CUDA: w copied to the device (the transformer reads these)
   };
   std::shared_ptr<state> s;
 };
@@ -244,9 +245,14 @@ int dsv4_model_open_numerics(const char* dir, const dsv4_model_options* options,
     dsv4_model_options_default(&o);
     if (options) o = *options;
     exec ex;
-    DSV4_CHECK(o.backend >= 0 && o.backend <= 2, "dsv4_model_open", "backend ", o.backend,
-               " (expected DSV4_BACKEND_AUTO, _REF or _CPU)");
-    ex.prefer = static_cast<backend>(o.backend);
+    DSV4_CHECK(o.backend >= 0 && o.backend <= 3, "dsv4_model_open", "backend ", o.backend,
+               " (expected DSV4_BACKEND_AUTO, _REF, _CPU or _CUDA)");
+    const bool gpu = o.backend == DSV4_BACKEND_CUDA;
+    DSV4_CHECK(!gpu || ops::cuda_device_count() > 0, "dsv4_model_open",
+               "DSV4_BACKEND_CUDA: no CUDA device is visible (or this build has no CUDA backend)");
+    DSV4_CHECK(!gpu || numerics_policy == DSV4_NUMERICS_FP32, "dsv4_model_open",
+               "DSV4_BACKEND_CUDA runs numerics fp32 only");
+    ex.prefer = gpu ? backend::automatic : static_cast<backend>(o.backend);
     ex.threads = o.threads;
     DSV4_CHECK(o.threads >= 0 && o.threads <= kMaxThreads, "dsv4_model_open", "threads ", o.threads,
                " is outside [0, ", kMaxThreads, "]");
@@ -263,7 +269,11 @@ int dsv4_model_open_numerics(const char* dir, const dsv4_model_options* options,
     m->s = std::make_shared<dsv4_model::state>(dsv4_model::state{model::load_config(dir), io::checkpoint::open(dir),
                                                                    {}, nullptr});
     m->s->w = model::bind_weights(m->s->ckpt, m->s->cfg);
-    m->s->tf = std::make_unique<model::transformer>(m->s->cfg, m->s->w, ex, po, nm);
+    if (gpu) {  // the weights go to the thread's CUDA device (dsv4_cuda_exec_set; default 0), once
+      m->s->dw = model::upload_weights(m->s->w, device::cuda(g_cuda.device >= 0 ? g_cuda.device : 0));
+      ex.checks = check_policy::sync;
+    }
+    m->s->tf = std::make_unique<model::transformer>(m->s->cfg, gpu ? m->s->dw.weights : m->s->w, ex, po, nm);
     *out = m.release();
   });
 }

@@ -307,6 +307,26 @@ int main(int argc, char** argv) {
     }
   }
 
+  {  /* DSV4_BACKEND_CUDA opens where a GPU is visible (the weights uploaded) and is a clear error elsewhere; 4 is no
+        backend at all */
+    dsv4_model_options co = opts;
+    dsv4_model* cm = NULL;
+    co.backend = 4;
+    ++g_checks;
+    if (dsv4_model_open(argv[1], &co, &cm) != DSV4_ERROR || cm != NULL || !strstr(dsv4_last_error(), "backend 4")) {
+      ++g_failed;
+      fprintf(stderr, "MISMATCH backend 4 accepted: %s\n", dsv4_last_error());
+    }
+    co.backend = DSV4_BACKEND_CUDA;
+    const int st = dsv4_model_open(argv[1], &co, &cm);
+    ++g_checks;
+    if (st == DSV4_OK ? cm == NULL : (cm != NULL || !strstr(dsv4_last_error(), "no CUDA device is visible"))) {
+      ++g_failed;
+      fprintf(stderr, "MISMATCH DSV4_BACKEND_CUDA open: %s\n", dsv4_last_error());
+    }
+    if (cm) dsv4_model_close(cm);
+  }
+
   /* The thread's CUDA settings: validated when set, read back, ignored by host backends, reset by NULL. */
   {
     dsv4_cuda_exec bad_policy = {7, -1, NULL, NULL, 0}, no_status = {DSV4_CHECKS_DEFERRED, -1, NULL, NULL, 0};

@@ -172,6 +172,17 @@ def test_model_official_numerics(work, ref):
         dsv4.load(str(work / "model"), numerics="bf16")
 
 
+def test_model_cuda_backend(work, ref):
+    # The whole forward pass on GPU 0; where no GPU is visible, a clear error (the test model is `tiny`, whose
+    # head_dim 96 the CUDA attention refuses, so only the load is exercised here: tests/test_cuda_forward.cpp runs it).
+    try:
+        dsv4.load(str(work / "model"), backend="cuda")
+    except dsv4.Error as e:
+        assert "no CUDA device is visible" in str(e)
+    with pytest.raises(dsv4.Error, match="fp32 only|no CUDA device"):
+        dsv4.load(str(work / "model"), backend="cuda", numerics="official")
+
+
 def test_errors(model, ref):
     with pytest.raises(dsv4.Error, match="outside the vocabulary"):
         model.forward([1, 100000])
