@@ -8,6 +8,7 @@
 #include <random>
 
 #include "cuda_harness.hpp"
+#include "model_harness.hpp"
 #include "dsv4/model/forward.hpp"
 #include "dsv4/model/synth.hpp"
 #include "dsv4/ops/mhc.hpp"
@@ -38,41 +39,11 @@ double max_rel(const std::vector<float>& a, const std::vector<float>& b) {
   return m;
 }
 
-double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num / den);
-}
-
-bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
-
-// A synthetic checkpoint bound on the host and uploaded to the GPU.
-struct gpu_model {
-  temp_dir dir;
-  model_config cfg;
-  io::checkpoint ckpt;
-  model_weights host;
+// A synthetic checkpoint bound on the host (m.w) and uploaded to the GPU (dev).
+struct gpu_model : loaded {
   device_weights dev;
-  gpu_model(const std::string& tag, const model_config& c)
-      : dir(tag), cfg(c), ckpt(make(c)), host(bind_weights(ckpt, load_config(dir.path))),
-        dev(upload_weights(host, kGpu)) {}
-  io::checkpoint make(const model_config& c) {
-    synthesize(c, dir.path, {});
-    return io::checkpoint::open(dir.path);
-  }
+  gpu_model(const std::string& tag, const model_config& c) : loaded(tag, c), dev(upload_weights(w, kGpu)) {}
 };
-
-std::vector<std::int64_t> tokens(std::int64_t n, std::int64_t vocab, unsigned seed) {
-  std::mt19937 r(seed);
-  std::vector<std::int64_t> t(static_cast<std::size_t>(n));
-  for (auto& v : t) v = static_cast<std::int64_t>(r() % static_cast<unsigned>(vocab));
-  return t;
-}
 
 // Logits of every position, the prompt fed in calls of `chunk` tokens (host logits views).
 std::vector<float> run(const transformer& tf, const std::vector<std::int64_t>& ids, std::int64_t chunk) {
@@ -169,7 +140,7 @@ TEST_SUITE("cuda") {
     // small (the demo shape, head_dim 128): window 32, top-k 16, ratios [0, 4, 128, 4, 128, 4]; 300 tokens -> 75
     // CSA entries (top-k selective) and 2 HCA entries per compressed layer
     const gpu_model m("cuda_fwd", preset("small"));
-    const transformer cpu(m.cfg, m.host), gpu(m.cfg, m.dev.weights);
+    const transformer cpu(m.cfg, m.w), gpu(m.cfg, m.dev.weights);
     CHECK(gpu.pool()->options().dev == kGpu);
     const std::int64_t V = m.cfg.vocab_size;
     const std::vector<std::int64_t> ids = tokens(300, V, 7);
@@ -237,7 +208,7 @@ TEST_SUITE("cuda") {
     exec d;
     d.checks = check_policy::deferred;
     check_error([&] { transformer t(m.cfg, m.dev.weights, d); }, {"check_policy::sync"});
-    const transformer gpu(m.cfg, m.dev.weights), cpu(m.cfg, m.host);
+    const transformer gpu(m.cfg, m.dev.weights), cpu(m.cfg, m.w);
     sequence_state s = cpu.new_sequence();  // a host pool
     const std::vector<std::int64_t> ids = {1, 2, 3};
     check_error([&] { gpu.forward(ids, s, tensor_view()); }, {"page pool", "live on cpu"});

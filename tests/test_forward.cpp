@@ -10,34 +10,18 @@
 #include "dsv4/io/safetensors.hpp"
 #include "dsv4/model/forward.hpp"
 #include "dsv4/model/synth.hpp"
-#include "harness.hpp"
+#include "model_harness.hpp"
 
 using namespace dsv4;
 using namespace dsv4::model;
 using dsv4::test::check_error;
+using dsv4::test::loaded;
+using dsv4::test::rel_l2;
+using dsv4::test::same_bits;
 using dsv4::test::temp_dir;
+using dsv4::test::tokens;
 
 namespace {
-
-struct loaded {
-  temp_dir dir;
-  model_config cfg;
-  io::checkpoint ckpt;
-  model_weights w;
-  loaded(const std::string& tag, const model_config& c)
-      : dir(tag), cfg(c), ckpt(make(c)), w(bind_weights(ckpt, load_config(dir.path))) {}
-  io::checkpoint make(const model_config& c) {
-    synthesize(c, dir.path, {});
-    return io::checkpoint::open(dir.path);
-  }
-};
-
-std::vector<std::int64_t> tokens(std::int64_t n, std::int64_t vocab, unsigned seed) {
-  std::mt19937 r(seed);
-  std::vector<std::int64_t> t(static_cast<std::size_t>(n));
-  for (auto& v : t) v = static_cast<std::int64_t>(r() % static_cast<unsigned>(vocab));
-  return t;
-}
 
 // Logits of every position: prefill in `chunks` (sizes), each a forward call.
 std::vector<float> logits(const transformer& tf, const std::vector<std::int64_t>& ids,
@@ -59,19 +43,6 @@ std::vector<std::int64_t> every(std::int64_t total, std::int64_t chunk) {
   std::vector<std::int64_t> c;
   for (std::int64_t t = 0; t < total; t += chunk) c.push_back(std::min(chunk, total - t));
   return c;
-}
-
-bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
-
-double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num / den);
 }
 
 }  // namespace
