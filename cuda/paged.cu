@@ -845,6 +845,51 @@ void to_slots(view<const std::int32_t, 2> idx, const std::int32_t* len, const st
 }
 
 namespace {
+// One CTA per row: the row's first len[t] indices sorted ascending in shared memory (bitonic over the next power of
+// two, padded with INT_MAX), written back in place; lanes at or past len untouched.
+constexpr int kSortThreads = 512;
+__global__ void __launch_bounds__(kSortThreads) sort_rows_kernel(view<std::int32_t, 2> idx, const std::int32_t* len,
+                                                                 status_ref st) {
+  __shared__ std::int32_t v[kMaxTopkK];
+  const std::int64_t t = blockIdx.x, K = idx.size(1);
+  std::int64_t n = len[t];
+  if (n < 0 || n > K) {
+    if (threadIdx.x == 0) st.raise(status_index_oob);
+    return;
+  }
+  int p2 = 1;
+  while (p2 < n) p2 <<= 1;
+  for (int i = threadIdx.x; i < p2; i += blockDim.x) v[i] = i < n ? idx(t, i) : 0x7FFFFFFF;
+  __syncthreads();
+  for (int size = 2; size <= p2; size <<= 1)
+    for (int stride = size >> 1; stride > 0; stride >>= 1) {
+      for (int i = threadIdx.x; i < p2; i += blockDim.x) {
+        const int j = i ^ stride;
+        if (j > i) {
+          const bool up = (i & size) == 0;
+          const std::int32_t a = v[i], b = v[j];
+          if ((a > b) == up) {
+            v[i] = b;
+            v[j] = a;
+          }
+        }
+      }
+      __syncthreads();
+    }
+  for (int i = threadIdx.x; i < n; i += blockDim.x) idx(t, i) = v[i];
+}
+}  // namespace
+
+void sort_rows(view<std::int32_t, 2> idx, const std::int32_t* len, const exec& ex) {
+  DSV4_CHECK(idx.size(1) <= kMaxTopkK && idx.size(0) <= 2147483647LL, "sort_rows", "the CUDA row sort takes k <= ",
+             kMaxTopkK, ", got ", idx.size(1));
+  launch l("sort_rows", ex);
+  if (idx.size(0) > 0)
+    sort_rows_kernel<<<static_cast<unsigned>(idx.size(0)), kSortThreads, 0, l.stream()>>>(idx, len, l.status());
+  if (const std::int64_t bad = l.finish(); bad > 0) DSV4_FAIL("sort_rows", bad, " rows have a length outside [0, k]");
+}
+
+namespace {
 void launch_topk(view<const float, 2> logits, const std::int32_t* n_keys, view<std::int32_t, 2> idx,
                  std::int32_t* len, launch& l) {
   DSV4_CHECK(idx.size(1) <= kMaxTopkK, "topk_rows", "the CUDA top-k takes k <= ", kMaxTopkK, ", got ", idx.size(1));

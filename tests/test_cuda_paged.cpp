@@ -180,7 +180,7 @@ TEST_CASE("compressor_append and to_slots on CUDA: ref's rows and slots; bad tab
   check_status(st.deferred());
 }
 
-TEST_CASE("topk_rows on CUDA: ref's picks (ties to the lower index), zero and short rows, 70,000 rows") {
+TEST_CASE("topk_rows on CUDA: ref's picks (ties to the lower index), zero and short rows, 70,000 rows; sort_rows") {
   const std::int64_t T = 6, L = 3000, K = 512;
   std::vector<float> lg(static_cast<std::size_t>(T * L));
   std::mt19937_64 rng(9);
@@ -206,6 +206,17 @@ TEST_CASE("topk_rows on CUDA: ref's picks (ties to the lower index), zero and sh
   ops::topk_rows(lg2.h, nk2.h, i2.h, n2.h, on(backend::ref));
   ops::topk_rows(lg2.d, nk2.d, i2.d, n2.d);
   CHECK(i2.device_bytes() == bytes_of(i2.h));
+
+  // sort_rows: the picks ascending, as the host sorts them (k = 512 over 6 rows, and k = 4096 in one row)
+  ops::sort_rows(idx.h, len.h);
+  ops::sort_rows(idx.d, len.d);
+  CHECK(idx.device_bytes() == bytes_of(idx.h));
+  std::vector<std::int32_t> big(4096);
+  for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<std::int32_t>((i * 2654435761u) % 100003);
+  twin bi = i32_twin({1, 4096}, big), bl = i32_twin({1}, {4095});
+  ops::sort_rows(bi.h, bl.h);
+  ops::sort_rows(bi.d, bl.d);
+  CHECK(bi.device_bytes() == bytes_of(bi.h));
 }
 
 TEST_CASE("indexer over paged keys on CUDA: FP4 scores bitwise ref's, FP8 within fp32 rounding; fused top-k") {

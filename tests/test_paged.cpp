@@ -303,6 +303,18 @@ TEST_SUITE("paged") {
     }, {"idx[0, 2] = 53", "page 1", "request 2 has not mapped"});
   }
 
+  TEST_CASE("sort_rows: the first len lanes of each row ascending, the rest untouched; bad lengths are errors") {
+    std::vector<std::int32_t> idx = {9, 3, 7, 1, 5, -1,   // len 5
+                                     4, 4, 2, 8, 0, 6,    // len 6 (a duplicate)
+                                     3, 2, 1, 0, 99, 98,  // len 0: untouched
+                                     7, 6, 5, 4, 3, 2};   // len 3: lanes 3.. keep their garbage
+    std::vector<std::int32_t> len = {5, 6, 0, 3};
+    ops::sort_rows(i32v(idx, {4, 6}), i32v(len, {4}));
+    CHECK(idx == std::vector<std::int32_t>{1, 3, 5, 7, 9, -1, 0, 2, 4, 4, 6, 8, 3, 2, 1, 0, 99, 98, 5, 6, 7, 4, 3, 2});
+    len[1] = 7;
+    check_error([&] { ops::sort_rows(i32v(idx, {4, 6}), i32v(len, {4})); }, {"sort_rows", "len[1] = 7", "[0, 6]"});
+  }
+
   TEST_CASE("topk_rows: ties to the lower index, -1 only in the tail, len = min(k, n_keys), n_keys 0 = all -1") {
     std::vector<float> lg = {1, 3, 3, 2, 3, NAN, -kInf,  // row 0: n 5 (the NaN past n is garbage)
                              0, 0, 0, 0, 0, 0, 0,        // row 1: n 7, all tied

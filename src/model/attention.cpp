@@ -226,8 +226,10 @@ void attention_layer::forward(const tensor_view& x, const row_batch& rows, const
   if (ratio_ != 0)
     tr.emitted = compress(w_.compressor->wkv, w_.compressor->wgate, comp_ape_, comp_norm_, ratio_, hd, false);
 
-  // Lightning indexer (CSA): queries, its own compressor into the key pages, then scores + top-k per row.
-  std::vector<std::vector<std::int32_t>> picks(static_cast<std::size_t>(ratio_ == 4 ? T : 0));
+  // Lightning indexer (CSA): queries, its own compressor into the key pages, then scores + top-k per row, the picks
+  // sorted ascending and mapped to slots (all ops: the picks never leave the device).
+  buffer idx_b, len_b, cslots_b;
+  auto buf_i32 = [&](std::int64_t r, std::int64_t c) { return buffer(dtype::i32, {r, c}, dev_); };
   if (ratio_ == 4) {
     const indexer_weights& ix = *w_.indexer;
     const std::int64_t ih = cf.index_n_heads, ic = cf.index_head_dim;
@@ -253,9 +255,12 @@ void attention_layer::forward(const tensor_view& x, const row_batch& rows, const
       most = std::max<std::int64_t>(most, n_keys[static_cast<std::size_t>(t)]);
     }
     const std::int64_t k = std::min(cf.index_topk, most);
-    const tables key_t(pool, seqs, layer_, region::keys);
+    const tables key_t(pool, seqs, layer_, region::keys), comp_t(pool, seqs, layer_, region::compressed);
     const cache::key_pages keys = pool.key_view(layer_);
-    buffer idx_b(dtype::i32, {T, k}, dev_), len_b(dtype::i32, {T}, dev_), scratch;
+    idx_b = buf_i32(T, k);
+    len_b = buffer(dtype::i32, {T}, dev_);
+    cslots_b = buf_i32(T, k);
+    buffer scratch;
     exec ix_ex = ex_;
     if (dev_.is_cuda()) {  // the score matrix of the CUDA backend
       scratch = buffer(dtype::u8, {static_cast<std::int64_t>(ops::indexer_topk_workspace_bytes(T, keys)) + 256}, dev_);
@@ -263,24 +268,22 @@ void attention_layer::forward(const tensor_view& x, const row_batch& rows, const
     }
     ops::indexer_topk(qi3, wts, keys, stage(key_t.view()), row_req_v, stage(n_keys.data(), dtype::i32, {T}), idx_b,
                       len_b, tensor_view(), ix_ex, nm_);
-    const std::vector<std::int32_t> idx = to_host<std::int32_t>(idx_b), len = to_host<std::int32_t>(len_b);
-    for (std::int64_t t = 0; t < T; ++t) {
-      auto& pk = picks[static_cast<std::size_t>(t)];
-      pk.assign(idx.begin() + t * k, idx.begin() + t * k + len[static_cast<std::size_t>(t)]);
-      std::sort(pk.begin(), pk.end());  // attend in entry order: the sum order is the same for any chunking
-    }
+    // attend in entry order: the sum order is the same for any chunking and any ranking of the scores
+    ops::sort_rows(idx_b, len_b, ex_);
+    ops::to_slots(idx_b, len_b, row_req_v, stage(comp_t.view()), B, cslots_b, ex_);
   }
 
-  // Two segments per row: the window positions ascending, then the compressed entries ascending, as slots.
+  // Two segments per row: the window positions ascending, then the compressed entries ascending (CSA: the sorted
+  // picks' slots above; HCA: every visible entry), as slots.
   std::int64_t Kw = 1, Kc = 1;
   for (std::int64_t t = 0; t < T; ++t) {
     const std::int64_t p0 = pos_of(t);
     Kw = std::max(Kw, std::min(W, p0 + 1));
-    if (ratio_ == 4) Kc = std::max<std::int64_t>(Kc, static_cast<std::int64_t>(picks[static_cast<std::size_t>(t)].size()));
     if (ratio_ == 128) Kc = std::max(Kc, (p0 + 1) / 128);
   }
   std::vector<std::int32_t> wslots(static_cast<std::size_t>(T * Kw), -1), wlen(static_cast<std::size_t>(T));
-  std::vector<std::int32_t> cslots(static_cast<std::size_t>(T * Kc), -1), clen(static_cast<std::size_t>(T), 0);
+  std::vector<std::int32_t> cslots(static_cast<std::size_t>(ratio_ == 128 ? T * Kc : 0), -1),
+      clen(static_cast<std::size_t>(T), 0);
   const tables comp_t(pool, seqs, layer_, region::compressed);
   for (std::int64_t t = 0; t < T; ++t) {
     const std::int64_t p0 = pos_of(t), r = req[static_cast<std::size_t>(t)];
@@ -289,9 +292,6 @@ void attention_layer::forward(const tensor_view& x, const row_batch& rows, const
       wslots[static_cast<std::size_t>(t * Kw + n++)] = static_cast<std::int32_t>(cache::slot_of(win_t.row(r), s, B));
     wlen[static_cast<std::size_t>(t)] = static_cast<std::int32_t>(n);
     std::int64_t m = 0;
-    if (ratio_ == 4)
-      for (std::int32_t e : picks[static_cast<std::size_t>(t)])
-        cslots[static_cast<std::size_t>(t * Kc + m++)] = static_cast<std::int32_t>(cache::slot_of(comp_t.row(r), e, B));
     if (ratio_ == 128)
       for (std::int64_t e = 0; e < (p0 + 1) / 128; ++e)
         cslots[static_cast<std::size_t>(t * Kc + m++)] = static_cast<std::int32_t>(cache::slot_of(comp_t.row(r), e, B));
@@ -299,14 +299,21 @@ void attention_layer::forward(const tensor_view& x, const row_batch& rows, const
     if (t == T - 1) {
       tr.last_window = n;
       tr.last_compressed = m;
-      if (ratio_ == 4) tr.last_picks = picks[static_cast<std::size_t>(t)];
     }
+  }
+  if (ratio_ == 4 && trace) {  // the last row's picks (read back only when a trace is asked for)
+    const std::vector<std::int32_t> idx = to_host<std::int32_t>(idx_b), len = to_host<std::int32_t>(len_b);
+    const std::int64_t k = idx_b.view().shape(1), n = len[static_cast<std::size_t>(T - 1)];
+    tr.last_picks.assign(idx.begin() + (T - 1) * k, idx.begin() + (T - 1) * k + n);
+    tr.last_compressed = n;
   }
 
   // Sparse attention with sink over the two segments, then inverse RoPE.
   buffer o(dtype::f32, {T, H, hd}, dev_);
   const ops::sparse_segment win{kv, stage(wslots.data(), dtype::i32, {T, Kw}), stage(wlen.data(), dtype::i32, {T})};
-  const ops::sparse_segment comp{kv, stage(cslots.data(), dtype::i32, {T, Kc}), stage(clen.data(), dtype::i32, {T})};
+  const ops::sparse_segment comp =
+      ratio_ == 4 ? ops::sparse_segment{kv, cslots_b.view(), len_b.view()}
+                  : ops::sparse_segment{kv, stage(cslots.data(), dtype::i32, {T, Kc}), stage(clen.data(), dtype::i32, {T})};
   ops::sparse_mqa(q3, win, ratio_ != 0 ? &comp : nullptr, sink_, static_cast<float>(1.0 / std::sqrt(double(hd))), o,
                   tensor_view(), ex_, nm_);
   ops::rope(o, positions, freq_, nope, /*inverse=*/true, ex_);

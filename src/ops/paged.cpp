@@ -725,6 +725,28 @@ void topk_rows(const tensor_view& logits, const tensor_view& n_keys, const tenso
   topk_kernel(host_backend(op, ex), logits, n_keys, idx, len, ex);
 }
 
+void sort_rows(const tensor_view& idx, const tensor_view& len, const exec& ex) {
+  constexpr const char* op = "sort_rows";
+  DSV4_CHECK(idx.rank() == 2 && idx.dt() == dtype::i32 && idx.is_contiguous(), op, "idx is ", idx.describe(),
+             ", expected contiguous i32[T, k]");
+  const std::int64_t T = idx.shape(0), K = idx.shape(1);
+  if (on_cuda(op, ex, {&idx, &len})) {
+#if DSV4_WITH_CUDA
+    return cuda::sort_rows(idx.as<std::int32_t, 2>(), i32_column(op, "len", len, T),
+                           detail::on_device(op, ex, idx.dev()));
+#endif
+  }
+  check_tensor(op, "len", len, dtype::i32, {T});
+  need_contiguous(op, "len", len);
+  (void)host_backend(op, ex);
+  auto* v = static_cast<std::int32_t*>(idx.data());
+  const auto* n = static_cast<const std::int32_t*>(len.data());
+  for (std::int64_t t = 0; t < T; ++t) {
+    DSV4_CHECK(n[t] >= 0 && n[t] <= K, op, "len[", t, "] = ", n[t], " is outside [0, ", K, "]");
+    std::sort(v + t * K, v + t * K + n[t]);
+  }
+}
+
 void to_slots(const tensor_view& idx, const tensor_view& len, const tensor_view& row_req,
               const tensor_view& block_table, std::int64_t page_tokens, const tensor_view& slots, const exec& ex) {
   constexpr const char* op = "to_slots";

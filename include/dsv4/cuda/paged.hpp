@@ -93,6 +93,8 @@ void to_slots(view<const std::int32_t, 2> idx, const std::int32_t* len, const st
               const exec& ex);
 void topk_rows(view<const float, 2> logits, const std::int32_t* n_keys, view<std::int32_t, 2> idx, std::int32_t* len,
                const exec& ex);
+// idx[t, 0 .. len[t]) sorted ascending in place (one CTA per row, bitonic in shared memory); k <= 4096.
+void sort_rows(view<std::int32_t, 2> idx, const std::int32_t* len, const exec& ex);
 void indexer_logits(view<const float, 3> q, view<const float, 2> w, const key_dev& keys,
                     view<const std::int32_t, 2> table, const std::int32_t* row_req, const std::int32_t* n_keys,
                     view<float, 2> logits, const exec& ex);

@@ -93,6 +93,10 @@ void indexer_logits(const tensor_view& q, const tensor_view& w, const cache::key
 void topk_rows(const tensor_view& logits, const tensor_view& n_keys, const tensor_view& idx, const tensor_view& len,
                const exec& ex = {});
 
+// Sorts the first len[t] indices of each row of idx (i32 [T, k], in place) ascending: top-k picks in entry order,
+// the order the attention sums them in, so the sum does not depend on the scores' ranking. len i32 [T] in [0, k].
+void sort_rows(const tensor_view& idx, const tensor_view& len, const exec& ex = {});
+
 // Logical entry -> physical slot (FlashMLA's indices_in_kvcache): slots[t, i] = slot_of(block_table[row_req[t]],
 // idx[t, i], page_tokens) for i < len[t] (len absent: every lane) and idx >= 0; −1 elsewhere. An index whose page is
 // past the table or unmapped is an error (never an out-of-bounds read).
