@@ -8,6 +8,7 @@
 #                    thread_sync_words   the sync policy's pinned words (once per thread and device)
 #                    ~thread_words       their release at thread exit
 #   cuda/runtime.cu  device_malloc / device_free   dsv4::buffer's memory (a buffer is not an op)
+#   cuda/graph.cu    pinned_malloc / pinned_free   dsv4::pinned_buffer's memory (the staging of a forward step)
 # A top-level function is recognised by its definition starting in column 0 (the project's layout), which is where a
 # call is attributed. The check is textual: it can be fooled by macros, and it is meant to catch the ordinary slip.
 if(NOT SRC)
@@ -33,7 +34,9 @@ set(allowed
   "cuda/status.cu|thread_sync_words|cudaHostAlloc"
   "cuda/status.cu|~thread_words|cudaFree"
   "cuda/runtime.cu|device_malloc|cudaMalloc"
-  "cuda/runtime.cu|device_free|cudaFree")
+  "cuda/runtime.cu|device_free|cudaFree"
+  "cuda/graph.cu|pinned_malloc|cudaHostAlloc"
+  "cuda/graph.cu|pinned_free|cudaFree")
 
 file(GLOB_RECURSE files RELATIVE "${SRC}"
   "${SRC}/cuda/*.cu" "${SRC}/cuda/*.cuh" "${SRC}/src/*.cpp" "${SRC}/src/*.hpp" "${SRC}/include/*.hpp"

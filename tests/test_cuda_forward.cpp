@@ -1,7 +1,8 @@
 // The whole forward pass on the GPU (weights uploaded once, pages in device memory, every op on its CUDA backend)
 // against the CPU forward on the same checkpoint, and the CUDA forward's own invariants bitwise: prefill == chunked
 // prefill == token-by-token decode, a sequence alone == inside a batch, rollback == never having seen the rejected
-// tokens, 20 runs identical. Also the row-wise ops it is built from (RMSNorm, RoPE, embed, scale, the non-finite
+// tokens, 20 runs identical; the step under deferred checks, and recorded as a CUDA graph and replayed with new lengths
+// and tables, bitwise the eager step. Also the row-wise ops it is built from (RMSNorm, RoPE, embed, scale, the non-finite
 // count, hc_expand) against their host backends.
 #include <cmath>
 #include <cstring>
@@ -202,12 +203,64 @@ TEST_SUITE("cuda") {
     }
   }
 
-  TEST_CASE("the GPU forward pass refuses what it does not run: official numerics, a deferred policy, mixed devices") {
+  TEST_CASE("a whole decode step recorded as a CUDA graph and replayed step after step (new lengths, block tables and "
+            "slot lists each time): bitwise the eager logits; the deferred eager step too") {
+    const gpu_model m("cuda_graph", preset("small"));
+    const std::int64_t V = m.cfg.vocab_size;
+    const transformer eager(m.cfg, m.dev.weights);
+    const std::vector<std::int64_t> ids = tokens(200, V, 11), other = tokens(200, V, 12);
+    const std::vector<float> ref = run(eager, ids, 200), ref_other = run(eager, other, 200);
+    stream_and_status ss;
+    const transformer deferred(m.cfg, m.dev.weights, ss.deferred());
+    // eager under check_policy::deferred (no wait inside the step, one at its end): the same bits
+    CHECK(same_bits(run(deferred, ids, 200), ref));
+    CHECK(same_bits(run(deferred, ids, 9), ref));
+    // a prompt of 150 tokens (eager), then 50 decode steps of two sequences through the graph runner, one of them
+    // rolled back once on the way
+    auto pool = deferred.make_pool();
+    sequence_state a = deferred.new_sequence(pool), b = deferred.new_sequence(pool);
+    deferred.forward(std::span<const std::int64_t>(ids.data(), 150), a, tensor_view());
+    deferred.forward(std::span<const std::int64_t>(other.data(), 150), b, tensor_view());
+    graph_runner g(deferred);
+    buffer la(dtype::f32, {1, V}, kGpu), lb(dtype::f32, {1, V}, kGpu);
+    std::int64_t rows_differ = 0;
+    const std::vector<std::int64_t> junk = tokens(3, V, 13);
+    for (std::int64_t t = 150; t < 200; ++t) {
+      if (t == 170) {  // three rejected draft tokens for a, then the rollback
+        for (std::int64_t j : junk) {
+          const transformer::batch_entry e[1] = {{std::span<const std::int64_t>(&j, 1), &a, la.view(), {}}};
+          g.step(e);
+        }
+        a.truncate(170);
+      }
+      const transformer::batch_entry e[2] = {
+          {std::span<const std::int64_t>(ids.data() + t, 1), &a, la.view(), {}},
+          {std::span<const std::int64_t>(other.data() + t, 1), &b, lb.view(), {}}};
+      g.step(e);
+      const std::vector<float> ga = floats(la), gb = floats(lb);
+      rows_differ += !same_bits(ga, std::vector<float>(ref.begin() + t * V, ref.begin() + (t + 1) * V));
+      rows_differ += !same_bits(gb, std::vector<float>(ref_other.begin() + t * V, ref_other.begin() + (t + 1) * V));
+    }
+    CHECK(rows_differ == 0);
+    MESSAGE("graph runner: ", g.instantiations(), " instantiations, ", g.updates(), " in-place updates over 53 steps");
+    CHECK(g.updates() > 0);
+    CHECK(ss.word() == 0);
+    // a step that cannot be recorded: host logits
+    std::vector<float> host(static_cast<std::size_t>(V));
+    const std::int64_t one = 1;
+    const transformer::batch_entry bad[1] = {{std::span<const std::int64_t>(&one, 1), &a,
+                                              tensor_view(host.data(), dtype::f32, {1, V}), {}}};
+    check_error([&] { g.step(bad); }, {"device views only"});
+  }
+
+  TEST_CASE("the GPU forward pass refuses what it does not run: official numerics, no checks, mixed devices") {
     const gpu_model m("cuda_fwd_err", preset("small"));
     check_error([&] { transformer t(m.cfg, m.dev.weights, {}, {}, numerics::official); }, {"official", "CUDA"});
     exec d;
-    d.checks = check_policy::deferred;
-    check_error([&] { transformer t(m.cfg, m.dev.weights, d); }, {"check_policy::sync"});
+    d.checks = check_policy::none;
+    check_error([&] { transformer t(m.cfg, m.dev.weights, d); }, {"check_policy::sync or deferred"});
+    const transformer sync(m.cfg, m.dev.weights);
+    check_error([&] { graph_runner g(sync); }, {"check_policy::deferred"});
     const transformer gpu(m.cfg, m.dev.weights), cpu(m.cfg, m.w);
     sequence_state s = cpu.new_sequence();  // a host pool
     const std::vector<std::int64_t> ids = {1, 2, 3};

@@ -17,6 +17,7 @@
 #include "dsv4/ref/official.hpp"
 #include "dsv4/ops/quant.hpp"
 #include "common.hpp"
+#include "step_memory.hpp"
 
 namespace dsv4::model {
 
@@ -27,12 +28,11 @@ constexpr const char* kOp = "attention";
 using detail::as_shape;
 using detail::f32_on;
 using detail::round_cols;
-using detail::staging;
 using detail::to_f32;
 using detail::to_host;
 using region = page_pool::region;
 
-float* data(const buffer& b) { return static_cast<float*>(b.data()); }
+float* data(const tensor_view& b) { return static_cast<float*>(b.data()); }
 
 // The block tables of one region for the requests of a call, padded with -1: i32 [R, max pages].
 struct tables {
@@ -100,6 +100,12 @@ attention_layer::attention_layer(const model_config& cfg, const block_weights& w
 
 void attention_layer::forward(const tensor_view& x, const row_batch& rows, const tensor_view& y,
                               attention_trace* trace) const {
+  detail::step_memory mem(dev_);
+  run(x, rows, y, trace, &mem);
+}
+
+void attention_layer::run(const tensor_view& x, const row_batch& rows, const tensor_view& y, attention_trace* trace,
+                          detail::step_memory* memp) const {
   const model_config& cf = cfg_;
   const std::int64_t D = cf.dim, H = cf.n_heads, hd = cf.head_dim, nope = cf.nope_head_dim(), W = cf.window_size;
   DSV4_CHECK(x.rank() == 2 && x.dt() == dtype::f32 && x.shape(1) == D && x.is_contiguous(), kOp, "x is ",
@@ -138,8 +144,9 @@ void attention_layer::forward(const tensor_view& x, const row_batch& rows, const
   }
   for (std::int64_t s : seqs) pool.prepare(s, layer_, next[s]);
   const std::int64_t B = pool.options().page_tokens;
-  staging stage{dev_, {}};
-  auto buf = [&](std::int64_t r, std::int64_t c) { return buffer(dtype::f32, {r, c}, dev_); };
+  detail::step_memory& mem = *memp;
+  const detail::stager stage{mem, ex_};
+  auto buf = [&](std::int64_t r, std::int64_t c) { return mem.take(dtype::f32, {r, c}); };
   std::vector<std::int64_t> pos64(rows.pos);
   const tensor_view positions = stage(pos64.data(), dtype::i64, {T});
   std::vector<std::int32_t> row_req(static_cast<std::size_t>(T));
@@ -156,7 +163,7 @@ void attention_layer::forward(const tensor_view& x, const row_batch& rows, const
   const double eps = cf.norm_eps;
 
   // Query path: qr = q_norm(wq_a x); q = wq_b qr, per-head RMS rescale, RoPE on the last rd dims of each head.
-  buffer qr = buf(T, ql), q = buf(T, H * hd);
+  const tensor_view qr = buf(T, ql), q = buf(T, H * hd);
   const tensor_view q3 = as_shape(q, {T, H, hd});
   ops::linear(x, w_.wq_a, qr, ex_, nm_);
   ops::rms_norm(qr, q_norm_, eps, qr, ex_);
@@ -172,13 +179,13 @@ void attention_layer::forward(const tensor_view& x, const row_batch& rows, const
   // Window KV path: each row's entry stored at its position in its sequence's window pages.
   const tables win_t(pool, seqs, layer_, region::window);
   {
-    buffer kvn = buf(T, hd);
+    const tensor_view kvn = buf(T, hd);
     ops::linear(x, w_.wkv, kvn, ex_, nm_);
     ops::rms_norm(kvn, kv_norm_, eps, kvn, ex_);
     round_cols(nm_, kvn, T, hd, 0, hd);
     ops::rope(kvn, positions, freq_, nope, false, ex_);
     round_cols(nm_, kvn, T, hd, nope, rd);
-    ops::block_round_trip(kvn.view().narrow(1, 0, nope), kvn.view().narrow(1, 0, nope), ops::quant_format::fp8_e4m3,
+    ops::block_round_trip(kvn.narrow(1, 0, nope), kvn.narrow(1, 0, nope), ops::quant_format::fp8_e4m3,
                           64, ex_);
     std::vector<std::int32_t> slots(static_cast<std::size_t>(T));
     for (std::int64_t t = 0; t < T; ++t)
@@ -192,7 +199,7 @@ void attention_layer::forward(const tensor_view& x, const row_batch& rows, const
   auto compress = [&](const ops::qweight& wkv, const ops::qweight& wgate, const buffer& ape, const buffer& norm,
                       int ratio, std::int64_t c, bool indexer) {
     const std::int64_t cw = (ratio == 4 ? 2 : 1) * c;
-    buffer kvp = buf(T, cw), sc = buf(T, cw);
+    const tensor_view kvp = buf(T, cw), sc = buf(T, cw);
     ops::linear(x, wkv, kvp, ex_);
     ops::linear(x, wgate, sc, ex_);
     ops::compressor_params p;
@@ -228,12 +235,12 @@ void attention_layer::forward(const tensor_view& x, const row_batch& rows, const
 
   // Lightning indexer (CSA): queries, its own compressor into the key pages, then scores + top-k per row, the picks
   // sorted ascending and mapped to slots (all ops: the picks never leave the device).
-  buffer idx_b, len_b, cslots_b;
-  auto buf_i32 = [&](std::int64_t r, std::int64_t c) { return buffer(dtype::i32, {r, c}, dev_); };
+  tensor_view idx_b, len_b, cslots_b;
+  auto buf_i32 = [&](std::int64_t r, std::int64_t c) { return mem.take(dtype::i32, {r, c}); };
   if (ratio_ == 4) {
     const indexer_weights& ix = *w_.indexer;
     const std::int64_t ih = cf.index_n_heads, ic = cf.index_head_dim;
-    buffer qi = buf(T * ih, ic), wts = buf(T, ih);
+    const tensor_view qi = buf(T * ih, ic), wts = buf(T, ih);
     const tensor_view qi3 = as_shape(qi, {T, ih, ic});
     ops::linear(qr, ix.wq_b, as_shape(qi, {T, ih * ic}), ex_, nm_);
     ops::rope(qi3, positions, freq_, ic - rd, false, ex_);
@@ -258,12 +265,12 @@ void attention_layer::forward(const tensor_view& x, const row_batch& rows, const
     const tables key_t(pool, seqs, layer_, region::keys), comp_t(pool, seqs, layer_, region::compressed);
     const cache::key_pages keys = pool.key_view(layer_);
     idx_b = buf_i32(T, k);
-    len_b = buffer(dtype::i32, {T}, dev_);
+    len_b = mem.take(dtype::i32, {T});
     cslots_b = buf_i32(T, k);
-    buffer scratch;
     exec ix_ex = ex_;
     if (dev_.is_cuda()) {  // the score matrix of the CUDA backend
-      scratch = buffer(dtype::u8, {static_cast<std::int64_t>(ops::indexer_topk_workspace_bytes(T, keys)) + 256}, dev_);
+      const tensor_view scratch =
+          mem.take(dtype::u8, {static_cast<std::int64_t>(ops::indexer_topk_workspace_bytes(T, keys))});
       ix_ex.scratch = {scratch.data(), static_cast<std::size_t>(scratch.nbytes())};
     }
     ops::indexer_topk(qi3, wts, keys, stage(key_t.view()), row_req_v, stage(n_keys.data(), dtype::i32, {T}), idx_b,
@@ -303,16 +310,16 @@ void attention_layer::forward(const tensor_view& x, const row_batch& rows, const
   }
   if (ratio_ == 4 && trace) {  // the last row's picks (read back only when a trace is asked for)
     const std::vector<std::int32_t> idx = to_host<std::int32_t>(idx_b), len = to_host<std::int32_t>(len_b);
-    const std::int64_t k = idx_b.view().shape(1), n = len[static_cast<std::size_t>(T - 1)];
+    const std::int64_t k = idx_b.shape(1), n = len[static_cast<std::size_t>(T - 1)];
     tr.last_picks.assign(idx.begin() + (T - 1) * k, idx.begin() + (T - 1) * k + n);
     tr.last_compressed = n;
   }
 
   // Sparse attention with sink over the two segments, then inverse RoPE.
-  buffer o(dtype::f32, {T, H, hd}, dev_);
+  const tensor_view o = mem.take(dtype::f32, {T, H, hd});
   const ops::sparse_segment win{kv, stage(wslots.data(), dtype::i32, {T, Kw}), stage(wlen.data(), dtype::i32, {T})};
   const ops::sparse_segment comp =
-      ratio_ == 4 ? ops::sparse_segment{kv, cslots_b.view(), len_b.view()}
+      ratio_ == 4 ? ops::sparse_segment{kv, cslots_b, len_b}
                   : ops::sparse_segment{kv, stage(cslots.data(), dtype::i32, {T, Kc}), stage(clen.data(), dtype::i32, {T})};
   ops::sparse_mqa(q3, win, ratio_ != 0 ? &comp : nullptr, sink_, static_cast<float>(1.0 / std::sqrt(double(hd))), o,
                   tensor_view(), ex_, nm_);
@@ -321,7 +328,7 @@ void attention_layer::forward(const tensor_view& x, const row_batch& rows, const
 
   // Output: wo_a per group (heads k·H/g .. (k+1)·H/g − 1, flattened head-major), then wo_b.
   const std::int64_t g = cf.o_groups, ol = cf.o_lora_rank, gin = H * hd / g;
-  buffer o2 = buf(T, g * ol);
+  const tensor_view o2 = buf(T, g * ol);
   const tensor_view ov = as_shape(o, {T, H * hd});
   for (std::int64_t k = 0; k < g; ++k) {
     const ops::qweight group =
@@ -329,7 +336,7 @@ void attention_layer::forward(const tensor_view& x, const row_batch& rows, const
                                     w_.wo_a.scale.narrow(0, k * ol / ref::kFp8WeightTile, ol / ref::kFp8WeightTile),
                                     w_.wo_a.name}
                      : ops::qweight{wo_a_.view().narrow(0, k * ol, ol), {}, w_.wo_a.name};
-    ops::linear(ov.narrow(1, k * gin, gin), group, o2.view().narrow(1, k * ol, ol), ex_);
+    ops::linear(ov.narrow(1, k * gin, gin), group, o2.narrow(1, k * ol, ol), ex_);
   }
   // official: wo_a is a BF16 einsum (§1 S3, §4 item 8): fp32 accumulation, BF16 output
   round_cols(nm_, o2, T, g * ol, 0, g * ol);

@@ -40,9 +40,9 @@ inline std::vector<float> to_f32(const tensor_view& t) {
 inline void rms_norm(float* v, std::int64_t n, const float* w, double eps) { ref::rms_norm(v, n, w, eps); }
 
 // A contiguous buffer seen with another shape of the same size (on its device).
-inline tensor_view as_shape(const buffer& b, std::initializer_list<std::int64_t> shape) {
-  const tensor_view v(b.data(), b.view().dt(), shape, b.view().dev());
-  DSV4_CHECK(v.numel() == b.view().numel(), "model", "reshape of ", b.view().describe(), " to ", v.describe());
+inline tensor_view as_shape(const tensor_view& b, std::initializer_list<std::int64_t> shape) {
+  const tensor_view v(b.data(), b.dt(), shape, b.dev());
+  DSV4_CHECK(v.numel() == b.numel() && b.is_contiguous(), "model", "reshape of ", b.describe(), " to ", v.describe());
   return v;
 }
 
@@ -63,34 +63,12 @@ std::vector<T> to_host(const tensor_view& t) {
 
 // round_activations on columns [off, off + n) of each row of a [rows, width] f32 buffer (official numerics only,
 // which run on host tensors: the CUDA forward refuses them; a no-op under fp32 whatever the device).
-inline void round_cols(numerics nm, const buffer& b, std::int64_t rows, std::int64_t width, std::int64_t off,
+inline void round_cols(numerics nm, const tensor_view& b, std::int64_t rows, std::int64_t width, std::int64_t off,
                        std::int64_t n) {
   if (nm != numerics::official) return;
   auto* p = static_cast<float*>(b.data());
   if (off == 0 && n == width) return round_activations(nm, p, rows * width);
   for (std::int64_t r = 0; r < rows; ++r) round_activations(nm, p + r * width + off, n);
 }
-
-// Views of host index arrays (slots, lengths, block tables) where the ops read them: in place for host ops, a copy
-// on the device otherwise (the copies live as long as this object).
-struct staging {
-  device dev;
-  std::vector<buffer> keep;
-  tensor_view operator()(void* p, dtype dt, std::initializer_list<std::int64_t> shape) {
-    const tensor_view h(p, dt, shape);
-    if (dev.is_cpu()) return h;
-    buffer b(dt, shape, dev);
-    ops::copy(h, b.view());
-    keep.push_back(std::move(b));
-    return keep.back().view();
-  }
-  tensor_view operator()(const tensor_view& h) {
-    if (dev.is_cpu()) return h;
-    buffer b(h.dt(), h.shape(), dev);
-    ops::copy(h, b.view());
-    keep.push_back(std::move(b));
-    return keep.back().view();
-  }
-};
 
 }  // namespace dsv4::model::detail

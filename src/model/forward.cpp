@@ -5,15 +5,18 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <mutex>
 
 #include "dsv4/buffer.hpp"
 #include "dsv4/error.hpp"
+#include "dsv4/graph.hpp"
 #include "dsv4/ops/linear.hpp"
 #include "dsv4/ops/mhc.hpp"
 #include "dsv4/ops/memory.hpp"
 #include "dsv4/ops/moe.hpp"
 #include "dsv4/ops/rowwise.hpp"
 #include "common.hpp"
+#include "step_memory.hpp"
 
 namespace dsv4::model {
 
@@ -85,6 +88,12 @@ void sequence_state::truncate(std::int64_t n) {
 
 // ---- transformer -----------------------------------------------------------------------------------------------
 
+struct transformer::gpu_step {
+  explicit gpu_step(device dev) : mem(dev) {}
+  std::mutex mu;
+  detail::step_memory mem;
+};
+
 namespace {
 pool_options on(const pool_options& opt, device dev) {
   pool_options o = opt;
@@ -100,9 +109,10 @@ transformer::transformer(const model_config& cfg, const model_weights& w, const 
              " layers, the config has ", cfg.n_layers);
   DSV4_CHECK(dev_.is_cpu() || nm_ == numerics::fp32, kOp, "numerics official has no CUDA path (the weights live on ",
              dev_, ")");
-  DSV4_CHECK(dev_.is_cpu() || ex_.checks == check_policy::sync, kOp,
-             "the forward pass on a GPU runs under check_policy::sync (it reads results back between ops)");
+  DSV4_CHECK(dev_.is_cpu() || ex_.checks != check_policy::none, kOp,
+             "the forward pass on a GPU runs under check_policy::sync or deferred (its checks are part of the step)");
   pool_ = std::make_shared<page_pool>(cfg, on(pool, dev_));
+  if (dev_.is_cuda()) gpu_ = std::make_shared<gpu_step>(dev_);
   attn_.reserve(w.layers.size());
   for (const auto& b : w.layers) {
     attn_.emplace_back(cfg, b, ex, nm);
@@ -207,10 +217,22 @@ void transformer::forward_batch(std::span<const batch_entry> batch, forward_trac
   double sink = 0;  // laps nobody asked for
 
   // Embedding (a row gather, exact) and the initial expansion into n identical streams.
-  detail::staging stage{dev_, {}};
+  // The step's memory: on the GPU the transformer's arena (one GPU step at a time), on the host this call's own.
+  const bool gpu = dev_.is_cuda(), capturing = gpu && stream_capturing(ex_.cuda_stream);
+  DSV4_CHECK(!gpu || !trace || ex_.checks == check_policy::sync, kOp,
+             "a trace of a GPU step reads results back mid-step: it needs check_policy::sync");
+  for (const batch_entry& e : batch)
+    DSV4_CHECK(!capturing || e.logits.data() == nullptr || e.logits.dev() == dev_, kOp,
+               "a step recorded into a CUDA graph writes logits to device views only (got ", e.logits.describe(), ")");
+  detail::step_memory local_mem;
+  std::unique_lock<std::mutex> gpu_lock;
+  if (gpu) gpu_lock = std::unique_lock<std::mutex>(gpu_->mu);
+  detail::step_memory& mem = gpu ? gpu_->mem : local_mem;
+  mem.reset(!capturing);
+  const detail::stager stage{mem, ex_};
   const tensor_view ids_d = stage(ids.view());
-  auto buf = [&](dtype dt, std::initializer_list<std::int64_t> shape) { return buffer(dt, shape, dev_); };
-  buffer h = buf(dtype::f32, {T, D}), x = buf(dtype::f32, {T, n, D});
+  auto buf = [&](dtype dt, std::initializer_list<std::int64_t> shape) { return mem.take(dt, shape); };
+  const tensor_view h = buf(dtype::f32, {T, D}), x = buf(dtype::f32, {T, n, D});
   ops::embed(ids_d, w_.embed, h, ex_);
   if (const std::int64_t bad = first_non_finite(h, ex_); bad >= 0)
     DSV4_FAIL(kOp, "embed.weight row ", tok[bad / D], " (token ", tok[bad / D], ") holds a non-finite value at column ",
@@ -223,16 +245,15 @@ void transformer::forward_batch(std::span<const batch_entry> batch, forward_trac
   const ops::mhc_config mc{c.hc_sinkhorn_iters, static_cast<float>(c.hc_eps), static_cast<float>(c.norm_eps)};
   const ops::route_config rc{c.score, static_cast<int>(c.n_activated_experts), static_cast<float>(c.route_scale)};
   const std::int64_t k = c.n_activated_experts, E = c.n_routed_experts;
-  buffer y = buf(dtype::f32, {T, D}), fo = buf(dtype::f32, {T, D}), post = buf(dtype::f32, {T, n}),
-         comb = buf(dtype::f32, {T, n, n});
-  buffer gl = buf(dtype::f32, {T, E}), rw = buf(dtype::f32, {T, k}), ri = buf(dtype::i32, {T, k});
+  const tensor_view y = buf(dtype::f32, {T, D}), fo = buf(dtype::f32, {T, D}), post = buf(dtype::f32, {T, n}),
+                    comb = buf(dtype::f32, {T, n, n});
+  const tensor_view gl = buf(dtype::f32, {T, E}), rw = buf(dtype::f32, {T, k}), ri = buf(dtype::i32, {T, k});
   // The CUDA MoE's device scratch (plan, gathered rows, expert outputs), the same for every layer of the step.
-  buffer moe_scratch;
   exec moe_ex = ex_;
-  if (dev_.is_cuda()) {
+  if (gpu) {
     const auto& b0 = w_.layers.front().ffn;
-    moe_scratch = buf(dtype::u8, {static_cast<std::int64_t>(ops::moe_ffn_workspace_bytes(
-                                      T, k, b0.experts, b0.shared ? &*b0.shared : nullptr)) + 256});
+    const tensor_view moe_scratch = buf(dtype::u8, {static_cast<std::int64_t>(ops::moe_ffn_workspace_bytes(
+                                                        T, k, b0.experts, b0.shared ? &*b0.shared : nullptr))});
     moe_ex.scratch = {moe_scratch.data(), static_cast<std::size_t>(moe_scratch.nbytes())};
   }
 
@@ -248,7 +269,7 @@ void transformer::forward_batch(std::span<const batch_entry> batch, forward_trac
     detail::round_cols(nm_, y, T, D, 0, D);  // A5
     tt.mhc_s += clock();
     try {
-      attn_[l].forward(y, rb, fo, lt ? &lt->attn : nullptr);
+      attn_[l].run(y, rb, fo, lt ? &lt->attn : nullptr, &mem);
     } catch (const error& e) {  // say where: an op deep inside a layer only knows its own tensors
       DSV4_FAIL(kOp, "layer ", l, " attention: ", e.what());
     }
@@ -291,16 +312,20 @@ void transformer::forward_batch(std::span<const batch_entry> batch, forward_trac
                 " overflow fp32 for this input");
     if (progress) progress(static_cast<std::int64_t>(l));
   }
-  if (head_rows.empty()) return;
+  // The end of a GPU step under deferred checks: its one wait (unless it is being recorded), the status word read.
+  auto finish_gpu_step = [&] {
+    if (gpu && !capturing && ex_.checks != check_policy::sync) check_status(ex_);
+  };
+  if (head_rows.empty()) return finish_gpu_step();
 
   // Head: collapse the streams, final norm, fp32 logits, for the rows asked for (all entries at once).
   const std::int64_t Rh = static_cast<std::int64_t>(head_rows.size());
-  buffer xs = buf(dtype::f32, {Rh, n, D});
+  const tensor_view xs = buf(dtype::f32, {Rh, n, D});
   for (std::int64_t i = 0; i < Rh; ++i) {
     const std::int64_t r = head_rows[static_cast<std::size_t>(i)];
-    ops::copy(x.view().select(0, r), xs.view().select(0, i));
+    ops::copy(x.select(0, r), xs.select(0, i), ex_);
   }
-  buffer yh = buf(dtype::f32, {Rh, D});
+  const tensor_view yh = buf(dtype::f32, {Rh, D});
   ops::hc_head(xs, w_.hc_head.fn, w_.hc_head.scale, w_.hc_head.base, yh, mc, ex_);
   detail::round_cols(nm_, yh, Rh, D, 0, D);  // H1
   ops::rms_norm(yh, norm_, c.norm_eps, yh, ex_);
@@ -311,22 +336,72 @@ void transformer::forward_batch(std::span<const batch_entry> batch, forward_trac
   // One head GEMM for every entry when they want logits together; a single entry on the weights' device writes
   // straight into its view.
   const bool direct = batch.size() == 1 && batch[0].logits.dev() == dev_;
-  buffer all = direct ? buffer() : buf(dtype::f32, {Rh, V});
-  const tensor_view& out = direct ? batch[0].logits : all.view();
+  const tensor_view all = direct ? tensor_view() : buf(dtype::f32, {Rh, V});
+  const tensor_view& out = direct ? batch[0].logits : all;
   ops::linear(yh, ops::qweight{w_.head, {}, "head"}, out, ex_);
   if (const std::int64_t bad = first_non_finite(out, ex_); bad >= 0)
     DSV4_FAIL(kOp, "logit ", bad % V, " of row ", bad / V, " is not finite: head.weight row ", bad % V,
               " holds a value that overflows fp32 for this input");
-  if (!direct) {
+  // Each entry's rows into its view: device views on the step's stream first, then (after the step's wait) host
+  // views, read from the finished step.
+  for (const bool to_host_views : {false, true}) {
+    if (to_host_views) finish_gpu_step();
+    if (direct) continue;
     std::int64_t at = 0;
     for (const batch_entry& e : batch) {
       if (e.logits.rank() == 0 && e.logits.data() == nullptr) continue;
       const std::int64_t R = e.logits.shape(0);
-      ops::copy(all.view().narrow(0, at, R), e.logits);
+      if (e.logits.dev().is_cpu() == to_host_views)
+        ops::copy(all.narrow(0, at, R), e.logits, to_host_views ? exec{} : ex_);
       at += R;
     }
   }
   (trace ? trace->head_s : sink) += clock();
+}
+
+// ---- graph_runner --------------------------------------------------------------------------------------------
+
+struct graph_runner::impl {
+  explicit impl(void* stream) : graph(stream) {}
+  stream_graph graph;
+};
+
+graph_runner::graph_runner(const transformer& tf) : tf_(tf) {
+  constexpr const char* op = "graph_runner";
+  const exec& ex = tf.execution();
+  DSV4_CHECK(tf.dev().is_cuda(), op, "the transformer's weights live on ", tf.dev(), ": graphs are for GPU steps");
+  DSV4_CHECK(ex.checks == check_policy::deferred && ex.cuda_stream != nullptr && ex.status != nullptr, op,
+             "the transformer's exec must be check_policy::deferred with a stream and a status word (nothing in a "
+             "recorded step may wait)");
+  d_ = std::make_unique<impl>(ex.cuda_stream);
+}
+
+graph_runner::~graph_runner() = default;
+
+std::int64_t graph_runner::instantiations() const { return d_->graph.instantiations(); }
+std::int64_t graph_runner::updates() const { return d_->graph.updates(); }
+
+void graph_runner::step(std::span<const transformer::batch_entry> batch) {
+  constexpr const char* op = "graph_runner";
+  if (batch.empty()) return;
+  DSV4_CHECK(batch[0].seq != nullptr && batch[0].seq->valid(), op, "batch entry 0 has no sequence state");
+  page_pool& pool = batch[0].seq->pool();
+  {
+    // Map every page the step needs before recording: the pool's arrays may grow (and move) here, never inside the
+    // recording. prepare() is idempotent, so the step's own prepare finds them mapped.
+    const auto hold = pool.hold();
+    for (const transformer::batch_entry& e : batch) {
+      DSV4_CHECK(e.seq != nullptr && e.seq->valid() && &e.seq->pool() == &pool, op,
+                 "every entry needs a sequence of one pool");
+      const std::int64_t end = e.seq->pos() + static_cast<std::int64_t>(e.tokens.size());
+      DSV4_CHECK(end <= e.seq->capacity(), op, "positions up to ", end, " run past the context capacity of ",
+                 e.seq->capacity(), " tokens");
+      for (std::int64_t l = 0; l < tf_.config().n_layers; ++l) pool.prepare(e.seq->id(), l, end);
+    }
+  }
+  d_->graph.record([&] { tf_.forward_batch(batch); });
+  d_->graph.launch();
+  check_status(tf_.execution());  // the step's one wait, and its findings
 }
 
 }  // namespace dsv4::model

@@ -15,8 +15,10 @@ namespace {
 constexpr const char* kOp = "page_pool";
 
 // Fixed-size pages in one growable allocation (64-byte aligned; host memory or device memory of the pool's device),
-// with a free list; new pages are zero (on a device: one copy from a host page of zeros per page mapped, so a
-// page's bytes never depend on what it held before).
+// with a free list. Host pages are zeroed when mapped. Device pages are not (mapping happens on the host, between
+// and while steps are recorded into CUDA graphs, where no copy may wait): nothing reads a byte of a page before a
+// store wrote it (entries and state rows are read only below the position that wrote them), so the outputs do not
+// depend on it.
 class page_array {
  public:
   explicit page_array(std::int64_t page_bytes = 0, device dev = device::cpu()) : page_bytes_(page_bytes), dev_(dev) {}
@@ -30,13 +32,7 @@ class page_array {
     if (free_.empty()) grow();
     const std::int32_t p = free_.back();
     free_.pop_back();
-    if (dev_.is_cpu()) {
-      std::fill(data() + p * page_bytes_, data() + (p + 1) * page_bytes_, std::uint8_t{0});
-    } else {
-      const std::vector<std::uint8_t> zeros(static_cast<std::size_t>(page_bytes_), 0);
-      ops::copy(tensor_view(const_cast<std::uint8_t*>(zeros.data()), dtype::u8, {page_bytes_}),
-                tensor_view(data() + p * page_bytes_, dtype::u8, {page_bytes_}, dev_));
-    }
+    if (dev_.is_cpu()) std::fill(data() + p * page_bytes_, data() + (p + 1) * page_bytes_, std::uint8_t{0});
     return p;
   }
   void release(std::int32_t p) { free_.push_back(p); }

@@ -73,6 +73,11 @@ struct attention_trace {
   std::int64_t last_compressed = 0;        // compressed entries the last row attends
 };
 
+namespace detail {
+class step_memory;
+}
+class transformer;
+
 class attention_layer {
  public:
   attention_layer(const model_config& cfg, const block_weights& w, const exec& ex = {},
@@ -90,6 +95,11 @@ class attention_layer {
                attention_trace* trace = nullptr) const;
 
  private:
+  friend class transformer;
+  // forward() with the step's memory (activations, staged index arrays) from `mem` (the transformer's).
+  void run(const tensor_view& x, const row_batch& rows, const tensor_view& y, attention_trace* trace,
+           detail::step_memory* mem) const;
+
   model_config cfg_;
   std::int64_t layer_;
   int ratio_;

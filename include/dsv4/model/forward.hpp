@@ -80,6 +80,8 @@ struct forward_trace {
   double embed_s = 0, head_s = 0;
 };
 
+class graph_runner;
+
 class transformer {
  public:
   // The weights (and the checkpoint they view) must outlive the transformer. `pool` sets the page layout of the
@@ -125,6 +127,9 @@ class transformer {
   void forward_batch(std::span<const batch_entry> batch, forward_trace* trace = nullptr,
                      const std::function<void(std::int64_t)>& progress = {}) const;
 
+  const exec& execution() const { return ex_; }
+  device dev() const { return dev_; }
+
  private:
   model_config cfg_;
   const model_weights& w_;
@@ -134,8 +139,35 @@ class transformer {
   std::vector<attention_layer> attn_;
   std::vector<ops::qweight> gate_;  // the router weights, named for messages
   device dev_;                       // where the weights live (every activation of a step goes there too)
+  struct gpu_step;                   // the GPU steps' memory and its lock (forward.cpp)
+  std::shared_ptr<gpu_step> gpu_;
   buffer norm_;                      // f32 [D] on dev_
   std::vector<buffer> attn_norm_, ffn_norm_;
+};
+
+// The GPU forward pass as a CUDA graph, step by step (dsv4/graph.hpp), the way an engine runs its decode loop.
+// step(batch): maps the pages the step needs (outside the graph: the pool may grow there), records
+// transformer::forward_batch(batch) on the transformer's stream — its host bookkeeping runs and writes this step's
+// positions, block tables and slot lists into page-locked staging, no GPU work runs — applies the recording to the
+// executable graph (in place when only arguments changed: new lengths, tables, slot lists, grid sizes), launches it,
+// waits and checks the status word. The transformer's exec must be check_policy::deferred with a stream and a status
+// word (dsv4/exec.hpp); logits views must live on the transformer's device (or be empty). Every step gives bitwise
+// what forward_batch gives eagerly under the same exec.
+class graph_runner {
+ public:
+  explicit graph_runner(const transformer& tf);
+  ~graph_runner();
+  graph_runner(const graph_runner&) = delete;
+  graph_runner& operator=(const graph_runner&) = delete;
+
+  void step(std::span<const transformer::batch_entry> batch);
+  std::int64_t instantiations() const;  // recordings that needed a new executable graph
+  std::int64_t updates() const;         // recordings applied in place
+
+ private:
+  const transformer& tf_;
+  struct impl;
+  std::unique_ptr<impl> d_;
 };
 
 }  // namespace dsv4::model
