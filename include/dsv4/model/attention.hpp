@@ -28,10 +28,10 @@
 //
 // Device: the layer runs where its weights live. With weights on a CUDA device (model::upload_weights) and a pool
 // whose pages live there too, every activation is a device buffer and every step an op with a CUDA backend; what
-// stays on the host is the bookkeeping (page mapping, the slot lists of each row), built as on the CPU and copied to
-// the device per call, plus the CSA picks, read back and sorted ascending (the attention sums in entry order). That
-// is an eager step under check_policy::sync: buffers are allocated per call and every op waits. The numerics
-// official policy has no CUDA path (an error).
+// stays on the host is the bookkeeping (page mapping, the slot lists of each row), built as on the CPU and staged to
+// the device per call; the CSA picks are sorted ascending and mapped to slots by ops on the device (the attention
+// sums in entry order on every device). Memory comes from the step's arena (the transformer's; forward() alone makes
+// its own). The numerics official policy has no CUDA path (an error).
 //
 // Under numerics official every step rounds where DeepSeek's inference code does (official-numerics.md §1 A6-A16,
 // C1-C7, I1-I8, S1-S4): wq_a, wq_b, wkv, the indexer's wq_b and wo_b are promoted FP8 GEMMs with BF16 outputs, the

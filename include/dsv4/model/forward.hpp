@@ -89,9 +89,13 @@ class transformer {
   // Device: the transformer runs where the weights live. Weights on a CUDA device (upload_weights) run the whole
   // step there: every activation a device buffer, every op its CUDA backend, pages in device memory (the pools it
   // makes put them on that device; pool_options::dev is set to it), logits copied into the caller's views (host or
-  // device). The host keeps the bookkeeping (validation, page tables, slot lists, the CSA picks' order); the step is
-  // eager under check_policy::sync (numerics fp32 only). Its logits agree with the CPU's within fp32 rounding
-  // (tests/test_cuda_forward.cpp) and keep the same invariants: chunking, batching, rollback, repeated runs.
+  // device). The host keeps the bookkeeping (validation, page mapping, positions, block tables, slot lists, staged
+  // to the device through page-locked memory); the CSA picks stay on the device (indexer_topk, sort_rows, to_slots).
+  // Activations come from an arena that stops allocating once a step shape has been seen. Under check_policy::sync
+  // every op waits; under deferred (a stream and a status word) nothing in the step waits but its end
+  // (check_status), and a step can be recorded into a CUDA graph (graph_runner below). Numerics fp32 only. Its
+  // logits agree with the CPU's within fp32 rounding (tests/test_cuda_forward.cpp) and keep the same invariants,
+  // bitwise: chunking, batching, rollback, repeated runs, eager == graph.
   transformer(const model_config& cfg, const model_weights& w, const exec& ex = {}, const pool_options& pool = {},
               numerics nm = numerics::fp32);
 
