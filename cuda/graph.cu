@@ -13,6 +13,21 @@ void* pinned_malloc(std::size_t bytes) {
 
 void pinned_free(void* p) noexcept { cudaFreeHost(p); }
 
+void* stream_create(int device) {
+  int prev = 0;
+  DSV4_CUDA_CHECK(cudaGetDevice(&prev));
+  DSV4_CUDA_CHECK(cudaSetDevice(device));
+  cudaStream_t s = nullptr;
+  const cudaError_t e = cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
+  cudaSetDevice(prev);
+  DSV4_CUDA_CHECK(e);
+  return s;
+}
+
+void stream_destroy(void* stream) noexcept {
+  if (stream) cudaStreamDestroy(static_cast<cudaStream_t>(stream));
+}
+
 bool stream_capturing(void* stream) {
   cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
   DSV4_CUDA_CHECK(cudaStreamIsCapturing(static_cast<cudaStream_t>(stream), &st));

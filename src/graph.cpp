@@ -4,6 +4,7 @@
 #include <cstdlib>
 
 #include "dsv4/error.hpp"
+#include "dsv4/ops/memory.hpp"
 #if DSV4_WITH_CUDA
 #include "dsv4/cuda/runtime.hpp"
 #endif
@@ -31,6 +32,39 @@ pinned_buffer::~pinned_buffer() {
   }
 #endif
   std::free(p_);
+}
+
+device_stream::device_stream(int device) : device_(device) {
+#if DSV4_WITH_CUDA
+  DSV4_CHECK(device >= 0 && device < cuda::device_count(), "device_stream", "CUDA device ", device,
+             " is not visible (", cuda::device_count(), " devices)");
+  status_ = buffer(dtype::i32, {1}, device::cuda(device));  // the uint32 status word
+  const std::int32_t zero = 0;
+  ops::copy(tensor_view(const_cast<std::int32_t*>(&zero), dtype::i32, {1}), status_.view());
+  stream_ = cuda::stream_create(device);
+#else
+  DSV4_FAIL("device_stream", "this build of dsv4 has no CUDA backend");
+#endif
+}
+
+device_stream::~device_stream() {
+#if DSV4_WITH_CUDA
+  if (!stream_) return;
+  try {
+    check_status(deferred());  // drains the stream
+  } catch (...) {
+  }
+  cuda::stream_destroy(stream_);
+#endif
+}
+
+exec device_stream::deferred() const {
+  exec e;
+  e.cuda_stream = stream_;
+  e.device = device_;
+  e.checks = check_policy::deferred;
+  e.status = static_cast<std::uint32_t*>(status_.data());
+  return e;
 }
 
 bool stream_capturing(void* cuda_stream) {

@@ -12,6 +12,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <utility>
+
+#include "dsv4/buffer.hpp"
+#include "dsv4/exec.hpp"
 
 namespace dsv4 {
 
@@ -35,6 +39,23 @@ class pinned_buffer {
   void* p_ = nullptr;
   std::size_t n_ = 0;
   bool pinned_ = false;
+};
+
+// What a tool needs to run dsv4 the deferred way on a device: a non-blocking stream and a zeroed status word, owned;
+// exec() is check_policy::deferred on them. The stream is drained before it is destroyed.
+class device_stream {
+ public:
+  explicit device_stream(int device = 0);
+  ~device_stream();
+  device_stream(const device_stream&) = delete;
+  device_stream& operator=(const device_stream&) = delete;
+  exec deferred() const;
+  void* stream() const { return stream_; }
+
+ private:
+  int device_;
+  void* stream_ = nullptr;
+  buffer status_;
 };
 
 // Whether a CUDA stream is recording into a graph (false for the legacy stream, or without CUDA).

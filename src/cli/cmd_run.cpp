@@ -21,6 +21,7 @@
 #include "args.hpp"
 #include "dsv4/numerics.hpp"
 #include "dsv4/buffer.hpp"
+#include "dsv4/graph.hpp"
 #include "dsv4/io/file.hpp"
 #include "dsv4/io/safetensors.hpp"
 #include "dsv4/model/config.hpp"
@@ -145,7 +146,7 @@ const char* const kRunUsage =
     "                      as `dsv4 run --logits` on that sequence alone\n"
     "  --chunk N           prefill chunk size, N >= 1 (default: the whole prompt in one call)\n"
     "  --backend           cpu (default), ref (the scalar reference) or cuda (the weights uploaded once to GPU 0,\n"
-    "                      pages and activations there; numerics fp32)\n"
+    "                      pages and activations there, decode steps replayed as a CUDA graph; numerics fp32)\n"
     "  --threads N         CPU worker threads in [0, 1024] (0, the default: all cores)\n"
     "  --numerics POLICY   fp32 (default: exact weights, fp32 activations) or official (the rounding points of\n"
     "                      DeepSeek's inference code: BF16 activations, FP8 1x128 activation quantization, ...)\n"
@@ -274,7 +275,20 @@ int cmd_run(int argc, char** argv) {
     });
   }
   const model::model_weights& w = gpu ? dev_w.weights : host_w;
+  // On the GPU the engine's way: a stream of our own under check_policy::deferred (one wait per step), prompts run
+  // eagerly, decode steps recorded into a CUDA graph and replayed (model::graph_runner).
+  std::unique_ptr<device_stream> stream;
+  if (gpu) {
+    stream = std::make_unique<device_stream>(0);
+    ex = stream->deferred();
+  }
   const model::transformer tf(cfg, w, ex, po, nm);
+  std::unique_ptr<model::graph_runner> runner;
+  buffer dev_logits;
+  if (gpu) {
+    runner = std::make_unique<model::graph_runner>(tf);
+    dev_logits = buffer(dtype::f32, {static_cast<std::int64_t>(jobs.size()), V}, device::cuda(0));
+  }
   for (job& j : jobs) {
     j.seq = tf.new_sequence(j.total());
     j.last.assign(static_cast<std::size_t>(V), 0.f);
@@ -317,14 +331,27 @@ int cmd_run(int argc, char** argv) {
       }
       entries.push_back(e);
     }
-    tf.forward_batch(entries, nullptr, [&](std::int64_t layer) {
-      if (elapsed() > 1.0 && elapsed() - last_report > 0.5) {
-        last_report = elapsed();
-        std::fprintf(stderr, "\r[dsv4 run] tokens %lld/%lld, step %lld, layer %lld/%lld, %.1f tokens/s   ",
-                     (long long)done, (long long)total, (long long)steps + 1, (long long)layer + 1,
-                     (long long)cfg.n_layers, double(done) / elapsed());
-      }
-    });
+    const bool decode_only = std::all_of(counts.begin(), counts.end(), [](std::int64_t n) { return n == 1; });
+    if (runner && decode_only) {
+      // A decode step on the GPU: recorded into the CUDA graph and replayed (logits through device rows).
+      std::vector<model::transformer::batch_entry> dev_entries = entries;
+      for (std::size_t i = 0; i < entries.size(); ++i)
+        if (entries[i].logits.data() != nullptr)
+          dev_entries[i].logits = dev_logits.view().narrow(0, static_cast<std::int64_t>(i), 1);
+      runner->step(dev_entries);
+      for (std::size_t i = 0; i < entries.size(); ++i)
+        if (entries[i].logits.data() != nullptr)
+          ops::copy(dev_logits.view().narrow(0, static_cast<std::int64_t>(i), 1), entries[i].logits);
+    } else {
+      tf.forward_batch(entries, nullptr, [&](std::int64_t layer) {
+        if (elapsed() > 1.0 && elapsed() - last_report > 0.5) {
+          last_report = elapsed();
+          std::fprintf(stderr, "\r[dsv4 run] tokens %lld/%lld, step %lld, layer %lld/%lld, %.1f tokens/s   ",
+                       (long long)done, (long long)total, (long long)steps + 1, (long long)layer + 1,
+                       (long long)cfg.n_layers, double(done) / elapsed());
+        }
+      });
+    }
     for (std::size_t i = 0; i < in_step.size(); ++i) {
       job& j = *in_step[i];
       const std::int64_t n = counts[i];

@@ -25,6 +25,10 @@ void copy_bytes(void* dst, const void* src, std::size_t bytes, const exec& ex);
 void* pinned_malloc(std::size_t bytes);
 void pinned_free(void* p) noexcept;
 
+// A non-blocking stream of `device` (stream_destroy waits for nothing: the caller drains it first).
+void* stream_create(int device);
+void stream_destroy(void* stream) noexcept;
+
 // Whether `stream` is recording into a graph (cudaStreamIsCapturing).
 bool stream_capturing(void* stream);
 
