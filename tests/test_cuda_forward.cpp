@@ -10,6 +10,7 @@
 
 #include "cuda_harness.hpp"
 #include "model_harness.hpp"
+#include "dsv4/graph.hpp"
 #include "dsv4/model/forward.hpp"
 #include "dsv4/model/synth.hpp"
 #include "dsv4/ops/mhc.hpp"
@@ -261,6 +262,17 @@ TEST_SUITE("cuda") {
     check_error([&] { transformer t(m.cfg, m.dev.weights, d); }, {"check_policy::sync or deferred"});
     const transformer sync(m.cfg, m.dev.weights);
     check_error([&] { graph_runner g(sync); }, {"check_policy::deferred"});
+    // dsv4::device_stream: an owned stream and status word; its deferred step gives the sync step's bits
+    device_stream ds(0);
+    const transformer on_ds(m.cfg, m.dev.weights, ds.deferred());
+    sequence_state s2 = on_ds.new_sequence();
+    const std::vector<std::int64_t> few = {3, 1, 4, 1, 5};
+    std::vector<float> l(static_cast<std::size_t>(5 * m.cfg.vocab_size));
+    on_ds.forward(few, s2, tensor_view(l.data(), dtype::f32, {5, m.cfg.vocab_size}));
+    sequence_state s3 = sync.new_sequence();
+    std::vector<float> l2(l.size());
+    sync.forward(few, s3, tensor_view(l2.data(), dtype::f32, {5, m.cfg.vocab_size}));
+    CHECK(same_bits(l, l2));
     const transformer gpu(m.cfg, m.dev.weights), cpu(m.cfg, m.w);
     sequence_state s = cpu.new_sequence();  // a host pool
     const std::vector<std::int64_t> ids = {1, 2, 3};
