@@ -14,6 +14,8 @@
 //   sparse_mqa       decode of 64 query rows over fp8_ds_mla pages: V4-Flash (64 heads, 128 window + 512 picked),
 //                    V4-Pro (128 heads, 128 + 1024), HCA at 1M context (64 heads, 128 + 8192): TFLOP/s (QK and PV,
 //                    2 per multiply-add), peak = that / fp32 peak, and µs per token-layer.
+//   block_decode     one V4-Flash block (real dims, random weights: bench/block_model.hpp) decoding at 4K and 64K
+//                    context, CSA and HCA, through the graph runner: ms per token, weight GB/s and bw;
 //   small_decode     the whole forward pass of the `small` preset (6 layers, head_dim 128, 16 experts) on the GPU: one
 //                    decode step after a 512-token prompt, ms per token through the graph runner (the time reported),
 //                    eagerly under check_policy::deferred (one wait per step) and under sync (a wait per op), next to
@@ -28,13 +30,16 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <map>
 #include <unistd.h>
 #include <cstdio>
 #include <memory>
 #include <cstdint>
 #include <vector>
 
+#include "block_model.hpp"
 #include "dsv4/buffer.hpp"
+#include "dsv4/graph.hpp"
 #include "dsv4/model/forward.hpp"
 #include "dsv4/model/synth.hpp"
 #include "dsv4/model_traits.hpp"
@@ -421,6 +426,56 @@ void BM_cuda_small_decode(benchmark::State& state) {
   std::filesystem::remove_all(dir);
 }
 
+// One V4-Flash block (bench/block_model.hpp: real dims, random FP8 / FP4 weights, 3.5 GB) on the GPU with `ctx`
+// tokens of random context in its pages: decode steps through the graph runner on a deferred stream. Reports ms per
+// token and the weight bytes a step reads (attention + shared expert + the 6 routed experts) per second, next to
+// the device copy bandwidth (bw).
+void block_case(benchmark::State& state) {
+  if (!have_gpu()) return state.SkipWithError("no CUDA device");
+  const int ratio = static_cast<int>(state.range(0));
+  const std::int64_t ctx = state.range(1);
+  struct uploaded {
+    std::unique_ptr<bench::block_model> m;
+    model::device_weights w;
+  };
+  static std::map<int, uploaded> models;
+  uploaded& u = models[ratio];
+  if (!u.m) {
+    u.m = std::make_unique<bench::block_model>(ratio, false);
+    u.w = model::upload_weights(u.m->w, device::cuda(0));
+  }
+  const model::model_config& cfg = u.m->cfg;
+  device_stream ds(0);
+  const model::transformer tf(cfg, u.w.weights, ds.deferred());
+  model::sequence_state s = bench::filled(tf, ctx);
+  model::graph_runner g(tf);
+  buffer dl(dtype::f32, {1, cfg.vocab_size}, device::cuda(0));
+  std::int64_t tok = 17;
+  auto one = [&] {
+    const model::transformer::batch_entry e[1] = {{std::span<const std::int64_t>(&tok, 1), &s, dl.view(), {}}};
+    g.step(e);
+    tok = (tok * 31 + 7) % cfg.vocab_size;
+    if (s.pos() >= ctx + 16) s.truncate(s.pos() - 1);  // keep the context at ctx
+  };
+  for (int i = 0; i < 3; ++i) one();  // warm-up: the first recording, the arena
+  constexpr int kSteps = 20;
+  double ms = 0;
+  for (auto _ : state) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < kSteps; ++i) one();
+    ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / kSteps;
+    state.SetIterationTime(ms * 1e-3);
+  }
+  const auto& L = u.m->w.layers[0];
+  const double bytes = bench::attention_bytes(L) + bench::expert_bytes(*L.ffn.shared) +
+                       double(cfg.n_activated_experts) * bench::expert_bytes(L.ffn.experts[0]);
+  state.counters["ms/token"] = ms;
+  state.counters["weight_GB/s"] = bytes / (ms * 1e-3) / 1e9;
+  state.counters["bw"] = bytes / (ms * 1e-3) / 1e9 / copy_bw();
+  state.counters["graph_updates"] = double(g.updates());
+}
+void BM_cuda_block_decode(benchmark::State& s) { block_case(s); }
+
 void BM_cuda_copy_bw(benchmark::State& state) {
   if (!have_gpu()) return state.SkipWithError("no CUDA device");
   for (auto _ : state) state.SetIterationTime(1e-3);
@@ -461,4 +516,6 @@ DSV4_CUDA_BENCH(BM_cuda_sparse_mqa_flash);
 DSV4_CUDA_BENCH(BM_cuda_sparse_mqa_pro);
 DSV4_CUDA_BENCH(BM_cuda_hca_1m);
 DSV4_CUDA_BENCH(BM_cuda_small_decode);
+DSV4_CUDA_BENCH(BM_cuda_block_decode)->ArgNames({"ratio", "ctx"})->Args({4, 4096})->Args({4, 65536})
+    ->Args({128, 4096})->Args({128, 65536});
 BENCHMARK_MAIN();
