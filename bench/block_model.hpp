@@ -117,6 +117,12 @@ struct block_model {
     w.embed = bf({cfg.vocab_size, D}, 1.f, 0.f);
     w.layers[0].attn_norm = bf({D}, 0.1f, 1.f);
     w.layers[0].ffn_norm = bf({D}, 0.1f, 1.f);
+    // The attention's own norms too: the sparse file's zero weights would make q, kv and the indexer's query exactly
+    // zero (an all-zero FP4 query sends the indexer to its exact fallback, timing a path real inputs never take).
+    L.attn.q_norm = bf({cfg.q_lora_rank}, 0.1f, 1.f);
+    L.attn.kv_norm = bf({cfg.head_dim}, 0.1f, 1.f);
+    if (L.attn.compressor) L.attn.compressor->norm = bf({cfg.head_dim}, 0.1f, 1.f);
+    if (L.attn.indexer) L.attn.indexer->compressor.norm = bf({cfg.index_head_dim}, 0.1f, 1.f);
     w.layers[0].ffn.gate = bf({E, D}, 1.f / 64.f, 0.f);
     buffer bias(dtype::f32, {E});
     for (auto& v : bias.host_span<float>()) v = 0.1f * nd(r);

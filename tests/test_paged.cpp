@@ -415,11 +415,18 @@ TEST_SUITE("paged") {
     std::iota(table.begin(), table.end(), 0);
     for (std::int64_t H : {64, 20}) {
       CAPTURE(H);
-      const std::int64_t T = 3;
+      const std::int64_t T = 5;
       std::vector<float> q = test::randn(static_cast<std::size_t>(T * H * C), 42 + static_cast<std::uint64_t>(H)),
                          w = test::randn(static_cast<std::size_t>(T * H), 43);
       // token 2: one head's blocks scaled far apart (exponent spread 8): the whole token takes the reference path
       for (std::int64_t c = 0; c < 32; ++c) q[static_cast<std::size_t>((2 * H + 1) * C + c)] *= 256.f;
+      // token 3: two heads with an all-zero block (zero blocks are left out of the VNNI kernel's envelope, so the token
+      // stays on the kernel); token 4: a head entirely zero
+      for (std::int64_t c = 32; c < 64; ++c) {
+        q[static_cast<std::size_t>((3 * H + 0) * C + c)] = 0.f;
+        q[static_cast<std::size_t>((3 * H + 5) * C + c)] = 0.f;
+      }
+      for (std::int64_t c = 0; c < C; ++c) q[static_cast<std::size_t>((4 * H + 2) * C + c)] = 0.f;
       std::vector<std::int32_t> req(static_cast<std::size_t>(T), 0), nk(static_cast<std::size_t>(T), static_cast<std::int32_t>(n));
       std::vector<float> lr(static_cast<std::size_t>(T * n)), lc(lr.size());
       ops::indexer_logits(f32v(q, {T, H, C}), f32v(w, {T, H}), kp, i32v(table, {1, pages}), i32v(req, {T}),

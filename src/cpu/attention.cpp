@@ -220,18 +220,31 @@ detail::fp4_qpack pack_fp4_query(const ref::fp4_query& fq, const float* w) {
   bool ok = true;
   for (std::int64_t h = 0; h < H; ++h) {
     const std::uint8_t* sb = fq.sbits.data() + h * nb;
+    // The envelope over the blocks that hold a nonzero code: an all-zero block adds exactly 0 to the integer dot
+    // whatever its scale (a zero block's tiny scale would otherwise spread the exponents and send the whole token to
+    // the reference). A head with no nonzero code scores exactly 0 (e = 0, kept out of the key-range bounds).
     int lo = 255, hi = 0;
+    bool nan_scale = false;
     for (std::int64_t b = 0; b < nb; ++b) {
+      nan_scale = nan_scale || sb[b] == 0xFF;
+      bool nonzero = false;
+      for (std::int64_t c = b * ref::kIndexerBlock; c < (b + 1) * ref::kIndexerBlock; ++c)
+        nonzero = nonzero || fq.a[static_cast<std::size_t>(h * C + c)] != 0;
+      if (!nonzero) continue;
       lo = std::min<int>(lo, sb[b]);
       hi = std::max<int>(hi, sb[b]);
     }
+    const bool zero_head = lo > hi;
+    if (zero_head) lo = hi = 127 + 2;
     const int e = lo - 127 - 2;  // the head's scale exponent 2^(eq_min − 2)
-    if (!fq.finite[static_cast<std::size_t>(h)] || hi == 0xFF || hi - lo > 3 || e < -126 || e > 127) {
+    if (!fq.finite[static_cast<std::size_t>(h)] || nan_scale || hi - lo > 3 || e < -126 || e > 127) {
       ok = false;
       break;
     }
-    emin_all = std::min(emin_all, e);
-    emax_all = std::max(emax_all, e);
+    if (!zero_head) {
+      emin_all = std::min(emin_all, e);
+      emax_all = std::max(emax_all, e);
+    }
     const std::size_t g = static_cast<std::size_t>(h / 16), l = static_cast<std::size_t>(h % 16);
     std::int32_t sum = 0;
     for (std::int64_t half = 0; half < 2; ++half)
@@ -239,7 +252,8 @@ detail::fp4_qpack pack_fp4_query(const ref::fp4_query& fq, const float* w) {
         std::uint32_t dword = 0;
         for (int i = 0; i < 4; ++i) {
           const std::int64_t c = 8 * j + 2 * i + half;  // the element this byte meets in the key layout
-          const int v = fq.a[static_cast<std::size_t>(h * C + c)] * (1 << (sb[c / ref::kIndexerBlock] - lo));
+          const int a = fq.a[static_cast<std::size_t>(h * C + c)];
+          const int v = a == 0 ? 0 : a * (1 << (sb[c / ref::kIndexerBlock] - lo));  // zero blocks may sit below lo
           sum += v;
           p.qh[static_cast<std::size_t>(h * C + half * (C / 2) + 4 * j + i)] = static_cast<std::int8_t>(v);
           dword |= static_cast<std::uint32_t>(static_cast<std::uint8_t>(static_cast<std::int8_t>(v))) << (8 * i);
