@@ -74,9 +74,11 @@ TEST_CASE("decode is exact: x = identity gives W^T bit for bit on every backend"
 TEST_CASE("cpu: an output row does not depend on the batch it is in, or on the thread count") {
   if (!cpu::simd_isa()) return;
   // Every format; FP8 with K % 64 == 0 (the decode GEMV in the VBMI lane order) and with a tail (panel only), rows
-  // crossing a 128-row scale tile; FP4 with N % 8 != 0 (a short last GEMV tile).
+  // crossing a 128-row scale tile; FP4 with N % 8 != 0 (a short last GEMV tile); BF16 and F32 with K % 16 == 0 (their
+  // decode GEMV) and with a tail (panel only).
   const fmt_case cases[] = {{dtype::fp4_e2m1, 70, 512}, {dtype::fp8_e4m3, 136, 1024}, {dtype::fp8_e4m3, 200, 300},
-                            {dtype::bf16, 40, 133},     {dtype::f32, 37, 83}};
+                            {dtype::bf16, 40, 133},     {dtype::f32, 37, 83},         {dtype::bf16, 45, 1024},
+                            {dtype::f32, 19, 272}};
   for (const auto& fc : cases) {
     CAPTURE(dtype_name(fc.dt));
     CAPTURE(fc.K);

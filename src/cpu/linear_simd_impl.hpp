@@ -438,6 +438,38 @@ struct linear_simd {
     for (int j = 0; j < NT; ++j) out[j] = xsimd::hadd(F(acc[j]));
   }
 
+  // BF16 (widened by a shift) and F32 rows, K % 16 == 0: 16 values at a time in increasing k, one accumulator per
+  // row, then the fixed horizontal add — panel_dots' order on the decoded rows, so decode rows equal batch rows
+  // bitwise (a K % 16 tail stays on the panel path: its scalar sum is left to one compiled site). The panel path
+  // decoded the rows into a panel first and read them back: three times the bytes moved per BF16 weight.
+  template <int NT, bool BF>
+  static void gemv_wide(const float* x, const ref::weight_ref& w, std::int64_t n0, float* out) {
+    const std::int64_t Kv = w.k;
+    const std::uint8_t* src[NT];
+    __m512 acc[NT];
+    for (int j = 0; j < NT; ++j) {
+      src[j] = BF ? reinterpret_cast<const std::uint8_t*>(&w.bf(n0 + j, 0))
+                  : reinterpret_cast<const std::uint8_t*>(&w.f32(n0 + j, 0));
+      acc[j] = _mm512_setzero_ps();
+    }
+    constexpr std::int64_t bytes = BF ? 2 : 4;
+    for (std::int64_t k = 0; k < Kv; k += 16) {
+      const __m512 xv = _mm512_loadu_ps(x + k);
+      if (k % (64 / bytes) == 0)  // a cache line of every row, kPrefetch bytes ahead
+        for (int j = 0; j < NT; ++j) prefetch(src[j] + k * bytes + kPrefetch);
+      for (int j = 0; j < NT; ++j) {
+        __m512 v;
+        if constexpr (BF)
+          v = _mm512_castsi512_ps(_mm512_slli_epi32(
+              _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src[j] + 2 * k))), 16));
+        else
+          v = _mm512_loadu_ps(reinterpret_cast<const float*>(src[j]) + k);
+        acc[j] = _mm512_fmadd_ps(xv, v, acc[j]);
+      }
+    }
+    for (int j = 0; j < NT; ++j) out[j] = xsimd::hadd(F(acc[j]));
+  }
+
   // FP8 without VBMI, K % 128 == 0: element order, 16 codes at a time.
   template <int NT>
   static void gemv_fp8(const float* x, const ref::weight_ref& w, std::int64_t n0, float* out) {
@@ -480,6 +512,18 @@ struct linear_simd {
   struct fp8_g {
     static void run(const float* x, const ref::weight_ref& w, std::int64_t n0, float* o) { gemv_fp8<NT>(x, w, n0, o); }
   };
+  template <int NT>
+  struct bf16_g {
+    static void run(const float* x, const ref::weight_ref& w, std::int64_t n0, float* o) {
+      gemv_wide<NT, true>(x, w, n0, o);
+    }
+  };
+  template <int NT>
+  struct f32_g {
+    static void run(const float* x, const ref::weight_ref& w, std::int64_t n0, float* o) {
+      gemv_wide<NT, false>(x, w, n0, o);
+    }
+  };
 #endif
 
   static bool gemv(const float* x, const ref::weight_ref& w, std::int64_t n0, int nt, float* out) {
@@ -490,6 +534,16 @@ struct linear_simd {
       static constexpr auto fp8 = gemv_row<fp8_g>(std::make_index_sequence<kMaxTileN>{});
       if (w.fmt == ref::wfmt::fp4_b32 && w.k % ref::kFp4WeightBlock == 0) {
         fp4[nt - 1](x, w, n0, out);
+        return true;
+      }
+      static constexpr auto bf = gemv_row<bf16_g>(std::make_index_sequence<kMaxTileN>{});
+      static constexpr auto f32 = gemv_row<f32_g>(std::make_index_sequence<kMaxTileN>{});
+      if (w.fmt == ref::wfmt::bf16 && w.k % 16 == 0 && w.bf.stride[1] == 1) {
+        bf[nt - 1](x, w, n0, out);
+        return true;
+      }
+      if (w.fmt == ref::wfmt::f32 && w.k % 16 == 0 && w.f32.stride[1] == 1) {
+        f32[nt - 1](x, w, n0, out);
         return true;
       }
       if (w.fmt == ref::wfmt::fp8_b128 && permutes(w) && w.k % kFp8Block == 0) {
