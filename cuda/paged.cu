@@ -240,6 +240,26 @@ __global__ void to_slots_kernel(view<const std::int32_t, 2> idx, const std::int3
 // ---- top-k --------------------------------------------------------------------------------------------------------
 
 // The 64-bit key of (score, index): unsigned order = score order, then the lower index; NaN below everything.
+// Bitonic sort of v[0, p2) (p2 a power of two) in shared memory by the whole CTA: afterwards no element is
+// before(...) its predecessor. Every thread of the CTA must call it (barriers inside).
+template <class T, class Before>
+__device__ void cta_bitonic_sort(T* v, int p2, Before before) {
+  for (int size = 2; size <= p2; size <<= 1)
+    for (int stride = size >> 1; stride > 0; stride >>= 1) {
+      for (int i = threadIdx.x; i < p2; i += blockDim.x) {
+        const int j = i ^ stride;
+        if (j > i) {
+          const T a = v[i], b = v[j];
+          if ((i & size) == 0 ? before(b, a) : before(a, b)) {
+            v[i] = b;
+            v[j] = a;
+          }
+        }
+      }
+      __syncthreads();
+    }
+}
+
 __device__ inline unsigned long long topk_key(float v, std::int64_t s) {
   std::uint32_t u = f32_to_bits(v);
   u = (v != v) ? 0u : ((u >> 31) ? ~u : (u | 0x80000000u));
@@ -312,21 +332,7 @@ __global__ void __launch_bounds__(kTopkThreads) topk_kernel(view<const float, 2>
   while (p2 < need) p2 <<= 1;
   for (int i = need + static_cast<int>(threadIdx.x); i < p2; i += blockDim.x) sel[i] = 0;  // pads sort last
   __syncthreads();
-  for (int size = 2; size <= p2; size <<= 1)
-    for (int stride = size >> 1; stride > 0; stride >>= 1) {
-      for (int i = threadIdx.x; i < p2; i += blockDim.x) {
-        const int j = i ^ stride;
-        if (j > i) {
-          const bool desc = (i & size) == 0;
-          const unsigned long long a = sel[i], b = sel[j];
-          if (desc ? a < b : a > b) {
-            sel[i] = b;
-            sel[j] = a;
-          }
-        }
-      }
-      __syncthreads();
-    }
+  cta_bitonic_sort(sel, p2, [](unsigned long long a, unsigned long long b) { return a > b; });  // best first
   for (std::int64_t i = threadIdx.x; i < K; i += blockDim.x)
     idx(t, i) = i < need ? static_cast<std::int32_t>(~static_cast<std::uint32_t>(sel[i] & 0xFFFFFFFFull)) : -1;
   if (threadIdx.x == 0) len[t] = need;
@@ -861,21 +867,7 @@ __global__ void __launch_bounds__(kSortThreads) sort_rows_kernel(view<std::int32
   while (p2 < n) p2 <<= 1;
   for (int i = threadIdx.x; i < p2; i += blockDim.x) v[i] = i < n ? idx(t, i) : 0x7FFFFFFF;
   __syncthreads();
-  for (int size = 2; size <= p2; size <<= 1)
-    for (int stride = size >> 1; stride > 0; stride >>= 1) {
-      for (int i = threadIdx.x; i < p2; i += blockDim.x) {
-        const int j = i ^ stride;
-        if (j > i) {
-          const bool up = (i & size) == 0;
-          const std::int32_t a = v[i], b = v[j];
-          if ((a > b) == up) {
-            v[i] = b;
-            v[j] = a;
-          }
-        }
-      }
-      __syncthreads();
-    }
+  cta_bitonic_sort(v, p2, [](std::int32_t a, std::int32_t b) { return a < b; });  // ascending
   for (int i = threadIdx.x; i < n; i += blockDim.x) idx(t, i) = v[i];
 }
 }  // namespace
