@@ -266,7 +266,7 @@ __device__ inline unsigned long long topk_key(float v, std::int64_t s) {
   return (static_cast<unsigned long long>(u) << 32) | static_cast<std::uint32_t>(~static_cast<std::uint32_t>(s));
 }
 
-constexpr int kTopkThreads = 1024, kMaxTopkK = 4096;
+constexpr int kTopkThreads = 1024;
 
 __global__ void __launch_bounds__(kTopkThreads) topk_kernel(view<const float, 2> logits, const std::int32_t* n_keys,
                                                             view<std::int32_t, 2> idx, std::int32_t* len,
@@ -340,7 +340,7 @@ __global__ void __launch_bounds__(kTopkThreads) topk_kernel(view<const float, 2>
 
 // ---- indexer ----------------------------------------------------------------------------------------------------
 
-constexpr int kIdxThreads = 128, kMaxHeads = 128;
+constexpr int kIdxThreads = 128, kMaxHeads = kMaxIndexerHeads;
 
 // 2·E2M1 of a nibble, as ref::fp4_twice.
 __device__ inline int fp4_twice(unsigned c) {
@@ -610,7 +610,7 @@ __global__ void __launch_bounds__(32 * kMqaHeads) mqa_kernel(view<const float, 3
 
 // ---- compressor emit ------------------------------------------------------------------------------------------
 
-constexpr int kEmitThreads = 128, kMaxEmitC = 1024;
+constexpr int kEmitThreads = 128;
 
 // The state row of position q of request r (−1 and a report when its page is out of the table or unmapped).
 __device__ inline std::int64_t state_slot_of(view<const std::int32_t, 2> table, std::int64_t r, std::int64_t q,

@@ -256,6 +256,10 @@ TEST_SUITE("cuda") {
 
   TEST_CASE("the GPU forward pass refuses what it does not run: official numerics, no checks, mixed devices") {
     const gpu_model m("cuda_fwd_err", preset("small"));
+    {  // tiny's head_dim 96 is not a shape of the CUDA sparse attention: refused when the transformer is made
+      const gpu_model t("cuda_fwd_tiny", preset("tiny"));
+      check_error([&] { transformer tf(t.cfg, t.dev.weights); }, {"head_dim 128, 256 or 512", "tiny has 96"});
+    }
     check_error([&] { transformer t(m.cfg, m.dev.weights, {}, {}, numerics::official); }, {"official", "CUDA"});
     exec d;
     d.checks = check_policy::none;

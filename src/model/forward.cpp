@@ -8,6 +8,9 @@
 #include <mutex>
 
 #include "dsv4/buffer.hpp"
+#include "dsv4/cuda/mhc.hpp"
+#include "dsv4/cuda/moe.hpp"
+#include "dsv4/cuda/paged.hpp"
 #include "dsv4/error.hpp"
 #include "dsv4/graph.hpp"
 #include "dsv4/ops/linear.hpp"
@@ -111,6 +114,21 @@ transformer::transformer(const model_config& cfg, const model_weights& w, const 
              dev_, ")");
   DSV4_CHECK(dev_.is_cpu() || ex_.checks != check_policy::none, kOp,
              "the forward pass on a GPU runs under check_policy::sync or deferred (its checks are part of the step)");
+  if (dev_.is_cuda()) {  // the shapes the CUDA kernels take, checked before any step (dsv4/cuda/*.hpp)
+    const bool csa = std::count(cfg.compress_ratios.begin(), cfg.compress_ratios.end(), 4) > 0;
+    DSV4_CHECK(cuda::mqa_head_dim_ok(cfg.head_dim), kOp, "the CUDA sparse attention takes head_dim 128, 256 or 512; ",
+               cfg.name, " has ", cfg.head_dim, " (run it on the CPU)");
+    DSV4_CHECK(cfg.head_dim <= cuda::kMaxEmitC && cfg.hc_mult <= cuda::kMaxHcMult &&
+                   cfg.n_routed_experts <= cuda::kMaxRoutedExperts && cfg.n_activated_experts <= cuda::kMaxTopk,
+               kOp, cfg.name, ": head_dim ", cfg.head_dim, ", hc_mult ", cfg.hc_mult, ", ", cfg.n_routed_experts,
+               " routed experts (top-", cfg.n_activated_experts, ") exceed the CUDA kernels' limits (", cuda::kMaxEmitC,
+               ", ", cuda::kMaxHcMult, ", ", cuda::kMaxRoutedExperts, ", ", cuda::kMaxTopk, ")");
+    DSV4_CHECK(!csa || (cuda::fp4_key_dim_ok(cfg.index_head_dim) && cfg.index_n_heads <= cuda::kMaxIndexerHeads &&
+                        cfg.index_topk <= cuda::kMaxTopkK),
+               kOp, cfg.name, ": the CUDA indexer takes key dims 32, 64 or 128, at most ", cuda::kMaxIndexerHeads,
+               " heads and top-k <= ", cuda::kMaxTopkK, "; got ", cfg.index_head_dim, ", ", cfg.index_n_heads, ", ",
+               cfg.index_topk);
+  }
   pool_ = std::make_shared<page_pool>(cfg, on(pool, dev_));
   if (dev_.is_cuda()) gpu_ = std::make_shared<gpu_step>(dev_);
   attn_.reserve(w.layers.size());

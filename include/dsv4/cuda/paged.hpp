@@ -40,6 +40,13 @@
 
 namespace dsv4::cuda {
 
+// The shapes the kernels take (checked by the launchers; the forward pass checks a model against them up front).
+inline constexpr int kMaxTopkK = 4096;        // top-k / sort_rows: k in shared memory
+inline constexpr int kMaxIndexerHeads = 128;  // indexer heads per query row
+inline constexpr int kMaxEmitC = 1024;        // compressor entry width
+inline constexpr bool mqa_head_dim_ok(std::int64_t d) { return d == 128 || d == 256 || d == 512; }
+inline constexpr bool fp4_key_dim_ok(std::int64_t c) { return c == 32 || c == 64 || c == 128; }
+
 // Device page memory as kernels see it.
 struct kv_dev {
   std::uint8_t* base = nullptr;
