@@ -307,8 +307,8 @@ int main(int argc, char** argv) {
     }
   }
 
-  {  /* DSV4_BACKEND_CUDA opens where a GPU is visible (the weights uploaded) and is a clear error elsewhere; 4 is no
-        backend at all */
+  {  /* DSV4_BACKEND_CUDA: a clear error where no GPU is visible, and on a GPU for this model (tiny: head_dim 96, which
+        the CUDA attention does not take); 4 is no backend at all */
     dsv4_model_options co = opts;
     dsv4_model* cm = NULL;
     co.backend = 4;
@@ -320,7 +320,8 @@ int main(int argc, char** argv) {
     co.backend = DSV4_BACKEND_CUDA;
     const int st = dsv4_model_open(argv[1], &co, &cm);
     ++g_checks;
-    if (st == DSV4_OK ? cm == NULL : (cm != NULL || !strstr(dsv4_last_error(), "no CUDA device is visible"))) {
+    if (st == DSV4_OK || cm != NULL ||
+        (!strstr(dsv4_last_error(), "no CUDA device is visible") && !strstr(dsv4_last_error(), "head_dim 128, 256"))) {
       ++g_failed;
       fprintf(stderr, "MISMATCH DSV4_BACKEND_CUDA open: %s\n", dsv4_last_error());
     }
