@@ -81,12 +81,12 @@ void BM_read_bw(benchmark::State& state) {
 }
 
 // ---- weights -----------------------------------------------------------------------------------------------------
-enum class codes { fp4, fp8_normal, fp8_subnormal };
+enum class codes { fp4, fp8_normal, fp8_subnormal, bf16 };
 
 struct matrix {
   buffer w, s;
-  ops::qweight q() const { return {w.view(), s.view()}; }
-  double bytes() const { return static_cast<double>(w.nbytes() + s.nbytes()); }
+  ops::qweight q() const { return {w.view(), s.data() ? s.view() : tensor_view()}; }
+  double bytes() const { return static_cast<double>(w.nbytes() + (s.data() ? s.nbytes() : 0)); }
 };
 
 matrix make(codes c, std::int64_t N, std::int64_t K, std::uint64_t seed) {
@@ -98,6 +98,10 @@ matrix make(codes c, std::int64_t N, std::int64_t K, std::uint64_t seed) {
     for (std::int64_t i = 0; i < N * K / 16; ++i) p[i] = rng();
     m.s = buffer(dtype::ue8m0, {N, K / 32});
     for (auto& s : m.s.host_span<ue8m0>()) s.bits = static_cast<std::uint8_t>(120 + rng() % 3);
+  } else if (c == codes::bf16) {  // no scales (the compressor's and gate's BF16 weights)
+    m.w = buffer(dtype::bf16, {N, K});
+    std::normal_distribution<float> nd(0.f, 0.02f);
+    for (auto& v : m.w.host_span<bf16>()) v = bf16::from_float(nd(rng));
   } else {
     m.w = buffer(dtype::fp8_e4m3, {N, K});
     for (auto& v : m.w.host_span<fp8_e4m3>()) {
@@ -209,6 +213,7 @@ void BM_gemv_fp8_32768x1024(benchmark::State& s) { gemv_case(s, codes::fp8_norma
 void BM_gemv_fp8_4096x8192(benchmark::State& s) { gemv_case(s, codes::fp8_normal, 4096, 8192); }
 void BM_gemv_fp8sub_32768x1024(benchmark::State& s) { gemv_case(s, codes::fp8_subnormal, 32768, 1024); }
 void BM_gemv_fp8sub_4096x8192(benchmark::State& s) { gemv_case(s, codes::fp8_subnormal, 4096, 8192); }
+void BM_gemv_bf16_1024x4096(benchmark::State& s) { gemv_case(s, codes::bf16, 1024, 4096); }
 void BM_gemv_hot_fp4_2048x4096(benchmark::State& s) { gemv_case(s, codes::fp4, 2048, 4096, true); }
 void BM_gemv_hot_fp8_1024x4096(benchmark::State& s) { gemv_case(s, codes::fp8_normal, 1024, 4096, true); }
 void BM_gemm_fp4_2048x4096(benchmark::State& s) { gemm_case(s, codes::fp4, 2048, 4096); }
@@ -226,6 +231,7 @@ DSV4_GEMV(BM_gemv_fp8_32768x1024);
 DSV4_GEMV(BM_gemv_fp8_4096x8192);
 DSV4_GEMV(BM_gemv_fp8sub_32768x1024);
 DSV4_GEMV(BM_gemv_fp8sub_4096x8192);
+DSV4_GEMV(BM_gemv_bf16_1024x4096);
 DSV4_GEMV(BM_gemv_hot_fp4_2048x4096);
 DSV4_GEMV(BM_gemv_hot_fp8_1024x4096);
 #define DSV4_GEMM(f) BENCHMARK(f)->ArgName("threads")->Arg(2)->Iterations(4)->UseRealTime()->Unit(benchmark::kMillisecond)
