@@ -89,6 +89,28 @@ __device__ void store_fp4_key(std::uint8_t* codes, std::uint8_t* sc, std::int64_
   }
 }
 
+// One stored KV entry, read value by value (ref::load_kv_entry's decode): f32 as stored; fp8_ds_mla: the E4M3 code
+// times its 64-block's UE8M0 scale for d < nope, then the little-endian BF16 rope values.
+struct kv_entry {
+  const std::uint8_t* data = nullptr;
+  const std::uint8_t* sc = nullptr;
+  std::int64_t nope = 0;
+  bool f32 = false;
+  __device__ float operator[](std::int64_t d) const {
+    if (f32) return reinterpret_cast<const float*>(data)[d];
+    if (d < nope) return fp8_e4m3{data[d]}.to_float() * ue8m0{sc[d / 64]}.to_float();
+    const std::int64_t r = nope + 2 * (d - nope);
+    return bf16{static_cast<std::uint16_t>(data[r] | (data[r + 1] << 8))}.to_float();
+  }
+};
+__device__ inline kv_entry kv_entry_at(const kv_dev& kv, std::int64_t slot) {
+  const cache::kv_geometry& g = kv.geo;
+  const std::uint8_t* page = kv_page(kv, slot);
+  const std::int64_t e = mod32(slot, g.page_tokens);
+  const bool f32 = g.format == cache::kv_format::f32;
+  return {page + g.data_offset(e), f32 ? nullptr : page + g.scale_offset(e), g.nope(), f32};
+}
+
 // ---- stores and loads (one warp per row) ----------------------------------------------------------------------
 
 __global__ void kv_store_kernel(view<const float, 2> values, const std::int32_t* slots, kv_dev kv, status_ref st) {
@@ -112,23 +134,9 @@ __global__ void kv_load_kernel(kv_dev kv, const std::int32_t* slots, view<float,
   const std::int64_t t = blockIdx.x;
   const int lane = threadIdx.x;
   const std::int64_t s = slots[t];
-  const cache::kv_geometry& g = kv.geo;
-  if (!slot_ok(s, kv.num_slots, lane == 0 ? st : status_ref{})) {
-    for (std::int64_t i = lane; i < g.head_dim; i += 32) values(t, i) = 0.f;
-    return;
-  }
-  const std::uint8_t* page = kv_page(kv, s);
-  const std::int64_t e = mod32(s, g.page_tokens);
-  const std::uint8_t* data = page + g.data_offset(e);
-  if (g.format == cache::kv_format::f32) {
-    for (std::int64_t i = lane; i < g.head_dim; i += 32) values(t, i) = reinterpret_cast<const float*>(data)[i];
-    return;
-  }
-  const std::uint8_t* sc = page + g.scale_offset(e);
-  const std::int64_t nope = g.nope();
-  for (std::int64_t d = lane; d < nope; d += 32) values(t, d) = fp8_e4m3{data[d]}.to_float() * ue8m0{sc[d / 64]}.to_float();
-  for (std::int64_t i = lane; i < g.rope_dim; i += 32)
-    values(t, nope + i) = bf16{static_cast<std::uint16_t>(data[nope + 2 * i] | (data[nope + 2 * i + 1] << 8))}.to_float();
+  const bool ok = slot_ok(s, kv.num_slots, lane == 0 ? st : status_ref{});
+  const kv_entry en = ok ? kv_entry_at(kv, s) : kv_entry{};
+  for (std::int64_t d = lane; d < kv.geo.head_dim; d += 32) values(t, d) = ok ? en[d] : 0.f;
 }
 
 template <int PER>
@@ -520,20 +528,8 @@ constexpr int kMqaHeads = 8, kMqaChunk = 8;  // heads per CTA (a warp each), ent
 
 // Entry `slot` of kv decoded to fp32 by the CTA into row (D floats).
 __device__ void decode_entry(const kv_dev& kv, std::int64_t slot, float* row) {
-  const cache::kv_geometry& g = kv.geo;
-  const std::uint8_t* page = kv_page(kv, slot);
-  const std::int64_t e = mod32(slot, g.page_tokens);
-  const std::uint8_t* data = page + g.data_offset(e);
-  if (g.format == cache::kv_format::f32) {
-    for (std::int64_t i = threadIdx.x; i < g.head_dim; i += blockDim.x) row[i] = reinterpret_cast<const float*>(data)[i];
-    return;
-  }
-  const std::uint8_t* sc = page + g.scale_offset(e);
-  const std::int64_t nope = g.nope();
-  for (std::int64_t d = threadIdx.x; d < g.head_dim; d += blockDim.x)
-    row[d] = d < nope ? fp8_e4m3{data[d]}.to_float() * ue8m0{sc[d / 64]}.to_float()
-                      : bf16{static_cast<std::uint16_t>(data[nope + 2 * (d - nope)] | (data[nope + 2 * (d - nope) + 1] << 8))}
-                            .to_float();
+  const kv_entry en = kv_entry_at(kv, slot);
+  for (std::int64_t d = threadIdx.x; d < kv.geo.head_dim; d += blockDim.x) row[d] = en[d];
 }
 
 // One segment's valid lanes folded into the warp's online softmax (m, sum, acc) for head h of token t.
