@@ -233,6 +233,8 @@ void attention_layer::run(const tensor_view& x, const row_batch& rows, const ten
   if (ratio_ != 0)
     tr.emitted = compress(w_.compressor->wkv, w_.compressor->wgate, comp_ape_, comp_norm_, ratio_, hd, false);
 
+  const tables comp_t(pool, seqs, layer_, region::compressed);  // CSA: the picks' slots; HCA: every entry's
+
   // Lightning indexer (CSA): queries, its own compressor into the key pages, then scores + top-k per row, the picks
   // sorted ascending and mapped to slots (all ops: the picks never leave the device).
   tensor_view idx_b, len_b, cslots_b;
@@ -262,7 +264,7 @@ void attention_layer::run(const tensor_view& x, const row_batch& rows, const ten
       most = std::max<std::int64_t>(most, n_keys[static_cast<std::size_t>(t)]);
     }
     const std::int64_t k = std::min(cf.index_topk, most);
-    const tables key_t(pool, seqs, layer_, region::keys), comp_t(pool, seqs, layer_, region::compressed);
+    const tables key_t(pool, seqs, layer_, region::keys);
     const cache::key_pages keys = pool.key_view(layer_);
     idx_b = buf_i32(T, k);
     len_b = mem.take(dtype::i32, {T});
@@ -291,7 +293,6 @@ void attention_layer::run(const tensor_view& x, const row_batch& rows, const ten
   std::vector<std::int32_t> wslots(static_cast<std::size_t>(T * Kw), -1), wlen(static_cast<std::size_t>(T));
   std::vector<std::int32_t> cslots(static_cast<std::size_t>(ratio_ == 128 ? T * Kc : 0), -1),
       clen(static_cast<std::size_t>(T), 0);
-  const tables comp_t(pool, seqs, layer_, region::compressed);
   for (std::int64_t t = 0; t < T; ++t) {
     const std::int64_t p0 = pos_of(t), r = req[static_cast<std::size_t>(t)];
     std::int64_t n = 0;
