@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
+#include <type_traits>
 #include <vector>
 
 #include "dsv4/buffer.hpp"
@@ -35,7 +36,8 @@ class step_memory {
   // needed and `may_free`, i.e. no graph is recording).
   void reset(bool may_free = true) {
     host_.clear();
-    for (arena* a : {&dev_arena_, &pin_arena_}) a->rewind(may_free, dev_);
+    dev_arena_.rewind(may_free, dev_);
+    pin_arena_.rewind(may_free, dev_);
   }
 
   // A fresh f32 / i32 / ... tensor of `shape` on the step's device (contents undefined on a device, zero on the host).
@@ -45,7 +47,7 @@ class step_memory {
       return host_.back().view();
     }
     const tensor_view probe(nullptr, dt, shape, dev_);
-    return tensor_view(dev_arena_.bump(static_cast<std::size_t>(probe.nbytes()), dev_, false), dt, shape, dev_);
+    return tensor_view(dev_arena_.bump(static_cast<std::size_t>(probe.nbytes()), dev_), dt, shape, dev_);
   }
 
   // A host array where the ops read it: in place for a host step; a device copy (through page-locked staging, on
@@ -59,10 +61,10 @@ class step_memory {
     if (dev_.is_cpu()) return h;
     DSV4_CHECK(h.is_contiguous(), "forward", "staging a non-contiguous ", h.describe());
     const std::size_t n = static_cast<std::size_t>(h.nbytes());
-    void* pin = pin_arena_.bump(n, dev_, true);
+    void* pin = pin_arena_.bump(n, dev_);
     if (n > 0) std::memcpy(pin, h.data(), n);
     const tensor_view src(pin, h.dt(), h.shape());
-    const tensor_view dst(dev_arena_.bump(n, dev_, false), h.dt(), h.shape(), dev_);
+    const tensor_view dst(dev_arena_.bump(n, dev_), h.dt(), h.shape(), dev_);
     if (n > 0) ops::copy(src, dst, ex);
     return dst;
   }
@@ -70,55 +72,55 @@ class step_memory {
   std::int64_t device_bytes() const { return dev_arena_.capacity(); }
 
  private:
-  // Chunks of one kind; `used` bytes of chunk `at` are taken.
+  // Chunks of one kind (device `buffer`s or `pinned_buffer`s); `used` bytes of chunk `at` are taken, `total` counts
+  // the bytes a step took so far (tails left unused included), `high` its most.
+  template <class Chunk>
   struct arena {
-    std::vector<buffer> dev_chunks;
-    std::vector<pinned_buffer> pin_chunks;
+    std::vector<Chunk> chunks;
     std::size_t at = 0, used = 0, high = 0, total = 0;
-    std::size_t size(std::size_t i) const {
-      return pin_chunks.empty() ? static_cast<std::size_t>(dev_chunks[i].nbytes()) : pin_chunks[i].bytes();
+
+    static std::size_t size(const Chunk& c) {
+      if constexpr (std::is_same_v<Chunk, buffer>) return static_cast<std::size_t>(c.nbytes());
+      else return c.bytes();
     }
-    std::size_t count() const { return pin_chunks.empty() ? dev_chunks.size() : pin_chunks.size(); }
-    char* base(std::size_t i) const {
-      return static_cast<char*>(pin_chunks.empty() ? dev_chunks[i].data() : pin_chunks[i].data());
+    static Chunk make(std::size_t n, device dev) {
+      if constexpr (std::is_same_v<Chunk, buffer>)
+        return buffer(dtype::u8, std::initializer_list<std::int64_t>{static_cast<std::int64_t>(n)}, dev);
+      else return pinned_buffer(n);
     }
     std::int64_t capacity() const {
       std::size_t c = 0;
-      for (std::size_t i = 0; i < count(); ++i) c += size(i);
+      for (const Chunk& k : chunks) c += size(k);
       return static_cast<std::int64_t>(c);
     }
-    void* bump(std::size_t n, device dev, bool pinned) {
+    void* bump(std::size_t n, device dev) {
       n = (std::max<std::size_t>(n, 1) + 255) / 256 * 256;
-      while (at < count() && used + n > size(at)) {
-        total += size(at) - used;  // the tail left unused counts toward the high-water mark
+      while (at < chunks.size() && used + n > size(chunks[at])) {
+        total += size(chunks[at]) - used;
         ++at, used = 0;
       }
-      if (at == count()) {  // a new chunk: at least double what there is, at least 1 MiB
-        const std::size_t want = std::max<std::size_t>({n, total, std::size_t{1} << 20});
-        if (pinned) pin_chunks.emplace_back(want);
-        else dev_chunks.emplace_back(dtype::u8, std::initializer_list<std::int64_t>{static_cast<std::int64_t>(want)}, dev);
+      if (at == chunks.size()) {  // a new chunk: at least what the step took so far, at least 1 MiB
+        chunks.push_back(make(std::max<std::size_t>({n, total, std::size_t{1} << 20}), dev));
         used = 0;
       }
-      void* p = base(at) + used;
+      void* p = static_cast<char*>(chunks[at].data()) + used;
       used += n;
       total += n;
       high = std::max(high, total);
       return p;
     }
     void rewind(bool may_free, device dev) {
-      if (may_free && count() > 1) {  // merge: one chunk of the high-water size
-        const bool pinned = !pin_chunks.empty();
-        dev_chunks.clear();
-        pin_chunks.clear();
-        if (pinned) pin_chunks.emplace_back(high);
-        else dev_chunks.emplace_back(dtype::u8, std::initializer_list<std::int64_t>{static_cast<std::int64_t>(high)}, dev);
+      if (may_free && chunks.size() > 1) {  // merge: one chunk of the high-water size
+        chunks.clear();
+        chunks.push_back(make(high, dev));
       }
       at = 0, used = 0, total = 0;
     }
   };
   device dev_;
   std::vector<buffer> host_;
-  arena dev_arena_, pin_arena_;
+  arena<buffer> dev_arena_;
+  arena<pinned_buffer> pin_arena_;
 };
 
 // step_memory::stage bound to one exec: stage(ptr, dtype, {shape}) or stage(view).
