@@ -22,8 +22,9 @@ using namespace dsv4::model;
 
 namespace {
 
+// An f32 buffer's values on the host (read back from the device, or copied).
 std::vector<float> floats(const buffer& b) {
-  const buffer h = b.view().dev().is_cpu() ? clone_to(b, device::cpu()) : to_host(b);
+  const buffer h = to_host(b);
   const auto s = h.host_span<float>();
   return {s.begin(), s.end()};
 }
