@@ -41,8 +41,7 @@ void rms_norm(const tensor_view& x, const tensor_view& weight, double eps, const
     detail::check_tensor(op, "weight", weight, dtype::f32, {n});
     DSV4_CHECK(weight.stride(0) == 1 || n == 1, op, "weight ", weight.describe(), " must be contiguous");
   }
-  const backend be = has_w ? pick(op, ex, {&x, &y, &weight}) : pick(op, ex, {&x, &y});
-  (void)be;
+  [[maybe_unused]] const backend be = has_w ? pick(op, ex, {&x, &y, &weight}) : pick(op, ex, {&x, &y});
   detail::check_aliasing(op, x, y, true);
   const auto* w = has_w ? static_cast<const float*>(weight.data()) : nullptr;
   std::vector<float> row(static_cast<std::size_t>(n));
@@ -73,7 +72,7 @@ void rope(const tensor_view& x, const tensor_view& positions, const tensor_view&
              " of x ", x.describe());
   DSV4_CHECK((positions.stride(0) == 1 || T <= 1) && (freq.stride(0) == 1 || pairs <= 1), op,
              "positions and freq must be contiguous");
-  const backend be = pick(op, ex, {&x, &positions, &freq});
+  [[maybe_unused]] const backend be = pick(op, ex, {&x, &positions, &freq});
   const tensor_view x3 = x.rank() == 3 ? x
                                        : tensor_view(x.data(), dtype::f32, std::array<std::int64_t, 3>{T, 1, d},
                                                      std::array<std::int64_t, 3>{x.stride(0), d, x.stride(1)}, x.dev());
@@ -83,7 +82,6 @@ void rope(const tensor_view& x, const tensor_view& positions, const tensor_view&
 #if DSV4_WITH_CUDA
   if (be == backend::cuda) return cuda::rope(xv, pos, f, pairs, off, inverse, detail::on_device(op, ex, x.dev()));
 #endif
-  (void)be;
   for (std::int64_t t = 0; t < T; ++t)
     DSV4_CHECK(pos[t] >= 0 && pos[t] < (std::int64_t{1} << 24), op, "position ", pos[t], " of row ", t,
                " is outside [0, 2^24) (fp32 angles are exact for integer positions below 2^24)");
@@ -104,7 +102,7 @@ void embed(const tensor_view& ids, const tensor_view& table, const tensor_view& 
              table.describe(), ", expected f32 or bf16 [V, D]");
   const std::int64_t T = ids.shape(0), V = table.shape(0), D = table.shape(1);
   detail::check_tensor(op, "out", out, dtype::f32, {T, D});
-  const backend be = pick(op, ex, {&ids, &table, &out});
+  [[maybe_unused]] const backend be = pick(op, ex, {&ids, &table, &out});
   const auto* id = static_cast<const std::int64_t*>(ids.data());
   const auto ov = out.as<float, 2>();
   visit_dtype<float, bf16>(table.dt(), op, [&]<class TT>(std::type_identity<TT>) {
@@ -112,7 +110,6 @@ void embed(const tensor_view& ids, const tensor_view& table, const tensor_view& 
 #if DSV4_WITH_CUDA
     if (be == backend::cuda) return cuda::embed<TT>(id, tv, ov, detail::on_device(op, ex, ids.dev()));
 #endif
-    (void)be;
     for (std::int64_t t = 0; t < T; ++t) {
       DSV4_CHECK(id[t] >= 0 && id[t] < V, op, "token id ", id[t], " at index ", t, " is outside the vocabulary [0, ",
                  V, ")");
@@ -124,8 +121,7 @@ void embed(const tensor_view& ids, const tensor_view& table, const tensor_view& 
 void scale(const tensor_view& x, float s, const exec& ex) {
   constexpr const char* op = "scale";
   DSV4_CHECK(x.dt() == dtype::f32, op, "x is ", x.describe(), ", expected f32");
-  const backend be = pick(op, ex, {&x});
-  (void)be;
+  [[maybe_unused]] const backend be = pick(op, ex, {&x});
   if (x.numel() == 0) return;
   detail::for_each_matrix<1>({x}, [&](const std::array<tensor_view, 1>& m) {
     const auto xv = m[0].as<float, 2>();
@@ -140,8 +136,7 @@ void scale(const tensor_view& x, float s, const exec& ex) {
 std::int64_t count_non_finite(const tensor_view& x, const exec& ex) {
   constexpr const char* op = "count_non_finite";
   DSV4_CHECK(x.dt() == dtype::f32, op, "x is ", x.describe(), ", expected f32");
-  const backend be = pick(op, ex, {&x});
-  (void)be;
+  [[maybe_unused]] const backend be = pick(op, ex, {&x});
   if (x.numel() == 0) return 0;
   std::int64_t n = 0;
   detail::for_each_matrix<1>({x}, [&](const std::array<tensor_view, 1>& m) {
