@@ -269,10 +269,8 @@ int dsv4_model_open_numerics(const char* dir, const dsv4_model_options* options,
     m->s = std::make_shared<dsv4_model::state>(dsv4_model::state{model::load_config(dir), io::checkpoint::open(dir),
                                                                    {}, nullptr});
     m->s->w = model::bind_weights(m->s->ckpt, m->s->cfg);
-    if (gpu) {  // the weights go to the thread's CUDA device (dsv4_cuda_exec_set; default 0), once
+    if (gpu)  // the weights go to the thread's CUDA device (dsv4_cuda_exec_set; default 0), once; ex stays sync
       m->s->dw = model::upload_weights(m->s->w, device::cuda(g_cuda.device >= 0 ? g_cuda.device : 0));
-      ex.checks = check_policy::sync;
-    }
     m->s->tf = std::make_unique<model::transformer>(m->s->cfg, gpu ? m->s->dw.weights : m->s->w, ex, po, nm);
     *out = m.release();
   });
