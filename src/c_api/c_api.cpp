@@ -267,7 +267,7 @@ int dsv4_model_open_numerics(const char* dir, const dsv4_model_options* options,
     po.max_rollback = o.max_rollback;
     auto m = std::make_unique<dsv4_model>();
     m->s = std::make_shared<dsv4_model::state>(dsv4_model::state{model::load_config(dir), io::checkpoint::open(dir),
-                                                                   {}, nullptr});
+                                                                   {}, nullptr, {}});
     m->s->w = model::bind_weights(m->s->ckpt, m->s->cfg);
     if (gpu)  // the weights go to the thread's CUDA device (dsv4_cuda_exec_set; default 0), once; ex stays sync
       m->s->dw = model::upload_weights(m->s->w, device::cuda(g_cuda.device >= 0 ? g_cuda.device : 0));
