@@ -6,8 +6,11 @@
 //                              tokens/s gain of reading every weight once per step, and the weight bytes per token;
 //   BM_small_decode_batch/n    the small preset end to end, one decode step of n sequences (512-token context);
 //   BM_block_prefill512/kind   a 512-token prefill from an empty cache.
-// Counters: tokens/s and the share of wall time per sub-block (attention, MoE, mHC + norms). The block (random
-// weights in memory) and the filled caches: bench/block_model.hpp.
+// Counters: tokens/s and the share of wall time per sub-block (attention, MoE, mHC + norms). BM_block_decode also
+// reports the weight bytes the token read (weightMB: attention weights, shared expert, the 6 routed experts), the
+// read bandwidth of 2 threads measured after every step (read, GB/s: bench::read_pass), floor_ms = weightMB / read
+// (the step if every weight byte arrived at that bandwidth) and bw = floor_ms / the step's wall time. The block
+// (random weights in memory) and the filled caches: bench/block_model.hpp.
 #include <benchmark/benchmark.h>
 
 #include <filesystem>
@@ -51,6 +54,13 @@ void add(forward_trace& acc, const forward_trace& t) {
   acc.head_s += t.head_s;
 }
 
+// Weight bytes a decode step of one token reads: the attention weights, the shared expert and the routed experts
+// it touched (6 per token).
+double step_weight_bytes(const block_model& m, double routed) {
+  const block_weights& L = m.w.layers[0];
+  return bench::attention_bytes(L) + bench::expert_bytes(*L.ffn.shared) + routed * bench::expert_bytes(L.ffn.experts[0]);
+}
+
 void BM_block_decode(benchmark::State& st) {
   const int ratio = static_cast<int>(st.range(0));
   const std::int64_t ctx = st.range(1);
@@ -59,11 +69,24 @@ void BM_block_decode(benchmark::State& st) {
   std::vector<float> logits(static_cast<std::size_t>(m.cfg.vocab_size));
   const std::vector<std::int64_t> tok = {17};
   forward_trace acc, t;
+  double read = 0, distinct = 0, wall = 0;
   for (auto _ : st) {
-    m.tf->forward(tok, s, tensor_view(logits.data(), dtype::f32, {1, m.cfg.vocab_size}), &t);
+    wall += bench::seconds_per_call(
+        [&] { m.tf->forward(tok, s, tensor_view(logits.data(), dtype::f32, {1, m.cfg.vocab_size}), &t); });
     add(acc, t);
+    distinct += double(t.layers[0].distinct_experts);
+    st.PauseTiming();  // the read baseline after every step (interleaved: the neighbours move it minute to minute)
+    read += bench::read_pass(2);
+    st.ResumeTiming();
   }
   report(st, acc, double(st.iterations()));
+  const double iters = double(st.iterations());
+  const double mb = step_weight_bytes(m, distinct / iters) / 1e6;
+  st.counters["weightMB"] = mb;  // weight bytes one decoded token reads
+  st.counters["read"] = read / iters;  // GB/s of the read baseline, 2 threads
+  // the step time if every weight byte arrived at the read bandwidth of the same run, and the share of it reached
+  st.counters["floor_ms"] = mb / (read / iters);
+  st.counters["bw"] = mb / (read / iters) / 1e3 / (wall / iters);
 }
 
 // One decode step of `batch` sequences at once (4K context each): one forward_batch call, every weight read once

@@ -45,34 +45,7 @@ using namespace dsv4;
 using namespace dsv4::bench;
 constexpr int kDistinct = 16;
 
-// ---- read bandwidth ------------------------------------------------------------------------------------------
-// `threads` threads each sum their part of a 256 MiB buffer (8x the L3) with four independent vector chains, so the
-// adds never limit the loads. Returns GB/s.
-double read_pass(int threads) {
-  constexpr std::size_t n = (std::size_t{256} << 20) / sizeof(float);
-  static std::vector<float> buf(n, 1.f);
-  // The same oneTBB worker threads the linear layer runs on (an arena of `threads`), so neither side pays for
-  // waking the other's threads.
-  static std::map<int, std::unique_ptr<tbb::task_arena>> arenas;
-  auto& arena = arenas[threads];
-  if (!arena) arena = std::make_unique<tbb::task_arena>(threads);
-  std::vector<float> sums(static_cast<std::size_t>(threads));
-  auto sum_part = [&](int t) {
-    const std::size_t b = n / threads * t, e = t + 1 == threads ? n : n / threads * (t + 1);
-    float acc[64] = {};
-    for (std::size_t i = b; i + 64 <= e; i += 64)
-      for (int l = 0; l < 64; ++l) acc[l] += buf[i + l];
-    float s = 0;
-    for (float a : acc) s += a;
-    sums[static_cast<std::size_t>(t)] = s;
-  };
-  const double sec = seconds_per_call([&] {
-    arena->execute([&] { tbb::parallel_for(0, threads, [&](int t) { sum_part(t); }, tbb::static_partitioner{}); });
-  });
-  benchmark::DoNotOptimize(sums.data());
-  return static_cast<double>(n * sizeof(float)) / sec / 1e9;
-}
-
+// ---- read bandwidth (bench::read_pass) ----------------------------------------------------------------------
 void BM_read_bw(benchmark::State& state) {
   const int threads = static_cast<int>(state.range(0));
   double gbs = 0;

@@ -3,6 +3,14 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include <tbb/parallel_for.h>
+#include <tbb/partitioner.h>
+#include <tbb/task_arena.h>
 
 #include "dsv4/exec.hpp"
 
@@ -24,6 +32,35 @@ double seconds_per_call(F&& f, int reps = 1) {
   const auto t0 = std::chrono::steady_clock::now();
   for (int i = 0; i < reps; ++i) f();
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps;
+}
+
+// The read-bandwidth baseline: `threads` threads each sum their part of a 256 MiB buffer (8x the L3) with 64
+// independent lanes, so the adds never limit the loads; returns GB/s. The neighbours on this machine move the
+// bandwidth by 30% and more from minute to minute, so a benchmark that reports a fraction of it runs one pass after
+// each of its own rounds. It runs on an arena of `threads` oneTBB workers, as the library's ops do, so neither side
+// pays for waking the other's threads.
+inline double read_pass(int threads) {
+  constexpr std::size_t n = (std::size_t{256} << 20) / sizeof(float);
+  static std::vector<float> buf(n, 1.f);
+  static std::map<int, std::unique_ptr<tbb::task_arena>> arenas;
+  auto& arena = arenas[threads];
+  if (!arena) arena = std::make_unique<tbb::task_arena>(threads);
+  std::vector<float> sums(static_cast<std::size_t>(threads));
+  auto sum_part = [&](int t) {
+    const std::size_t b = n / threads * t, e = t + 1 == threads ? n : n / threads * (t + 1);
+    float acc[64] = {};
+    for (std::size_t i = b; i + 64 <= e; i += 64)
+      for (int l = 0; l < 64; ++l) acc[l] += buf[i + l];
+    float s = 0;
+    for (float a : acc) s += a;
+    sums[static_cast<std::size_t>(t)] = s;
+  };
+  const double sec = seconds_per_call([&] {
+    arena->execute([&] { tbb::parallel_for(0, threads, [&](int t) { sum_part(t); }, tbb::static_partitioner{}); });
+  });
+  volatile float sink = sums[0];
+  (void)sink;
+  return static_cast<double>(n * sizeof(float)) / sec / 1e9;
 }
 
 }  // namespace dsv4::bench
