@@ -11,6 +11,8 @@
 //                     FP4 experts w1 [2048 x 4096] and w2 [4096 x 2048]; FP8 wq_b [32768 x 1024] and wo_b
 //                     [4096 x 8192]. FP8 codes are either "normal" (exponent field != 0, as in trained checkpoints)
 //                     or "subnormal" (a quarter of the codes have exponent 0, the slow case of a naive decode).
+//   gemv4_*, gemv8_*  4 and 8 tokens (a batched decode step; the register-decode GEMV up to 8 tokens): GB/s of the
+//                     weights, read once per call.
 //   gemv_hot_*        the same with one matrix 16 times: what the decode
 //                     instructions can do when memory is not the limit (FP4 [2048 x 4096], FP8 [1024 x 4096]: 4 MiB).
 //   gemm_*            T = 512 (a prefill chunk) on the same shapes: GFLOP/s (2·T·N·K) and `peak` = GFLOP/s / 400
@@ -126,13 +128,13 @@ bool matches_ref(const matrix& m, const buffer& x, std::int64_t T, std::int64_t 
   return rel_err(yc, yr) <= 1e-5;
 }
 
-void gemv_case(benchmark::State& state, codes c, std::int64_t N, std::int64_t K, bool hot = false) {
+void gemv_case(benchmark::State& state, codes c, std::int64_t N, std::int64_t K, bool hot = false, std::int64_t T = 1) {
   const int threads = static_cast<int>(state.range(0));
   if (!cpu::simd_isa()) return state.SkipWithError("no CPU SIMD kernels here");
   bank& b = get_bank(c, N, K);
-  buffer x(dtype::f32, {1, K}), y(dtype::f32, {1, N});
+  buffer x(dtype::f32, {T, K}), y(dtype::f32, {T, N});
   fill(x, 7);
-  if (!matches_ref(b.m[0], x, 1, N, threads)) return state.SkipWithError("cpu != ref");
+  if (!matches_ref(b.m[0], x, T, N, threads)) return state.SkipWithError("cpu != ref");
   const exec ex = with(backend::cpu, threads);
   // Interleaved rounds: every iteration times the 16 GEMVs and then one read pass, so the neighbours' share of the
   // memory system is the same for both and `bw` is their ratio.
@@ -188,6 +190,15 @@ void BM_gemv_fp8sub_32768x1024(benchmark::State& s) { gemv_case(s, codes::fp8_su
 void BM_gemv_fp8sub_4096x8192(benchmark::State& s) { gemv_case(s, codes::fp8_subnormal, 4096, 8192); }
 void BM_gemv_bf16_1024x4096(benchmark::State& s) { gemv_case(s, codes::bf16, 1024, 4096); }
 void BM_gemv_hot_fp4_2048x4096(benchmark::State& s) { gemv_case(s, codes::fp4, 2048, 4096, true); }
+// Small batches (T = 4 and 8 tokens, as a batched decode step gives the attention projections): GB/s of weights
+// read once per call.
+void BM_gemv4_fp4_2048x4096(benchmark::State& s) { gemv_case(s, codes::fp4, 2048, 4096, false, 4); }
+void BM_gemv4_fp8_32768x1024(benchmark::State& s) { gemv_case(s, codes::fp8_normal, 32768, 1024, false, 4); }
+void BM_gemv4_bf16_1024x4096(benchmark::State& s) { gemv_case(s, codes::bf16, 1024, 4096, false, 4); }
+void BM_gemv8_fp4_2048x4096(benchmark::State& s) { gemv_case(s, codes::fp4, 2048, 4096, false, 8); }
+void BM_gemv8_fp8_32768x1024(benchmark::State& s) { gemv_case(s, codes::fp8_normal, 32768, 1024, false, 8); }
+void BM_gemv4_fp8_4096x8192(benchmark::State& s) { gemv_case(s, codes::fp8_normal, 4096, 8192, false, 4); }
+void BM_gemv8_fp8_4096x8192(benchmark::State& s) { gemv_case(s, codes::fp8_normal, 4096, 8192, false, 8); }
 void BM_gemv_hot_fp8_1024x4096(benchmark::State& s) { gemv_case(s, codes::fp8_normal, 1024, 4096, true); }
 void BM_gemm_fp4_2048x4096(benchmark::State& s) { gemm_case(s, codes::fp4, 2048, 4096); }
 void BM_gemm_fp4_4096x2048(benchmark::State& s) { gemm_case(s, codes::fp4, 4096, 2048); }
@@ -206,6 +217,13 @@ DSV4_GEMV(BM_gemv_fp8sub_32768x1024);
 DSV4_GEMV(BM_gemv_fp8sub_4096x8192);
 DSV4_GEMV(BM_gemv_bf16_1024x4096);
 DSV4_GEMV(BM_gemv_hot_fp4_2048x4096);
+DSV4_GEMV(BM_gemv4_fp4_2048x4096);
+DSV4_GEMV(BM_gemv4_fp8_32768x1024);
+DSV4_GEMV(BM_gemv4_bf16_1024x4096);
+DSV4_GEMV(BM_gemv8_fp4_2048x4096);
+DSV4_GEMV(BM_gemv8_fp8_32768x1024);
+DSV4_GEMV(BM_gemv4_fp8_4096x8192);
+DSV4_GEMV(BM_gemv8_fp8_4096x8192);
 DSV4_GEMV(BM_gemv_hot_fp8_1024x4096);
 #define DSV4_GEMM(f) BENCHMARK(f)->ArgName("threads")->Arg(2)->Iterations(4)->UseRealTime()->Unit(benchmark::kMillisecond)
 DSV4_GEMM(BM_gemm_fp4_2048x4096);

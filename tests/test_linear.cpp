@@ -90,9 +90,12 @@ TEST_CASE("cpu: an output row does not depend on the batch it is in, or on the t
     ops::linear(x, tw.q(), all, on(backend::cpu, 1));
     ops::linear(x, tw.q(), two, on(backend::cpu, 2));
     CHECK(bytes_of(all) == bytes_of(two));
-    // each token alone (decode), and odd slices (chunked prefill)
-    for (std::int64_t t0 : {0, 5, 22}) {
-      const std::int64_t len = t0 == 5 ? 7 : 1;
+    // each token alone (decode), small batches (the GEMV of 2-4 tokens, of 7 in two token groups) and a slice past
+    // it (the panel), all against the panel's result for all 23 tokens
+    const std::pair<std::int64_t, std::int64_t> slices[] = {{0, 1}, {22, 1}, {3, 2}, {8, 3}, {11, 4}, {5, 7}, {12, 11}};
+    for (const auto& [t0, len] : slices) {
+      CAPTURE(t0);
+      CAPTURE(len);
       for (int threads : {1, 2}) {
         buffer y(dtype::f32, {len, N});
         ops::linear(x.view().narrow(0, t0, len), tw.q(), y, on(backend::cpu, threads));

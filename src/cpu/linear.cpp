@@ -1,7 +1,8 @@
 // src/cpu/linear.cpp — CPU backend of y = x · W^T: oneTBB over blocks of 16 weight rows; each task decodes its rows
-// into an fp32 panel once and runs every token tile against it (linear_simd_impl.hpp). A single token (decode)
-// skips the panel where a fused GEMV exists (AVX-512, FP8 / FP4): same values, same fma chain, same bits. x is
-// first put in the weight format's lane order when the ISA decodes in one (linear_simd.hpp).
+// into an fp32 panel once and runs every token tile against it (linear_simd_impl.hpp). Up to kGemvMaxT tokens
+// (decode, batched decode, an expert's few tokens) skip the panel where a fused GEMV exists (AVX-512: FP4, FP8, BF16,
+// F32): same values, same fma chain, same bits. x is first put in the weight format's lane order when the ISA decodes
+// in one (linear_simd.hpp).
 #include "dsv4/cpu/linear.hpp"
 
 #include <algorithm>
@@ -16,6 +17,13 @@
 
 namespace dsv4::cpu {
 namespace {
+
+// Up to this many tokens a call runs the register-decode GEMV (token groups of kMaxGemvTokens, each decoding the
+// block's weights again) instead of decoding rows into the fp32 panel. bench_linear, 2 threads, 2026-12-02: at 4 and
+// 8 tokens the GEMV took 0.53-0.59 / 0.50-0.72 of the panel's time (FP4 [2048 x 4096]), 0.36 / 0.45-0.62 (FP8
+// [32768 x 1024]), 0.55-0.61 / 0.67-0.73 (FP8 [4096 x 8192]), 0.45 at 4 (BF16); at 24-32 tokens FP8 [4096 x 8192]
+// was 1.0-1.9x slower on it (x of 4 tokens x 8192 leaves L1), FP4 about even.
+constexpr std::int64_t kGemvMaxT = 8;
 
 const detail::linear_kernels& kernels() {
   static const auto k = detail::resolve_kernels<detail::linear_kernels, detail::select_linear_kernels>();
@@ -58,16 +66,22 @@ std::int64_t linear_blocks(const float* x, std::int64_t T, std::int64_t ldx, con
   // Decoded rows, per thread and kept between calls (every value is written before it is read): a fresh zeroed
   // 256 KiB per call was 3-7% of a MoE prefill, whose experts see ~12 tokens each.
   thread_local std::vector<float> panel;
-  float out[detail::kMaxTileN];
+  float out[detail::kMaxGemvTokens * detail::kMaxTileN];
   std::int64_t bad = 0;
   for (std::int64_t b = b0; b < b1; ++b) {
     const std::int64_t n0 = b * kLinearRowBlock, n1 = std::min(N, n0 + kLinearRowBlock);
-    bool fused = T == 1;  // decode: weights straight from their stored bytes into the dot (bitwise the panel's)
-    for (std::int64_t j0 = n0; j0 < n1 && fused; j0 += detail::kMaxTileN) {
-      const int nt = static_cast<int>(std::min<std::int64_t>(detail::kMaxTileN, n1 - j0));
-      fused = k.gemv(x, w, j0, nt, out);
-      if (fused)
-        for (int j = 0; j < nt; ++j) y[j0 + j] = out[j];
+    // Decode and small batches: weights straight from their stored bytes into the dots of up to kMaxGemvTokens
+    // tokens at a time (bitwise the panel's), the block's rows decoded once per token group.
+    bool fused = T <= kGemvMaxT;
+    for (std::int64_t t0 = 0; t0 < T && fused; t0 += detail::kMaxGemvTokens) {
+      const int mt = static_cast<int>(std::min<std::int64_t>(detail::kMaxGemvTokens, T - t0)), rows = detail::gemv_rows(mt);
+      for (std::int64_t j0 = n0; j0 < n1 && fused; j0 += rows) {
+        const int nt = static_cast<int>(std::min<std::int64_t>(rows, n1 - j0));
+        fused = k.gemv(x + t0 * ldx, ldx, mt, w, j0, nt, out, detail::kMaxTileN);
+        if (fused)
+          for (int i = 0; i < mt; ++i)
+            for (int j = 0; j < nt; ++j) y[(t0 + i) * ldy + j0 + j] = out[i * detail::kMaxTileN + j];
+      }
     }
     if (!fused) {
       if (panel.size() < static_cast<std::size_t>(kLinearRowBlock * ldw))

@@ -21,6 +21,10 @@
 namespace dsv4::cpu::detail {
 
 inline constexpr int kMaxTileN = 8;   // weight rows per decode GEMV call
+inline constexpr int kMaxGemvTokens = 4;  // tokens per decode GEMV call
+// Weight rows per decode GEMV call of mt tokens: its mt x rows accumulators (and the decoded rows) fit the 32
+// vector registers.
+constexpr int gemv_rows(int mt) { return mt <= 2 ? kMaxTileN : 4; }
 
 struct linear_kernels {
   const char* isa = "";
@@ -35,10 +39,12 @@ struct linear_kernels {
   // the dot order above.
   void (*panel_dots)(const float* x, std::int64_t ldx, std::int64_t T, const float* w, std::int64_t ldw, int nrows,
                      std::int64_t K, float* y, std::int64_t ldy) = nullptr;
-  // One token (decode): out[j] = x · W[n0 + j] for j < nt <= kMaxTileN, n0 % 8 == 0, x in W's lane order, the
-  // weights decoded in registers: bitwise decode_row + dots. Returns false when this ISA / format / K has no such
-  // kernel (the caller then uses the panel).
-  bool (*gemv)(const float* x, const ref::weight_ref& w, std::int64_t n0, int nt, float* out) = nullptr;
+  // Decode and small batches: out[i·ldo + j] = x_i · W[n0 + j] for i < mt <= kMaxGemvTokens (x_i = x + i·ldx, in
+  // W's lane order) and j < nt <= gemv_rows(mt), n0 % 4 == 0, the weights decoded in registers once for all mt
+  // tokens: bitwise decode_row + dots. Returns false when this ISA / format / K has no such kernel (the caller then
+  // uses the panel).
+  bool (*gemv)(const float* x, std::int64_t ldx, int mt, const ref::weight_ref& w, std::int64_t n0, int nt,
+               float* out, std::int64_t ldo) = nullptr;
 };
 
 struct select_linear_kernels {

@@ -344,8 +344,9 @@ struct linear_simd {
   }
 
 #if defined(__AVX512BW__)
-  // ---- decode GEMVs (AVX-512): NT rows decoded in registers, one accumulator each, the dot order of dots_tile<1, NT>
-  // on the lane-ordered x and panel; weight bytes are read once and nothing is written but the NT outputs. ----
+  // ---- decode GEMVs (AVX-512): NT rows decoded in registers once for MT tokens (1-4), one accumulator per token
+  // and row, the dot order of dots_tile<1, NT> on the lane-ordered x and panel; weight bytes are read once and nothing
+  // is written but the MT x NT outputs. ----
 
   // The GEMVs stream NT rows side by side, 64 bytes of each per step. The hardware prefetcher alone leaves a core at
   // ~0.5 of its read bandwidth on those streams. When the next group's rows follow this group's in memory (row-major
@@ -395,8 +396,9 @@ struct linear_simd {
   // FP4, K % 32 == 0: per 32-block and row, two vpermps straight from the table row of the block's scale (a memory
   // operand, so the scale costs no vector instruction) and two fmas. The scale bytes of the NT rows are staged 64
   // blocks at a time at fixed offsets, so the inner loop needs one pointer per row and nothing else.
-  template <int NT>
-  static void gemv_fp4(const float* x, const ref::weight_ref& w, std::int64_t n0, float* out) {
+  template <int NT, int MT>
+  static void gemv_fp4(const float* x, std::int64_t ldx, const ref::weight_ref& w, std::int64_t n0, float* out,
+                       std::int64_t ldo) {
     constexpr std::int64_t blk = ref::kFp4WeightBlock, chunk = 64;  // blocks per staging round
     const std::int64_t K = w.k, nblk = K / blk;
     const float* luts = fp4_scaled_luts();
@@ -405,8 +407,9 @@ struct linear_simd {
     const std::uint8_t* src[NT];
     const prefetch_plan pf =
         group_rows<NT>(reinterpret_cast<const std::uint8_t*>(&w.f4(n0, 0)), w.f4.stride[0], K / 2, n0, w.n, src);
-    __m512 acc[NT];
-    for (int j = 0; j < NT; ++j) acc[j] = _mm512_setzero_ps();
+    __m512 acc[MT][NT];
+    for (int i = 0; i < MT; ++i)
+      for (int j = 0; j < NT; ++j) acc[i][j] = _mm512_setzero_ps();
     alignas(64) std::uint8_t sb[NT][chunk];
     for (std::int64_t b0 = 0; b0 < nblk; b0 += chunk) {
       const std::int64_t nb = std::min(chunk, nblk - b0);
@@ -419,22 +422,35 @@ struct linear_simd {
       }
       for (std::int64_t b = 0; b < nb; ++b) {
         const std::int64_t k = (b0 + b) * blk;
-        const __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
+        __m512 x0[MT], x1[MT];
+        for (int i = 0; i < MT; ++i) x0[i] = _mm512_loadu_ps(x + i * ldx + k), x1[i] = _mm512_loadu_ps(x + i * ldx + k + 16);
         if (b % 4 == 0) stream_step<NT>(pf, k / 2);  // a cache line of every row per 4 blocks
         for (int j = 0; j < NT; ++j) {  // fp4x32 with the table from memory
           const __m512i c = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src[j] + k / 2)));
           const __m512 lut = _mm512_load_ps(luts + 16 * sb[j][b]);
-          acc[j] = _mm512_fmadd_ps(x0, _mm512_permutexvar_ps(_mm512_srlv_epi32(c, sh0), lut), acc[j]);
-          acc[j] = _mm512_fmadd_ps(x1, _mm512_permutexvar_ps(_mm512_srlv_epi32(c, sh1), lut), acc[j]);
+          const __m512 d0 = _mm512_permutexvar_ps(_mm512_srlv_epi32(c, sh0), lut),
+                       d1 = _mm512_permutexvar_ps(_mm512_srlv_epi32(c, sh1), lut);
+          for (int i = 0; i < MT; ++i) {
+            acc[i][j] = _mm512_fmadd_ps(x0[i], d0, acc[i][j]);
+            acc[i][j] = _mm512_fmadd_ps(x1[i], d1, acc[i][j]);
+          }
         }
       }
     }
-    for (int j = 0; j < NT; ++j) out[j] = xsimd::hadd(F(acc[j]));
+    reduce<NT, MT>(acc, out, ldo);
+  }
+
+  // out[i·ldo + j] = the fixed horizontal add of acc[i][j] (panel_dots' final step).
+  template <int NT, int MT>
+  static void reduce(const __m512 (&acc)[MT][NT], float* out, std::int64_t ldo) {
+    for (int i = 0; i < MT; ++i)
+      for (int j = 0; j < NT; ++j) out[i * ldo + j] = xsimd::hadd(F(acc[i][j]));
   }
 
   // FP8 with VBMI, K % 64 == 0: the NT rows share each tile scale (n0 % 8 == 0, NT <= 8: one 128-row tile).
-  template <int NT>
-  DSV4_VBMI static void gemv_fp8_vbmi(const float* x, const ref::weight_ref& w, std::int64_t n0, float* out) {
+  template <int NT, int MT>
+  DSV4_VBMI static void gemv_fp8_vbmi(const float* x, std::int64_t ldx, const ref::weight_ref& w, std::int64_t n0,
+                                      float* out, std::int64_t ldo) {
     const std::int64_t K = w.k, tile = ref::kFp8WeightTile;
     const float* st = scale_table();
     const fp8_tables& tb = fp8_bytes();
@@ -443,42 +459,42 @@ struct linear_simd {
     const std::uint8_t* src[NT];
     const prefetch_plan pf =
         group_rows<NT>(reinterpret_cast<const std::uint8_t*>(&w.f8(n0, 0)), w.f8.stride[0], K, n0, w.n, src);
-    __m512 acc[NT];
-    for (int j = 0; j < NT; ++j) acc[j] = _mm512_setzero_ps();
+    __m512 acc[MT][NT];
+    for (int i = 0; i < MT; ++i)
+      for (int j = 0; j < NT; ++j) acc[i][j] = _mm512_setzero_ps();
     __m512 vs = _mm512_setzero_ps();
     for (std::int64_t k = 0; k < K; k += kFp8Block) {
       if (k % tile == 0) vs = _mm512_set1_ps(st[w.scale(n0 / tile, k / tile).bits]);
-      const __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16), x2 = _mm512_loadu_ps(x + k + 32),
-                   x3 = _mm512_loadu_ps(x + k + 48);
       stream_step<NT>(pf, k);  // a cache line of every row
       for (int j = 0; j < NT; ++j) {
         __m512 v[4];
         fp8x64(_mm512_loadu_si512(src[j] + k), vs, th0, th1, tl0, tl1, v);
-        acc[j] = _mm512_fmadd_ps(x0, v[0], acc[j]);
-        acc[j] = _mm512_fmadd_ps(x1, v[1], acc[j]);
-        acc[j] = _mm512_fmadd_ps(x2, v[2], acc[j]);
-        acc[j] = _mm512_fmadd_ps(x3, v[3], acc[j]);
+        for (int i = 0; i < MT; ++i)  // x from L1 (the compiler keeps it in registers where they suffice)
+          for (int q = 0; q < 4; ++q) acc[i][j] = _mm512_fmadd_ps(_mm512_loadu_ps(x + i * ldx + k + 16 * q), v[q], acc[i][j]);
       }
     }
-    for (int j = 0; j < NT; ++j) out[j] = xsimd::hadd(F(acc[j]));
+    reduce<NT, MT>(acc, out, ldo);
   }
 
   // BF16 (widened by a shift) and F32 rows, K % 16 == 0: 16 values at a time in increasing k, one accumulator per
   // row, then the fixed horizontal add — panel_dots' order on the decoded rows, so decode rows equal batch rows
   // bitwise (a K % 16 tail stays on the panel path: its scalar sum is left to one compiled site). The panel path
   // decoded the rows into a panel first and read them back: three times the bytes moved per BF16 weight.
-  template <int NT, bool BF>
-  static void gemv_wide(const float* x, const ref::weight_ref& w, std::int64_t n0, float* out) {
+  template <int NT, int MT, bool BF>
+  static void gemv_wide(const float* x, std::int64_t ldx, const ref::weight_ref& w, std::int64_t n0, float* out,
+                        std::int64_t ldo) {
     const std::int64_t Kv = w.k;
     constexpr std::int64_t bytes = BF ? 2 : 4;
     const std::uint8_t* src[NT];
     const prefetch_plan pf = group_rows<NT>(BF ? reinterpret_cast<const std::uint8_t*>(&w.bf(n0, 0))
                                                  : reinterpret_cast<const std::uint8_t*>(&w.f32(n0, 0)),
                                               (BF ? w.bf.stride[0] : w.f32.stride[0]) * bytes, Kv * bytes, n0, w.n, src);
-    __m512 acc[NT];
-    for (int j = 0; j < NT; ++j) acc[j] = _mm512_setzero_ps();
+    __m512 acc[MT][NT];
+    for (int i = 0; i < MT; ++i)
+      for (int j = 0; j < NT; ++j) acc[i][j] = _mm512_setzero_ps();
     for (std::int64_t k = 0; k < Kv; k += 16) {
-      const __m512 xv = _mm512_loadu_ps(x + k);
+      __m512 xv[MT];
+      for (int i = 0; i < MT; ++i) xv[i] = _mm512_loadu_ps(x + i * ldx + k);
       if (k % (64 / bytes) == 0) stream_step<NT>(pf, k * bytes);  // a cache line of every row
       for (int j = 0; j < NT; ++j) {
         __m512 v;
@@ -487,99 +503,120 @@ struct linear_simd {
               _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src[j] + 2 * k))), 16));
         else
           v = _mm512_loadu_ps(reinterpret_cast<const float*>(src[j]) + k);
-        acc[j] = _mm512_fmadd_ps(xv, v, acc[j]);
+        for (int i = 0; i < MT; ++i) acc[i][j] = _mm512_fmadd_ps(xv[i], v, acc[i][j]);
       }
     }
-    for (int j = 0; j < NT; ++j) out[j] = xsimd::hadd(F(acc[j]));
+    reduce<NT, MT>(acc, out, ldo);
   }
 
   // FP8 without VBMI, K % 128 == 0: element order, 16 codes at a time.
-  template <int NT>
-  static void gemv_fp8(const float* x, const ref::weight_ref& w, std::int64_t n0, float* out) {
+  template <int NT, int MT>
+  static void gemv_fp8(const float* x, std::int64_t ldx, const ref::weight_ref& w, std::int64_t n0, float* out,
+                       std::int64_t ldo) {
     const std::int64_t K = w.k, tile = ref::kFp8WeightTile;
     const float* st = scale_table();
     const std::uint8_t* src[NT];
     const prefetch_plan pf =
         group_rows<NT>(reinterpret_cast<const std::uint8_t*>(&w.f8(n0, 0)), w.f8.stride[0], K, n0, w.n, src);
-    __m512 acc[NT];
-    for (int j = 0; j < NT; ++j) acc[j] = _mm512_setzero_ps();
+    __m512 acc[MT][NT];
+    for (int t = 0; t < MT; ++t)
+      for (int j = 0; j < NT; ++j) acc[t][j] = _mm512_setzero_ps();
     for (std::int64_t k0 = 0; k0 < K; k0 += tile) {
       const __m512 vs = _mm512_set1_ps(st[w.scale(n0 / tile, k0 / tile).bits]);
       for (std::int64_t i = 0; i < tile; i += 16) {
         if (i % 64 == 0) stream_step<NT>(pf, k0 + i);  // a cache line of every row
-        const __m512 xv = _mm512_loadu_ps(x + k0 + i);
-        for (int j = 0; j < NT; ++j) acc[j] = _mm512_fmadd_ps(xv, fp8x16(src[j] + k0 + i, vs), acc[j]);
+        __m512 xv[MT];
+        for (int t = 0; t < MT; ++t) xv[t] = _mm512_loadu_ps(x + t * ldx + k0 + i);
+        for (int j = 0; j < NT; ++j) {
+          const __m512 v = fp8x16(src[j] + k0 + i, vs);
+          for (int t = 0; t < MT; ++t) acc[t][j] = _mm512_fmadd_ps(xv[t], v, acc[t][j]);
+        }
       }
     }
-    for (int j = 0; j < NT; ++j) out[j] = xsimd::hadd(F(acc[j]));
+    reduce<NT, MT>(acc, out, ldo);
   }
 #endif
 
-  using gemv_fn = void (*)(const float*, const ref::weight_ref&, std::int64_t, float*);
-  template <template <int> class G, std::size_t... J>
-  static constexpr std::array<gemv_fn, sizeof...(J)> gemv_row(std::index_sequence<J...>) {
-    return {&G<static_cast<int>(J) + 1>::run...};
+  using gemv_fn = void (*)(const float*, std::int64_t, const ref::weight_ref&, std::int64_t, float*, std::int64_t);
+  // One row of a GEMV table: the kernels of MT tokens and 1 .. gemv_rows(MT) rows (the rest null, never called).
+  template <template <int, int> class G, int MT, std::size_t... J>
+  static constexpr std::array<gemv_fn, kMaxTileN> gemv_row(std::index_sequence<J...>) {
+    return {&G<static_cast<int>(J) + 1, MT>::run...};
+  }
+  template <template <int, int> class G>
+  static constexpr std::array<std::array<gemv_fn, kMaxTileN>, kMaxGemvTokens> gemv_table() {
+    static_assert(kMaxGemvTokens == 4);
+    return {gemv_row<G, 1>(std::make_index_sequence<gemv_rows(1)>{}),
+            gemv_row<G, 2>(std::make_index_sequence<gemv_rows(2)>{}),
+            gemv_row<G, 3>(std::make_index_sequence<gemv_rows(3)>{}),
+            gemv_row<G, 4>(std::make_index_sequence<gemv_rows(4)>{})};
   }
 #if defined(__AVX512BW__)
-  template <int NT>
+  template <int NT, int MT>
   struct fp4_g {
-    static void run(const float* x, const ref::weight_ref& w, std::int64_t n0, float* o) { gemv_fp4<NT>(x, w, n0, o); }
+    static void run(const float* x, std::int64_t ldx, const ref::weight_ref& w, std::int64_t n0, float* o,
+                    std::int64_t ldo) {
+      gemv_fp4<NT, MT>(x, ldx, w, n0, o, ldo);
+    }
   };
-  template <int NT>
+  template <int NT, int MT>
   struct fp8v_g {
-    static void run(const float* x, const ref::weight_ref& w, std::int64_t n0, float* o) {
-      gemv_fp8_vbmi<NT>(x, w, n0, o);
+    static void run(const float* x, std::int64_t ldx, const ref::weight_ref& w, std::int64_t n0, float* o,
+                    std::int64_t ldo) {
+      gemv_fp8_vbmi<NT, MT>(x, ldx, w, n0, o, ldo);
     }
   };
-  template <int NT>
+  template <int NT, int MT>
   struct fp8_g {
-    static void run(const float* x, const ref::weight_ref& w, std::int64_t n0, float* o) { gemv_fp8<NT>(x, w, n0, o); }
-  };
-  template <int NT>
-  struct bf16_g {
-    static void run(const float* x, const ref::weight_ref& w, std::int64_t n0, float* o) {
-      gemv_wide<NT, true>(x, w, n0, o);
+    static void run(const float* x, std::int64_t ldx, const ref::weight_ref& w, std::int64_t n0, float* o,
+                    std::int64_t ldo) {
+      gemv_fp8<NT, MT>(x, ldx, w, n0, o, ldo);
     }
   };
-  template <int NT>
+  template <int NT, int MT>
+  struct bf16_g {
+    static void run(const float* x, std::int64_t ldx, const ref::weight_ref& w, std::int64_t n0, float* o,
+                    std::int64_t ldo) {
+      gemv_wide<NT, MT, true>(x, ldx, w, n0, o, ldo);
+    }
+  };
+  template <int NT, int MT>
   struct f32_g {
-    static void run(const float* x, const ref::weight_ref& w, std::int64_t n0, float* o) {
-      gemv_wide<NT, false>(x, w, n0, o);
+    static void run(const float* x, std::int64_t ldx, const ref::weight_ref& w, std::int64_t n0, float* o,
+                    std::int64_t ldo) {
+      gemv_wide<NT, MT, false>(x, ldx, w, n0, o, ldo);
     }
   };
 #endif
 
-  static bool gemv(const float* x, const ref::weight_ref& w, std::int64_t n0, int nt, float* out) {
+  static bool gemv(const float* x, std::int64_t ldx, int mt, const ref::weight_ref& w, std::int64_t n0, int nt,
+                   float* out, std::int64_t ldo) {
 #if defined(__AVX512BW__)
     if constexpr (kAvx512) {
-      static constexpr auto fp4 = gemv_row<fp4_g>(std::make_index_sequence<kMaxTileN>{});
-      static constexpr auto fp8v = gemv_row<fp8v_g>(std::make_index_sequence<kMaxTileN>{});
-      static constexpr auto fp8 = gemv_row<fp8_g>(std::make_index_sequence<kMaxTileN>{});
+      const gemv_fn* row = nullptr;
       if (w.fmt == ref::wfmt::fp4_b32 && w.k % ref::kFp4WeightBlock == 0) {
-        fp4[nt - 1](x, w, n0, out);
-        return true;
+        static constexpr auto t = gemv_table<fp4_g>();
+        row = t[static_cast<std::size_t>(mt - 1)].data();
+      } else if (w.fmt == ref::wfmt::bf16 && w.k % 16 == 0 && w.bf.stride[1] == 1) {
+        static constexpr auto t = gemv_table<bf16_g>();
+        row = t[static_cast<std::size_t>(mt - 1)].data();
+      } else if (w.fmt == ref::wfmt::f32 && w.k % 16 == 0 && w.f32.stride[1] == 1) {
+        static constexpr auto t = gemv_table<f32_g>();
+        row = t[static_cast<std::size_t>(mt - 1)].data();
+      } else if (w.fmt == ref::wfmt::fp8_b128 && permutes(w) && w.k % kFp8Block == 0) {
+        static constexpr auto t = gemv_table<fp8v_g>();
+        row = t[static_cast<std::size_t>(mt - 1)].data();
+      } else if (w.fmt == ref::wfmt::fp8_b128 && !permutes(w) && w.k % ref::kFp8WeightTile == 0) {
+        static constexpr auto t = gemv_table<fp8_g>();
+        row = t[static_cast<std::size_t>(mt - 1)].data();
       }
-      static constexpr auto bf = gemv_row<bf16_g>(std::make_index_sequence<kMaxTileN>{});
-      static constexpr auto f32 = gemv_row<f32_g>(std::make_index_sequence<kMaxTileN>{});
-      if (w.fmt == ref::wfmt::bf16 && w.k % 16 == 0 && w.bf.stride[1] == 1) {
-        bf[nt - 1](x, w, n0, out);
-        return true;
-      }
-      if (w.fmt == ref::wfmt::f32 && w.k % 16 == 0 && w.f32.stride[1] == 1) {
-        f32[nt - 1](x, w, n0, out);
-        return true;
-      }
-      if (w.fmt == ref::wfmt::fp8_b128 && permutes(w) && w.k % kFp8Block == 0) {
-        fp8v[nt - 1](x, w, n0, out);
-        return true;
-      }
-      if (w.fmt == ref::wfmt::fp8_b128 && !permutes(w) && w.k % ref::kFp8WeightTile == 0) {
-        fp8[nt - 1](x, w, n0, out);
+      if (row) {
+        row[nt - 1](x, ldx, w, n0, out, ldo);
         return true;
       }
     }
 #endif
-    (void)x, (void)w, (void)n0, (void)nt, (void)out;
+    (void)x, (void)ldx, (void)mt, (void)w, (void)n0, (void)nt, (void)out, (void)ldo;
     return false;
   }
 
