@@ -284,7 +284,7 @@ void moe_ffn_case(benchmark::State& state) {
       state.ResumeTiming();
       ++step;
     }
-    const double per = total / static_cast<double>(state.iterations()), rd = read / static_cast<double>(state.iterations());
+    const double iters = static_cast<double>(state.iterations()), per = total / iters, rd = read / iters;
     state.counters["GB/s"] = bytes / per / 1e9;
     state.counters["read"] = rd;
     state.counters["bw"] = bytes / per / 1e9 / rd;

@@ -58,7 +58,8 @@ void add(forward_trace& acc, const forward_trace& t) {
 // it touched (6 per token).
 double step_weight_bytes(const block_model& m, double routed) {
   const block_weights& L = m.w.layers[0];
-  return bench::attention_bytes(L) + bench::expert_bytes(*L.ffn.shared) + routed * bench::expert_bytes(L.ffn.experts[0]);
+  return bench::attention_bytes(L) + bench::expert_bytes(*L.ffn.shared) +
+         routed * bench::expert_bytes(L.ffn.experts[0]);
 }
 
 void BM_block_decode(benchmark::State& st) {

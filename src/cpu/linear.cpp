@@ -74,7 +74,8 @@ std::int64_t linear_blocks(const float* x, std::int64_t T, std::int64_t ldx, con
     // tokens at a time (bitwise the panel's), the block's rows decoded once per token group.
     bool fused = T <= kGemvMaxT;
     for (std::int64_t t0 = 0; t0 < T && fused; t0 += detail::kMaxGemvTokens) {
-      const int mt = static_cast<int>(std::min<std::int64_t>(detail::kMaxGemvTokens, T - t0)), rows = detail::gemv_rows(mt);
+      const int mt = static_cast<int>(std::min<std::int64_t>(detail::kMaxGemvTokens, T - t0));
+      const int rows = detail::gemv_rows(mt);
       for (std::int64_t j0 = n0; j0 < n1 && fused; j0 += rows) {
         const int nt = static_cast<int>(std::min<std::int64_t>(rows, n1 - j0));
         fused = k.gemv(x + t0 * ldx, ldx, mt, w, j0, nt, out, detail::kMaxTileN);

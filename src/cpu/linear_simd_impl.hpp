@@ -423,7 +423,10 @@ struct linear_simd {
       for (std::int64_t b = 0; b < nb; ++b) {
         const std::int64_t k = (b0 + b) * blk;
         __m512 x0[MT], x1[MT];
-        for (int i = 0; i < MT; ++i) x0[i] = _mm512_loadu_ps(x + i * ldx + k), x1[i] = _mm512_loadu_ps(x + i * ldx + k + 16);
+        for (int i = 0; i < MT; ++i) {
+          x0[i] = _mm512_loadu_ps(x + i * ldx + k);
+          x1[i] = _mm512_loadu_ps(x + i * ldx + k + 16);
+        }
         if (b % 4 == 0) stream_step<NT>(pf, k / 2);  // a cache line of every row per 4 blocks
         for (int j = 0; j < NT; ++j) {  // fp4x32 with the table from memory
           const __m512i c = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src[j] + k / 2)));
@@ -470,7 +473,8 @@ struct linear_simd {
         __m512 v[4];
         fp8x64(_mm512_loadu_si512(src[j] + k), vs, th0, th1, tl0, tl1, v);
         for (int i = 0; i < MT; ++i)  // x from L1 (the compiler keeps it in registers where they suffice)
-          for (int q = 0; q < 4; ++q) acc[i][j] = _mm512_fmadd_ps(_mm512_loadu_ps(x + i * ldx + k + 16 * q), v[q], acc[i][j]);
+          for (int q = 0; q < 4; ++q)
+            acc[i][j] = _mm512_fmadd_ps(_mm512_loadu_ps(x + i * ldx + k + 16 * q), v[q], acc[i][j]);
       }
     }
     reduce<NT, MT>(acc, out, ldo);
@@ -486,9 +490,10 @@ struct linear_simd {
     const std::int64_t Kv = w.k;
     constexpr std::int64_t bytes = BF ? 2 : 4;
     const std::uint8_t* src[NT];
-    const prefetch_plan pf = group_rows<NT>(BF ? reinterpret_cast<const std::uint8_t*>(&w.bf(n0, 0))
-                                                 : reinterpret_cast<const std::uint8_t*>(&w.f32(n0, 0)),
-                                              (BF ? w.bf.stride[0] : w.f32.stride[0]) * bytes, Kv * bytes, n0, w.n, src);
+    const std::uint8_t* first = BF ? reinterpret_cast<const std::uint8_t*>(&w.bf(n0, 0))
+                                   : reinterpret_cast<const std::uint8_t*>(&w.f32(n0, 0));
+    const std::int64_t stride = (BF ? w.bf.stride[0] : w.f32.stride[0]) * bytes;
+    const prefetch_plan pf = group_rows<NT>(first, stride, Kv * bytes, n0, w.n, src);
     __m512 acc[MT][NT];
     for (int i = 0; i < MT; ++i)
       for (int j = 0; j < NT; ++j) acc[i][j] = _mm512_setzero_ps();
