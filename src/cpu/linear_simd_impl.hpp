@@ -407,9 +407,7 @@ struct linear_simd {
     const std::uint8_t* src[NT];
     const prefetch_plan pf =
         group_rows<NT>(reinterpret_cast<const std::uint8_t*>(&w.f4(n0, 0)), w.f4.stride[0], K / 2, n0, w.n, src);
-    __m512 acc[MT][NT];
-    for (int i = 0; i < MT; ++i)
-      for (int j = 0; j < NT; ++j) acc[i][j] = _mm512_setzero_ps();
+    __m512 acc[MT][NT] = {};  // all zero
     alignas(64) std::uint8_t sb[NT][chunk];
     for (std::int64_t b0 = 0; b0 < nblk; b0 += chunk) {
       const std::int64_t nb = std::min(chunk, nblk - b0);
@@ -450,7 +448,8 @@ struct linear_simd {
       for (int j = 0; j < NT; ++j) out[i * ldo + j] = xsimd::hadd(F(acc[i][j]));
   }
 
-  // FP8 with VBMI, K % 64 == 0: the NT rows share each tile scale (n0 % 8 == 0, NT <= 8: one 128-row tile).
+  // FP8 with VBMI, K % 64 == 0: the NT rows share each tile scale (linear_blocks starts a call at a multiple of
+  // gemv_rows(MT), 4 or 8, with NT at most that, so the rows never cross a 128-row tile).
   template <int NT, int MT>
   DSV4_VBMI static void gemv_fp8_vbmi(const float* x, std::int64_t ldx, const ref::weight_ref& w, std::int64_t n0,
                                       float* out, std::int64_t ldo) {
@@ -462,9 +461,7 @@ struct linear_simd {
     const std::uint8_t* src[NT];
     const prefetch_plan pf =
         group_rows<NT>(reinterpret_cast<const std::uint8_t*>(&w.f8(n0, 0)), w.f8.stride[0], K, n0, w.n, src);
-    __m512 acc[MT][NT];
-    for (int i = 0; i < MT; ++i)
-      for (int j = 0; j < NT; ++j) acc[i][j] = _mm512_setzero_ps();
+    __m512 acc[MT][NT] = {};  // all zero
     __m512 vs = _mm512_setzero_ps();
     for (std::int64_t k = 0; k < K; k += kFp8Block) {
       if (k % tile == 0) vs = _mm512_set1_ps(st[w.scale(n0 / tile, k / tile).bits]);
@@ -494,9 +491,7 @@ struct linear_simd {
                                    : reinterpret_cast<const std::uint8_t*>(&w.f32(n0, 0));
     const std::int64_t stride = (BF ? w.bf.stride[0] : w.f32.stride[0]) * bytes;
     const prefetch_plan pf = group_rows<NT>(first, stride, Kv * bytes, n0, w.n, src);
-    __m512 acc[MT][NT];
-    for (int i = 0; i < MT; ++i)
-      for (int j = 0; j < NT; ++j) acc[i][j] = _mm512_setzero_ps();
+    __m512 acc[MT][NT] = {};  // all zero
     for (std::int64_t k = 0; k < Kv; k += 16) {
       __m512 xv[MT];
       for (int i = 0; i < MT; ++i) xv[i] = _mm512_loadu_ps(x + i * ldx + k);
@@ -523,9 +518,7 @@ struct linear_simd {
     const std::uint8_t* src[NT];
     const prefetch_plan pf =
         group_rows<NT>(reinterpret_cast<const std::uint8_t*>(&w.f8(n0, 0)), w.f8.stride[0], K, n0, w.n, src);
-    __m512 acc[MT][NT];
-    for (int t = 0; t < MT; ++t)
-      for (int j = 0; j < NT; ++j) acc[t][j] = _mm512_setzero_ps();
+    __m512 acc[MT][NT] = {};  // all zero
     for (std::int64_t k0 = 0; k0 < K; k0 += tile) {
       const __m512 vs = _mm512_set1_ps(st[w.scale(n0 / tile, k0 / tile).bits]);
       for (std::int64_t i = 0; i < tile; i += 16) {
@@ -542,13 +535,25 @@ struct linear_simd {
   }
 #endif
 
+  // The decode GEMV kernels, one per stored format, behind one signature.
+  enum class gemv_kind { fp4, fp8_vbmi, fp8, bf16, f32 };
   using gemv_fn = void (*)(const float*, std::int64_t, const ref::weight_ref&, std::int64_t, float*, std::int64_t);
-  // One row of a GEMV table: the kernels of MT tokens and 1 .. gemv_rows(MT) rows (the rest null, never called).
-  template <template <int, int> class G, int MT, std::size_t... J>
-  static constexpr std::array<gemv_fn, kMaxTileN> gemv_row(std::index_sequence<J...>) {
-    return {&G<static_cast<int>(J) + 1, MT>::run...};
+#if defined(__AVX512BW__)
+  template <gemv_kind G, int NT, int MT>
+  static void gemv_kernel(const float* x, std::int64_t ldx, const ref::weight_ref& w, std::int64_t n0, float* out,
+                          std::int64_t ldo) {
+    if constexpr (G == gemv_kind::fp4) gemv_fp4<NT, MT>(x, ldx, w, n0, out, ldo);
+    if constexpr (G == gemv_kind::fp8_vbmi) gemv_fp8_vbmi<NT, MT>(x, ldx, w, n0, out, ldo);
+    if constexpr (G == gemv_kind::fp8) gemv_fp8<NT, MT>(x, ldx, w, n0, out, ldo);
+    if constexpr (G == gemv_kind::bf16) gemv_wide<NT, MT, true>(x, ldx, w, n0, out, ldo);
+    if constexpr (G == gemv_kind::f32) gemv_wide<NT, MT, false>(x, ldx, w, n0, out, ldo);
   }
-  template <template <int, int> class G>
+  // One row of a kind's table: the kernels of MT tokens and 1 .. gemv_rows(MT) rows (the rest null, never called).
+  template <gemv_kind G, int MT, std::size_t... J>
+  static constexpr std::array<gemv_fn, kMaxTileN> gemv_row(std::index_sequence<J...>) {
+    return {&gemv_kernel<G, static_cast<int>(J) + 1, MT>...};
+  }
+  template <gemv_kind G>
   static constexpr std::array<std::array<gemv_fn, kMaxTileN>, kMaxGemvTokens> gemv_table() {
     static_assert(kMaxGemvTokens == 4);
     return {gemv_row<G, 1>(std::make_index_sequence<gemv_rows(1)>{}),
@@ -556,67 +561,29 @@ struct linear_simd {
             gemv_row<G, 3>(std::make_index_sequence<gemv_rows(3)>{}),
             gemv_row<G, 4>(std::make_index_sequence<gemv_rows(4)>{})};
   }
-#if defined(__AVX512BW__)
-  template <int NT, int MT>
-  struct fp4_g {
-    static void run(const float* x, std::int64_t ldx, const ref::weight_ref& w, std::int64_t n0, float* o,
-                    std::int64_t ldo) {
-      gemv_fp4<NT, MT>(x, ldx, w, n0, o, ldo);
-    }
-  };
-  template <int NT, int MT>
-  struct fp8v_g {
-    static void run(const float* x, std::int64_t ldx, const ref::weight_ref& w, std::int64_t n0, float* o,
-                    std::int64_t ldo) {
-      gemv_fp8_vbmi<NT, MT>(x, ldx, w, n0, o, ldo);
-    }
-  };
-  template <int NT, int MT>
-  struct fp8_g {
-    static void run(const float* x, std::int64_t ldx, const ref::weight_ref& w, std::int64_t n0, float* o,
-                    std::int64_t ldo) {
-      gemv_fp8<NT, MT>(x, ldx, w, n0, o, ldo);
-    }
-  };
-  template <int NT, int MT>
-  struct bf16_g {
-    static void run(const float* x, std::int64_t ldx, const ref::weight_ref& w, std::int64_t n0, float* o,
-                    std::int64_t ldo) {
-      gemv_wide<NT, MT, true>(x, ldx, w, n0, o, ldo);
-    }
-  };
-  template <int NT, int MT>
-  struct f32_g {
-    static void run(const float* x, std::int64_t ldx, const ref::weight_ref& w, std::int64_t n0, float* o,
-                    std::int64_t ldo) {
-      gemv_wide<NT, MT, false>(x, ldx, w, n0, o, ldo);
-    }
-  };
 #endif
 
   static bool gemv(const float* x, std::int64_t ldx, int mt, const ref::weight_ref& w, std::int64_t n0, int nt,
                    float* out, std::int64_t ldo) {
 #if defined(__AVX512BW__)
     if constexpr (kAvx512) {
-      const gemv_fn* row = nullptr;
-      if (w.fmt == ref::wfmt::fp4_b32 && w.k % ref::kFp4WeightBlock == 0) {
-        static constexpr auto t = gemv_table<fp4_g>();
-        row = t[static_cast<std::size_t>(mt - 1)].data();
-      } else if (w.fmt == ref::wfmt::bf16 && w.k % 16 == 0 && w.bf.stride[1] == 1) {
-        static constexpr auto t = gemv_table<bf16_g>();
-        row = t[static_cast<std::size_t>(mt - 1)].data();
-      } else if (w.fmt == ref::wfmt::f32 && w.k % 16 == 0 && w.f32.stride[1] == 1) {
-        static constexpr auto t = gemv_table<f32_g>();
-        row = t[static_cast<std::size_t>(mt - 1)].data();
-      } else if (w.fmt == ref::wfmt::fp8_b128 && permutes(w) && w.k % kFp8Block == 0) {
-        static constexpr auto t = gemv_table<fp8v_g>();
-        row = t[static_cast<std::size_t>(mt - 1)].data();
-      } else if (w.fmt == ref::wfmt::fp8_b128 && !permutes(w) && w.k % ref::kFp8WeightTile == 0) {
-        static constexpr auto t = gemv_table<fp8_g>();
-        row = t[static_cast<std::size_t>(mt - 1)].data();
-      }
-      if (row) {
-        row[nt - 1](x, ldx, w, n0, out, ldo);
+      static constexpr std::array<std::array<std::array<gemv_fn, kMaxTileN>, kMaxGemvTokens>, 5> tables = {
+          gemv_table<gemv_kind::fp4>(), gemv_table<gemv_kind::fp8_vbmi>(), gemv_table<gemv_kind::fp8>(),
+          gemv_table<gemv_kind::bf16>(), gemv_table<gemv_kind::f32>()};
+      int kind = -1;
+      if (w.fmt == ref::wfmt::fp4_b32 && w.k % ref::kFp4WeightBlock == 0)
+        kind = static_cast<int>(gemv_kind::fp4);
+      else if (w.fmt == ref::wfmt::bf16 && w.k % 16 == 0 && w.bf.stride[1] == 1)
+        kind = static_cast<int>(gemv_kind::bf16);
+      else if (w.fmt == ref::wfmt::f32 && w.k % 16 == 0 && w.f32.stride[1] == 1)
+        kind = static_cast<int>(gemv_kind::f32);
+      else if (w.fmt == ref::wfmt::fp8_b128 && permutes(w) && w.k % kFp8Block == 0)
+        kind = static_cast<int>(gemv_kind::fp8_vbmi);
+      else if (w.fmt == ref::wfmt::fp8_b128 && !permutes(w) && w.k % ref::kFp8WeightTile == 0)
+        kind = static_cast<int>(gemv_kind::fp8);
+      if (kind >= 0) {
+        tables[static_cast<std::size_t>(kind)][static_cast<std::size_t>(mt - 1)][static_cast<std::size_t>(nt - 1)](
+            x, ldx, w, n0, out, ldo);
         return true;
       }
     }
