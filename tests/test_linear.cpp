@@ -1,6 +1,7 @@
 // linear (spec §6.4, policy fp32): every stored weight format decoded exactly, ref and cpu against an independent
 // decode written here (code value · 2^(scale-127) via ldexp), bitwise row independence of the CPU backend, errors.
 #include <cmath>
+#include <random>
 
 #include "dsv4/ops/linear.hpp"
 #include "harness.hpp"
@@ -68,6 +69,55 @@ TEST_CASE("decode is exact: x = identity gives W^T bit for bit on every backend"
       for (std::int64_t k = 0; k < fc.K; ++k)
         for (std::int64_t n = 0; n < fc.N; ++n) REQUIRE(double(yv[k * fc.N + n]) == tw.exact[n * fc.K + k]);
     }
+  }
+}
+
+TEST_CASE("FP4 block scales at both ends of the UE8M0 range decode exactly in the GEMV and the panel") {
+  // The CPU FP4 GEMV scales its E2M1 table by adding the exponent while every scale byte of a 64-block chunk is in
+  // [2, 252] and loads the multiplied table otherwise; both must give the exact value e2m1 · 2^(s-127). Rows 0-7
+  // keep every chunk in range; rows 8-15 have their second chunk (blocks 64-127) cycle through 0, 1, 2, 251, 252,
+  // 120 (subnormal weights for 0 and 1; 253 and above would overflow 6 · 2^(s-127) in fp32).
+  const std::int64_t N = 16, K = 4096, nb = K / 32;
+  buffer w(dtype::fp4_e2m1, {N, K}), s(dtype::ue8m0, {N, nb});
+  std::mt19937_64 rng(71);
+  auto* bytes = static_cast<std::uint8_t*>(w.data());
+  for (std::int64_t i = 0; i < N * K / 2; ++i) bytes[i] = static_cast<std::uint8_t>(rng());
+  const std::uint8_t ends[] = {0, 1, 2, 251, 252, 120};
+  for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t b = 0; b < nb; ++b)
+      s.host_span<ue8m0>()[n * nb + b].bits =
+          n >= 8 && b >= 64 ? ends[(n + b) % 6] : static_cast<std::uint8_t>(118 + (n + b) % 9);
+  const double mags[8] = {0, 0.5, 1, 1.5, 2, 3, 4, 6};
+  const auto exact = [&](std::int64_t n, std::int64_t k) {
+    const std::uint8_t byte = bytes[(n * K + k) / 2], c = (k % 2) ? byte >> 4 : byte & 15;
+    return std::ldexp((c & 8) ? -mags[c & 7] : mags[c & 7], s.host_span<ue8m0>()[n * nb + k / 32].bits - 127);
+  };
+  const ops::qweight q{w.view(), s.view()};
+  // one-hot tokens: the GEMV (1 token) and the panel (9 tokens) return column k of W exactly
+  std::vector<float> onehot(static_cast<std::size_t>(9 * K), 0.f);
+  const std::int64_t ks[9] = {0, 1, 31, 1000, 2047, 2048, 2049, 3001, 4095};
+  for (int t = 0; t < 9; ++t) onehot[t * K + ks[t]] = 1.f;
+  const buffer x1 = host_f32(9, K, onehot);
+  buffer panel(dtype::f32, {9, N});
+  ops::linear(x1, q, panel, on(backend::cpu));
+  for (int t = 0; t < 9; ++t) {
+    buffer y(dtype::f32, {1, N});
+    ops::linear(x1.view().narrow(0, t, 1), q, y, on(backend::cpu));
+    for (std::int64_t n = 0; n < N; ++n) {
+      CAPTURE(n);
+      CAPTURE(ks[t]);
+      REQUIRE(double(y.host_span<float>()[n]) == exact(n, ks[t]));
+      REQUIRE(double(panel.host_span<float>()[t * N + n]) == exact(n, ks[t]));
+    }
+  }
+  // random tokens: each alone (GEMV) bitwise equal to its row of the panel
+  const buffer x = host_f32(9, K, randn(9 * K, 72));
+  ops::linear(x, q, panel, on(backend::cpu));
+  for (int t = 0; t < 9; ++t) {
+    buffer y(dtype::f32, {1, N});
+    ops::linear(x.view().narrow(0, t, 1), q, y, on(backend::cpu));
+    for (std::int64_t n = 0; n < N; ++n)
+      REQUIRE(f32_to_bits(y.host_span<float>()[n]) == f32_to_bits(panel.host_span<float>()[t * N + n]));
   }
 }
 
