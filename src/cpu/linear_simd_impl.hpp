@@ -426,6 +426,7 @@ struct linear_simd {
       for (std::int64_t b = 0; b < nb; ++b) {
         const std::int64_t k = (b0 + b) * blk;
         __m512 x0[MT], x1[MT];
+#pragma GCC unroll 8
         for (int i = 0; i < MT; ++i) {
           x0[i] = _mm512_loadu_ps(x + i * ldx + k);
           x1[i] = _mm512_loadu_ps(x + i * ldx + k + 16);
@@ -440,6 +441,7 @@ struct linear_simd {
             lut = _mm512_load_ps(luts + se[j][b]);
           const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r[j] + k / 2)));
           const __m512 d0 = _mm512_permutexvar_ps(c, lut), d1 = _mm512_permutexvar_ps(_mm512_srli_epi32(c, 4), lut);
+#pragma GCC unroll 8
           for (int i = 0; i < MT; ++i) {
             a[i][j] = _mm512_fmadd_ps(x0[i], d0, a[i][j]);
             a[i][j] = _mm512_fmadd_ps(x1[i], d1, a[i][j]);
@@ -509,10 +511,13 @@ struct linear_simd {
     for (std::int64_t k = 0; k < K; k += kFp8Block) {
       if (k % tile == 0) vs = _mm512_set1_ps(st[w.scale(n0 / tile, k / tile).bits]);
       stream_step<NT>(pf, k);  // a cache line of every row
+#pragma GCC unroll 8
       for (int j = 0; j < NT; ++j) {
         __m512 v[4];
         fp8x64(_mm512_loadu_si512(src[j] + k), vs, th0, th1, tl0, tl1, v);
+#pragma GCC unroll 8
         for (int i = 0; i < MT; ++i)  // x from L1 (the compiler keeps it in registers where they suffice)
+#pragma GCC unroll 8
           for (int q = 0; q < 4; ++q)
             acc[i][j] = _mm512_fmadd_ps(_mm512_loadu_ps(x + i * ldx + k + 16 * q), v[q], acc[i][j]);
       }
@@ -537,8 +542,10 @@ struct linear_simd {
     __m512 acc[MT][NT] = {};  // all zero
     for (std::int64_t k = 0; k < Kv; k += 16) {
       __m512 xv[MT];
+#pragma GCC unroll 8
       for (int i = 0; i < MT; ++i) xv[i] = _mm512_loadu_ps(x + i * ldx + k);
       if (k % (64 / bytes) == 0) stream_step<NT>(pf, k * bytes);  // a cache line of every row
+#pragma GCC unroll 8
       for (int j = 0; j < NT; ++j) {
         __m512 v;
         if constexpr (BF)
@@ -546,6 +553,7 @@ struct linear_simd {
               _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src[j] + 2 * k))), 16));
         else
           v = _mm512_loadu_ps(reinterpret_cast<const float*>(src[j]) + k);
+#pragma GCC unroll 8
         for (int i = 0; i < MT; ++i) acc[i][j] = _mm512_fmadd_ps(xv[i], v, acc[i][j]);
       }
     }
@@ -567,9 +575,12 @@ struct linear_simd {
       for (std::int64_t i = 0; i < tile; i += 16) {
         if (i % 64 == 0) stream_step<NT>(pf, k0 + i);  // a cache line of every row
         __m512 xv[MT];
+#pragma GCC unroll 8
         for (int t = 0; t < MT; ++t) xv[t] = _mm512_loadu_ps(x + t * ldx + k0 + i);
+#pragma GCC unroll 8
         for (int j = 0; j < NT; ++j) {
           const __m512 v = fp8x16(src[j] + k0 + i, vs);
+#pragma GCC unroll 8
           for (int t = 0; t < MT; ++t) acc[t][j] = _mm512_fmadd_ps(xv[t], v, acc[t][j]);
         }
       }
