@@ -411,6 +411,12 @@ struct linear_simd {
     const std::uint8_t* src[NT];
     const prefetch_plan pf =
         group_rows<NT>(reinterpret_cast<const std::uint8_t*>(&w.f4(n0, 0)), w.f4.stride[0], K / 2, n0, w.n, src);
+    // The next group's scale bytes (one stream beside the codes: nblk bytes per row, NT rows in a row), so its first
+    // chunk does not wait on them.
+    if (w.scale.stride[1] == 1 && w.scale.stride[0] == nblk && n0 + 2 * NT <= w.n) {
+      const auto* s0 = reinterpret_cast<const std::uint8_t*>(&w.scale(n0 + NT, 0));
+      for (std::int64_t off = 0; off < NT * nblk; off += 64) prefetch(s0 + off);
+    }
     __m512 acc[MT][NT] = {};  // all zero
     alignas(64) std::int32_t se[NT][chunk];  // exponent add (s - 127) << 23, or the table offset 16 s
     const auto blocks = [&](std::int64_t b0, std::int64_t nb, auto add) {
