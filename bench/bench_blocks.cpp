@@ -279,9 +279,7 @@ void moe_ffn_case(benchmark::State& state) {
       for (int i = 0; i < k; ++i)
         idx.host_span<std::int32_t>()[i] = static_cast<std::int32_t>((step * k + i) % M::n_routed_experts);
       total += seconds_per_call(run_cpu);
-      state.PauseTiming();
-      read += read_pass(threads);
-      state.ResumeTiming();
+      read += paused_read_pass(state, threads);
       ++step;
     }
     const double iters = static_cast<double>(state.iterations()), per = total / iters, rd = read / iters;

@@ -76,9 +76,7 @@ void BM_block_decode(benchmark::State& st) {
         [&] { m.tf->forward(tok, s, tensor_view(logits.data(), dtype::f32, {1, m.cfg.vocab_size}), &t); });
     add(acc, t);
     distinct += double(t.layers[0].distinct_experts);
-    st.PauseTiming();  // the read baseline after every step (interleaved: the neighbours move it minute to minute)
-    read += bench::read_pass(2);
-    st.ResumeTiming();
+    read += bench::paused_read_pass(st, 2);  // after every step: the neighbours move it minute to minute
   }
   report(st, acc, double(st.iterations()));
   const double iters = double(st.iterations());

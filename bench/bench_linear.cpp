@@ -143,9 +143,7 @@ void gemv_case(benchmark::State& state, codes c, std::int64_t N, std::int64_t K,
     total += seconds_per_call([&] {
       for (const matrix& m : b.m) ops::linear(x, (hot ? b.m[0] : m).q(), y, ex);
     });
-    state.PauseTiming();
-    read += read_pass(threads);
-    state.ResumeTiming();
+    read += paused_read_pass(state, threads);
   }
   const double iters = static_cast<double>(state.iterations());
   const double per = total / iters / kDistinct;
