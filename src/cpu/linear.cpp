@@ -1,5 +1,5 @@
-// src/cpu/linear.cpp — CPU backend of y = x · W^T: oneTBB over blocks of 16 weight rows; each task decodes its rows
-// into an fp32 panel once and runs every token tile against it (linear_simd_impl.hpp). Up to kGemvMaxT tokens
+// src/cpu/linear.cpp — CPU backend of y = x · W^T: oneTBB over blocks of 16 weight rows; a task decodes up to 4 of
+// its blocks into an fp32 panel once and runs every token tile against it (linear_simd_impl.hpp). Up to kGemvMaxT tokens
 // (decode, batched decode, an expert's few tokens) skip the panel where a fused GEMV exists (AVX-512: FP4, FP8, BF16,
 // F32): same values, same fma chain, same bits. x is first put in the weight format's lane order when the ISA decodes
 // in one (linear_simd.hpp).
@@ -24,6 +24,17 @@ namespace {
 // [32768 x 1024]), 0.55-0.61 / 0.67-0.73 (FP8 [4096 x 8192]), 0.45 at 4 (BF16); at 24-32 tokens FP8 [4096 x 8192]
 // was 1.0-1.9x slower on it (x of 4 tokens x 8192 leaves L1), FP4 about even.
 constexpr std::int64_t kGemvMaxT = 8;
+
+// The panel path decodes up to this many bytes of 16-row blocks at once (at most kMaxPanelRows rows: 64 at K <= 2048,
+// 32 at 4096, 16 at 8192) and runs every token against them. x of a prefill (T·K·4 bytes, 2-16 MiB) comes from L3
+// once per panel, so 16-row panels read it 4x as often at K <= 2048. bench_linear T = 512, 2 threads, interleaved
+// rounds on 2026-12-02: FP8 [32768 x 1024] 195-208 -> 213-227 GFLOP/s, FP4 [4096 x 2048] 216-255 -> 225-261,
+// FP4 [2048 x 4096] 155-242 -> 213-242 (on 2026-12-01, a quieter day, 64-row panels had measured no gain).
+constexpr std::int64_t kPanelBytes = std::int64_t{512} << 10;
+std::int64_t panel_blocks(std::int64_t ldw) {
+  const std::int64_t fit = kPanelBytes / (kLinearRowBlock * ldw * std::int64_t{sizeof(float)});
+  return std::clamp<std::int64_t>(fit, 1, detail::kMaxPanelRows / kLinearRowBlock);
+}
 
 const detail::linear_kernels& kernels() {
   static const auto k = detail::resolve_kernels<detail::linear_kernels, detail::select_linear_kernels>();
@@ -68,8 +79,10 @@ std::int64_t linear_blocks(const float* x, std::int64_t T, std::int64_t ldx, con
   thread_local std::vector<float> panel;
   float out[detail::kMaxGemvTokens * detail::kMaxTileN];
   std::int64_t bad = 0;
-  for (std::int64_t b = b0; b < b1; ++b) {
-    const std::int64_t n0 = b * kLinearRowBlock, n1 = std::min(N, n0 + kLinearRowBlock);
+  const std::int64_t group = panel_blocks(ldw);
+  for (std::int64_t b = b0; b < b1;) {
+    const std::int64_t n0 = b * kLinearRowBlock;
+    std::int64_t n1 = std::min(N, n0 + kLinearRowBlock);
     // Decode and small batches: weights straight from their stored bytes into the dots of up to kMaxGemvTokens
     // tokens at a time (bitwise the panel's), the block's rows decoded once per token group.
     bool fused = T <= kGemvMaxT;
@@ -84,9 +97,14 @@ std::int64_t linear_blocks(const float* x, std::int64_t T, std::int64_t ldx, con
             for (int j = 0; j < nt; ++j) y[(t0 + i) * ldy + j0 + j] = out[i * detail::kMaxTileN + j];
       }
     }
-    if (!fused) {
-      if (panel.size() < static_cast<std::size_t>(kLinearRowBlock * ldw))
-        panel.resize(static_cast<std::size_t>(kLinearRowBlock * ldw));
+    if (fused) {
+      ++b;
+    } else {  // this block and up to group - 1 more
+      const std::int64_t bn = std::min(b1, b + group);
+      n1 = std::min(N, bn * kLinearRowBlock);
+      b = bn;
+      if (panel.size() < static_cast<std::size_t>(detail::kMaxPanelRows * ldw))
+        panel.resize(static_cast<std::size_t>(detail::kMaxPanelRows * ldw));
       for (std::int64_t n = n0; n < n1; ++n) k.decode_row(w, n, panel.data() + (n - n0) * ldw);
       k.panel_dots(x, ldx, T, panel.data(), ldw, static_cast<int>(n1 - n0), K, y + n0, ldy);
     }
@@ -109,7 +127,11 @@ std::int64_t linear_f32(const float* x, std::int64_t T, std::int64_t ldx, const 
   std::int64_t ld = 0;
   const float* xo = lane_order(w, x, T, ldx, buf, &ld, ex);  // once for every row block
   std::atomic<std::int64_t> bad{0};
-  detail::parallel_rows(linear_row_blocks(w), 1, ex, [&](std::int64_t b0, std::int64_t b1) {
+  // whole panels per task where that still leaves 8 tasks or more
+  const std::int64_t blocks = linear_row_blocks(w);
+  const std::int64_t grain =
+      T > kGemvMaxT ? std::min(panel_blocks((w.k + 15) / 16 * 16), std::max<std::int64_t>(1, blocks / 8)) : 1;
+  detail::parallel_rows(blocks, grain, ex, [&](std::int64_t b0, std::int64_t b1) {
     const std::int64_t my_bad = linear_blocks(xo, T, ld, w, y, ldy, b0, b1);
     if (my_bad) bad += my_bad;
   });

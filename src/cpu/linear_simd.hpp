@@ -21,6 +21,7 @@
 namespace dsv4::cpu::detail {
 
 inline constexpr int kMaxTileN = 8;   // weight rows per decode GEMV call
+inline constexpr int kMaxPanelRows = 64;  // decoded weight rows per panel_dots call
 inline constexpr int kMaxGemvTokens = 4;  // tokens per decode GEMV call
 // Weight rows per decode GEMV call of mt tokens: its mt x rows accumulators (and the decoded rows) fit the 32
 // vector registers.
@@ -35,7 +36,7 @@ struct linear_kernels {
   // W[n, 0:K) decoded to fp32 into out, in W's lane order. NaN codes decode to NaN (not counted here: the caller
   // counts them on the rows whose outputs came out NaN).
   void (*decode_row)(const ref::weight_ref& w, std::int64_t n, float* out) = nullptr;
-  // y[t·ldy + j] = x_t · w_j over K for t < T, j < nrows <= 16 (x_t = x + t·ldx, w_j = w + j·ldw: a decoded panel),
+  // y[t·ldy + j] = x_t · w_j over K for t < T, j < nrows <= kMaxPanelRows (x_t = x + t·ldx, w_j = w + j·ldw: a decoded panel),
   // the dot order above.
   void (*panel_dots)(const float* x, std::int64_t ldx, std::int64_t T, const float* w, std::int64_t ldw, int nrows,
                      std::int64_t K, float* y, std::int64_t ldy) = nullptr;

@@ -689,18 +689,18 @@ struct linear_simd {
 
 #if defined(__AVX512BW__)
   // ---- AVX-512 panel path: 6 tokens x 4 rows of accumulators (24 of the 32 registers; 10 loads per 24 fmas), K
-  // in chunks of kChunkK so the 6 x rows of a chunk (24 KiB) stay in L1 and the 16 panel rows (64 KiB) in L2 while
-  // the four 4-row tiles run over them (1024: measured best of 256 .. whole K on these shapes); the accumulators are
-  // parked in memory between chunks (exactly: the same fma chain per output). ----
+  // in chunks of kChunkK so the 6 x rows of a chunk (24 KiB) stay in L1 and the panel rows of the chunk (up to 64:
+  // 256 KiB) in L2 while the 4-row tiles run over them (1024: measured best of 256 .. whole K on these shapes); the
+  // accumulators are parked in memory between chunks (exactly: the same fma chain per output). ----
   static constexpr int kTileT = 6, kTileN = 4;
   static constexpr std::int64_t kChunkK = 1024;
 
   template <int MT, int NT>
   static void micro(const float* x, std::int64_t ldx, const float* w, std::int64_t ldw, std::int64_t k0,
-                    std::int64_t k1, float* park) {  // park[(i·16 + j)·16 ..]: the accumulator of token i, row j
+                    std::int64_t k1, float* park) {  // park[(i·kMaxPanelRows + j)·16 ..]: token i, row j
     __m512 acc[MT][NT];
     for (int i = 0; i < MT; ++i)
-      for (int j = 0; j < NT; ++j) acc[i][j] = _mm512_load_ps(park + (i * 16 + j) * 16);
+      for (int j = 0; j < NT; ++j) acc[i][j] = _mm512_load_ps(park + (i * kMaxPanelRows + j) * 16);
     for (std::int64_t k = k0; k < k1; k += 16) {
       __m512 xv[MT];
       for (int i = 0; i < MT; ++i) xv[i] = _mm512_loadu_ps(x + i * ldx + k);
@@ -710,7 +710,7 @@ struct linear_simd {
       }
     }
     for (int i = 0; i < MT; ++i)
-      for (int j = 0; j < NT; ++j) _mm512_store_ps(park + (i * 16 + j) * 16, acc[i][j]);
+      for (int j = 0; j < NT; ++j) _mm512_store_ps(park + (i * kMaxPanelRows + j) * 16, acc[i][j]);
   }
   using micro_fn = void (*)(const float*, std::int64_t, const float*, std::int64_t, std::int64_t, std::int64_t,
                             float*);
@@ -726,11 +726,11 @@ struct linear_simd {
         micro_row<3>(std::make_index_sequence<kTileN>{}), micro_row<4>(std::make_index_sequence<kTileN>{}),
         micro_row<5>(std::make_index_sequence<kTileN>{}), micro_row<6>(std::make_index_sequence<kTileN>{})};
     const std::int64_t Kv = K / 16 * 16;
-    alignas(64) float park[kTileT * 16 * 16];
+    alignas(64) float park[kTileT * kMaxPanelRows * 16];
     for (std::int64_t t0 = 0; t0 < T; t0 += kTileT) {
       const int mt = static_cast<int>(std::min<std::int64_t>(kTileT, T - t0));
       const float* xt = x + t0 * ldx;
-      std::fill(std::begin(park), std::end(park), 0.f);
+      for (int i = 0; i < mt; ++i) std::fill_n(park + i * kMaxPanelRows * 16, nrows * 16, 0.f);
       for (std::int64_t k0 = 0; k0 < Kv; k0 += kChunkK) {
         const std::int64_t k1 = std::min(Kv, k0 + kChunkK);
         for (int j0 = 0; j0 < nrows; j0 += kTileN) {
@@ -741,7 +741,7 @@ struct linear_simd {
       }
       for (int i = 0; i < mt; ++i)
         for (int j = 0; j < nrows; ++j) {  // the fixed horizontal add, then the K % 16 tail in order (dots_tile's)
-          float r = xsimd::hadd(F(_mm512_load_ps(park + (i * 16 + j) * 16)));
+          float r = xsimd::hadd(F(_mm512_load_ps(park + (i * kMaxPanelRows + j) * 16)));
           for (std::int64_t k = Kv; k < K; ++k) r += xt[i * ldx + k] * w[j * ldw + k];
           y[(t0 + i) * ldy + j] = r;
         }
