@@ -1,8 +1,8 @@
 // src/cpu/linear.cpp — CPU backend of y = x · W^T: oneTBB over blocks of 16 weight rows; a task decodes up to 4 of
-// its blocks into an fp32 panel once and runs every token tile against it (linear_simd_impl.hpp). Up to kGemvMaxT tokens
-// (decode, batched decode, an expert's few tokens) skip the panel where a fused GEMV exists (AVX-512: FP4, FP8, BF16,
-// F32): same values, same fma chain, same bits. x is first put in the weight format's lane order when the ISA decodes
-// in one (linear_simd.hpp).
+// its blocks into an fp32 panel once and runs every token tile against it (linear_simd_impl.hpp). Up to kGemvMaxT
+// tokens (decode, batched decode, an expert's few tokens) skip the panel where a fused GEMV exists (AVX-512: FP4,
+// FP8, BF16, F32): same values, same fma chain, same bits. x is first put in the weight format's lane order when the
+// ISA decodes in one (linear_simd.hpp).
 #include "dsv4/cpu/linear.hpp"
 
 #include <algorithm>
