@@ -36,8 +36,8 @@ struct linear_kernels {
   // W[n, 0:K) decoded to fp32 into out, in W's lane order. NaN codes decode to NaN (not counted here: the caller
   // counts them on the rows whose outputs came out NaN).
   void (*decode_row)(const ref::weight_ref& w, std::int64_t n, float* out) = nullptr;
-  // y[t·ldy + j] = x_t · w_j over K for t < T, j < nrows <= kMaxPanelRows (x_t = x + t·ldx, w_j = w + j·ldw: a decoded panel),
-  // the dot order above.
+  // y[t·ldy + j] = x_t · w_j over K for t < T, j < nrows <= kMaxPanelRows (x_t = x + t·ldx, w_j = w + j·ldw: a
+  // decoded panel), the dot order above.
   void (*panel_dots)(const float* x, std::int64_t ldx, std::int64_t T, const float* w, std::int64_t ldw, int nrows,
                      std::int64_t K, float* y, std::int64_t ldy) = nullptr;
   // Decode and small batches: out[i·ldo + j] = x_i · W[n0 + j] for i < mt <= kMaxGemvTokens (x_i = x + i·ldx, in
