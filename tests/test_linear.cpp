@@ -196,6 +196,8 @@ TEST_CASE("errors: shapes, scale layout, dtypes, NaN codes and scales") {
   auto fp4 = make_weight(dtype::fp4_e2m1, 8, 64, 52);
   const buffer x = host_f32(2, 256, randn(512, 53));
   buffer y(dtype::f32, {2, 130});
+  const buffer x9 = host_f32(9, 256, randn(9 * 256, 55));
+  buffer y9(dtype::f32, {9, 130});
   check_error([&] { ops::linear(x.view().narrow(1, 0, 128), fp8.q(), y); }, {"linear", "expected [130, 128]"});
   check_error([&] { ops::linear(x, {fp8.w.view(), fp4.s.view()}, y); }, {"linear", "scale", "ue8m0[2, 2]"});
   check_error([&] { ops::linear(x, {fp8.w.view(), tensor_view()}, y); }, {"need a ue8m0 scale"});
@@ -211,6 +213,8 @@ TEST_CASE("errors: shapes, scale layout, dtypes, NaN codes and scales") {
     // one token: the decode GEMV, which counts NaN weights only on the rows whose output came out NaN
     check_error([&] { ops::linear(x.view().narrow(0, 0, 1), fp8.q(), y.view().narrow(0, 0, 1), on(be)); },
                 {"linear", "16384 weights decode to NaN"});
+    // 9 tokens: the panel path, which finds the NaN rows by scanning the outputs
+    check_error([&] { ops::linear(x9, fp8.q(), y9, on(be)); }, {"linear", "16384 weights decode to NaN"});
     fp8.s.host_span<ue8m0>()[1].bits = 127;
     fp8.w.host_span<fp8_e4m3>()[5].bits = 0xFF;
     fp8.w.host_span<fp8_e4m3>()[300].bits = 0x7F;
