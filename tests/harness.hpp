@@ -160,6 +160,14 @@ struct temp_dir {
   temp_dir& operator=(const temp_dir&) = delete;
 };
 
+// Element i of packed E2M1 codes (two per byte, the even element in the low nibble) times the UE8M0 scale byte:
+// e2m1 · 2^(scale-127), decoded here independently of the library.
+inline double fp4_exact(const std::uint8_t* bytes, std::int64_t i, std::uint8_t scale) {
+  static constexpr double mags[8] = {0, 0.5, 1, 1.5, 2, 3, 4, 6};
+  const std::uint8_t b = bytes[i / 2], c = (i % 2) ? b >> 4 : b & 15;
+  return std::ldexp((c & 8) ? -mags[c & 7] : mags[c & 7], scale - 127);
+}
+
 // A random stored weight of format `dt` [N, K] plus its exact fp32 values decoded independently.
 struct test_weight {
   buffer w, s;
@@ -204,13 +212,9 @@ inline test_weight make_weight(dtype dt, std::int64_t N, std::int64_t K, std::ui
     auto sc = tw.s.host_span<ue8m0>();
     for (auto& s : sc) s.bits = static_cast<std::uint8_t>(sexp(rng));
     auto* bytes = static_cast<std::uint8_t*>(tw.w.data());
-    const double mags[8] = {0, 0.5, 1, 1.5, 2, 3, 4, 6};
     for (std::int64_t i = 0; i < N * K / 2; ++i) bytes[i] = static_cast<std::uint8_t>(byte(rng));
     for (std::int64_t n = 0; n < N; ++n)
-      for (std::int64_t k = 0; k < K; ++k) {
-        const std::uint8_t b = bytes[(n * K + k) / 2], c = (k % 2) ? b >> 4 : b & 15;  // element 2c: low nibble
-        at(n, k) = std::ldexp((c & 8) ? -mags[c & 7] : mags[c & 7], sc[n * (K / 32) + k / 32].bits - 127);
-      }
+      for (std::int64_t k = 0; k < K; ++k) at(n, k) = fp4_exact(bytes, n * K + k, sc[n * (K / 32) + k / 32].bits);
   }
   return tw;
 }

@@ -87,10 +87,8 @@ TEST_CASE("FP4 block scales at both ends of the UE8M0 range decode exactly in th
     for (std::int64_t b = 0; b < nb; ++b)
       s.host_span<ue8m0>()[n * nb + b].bits =
           n >= 8 && b >= 64 ? ends[(n + b) % 6] : static_cast<std::uint8_t>(118 + (n + b) % 9);
-  const double mags[8] = {0, 0.5, 1, 1.5, 2, 3, 4, 6};
   const auto exact = [&](std::int64_t n, std::int64_t k) {
-    const std::uint8_t byte = bytes[(n * K + k) / 2], c = (k % 2) ? byte >> 4 : byte & 15;
-    return std::ldexp((c & 8) ? -mags[c & 7] : mags[c & 7], s.host_span<ue8m0>()[n * nb + k / 32].bits - 127);
+    return fp4_exact(bytes, n * K + k, s.host_span<ue8m0>()[n * nb + k / 32].bits);
   };
   const ops::qweight q{w.view(), s.view()};
   // one-hot tokens: the GEMV (1 token) and the panel (9 tokens) return column k of W exactly
