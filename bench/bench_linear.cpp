@@ -128,7 +128,8 @@ bool matches_ref(const matrix& m, const buffer& x, std::int64_t T, std::int64_t 
   return rel_err(yc, yr) <= 1e-5;
 }
 
-void gemv_case(benchmark::State& state, codes c, std::int64_t N, std::int64_t K, bool hot = false, std::int64_t T = 1) {
+void gemv_case(benchmark::State& state, codes c, std::int64_t N, std::int64_t K, bool hot = false,
+               std::int64_t T = 1) {
   const int threads = static_cast<int>(state.range(0));
   if (!cpu::simd_isa()) return state.SkipWithError("no CPU SIMD kernels here");
   bank& b = get_bank(c, N, K);

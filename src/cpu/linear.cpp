@@ -31,6 +31,8 @@ constexpr std::int64_t kGemvMaxT = 8;
 // rounds on 2026-12-02: FP8 [32768 x 1024] 195-208 -> 213-227 GFLOP/s, FP4 [4096 x 2048] 216-255 -> 225-261,
 // FP4 [2048 x 4096] 155-242 -> 213-242 (on 2026-12-01, a quieter day, 64-row panels had measured no gain).
 constexpr std::int64_t kPanelBytes = std::int64_t{512} << 10;
+// Row stride of the decoded panel: K rounded up to the 16-lane vector.
+std::int64_t panel_ld(std::int64_t K) { return (K + 15) / 16 * 16; }
 std::int64_t panel_blocks(std::int64_t ldw) {
   const std::int64_t fit = kPanelBytes / (kLinearRowBlock * ldw * std::int64_t{sizeof(float)});
   return std::clamp<std::int64_t>(fit, 1, detail::kMaxPanelRows / kLinearRowBlock);
@@ -73,7 +75,7 @@ std::int64_t linear_blocks(const float* x, std::int64_t T, std::int64_t ldx, con
                            std::int64_t ldy, std::int64_t b0, std::int64_t b1) {
   const auto& k = kernels();
   const std::int64_t N = w.n, K = w.k;
-  const std::int64_t ldw = (K + 15) / 16 * 16;
+  const std::int64_t ldw = panel_ld(K);
   // Decoded rows, per thread and kept between calls (every value is written before it is read): a fresh zeroed
   // 256 KiB per call was 3-7% of a MoE prefill, whose experts see ~12 tokens each.
   thread_local std::vector<float> panel;
@@ -133,7 +135,7 @@ std::int64_t linear_f32(const float* x, std::int64_t T, std::int64_t ldx, const 
   // whole panels per task where that still leaves 8 tasks or more
   const std::int64_t blocks = linear_row_blocks(w);
   const std::int64_t grain =
-      T > kGemvMaxT ? std::min(panel_blocks((w.k + 15) / 16 * 16), std::max<std::int64_t>(1, blocks / 8)) : 1;
+      T > kGemvMaxT ? std::min(panel_blocks(panel_ld(w.k)), std::max<std::int64_t>(1, blocks / 8)) : 1;
   detail::parallel_rows(blocks, grain, ex, [&](std::int64_t b0, std::int64_t b1) {
     const std::int64_t my_bad = linear_blocks(xo, T, ld, w, y, ldy, b0, b1);
     if (my_bad) bad += my_bad;

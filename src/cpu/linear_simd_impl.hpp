@@ -147,7 +147,7 @@ struct linear_simd {
   // lane order: the 16 bytes are widened to dword lanes (vpmovzxbd), so lane i holds byte i, whose low nibble is
   // element 2i and high nibble element 2i + 1; vpermps reads only the low 4 bits of each index, so the low nibble
   // needs no mask and the high one one shift. (Broadcasting the bytes and shifting each lane by its own count saved
-  // the widening but cost a second shift: 5-10% slower, measured with the GEMVs, 2026-12-02.)
+  // the widening but cost a second shift: 5-10% slower in a microbenchmark of the GEMV loop, 2026-12-02.)
   static void fp4x32(const std::uint8_t* src, __m512 lut, __m512 out[2]) {
     const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)));
     out[0] = _mm512_permutexvar_ps(c, lut);
@@ -438,8 +438,10 @@ struct linear_simd {
           x1[i] = _mm512_loadu_ps(x + i * ldx + k + 16);
         }
         if (b % 4 == 0) stream_step<NT>(pf, k / 2);  // a cache line of every row per 4 blocks
+        // the block's table, then fp4x32's body written out: calling fp4x32 here changed GCC 12's register allocation
+        // and ran slower in 7 of 8 interleaved pairs (by 1-11%) on one thread in cache (2026-12-02)
 #pragma GCC unroll 8
-        for (int j = 0; j < NT; ++j) {  // fp4x32 with the block's table
+        for (int j = 0; j < NT; ++j) {
           __m512 lut;
           if constexpr (decltype(add)::value)
             lut = _mm512_castsi512_ps(_mm512_mask_add_epi32(unit, nonzero, unit, _mm512_set1_epi32(se[j][b])));
