@@ -154,6 +154,35 @@ TEST_CASE("cpu: an output row does not depend on the batch it is in, or on the t
   }
 }
 
+TEST_CASE("cpu: the prefill GEMM's edges (K chunks, token blocks, short tiles and panels, tails) equal the GEMV") {
+  if (!cpu::simd_isa()) return;
+  // More than 8 tokens take the prefill GEMM on AVX-512 (x packed in tiles of 6 tokens, 64-row panels, K in chunks
+  // of 128 x 16, tokens in blocks of 510); one token takes the decode GEMV, or the dot panel where the format has
+  // none (tails). Both must give the same bits for every token. Shapes: FP8 with K' = K/16 = 144 (a chunk of 16 after
+  // one of 128) and 200 rows (a last panel of 8), FP4 with K' = 260 (three chunks) and 70 rows, BF16 with a K % 16
+  // tail, F32 with K < 16 (the tail alone). 517 tokens: a second token block of 7, a last tile of 1.
+  const fmt_case cases[] = {{dtype::fp8_e4m3, 200, 2304}, {dtype::fp4_e2m1, 70, 4160}, {dtype::bf16, 45, 2100},
+                            {dtype::f32, 19, 10}};
+  const std::int64_t T = 517;
+  for (const auto& fc : cases) {
+    CAPTURE(dtype_name(fc.dt));
+    const std::int64_t N = fc.N, K = fc.K;
+    const auto tw = make_weight(fc.dt, N, K, 41);
+    const buffer x = host_f32(T, K, randn(static_cast<std::size_t>(T * K), 42));
+    buffer one(dtype::f32, {T, N}), two(dtype::f32, {T, N});
+    ops::linear(x, tw.q(), one, on(backend::cpu, 1));
+    ops::linear(x, tw.q(), two, on(backend::cpu, 2));
+    CHECK(bytes_of(one) == bytes_of(two));
+    for (const std::int64_t t : {0, 5, 6, 509, 510, 511, 516}) {
+      CAPTURE(t);
+      buffer y(dtype::f32, {1, N});
+      ops::linear(x.view().narrow(0, t, 1), tw.q(), y, on(backend::cpu));
+      for (std::int64_t n = 0; n < N; ++n)
+        REQUIRE(f32_to_bits(y.host_span<float>()[n]) == f32_to_bits(one.host_span<float>()[t * N + n]));
+    }
+  }
+}
+
 TEST_CASE("FP8 rows narrowed on tile boundaries (weight rows + scale rows) give those rows of the full product") {
   // How the attention layer runs wo_a per group: the narrowed views must address the same codes and scales.
   const auto tw = make_weight(dtype::fp8_e4m3, 384, 256, 61);

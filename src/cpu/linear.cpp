@@ -1,8 +1,9 @@
 // src/cpu/linear.cpp — CPU backend of y = x · W^T: oneTBB over blocks of 16 weight rows; a task decodes up to 4 of
 // its blocks into an fp32 panel once and runs every token tile against it (linear_simd_impl.hpp). Up to kGemvMaxT
 // tokens (decode, batched decode, an expert's few tokens) skip the panel where a fused GEMV exists (AVX-512: FP4,
-// FP8, BF16, F32): same values, same fma chain, same bits. x is first put in the weight format's lane order when the
-// ISA decodes in one (linear_simd.hpp).
+// FP8, BF16, F32): same values, same fma chain, same bits. More tokens on AVX-512 take the prefill GEMM (panel_gemm:
+// x packed once per call, 64-row panels decoded and transposed by the kernel), again the same bits. Otherwise x is
+// first put in the weight format's lane order when the ISA decodes in one (linear_simd.hpp).
 #include "dsv4/cpu/linear.hpp"
 
 #include <algorithm>
@@ -71,8 +72,19 @@ const float* lane_order(const ref::weight_ref& w, const float* x, std::int64_t T
   return buf.data();
 }
 
+const float* pack_panel_x(const ref::weight_ref& w, const float* x, std::int64_t T, std::int64_t ldx,
+                          std::vector<float>& buf, const exec& ex) {
+  const auto& k = kernels();
+  if (T <= kGemvMaxT || !k.panel_gemm) return nullptr;
+  buf.resize(static_cast<std::size_t>(k.packed_x_floats(T, w.k)));
+  const std::int64_t tiles = (T + detail::kPackTokens - 1) / detail::kPackTokens;
+  detail::parallel_rows(tiles, 4, ex,
+                        [&](std::int64_t i0, std::int64_t i1) { k.pack_x(w, x, ldx, T, i0, i1, buf.data()); });
+  return buf.data();
+}
+
 std::int64_t linear_blocks(const float* x, std::int64_t T, std::int64_t ldx, const ref::weight_ref& w, float* y,
-                           std::int64_t ldy, std::int64_t b0, std::int64_t b1) {
+                           std::int64_t ldy, std::int64_t b0, std::int64_t b1, const float* xp) {
   const auto& k = kernels();
   const std::int64_t N = w.n, K = w.k;
   const std::int64_t ldw = panel_ld(K);
@@ -81,13 +93,14 @@ std::int64_t linear_blocks(const float* x, std::int64_t T, std::int64_t ldx, con
   thread_local std::vector<float> panel;
   float out[detail::kMaxGemvTokens * detail::kMaxTileN];
   std::int64_t bad = 0;
-  const std::int64_t group = panel_blocks(ldw);
+  const bool packed = xp && T > kGemvMaxT;  // panel_gemm, which chunks K itself: always 64-row panels
+  const std::int64_t group = packed ? detail::kMaxPanelRows / kLinearRowBlock : panel_blocks(ldw);
   for (std::int64_t b = b0; b < b1;) {
     const std::int64_t n0 = b * kLinearRowBlock;
     std::int64_t n1 = std::min(N, n0 + kLinearRowBlock);
     // Decode and small batches: weights straight from their stored bytes into the dots of up to kMaxGemvTokens
     // tokens at a time (bitwise the panel's), the block's rows decoded once per token group.
-    bool fused = T <= kGemvMaxT;
+    bool fused = !packed && T <= kGemvMaxT;
     for (std::int64_t t0 = 0; t0 < T && fused; t0 += detail::kMaxGemvTokens) {
       const int mt = static_cast<int>(std::min<std::int64_t>(detail::kMaxGemvTokens, T - t0));
       const int rows = detail::gemv_rows(mt);
@@ -105,10 +118,14 @@ std::int64_t linear_blocks(const float* x, std::int64_t T, std::int64_t ldx, con
       const std::int64_t bn = std::min(b1, b + group);
       n1 = std::min(N, bn * kLinearRowBlock);
       b = bn;
-      if (panel.size() < static_cast<std::size_t>(detail::kMaxPanelRows * ldw))
-        panel.resize(static_cast<std::size_t>(detail::kMaxPanelRows * ldw));
-      for (std::int64_t n = n0; n < n1; ++n) k.decode_row(w, n, panel.data() + (n - n0) * ldw);
-      k.panel_dots(x, ldx, T, panel.data(), ldw, static_cast<int>(n1 - n0), K, y + n0, ldy);
+      if (packed) {
+        k.panel_gemm(xp, x, ldx, T, w, n0, static_cast<int>(n1 - n0), y + n0, ldy);
+      } else {
+        if (panel.size() < static_cast<std::size_t>(detail::kMaxPanelRows * ldw))
+          panel.resize(static_cast<std::size_t>(detail::kMaxPanelRows * ldw));
+        for (std::int64_t n = n0; n < n1; ++n) k.decode_row(w, n, panel.data() + (n - n0) * ldw);
+        k.panel_dots(x, ldx, T, panel.data(), ldw, static_cast<int>(n1 - n0), K, y + n0, ldy);
+      }
     }
     // A NaN weight makes every output of its row NaN (fma propagates it), so the rows with a NaN output are the only
     // ones that can hold NaN weights: count those exactly, off the fast path. The outputs are scanned along y's rows
@@ -129,15 +146,18 @@ std::int64_t linear_f32(const float* x, std::int64_t T, std::int64_t ldx, const 
                         std::int64_t ldy, const exec& ex) {
   if (T <= 0) return 0;
   std::vector<float> buf;
-  std::int64_t ld = 0;
-  const float* xo = lane_order(w, x, T, ldx, buf, &ld, ex);  // once for every row block
+  std::int64_t ld = ldx;
+  // once for every row block: x packed for the prefill GEMM (which reads x itself only for its element-order tail),
+  // else x in W's lane order
+  const float* xp = pack_panel_x(w, x, T, ldx, buf, ex);
+  const float* xo = xp ? x : lane_order(w, x, T, ldx, buf, &ld, ex);
   std::atomic<std::int64_t> bad{0};
   // whole panels per task where that still leaves 8 tasks or more
   const std::int64_t blocks = linear_row_blocks(w);
-  const std::int64_t grain =
-      T > kGemvMaxT ? std::min(panel_blocks(panel_ld(w.k)), std::max<std::int64_t>(1, blocks / 8)) : 1;
+  const std::int64_t panel = xp ? detail::kMaxPanelRows / kLinearRowBlock : panel_blocks(panel_ld(w.k));
+  const std::int64_t grain = T > kGemvMaxT ? std::min(panel, std::max<std::int64_t>(1, blocks / 8)) : 1;
   detail::parallel_rows(blocks, grain, ex, [&](std::int64_t b0, std::int64_t b1) {
-    const std::int64_t my_bad = linear_blocks(xo, T, ld, w, y, ldy, b0, b1);
+    const std::int64_t my_bad = linear_blocks(xo, T, ld, w, y, ldy, b0, b1, xp);
     if (my_bad) bad += my_bad;
   });
   return bad.load();

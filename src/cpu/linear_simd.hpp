@@ -23,6 +23,7 @@ namespace dsv4::cpu::detail {
 inline constexpr int kMaxTileN = 8;   // weight rows per decode GEMV call
 inline constexpr int kMaxPanelRows = 64;  // decoded weight rows per panel_dots call
 inline constexpr int kMaxGemvTokens = 4;  // tokens per decode GEMV call
+inline constexpr int kPackTokens = 6;     // tokens per tile of the packed x of panel_gemm
 // Weight rows per decode GEMV call of mt tokens: its mt x rows accumulators (and the decoded rows) fit the 32
 // vector registers.
 constexpr int gemv_rows(int mt) { return mt <= 2 ? kMaxTileN : 4; }
@@ -46,6 +47,15 @@ struct linear_kernels {
   // uses the panel).
   bool (*gemv)(const float* x, std::int64_t ldx, int mt, const ref::weight_ref& w, std::int64_t n0, int nt,
                float* out, std::int64_t ldo) = nullptr;
+  // Prefill (null where this ISA has none; then panel_dots): x (element order) repacked once per call by pack_x
+  // (packed_x_floats(T, K) floats; tiles [tile0, tile1) of kPackTokens tokens per call), and panel_gemm = panel_dots
+  // on that packed x for W rows [n0, n0 + nrows), nrows <= kMaxPanelRows, which it decodes itself (x, element order,
+  // is still read for the K % 16 tail). Same bits as decode_row + panel_dots.
+  std::int64_t (*packed_x_floats)(std::int64_t T, std::int64_t K) = nullptr;
+  void (*pack_x)(const ref::weight_ref& w, const float* x, std::int64_t ldx, std::int64_t T, std::int64_t tile0,
+                 std::int64_t tile1, float* out) = nullptr;
+  void (*panel_gemm)(const float* xp, const float* x, std::int64_t ldx, std::int64_t T, const ref::weight_ref& w,
+                     std::int64_t n0, int nrows, float* y, std::int64_t ldy) = nullptr;
 };
 
 struct select_linear_kernels {

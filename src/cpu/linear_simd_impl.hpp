@@ -751,6 +751,203 @@ struct linear_simd {
   }
 #endif
 
+#if defined(__AVX512BW__)
+  // ---- AVX-512 prefill GEMM, the same dot order as 16 GEMMs. Output (t, n)'s lane j sums x[t, 16m + j]·w[n, 16m + j]
+  // over m = 0 .. K' - 1 (K' = K / 16, K in lane order) in increasing m, one fma each: per lane a plain sequential-k
+  // GEMM of depth K'. Each lane runs as a register-blocked outer product (16 rows across the vector, one broadcast x
+  // value per token and step: 4 x 16 rows x 6 tokens of accumulators, 4 vector loads and 6 broadcasts per 24 fmas,
+  // all contiguous), and an output's 16 lane sums are added in the fixed horizontal add's tree (xsimd::hadd on
+  // AVX-512: lanes i and i + 8, then i and i + 4, then (0 + 1) + (2 + 3)) on vectors of 16 rows: the dot kernels'
+  // bits. The dot tiles instead keep a 16-lane accumulator per output and load both operands as vectors (10 streams
+  // of power-of-two stride that share L1 sets); in bench_linear (T = 512, 2 threads, 2026-12-02) this took the
+  // prefill GEMMs from 150-250 to 265-340 GFLOP/s.
+  //   x: packed once per linear call (pack_x, packed_at): per lane, per chunk of kGemmChunkSteps steps, per tile of
+  //      kPackTokens tokens, [step][token];
+  //   w: a 64-row panel, decoded 16 rows at a time and transposed to [lane][step][row] (wt);
+  //   partial sums: [lane][token][row], per block of kGemmTokenBlock tokens. ----
+  static constexpr std::int64_t kGemmTokenBlock = 85 * kPackTokens;  // tokens per pass (partial sums: 2 MiB)
+  static constexpr std::int64_t kGemmChunkSteps = 128;  // steps per micro call: a lane's 64 rows are 32 KiB (L1)
+  // x prefetched this many floats (~43 steps) ahead: without it K = 8192 ran at 100-145 GFLOP/s on one thread in a
+  // harness of panel_gemm alone, with it 180-196 (128 and 512 did about as well)
+  static constexpr std::int64_t kGemmPrefetch = 256;
+
+  static std::int64_t packed_x_floats(std::int64_t T, std::int64_t K) {
+    return (T + kPackTokens - 1) / kPackTokens * 16 * (K / 16) * kPackTokens;
+  }
+  // Where step m of lane j and tile i starts in the packed x of `tiles` tiles: per lane, per chunk of
+  // kGemmChunkSteps steps, per tile, the chunk's steps of kPackTokens floats, so that one lane-chunk pass over all
+  // tiles reads one stream.
+  static std::int64_t packed_at(std::int64_t Kp, std::int64_t tiles, std::int64_t j, std::int64_t i, std::int64_t m) {
+    const std::int64_t m0 = m / kGemmChunkSteps * kGemmChunkSteps, nm = std::min(kGemmChunkSteps, Kp - m0);
+    return ((j * Kp + m0) * tiles + i * nm + (m - m0)) * kPackTokens;
+  }
+  // Tiles [i0, i1) of the packed x of all T tokens (x in element order; zero past T): each tile put in W's lane
+  // order first (order_x), then scattered to the lanes.
+  static void pack_x(const ref::weight_ref& w, const float* x, std::int64_t ldx, std::int64_t T, std::int64_t i0,
+                     std::int64_t i1, float* out) {
+    const std::int64_t K = w.k, Kp = K / 16, tiles = (T + kPackTokens - 1) / kPackTokens;
+    std::vector<float, xsimd::aligned_allocator<float, 64>> lane(static_cast<std::size_t>(kPackTokens * K));
+    for (std::int64_t i = i0; i < i1; ++i) {
+      const std::int64_t t0 = i * kPackTokens, mt = std::min<std::int64_t>(kPackTokens, T - t0);
+      const float* xo = x + t0 * ldx;
+      std::int64_t ld = ldx;
+      if (permutes(w)) {
+        order_x(w, xo, mt, ldx, lane.data());
+        xo = lane.data();
+        ld = K;
+      }
+      for (std::int64_t m = 0; m < Kp; ++m) {
+        alignas(64) float v[kPackTokens][16] = {};
+        for (std::int64_t t = 0; t < mt; ++t) _mm512_store_ps(v[t], _mm512_loadu_ps(xo + t * ld + 16 * m));
+        for (int j = 0; j < 16; ++j) {
+          float* o = out + packed_at(Kp, tiles, j, i, m);
+          for (int t = 0; t < kPackTokens; ++t) o[t] = v[t][j];
+        }
+      }
+    }
+  }
+
+  // acc[t][g] (token t, rows 16g .. 16g + 15 of one lane) over nm steps: from zero (first) or from p, stored to p
+  // (p + t·pst + 16g).
+  template <int MT, int RG>
+  static void gemm_micro(const float* xp, const float* wt, std::int64_t ldr, std::int64_t nm, float* p,
+                         std::int64_t pst, bool first) {
+    __m512 acc[MT][RG];
+    for (int t = 0; t < MT; ++t)
+      for (int g = 0; g < RG; ++g) acc[t][g] = first ? _mm512_setzero_ps() : _mm512_load_ps(p + t * pst + 16 * g);
+    for (std::int64_t m = 0; m < nm; ++m) {
+      _mm_prefetch(reinterpret_cast<const char*>(xp + m * kPackTokens + kGemmPrefetch), _MM_HINT_T0);
+      __m512 wv[RG];
+      for (int g = 0; g < RG; ++g) wv[g] = _mm512_load_ps(wt + m * ldr + 16 * g);
+      for (int t = 0; t < MT; ++t) {
+        const __m512 xb = _mm512_set1_ps(xp[m * kPackTokens + t]);
+        for (int g = 0; g < RG; ++g) acc[t][g] = _mm512_fmadd_ps(xb, wv[g], acc[t][g]);
+      }
+    }
+    for (int t = 0; t < MT; ++t)
+      for (int g = 0; g < RG; ++g) _mm512_store_ps(p + t * pst + 16 * g, acc[t][g]);
+  }
+  using gemm_micro_fn = void (*)(const float*, const float*, std::int64_t, std::int64_t, float*, std::int64_t, bool);
+  template <int MT, std::size_t... G>
+  static constexpr std::array<gemm_micro_fn, sizeof...(G)> gemm_row(std::index_sequence<G...>) {
+    return {&gemm_micro<MT, static_cast<int>(G) + 1>...};
+  }
+
+  // r[0 .. 15] (16 rows of 16) transposed in place: r[j] lane i = old r[i] lane j.
+  static void transpose16(__m512 r[16]) {
+    __m512 t[16], u[16];
+    for (int i = 0; i < 8; ++i) {
+      t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);      // per 128-bit lane: a0 b0 a1 b1
+      t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);  // a2 b2 a3 b3
+    }
+    for (int i = 0; i < 4; ++i) {
+      u[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);  // a0 b0 c0 d0
+      u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);  // a1 b1 c1 d1
+      u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+      u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    // u[4i + c] lane L = column 4L + c of rows 4i .. 4i + 3: a 4 x 4 transpose of 128-bit lanes per c
+    for (int c = 0; c < 4; ++c) {
+      const __m512 p0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x44), p1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xEE);
+      const __m512 p2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x44),
+                   p3 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xEE);
+      r[c] = _mm512_shuffle_f32x4(p0, p2, 0x88);
+      r[4 + c] = _mm512_shuffle_f32x4(p0, p2, 0xDD);
+      r[8 + c] = _mm512_shuffle_f32x4(p1, p3, 0x88);
+      r[12 + c] = _mm512_shuffle_f32x4(p1, p3, 0xDD);
+    }
+  }
+
+  // y[t·ldy + j] = x_t · w_j (panel_dots' contract and bits) from x packed by pack_x (xp). x itself (element
+  // order) is read for the K % 16 tail only: every lane order leaves those positions in element order (FP4 has no
+  // tail, FP8 permutes whole 64-blocks only, the others keep element order).
+  static void panel_gemm(const float* xp, const float* x, std::int64_t ldx, std::int64_t T, const ref::weight_ref& w,
+                         std::int64_t n0, int nrows, float* y, std::int64_t ldy) {
+    static constexpr std::array<std::array<gemm_micro_fn, 4>, kPackTokens> table = {
+        gemm_row<1>(std::make_index_sequence<4>{}), gemm_row<2>(std::make_index_sequence<4>{}),
+        gemm_row<3>(std::make_index_sequence<4>{}), gemm_row<4>(std::make_index_sequence<4>{}),
+        gemm_row<5>(std::make_index_sequence<4>{}), gemm_row<6>(std::make_index_sequence<4>{})};
+    static_assert(kPackTokens == 6 && kMaxPanelRows == 64);
+    const int rg = (nrows + 15) / 16;
+    const std::int64_t K = w.k, ldw = (K + 15) / 16 * 16;
+    const std::int64_t ldr = 16 * rg, Kp = K / 16, Kv = Kp * 16, tiles = (T + kPackTokens - 1) / kPackTokens;
+    const std::int64_t chunk = kGemmChunkSteps;
+    // rows: 16 decoded rows (L2-resident at every V4 K), transposed into wt before the next 16 are decoded; tails:
+    // each row's K % 16 tail values. Per thread and kept between calls: up to 0.5 + 2 + 2 MiB at K = 8192.
+    thread_local std::vector<float, xsimd::aligned_allocator<float, 64>> rows, wt, part;
+    alignas(64) float tails[kMaxPanelRows * 16];
+    rows.resize(static_cast<std::size_t>(16 * ldw));
+    // lane j's weights at wt + j·wj: one cache line more than K'·ldr, so the 16 stores of a transpose (one per lane)
+    // do not all map to one L1 set (K'·ldr·4 bytes is a multiple of 4 KiB at every V4 K)
+    const std::int64_t wj = Kp * ldr + 16;
+    wt.resize(static_cast<std::size_t>(16 * wj));
+    const std::int64_t tb = std::min(T, kGemmTokenBlock);
+    const std::int64_t pj = (tb + kPackTokens) * ldr;  // partial sums: [j][t][ldr]
+    part.resize(static_cast<std::size_t>(16 * pj));
+    for (int g = 0; g < rg; ++g) {
+      const int ng = std::min(16, nrows - 16 * g);
+      for (int i = 0; i < ng; ++i) {
+        decode_row(w, n0 + 16 * g + i, rows.data() + i * ldw);
+        std::copy(rows.data() + i * ldw + Kv, rows.data() + i * ldw + K, tails + (16 * g + i) * 16);
+      }
+      for (std::int64_t m = 0; m < Kp; ++m) {  // wt[j·wj + m·ldr + 16g + i] = row 16g + i at 16m + j
+        __m512 r[16];
+        for (int i = 0; i < 16; ++i)
+          r[i] = i < ng ? _mm512_load_ps(rows.data() + i * ldw + 16 * m) : _mm512_setzero_ps();
+        transpose16(r);
+        for (int j = 0; j < 16; ++j) _mm512_store_ps(wt.data() + j * wj + m * ldr + 16 * g, r[j]);
+      }
+    }
+    for (std::int64_t b0 = 0; b0 < T; b0 += tb) {
+      const std::int64_t b1 = std::min(T, b0 + tb);
+      if (Kp == 0)  // K < 16: the tail alone, after a zero sum
+        std::fill(part.begin(), part.end(), 0.f);
+      for (int j = 0; j < 16; ++j)  // lane j's GEMM, its weights in chunks of K' that stay in L1 for every tile
+        for (std::int64_t m0 = 0; m0 < Kp; m0 += chunk) {
+          const std::int64_t nm = std::min(chunk, Kp - m0);
+          for (std::int64_t t0 = b0; t0 < b1; t0 += kPackTokens) {
+            const int mt = static_cast<int>(std::min<std::int64_t>(kPackTokens, b1 - t0));
+            table[static_cast<std::size_t>(mt - 1)][static_cast<std::size_t>(rg - 1)](
+                xp + packed_at(Kp, tiles, j, t0 / kPackTokens, m0), wt.data() + j * wj + m0 * ldr, ldr, nm,
+                part.data() + j * pj + (t0 - b0) * ldr, ldr, m0 == 0);
+          }
+        }
+      for (std::int64_t t0 = b0; t0 < b1; t0 += kPackTokens) {
+        const int mt = static_cast<int>(std::min<std::int64_t>(kPackTokens, b1 - t0));
+        reduce_tile(part.data() + (t0 - b0) * ldr, pj, ldr, mt, x + t0 * ldx, ldx, tails, nrows, Kv, K,
+                    y + t0 * ldy, ldy);
+      }
+    }
+  }
+
+  // The 16 lane sums of mt tokens x nrows outputs (p: [t][j][ldr]) added by the fixed horizontal add's tree, then
+  // the K % 16 tail in order (dots_tile's), to y.
+  static void reduce_tile(const float* p, std::int64_t pj, std::int64_t ldr, int mt, const float* x,
+                          std::int64_t ldx, const float* tails, int nrows, std::int64_t Kv, std::int64_t K, float* y,
+                          std::int64_t ldy) {
+    for (int t = 0; t < mt; ++t)
+      for (std::int64_t g = 0; g < ldr; g += 16) {
+        const float* q = p + t * ldr + g;
+        __m512 s[8];
+        for (int i = 0; i < 8; ++i) s[i] = _mm512_add_ps(_mm512_load_ps(q + (i + 8) * pj), _mm512_load_ps(q + i * pj));
+        for (int i = 0; i < 4; ++i) s[i] = _mm512_add_ps(s[i], s[i + 4]);
+        const __m512 r = _mm512_add_ps(_mm512_add_ps(s[0], s[1]), _mm512_add_ps(s[2], s[3]));
+        const int n = std::min<int>(16, nrows - static_cast<int>(g));
+        if (Kv == K) {
+          _mm512_mask_storeu_ps(y + t * ldy + g, static_cast<__mmask16>((1u << n) - 1), r);
+        } else {
+          alignas(64) float o[16];
+          _mm512_store_ps(o, r);
+          for (int i = 0; i < n; ++i) {
+            float v = o[i];
+            for (std::int64_t k = Kv; k < K; ++k) v += x[t * ldx + k] * tails[(g + i) * 16 + (k - Kv)];
+            y[t * ldy + g + i] = v;
+          }
+        }
+      }
+  }
+#endif
+
   static void panel_dots(const float* x, std::int64_t ldx, std::int64_t T, const float* w, std::int64_t ldw,
                          int nrows, std::int64_t K, float* y, std::int64_t ldy) {
 #if defined(__AVX512BW__)
@@ -763,7 +960,15 @@ struct linear_simd {
 template <class Arch>
 linear_kernels select_linear_kernels::operator()(Arch) const {
   using L = linear_simd<Arch>;
-  return linear_kernels{Arch::name(), &L::permutes, &L::order_x, &L::decode_row, &L::panel_dots, &L::gemv};
+  linear_kernels k{Arch::name(), &L::permutes, &L::order_x, &L::decode_row, &L::panel_dots, &L::gemv};
+#if defined(__AVX512BW__)
+  if constexpr (L::kAvx512) {
+    k.packed_x_floats = &L::packed_x_floats;
+    k.pack_x = &L::pack_x;
+    k.panel_gemm = &L::panel_gemm;
+  }
+#endif
+  return k;
 }
 
 }  // namespace dsv4::cpu::detail

@@ -4,8 +4,9 @@
 // register tiles of up to 4 tokens x 4 rows (x 8 rows for a single token) take dot products along K with one fp32
 // vector accumulator per output: lane l sums k = l (mod W) in increasing k, then a fixed horizontal add, then the
 // K % W tail in order. That order depends on nothing but K, so an output row is bit-identical whatever T, the tile
-// it landed in and the thread count (oneTBB over row blocks). Preconditions (checked by ops::linear): innermost
-// strides 1.
+// it landed in and the thread count (oneTBB over row blocks). On AVX-512, more than 8 tokens run the same order as
+// 16 per-lane GEMMs (register-blocked outer products over a transposed panel), up to 8 a fused decode GEMV.
+// Preconditions (checked by ops::linear): innermost strides 1.
 #pragma once
 
 #include <cstdint>
@@ -28,16 +29,20 @@ std::int64_t linear_f32(const float* x, std::int64_t T, std::int64_t ldx, const 
 // The pieces of linear_f32, for callers that run many linears in one parallel region (the MoE decode):
 //   lane_order    x [T, K] in W's lane order (the order this ISA's decode produces, src/cpu/linear_simd.hpp): x
 //                 itself when that is element order, else a copy in buf; *ld gets the row stride to use;
-//   linear_blocks output rows [b0·16, b1·16) ∩ [0, N) for all T tokens on the calling thread, x from lane_order;
-//                 returns how many weights of those rows decode to NaN.
+//   pack_panel_x  x (element order) packed for the prefill GEMM into buf, or null where that GEMM does not run
+//                 (T up to the decode GEMV's token count, an ISA without it);
+//   linear_blocks output rows [b0·16, b1·16) ∩ [0, N) for all T tokens on the calling thread; x from lane_order,
+//                 or with xp from pack_panel_x, x itself; returns how many weights of those rows decode to NaN.
 inline constexpr std::int64_t kLinearRowBlock = 16;  // rows per block: 16·K fp32 (256 KiB at K = 4096) stays in L2
 inline std::int64_t linear_row_blocks(const ref::weight_ref& w) {
   return (w.n + kLinearRowBlock - 1) / kLinearRowBlock;
 }
 const float* lane_order(const ref::weight_ref& w, const float* x, std::int64_t T, std::int64_t ldx,
                         std::vector<float>& buf, std::int64_t* ld, const exec& ex);
+const float* pack_panel_x(const ref::weight_ref& w, const float* x, std::int64_t T, std::int64_t ldx,
+                          std::vector<float>& buf, const exec& ex);
 std::int64_t linear_blocks(const float* x, std::int64_t T, std::int64_t ldx, const ref::weight_ref& w, float* y,
-                           std::int64_t ldy, std::int64_t b0, std::int64_t b1);
+                           std::int64_t ldy, std::int64_t b0, std::int64_t b1, const float* xp = nullptr);
 
 // The `official` policy (ref: dsv4/ref/official.hpp, linear; src/cpu/linear_official.cpp): FP8 / FP4 weights through
 // Q8 activations and per-block promotion on BF16 dot products (AVX512-BF16 where the CPU has it and
