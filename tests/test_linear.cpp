@@ -25,7 +25,7 @@ TEST_SUITE("linear") {
 
 TEST_CASE("every format and backend matches an independent exact decode") {
   for (const auto& fc : kCases)
-  for (const std::int64_t T : {1, 9}) {  // 1: the decode GEMV where one exists, 9: the panel path
+  for (const std::int64_t T : {1, 17}) {  // 1: the decode GEMV where one exists, 17: the prefill GEMM or panel
     CAPTURE(dtype_name(fc.dt));
     CAPTURE(T);
     const auto tw = make_weight(fc.dt, fc.N, fc.K, 11);
@@ -72,7 +72,7 @@ TEST_CASE("decode is exact: x = identity gives W^T bit for bit on every backend"
   }
 }
 
-TEST_CASE("FP4 block scales at both ends of the UE8M0 range decode exactly in the GEMV and the panel") {
+TEST_CASE("FP4 block scales at both ends of the UE8M0 range decode exactly in the GEMV and the prefill GEMM") {
   // The CPU FP4 GEMV scales its E2M1 table by adding the exponent while every scale byte of a 64-block chunk is in
   // [2, 252] and loads the multiplied table otherwise; both must give the exact value e2m1 · 2^(s-127). Rows 0-7
   // keep every chunk in range; rows 8-15 have their second chunk (blocks 64-127) cycle through 0, 1, 2, 251, 252,
@@ -91,14 +91,15 @@ TEST_CASE("FP4 block scales at both ends of the UE8M0 range decode exactly in th
     return fp4_exact(bytes, n * K + k, s.host_span<ue8m0>()[n * nb + k / 32].bits);
   };
   const ops::qweight q{w.view(), s.view()};
-  // one-hot tokens: the GEMV (1 token) and the panel (9 tokens) return column k of W exactly
-  std::vector<float> onehot(static_cast<std::size_t>(9 * K), 0.f);
-  const std::int64_t ks[9] = {0, 1, 31, 1000, 2047, 2048, 2049, 3001, 4095};
-  for (int t = 0; t < 9; ++t) onehot[t * K + ks[t]] = 1.f;
-  const buffer x1 = host_f32(9, K, onehot);
-  buffer panel(dtype::f32, {9, N});
+  // one-hot tokens: the GEMV (1 token) and the prefill GEMM (17 tokens) return column k of W exactly
+  constexpr int B = 17;
+  std::vector<float> onehot(static_cast<std::size_t>(B * K), 0.f);
+  const std::int64_t ks[B] = {0, 1, 31, 1000, 2047, 2048, 2049, 3001, 4095, 2, 63, 64, 2050, 2111, 2112, 4064, 4094};
+  for (int t = 0; t < B; ++t) onehot[t * K + ks[t]] = 1.f;
+  const buffer x1 = host_f32(B, K, onehot);
+  buffer panel(dtype::f32, {B, N});
   ops::linear(x1, q, panel, on(backend::cpu));
-  for (int t = 0; t < 9; ++t) {
+  for (int t = 0; t < B; ++t) {
     buffer y(dtype::f32, {1, N});
     ops::linear(x1.view().narrow(0, t, 1), q, y, on(backend::cpu));
     for (std::int64_t n = 0; n < N; ++n) {
@@ -108,10 +109,10 @@ TEST_CASE("FP4 block scales at both ends of the UE8M0 range decode exactly in th
       REQUIRE(double(panel.host_span<float>()[t * N + n]) == exact(n, ks[t]));
     }
   }
-  // random tokens: each alone (GEMV) bitwise equal to its row of the panel
-  const buffer x = host_f32(9, K, randn(9 * K, 72));
+  // random tokens: each alone (GEMV) bitwise equal to its row of the prefill GEMM
+  const buffer x = host_f32(B, K, randn(B * K, 72));
   ops::linear(x, q, panel, on(backend::cpu));
-  for (int t = 0; t < 9; ++t) {
+  for (int t = 0; t < B; ++t) {
     buffer y(dtype::f32, {1, N});
     ops::linear(x.view().narrow(0, t, 1), q, y, on(backend::cpu));
     for (std::int64_t n = 0; n < N; ++n)
@@ -138,9 +139,10 @@ TEST_CASE("cpu: an output row does not depend on the batch it is in, or on the t
     ops::linear(x, tw.q(), all, on(backend::cpu, 1));
     ops::linear(x, tw.q(), two, on(backend::cpu, 2));
     CHECK(bytes_of(all) == bytes_of(two));
-    // each token alone (decode), small batches (the GEMV of 2-4 tokens, of 7 in two token groups) and a slice past
-    // it (the panel), all against the panel's result for all 23 tokens
-    const std::pair<std::int64_t, std::int64_t> slices[] = {{0, 1}, {22, 1}, {3, 2}, {8, 3}, {11, 4}, {5, 7}, {12, 11}};
+    // each token alone (decode), small batches (the GEMV of 2-4 tokens, of 7 and 11 in token groups) and a slice
+    // past it (the prefill GEMM, or the panel), all against the result for all 23 tokens
+    const std::pair<std::int64_t, std::int64_t> slices[] = {{0, 1}, {22, 1}, {3, 2}, {8, 3}, {11, 4},
+                                                            {5, 7}, {12, 11}, {2, 19}};
     for (const auto& [t0, len] : slices) {
       CAPTURE(t0);
       CAPTURE(len);
@@ -156,7 +158,7 @@ TEST_CASE("cpu: an output row does not depend on the batch it is in, or on the t
 
 TEST_CASE("cpu: the prefill GEMM's edges (K chunks, token blocks, short tiles and panels, tails) equal the GEMV") {
   if (!cpu::simd_isa()) return;
-  // More than 8 tokens take the prefill GEMM on AVX-512 (x packed in tiles of 6 tokens, 64-row panels, K in chunks
+  // More than 16 tokens take the prefill GEMM on AVX-512 (x packed in tiles of 6 tokens, 64-row panels, K in chunks
   // of 128 x 16, tokens in blocks of 510); one token takes the decode GEMV, or the dot panel where the format has
   // none (tails). Both must give the same bits for every token. Shapes: FP8 with K' = K/16 = 144 (a chunk of 16 after
   // one of 128) and 200 rows (a last panel of 8), FP4 with K' = 260 (three chunks) and 70 rows, BF16 with a K % 16
@@ -223,8 +225,8 @@ TEST_CASE("errors: shapes, scale layout, dtypes, NaN codes and scales") {
   auto fp4 = make_weight(dtype::fp4_e2m1, 8, 64, 52);
   const buffer x = host_f32(2, 256, randn(512, 53));
   buffer y(dtype::f32, {2, 130});
-  const buffer x9 = host_f32(9, 256, randn(9 * 256, 55));
-  buffer y9(dtype::f32, {9, 130});
+  const buffer x17 = host_f32(17, 256, randn(17 * 256, 55));
+  buffer y17(dtype::f32, {17, 130});
   check_error([&] { ops::linear(x.view().narrow(1, 0, 128), fp8.q(), y); }, {"linear", "expected [130, 128]"});
   check_error([&] { ops::linear(x, {fp8.w.view(), fp4.s.view()}, y); }, {"linear", "scale", "ue8m0[2, 2]"});
   check_error([&] { ops::linear(x, {fp8.w.view(), tensor_view()}, y); }, {"need a ue8m0 scale"});
@@ -240,8 +242,8 @@ TEST_CASE("errors: shapes, scale layout, dtypes, NaN codes and scales") {
     // one token: the decode GEMV, which counts NaN weights only on the rows whose output came out NaN
     check_error([&] { ops::linear(x.view().narrow(0, 0, 1), fp8.q(), y.view().narrow(0, 0, 1), on(be)); },
                 {"linear", "16384 weights decode to NaN"});
-    // 9 tokens: the panel path, which finds the NaN rows by scanning the outputs
-    check_error([&] { ops::linear(x9, fp8.q(), y9, on(be)); }, {"linear", "16384 weights decode to NaN"});
+    // 17 tokens: the prefill GEMM (or panel), which finds the NaN rows by scanning the outputs
+    check_error([&] { ops::linear(x17, fp8.q(), y17, on(be)); }, {"linear", "16384 weights decode to NaN"});
     fp8.s.host_span<ue8m0>()[1].bits = 127;
     fp8.w.host_span<fp8_e4m3>()[5].bits = 0xFF;
     fp8.w.host_span<fp8_e4m3>()[300].bits = 0x7F;

@@ -20,11 +20,12 @@ namespace dsv4::cpu {
 namespace {
 
 // Up to this many tokens a call runs the register-decode GEMV (token groups of kMaxGemvTokens, each decoding the
-// block's weights again) instead of decoding rows into the fp32 panel. bench_linear, 2 threads, 2026-12-02: at 4 and
-// 8 tokens the GEMV took 0.53-0.59 / 0.50-0.72 of the panel's time (FP4 [2048 x 4096]), 0.36 / 0.45-0.62 (FP8
-// [32768 x 1024]), 0.55-0.61 / 0.67-0.73 (FP8 [4096 x 8192]), 0.45 at 4 (BF16); at 24-32 tokens FP8 [4096 x 8192]
-// was 1.0-1.9x slower on it (x of 4 tokens x 8192 leaves L1), FP4 about even.
-constexpr std::int64_t kGemvMaxT = 8;
+// block's weights again) instead of a decoded panel. bench_linear, 2 threads, 2026-12-02: at 4 and 8 tokens the GEMV
+// took 0.36-0.72 of the dot panel's time. Against the prefill GEMM (panel_gemm, interleaved, GFLOP/s GEMV vs GEMM):
+// 12 tokens FP4 [2048 x 4096] 243-255 vs 121-128, [4096 x 2048] 230-261 vs 134-148, FP8 [32768 x 1024] 190-192 vs
+// 120-127, [4096 x 8192] 149-152 vs 128-130; 16 tokens about even for FP8 and ahead for FP4; 24-32 tokens FP8 runs
+// 130-160 on the GEMV against 160-220 on the GEMM. A MoE prefill's experts see ~12 tokens each.
+constexpr std::int64_t kGemvMaxT = 16;
 
 // The panel path decodes up to this many bytes of 16-row blocks at once (at most kMaxPanelRows rows: 64 at K <= 2048,
 // 32 at 4096, 16 at 8192) and runs every token against them. x of a prefill (T·K·4 bytes, 2-16 MiB) comes from L3
