@@ -765,7 +765,7 @@ struct linear_simd {
   //      kPackTokens tokens, [step][token];
   //   w: a 64-row panel, decoded 16 rows at a time and transposed to [lane][step][row] (wt);
   //   partial sums: [lane][token][row], per block of kGemmTokenBlock tokens. ----
-  static constexpr std::int64_t kGemmTokenBlock = 85 * kPackTokens;  // tokens per pass (partial sums: 2 MiB)
+  static constexpr std::int64_t kGemmTokenBlock = 86 * kPackTokens;  // tokens per pass at most (partial sums: 2 MiB)
   static constexpr std::int64_t kGemmChunkSteps = 128;  // steps per micro call: a lane's 64 rows are 32 KiB (L1)
   // x prefetched this many floats (~43 steps) ahead: without it K = 8192 ran at 100-145 GFLOP/s on one thread in a
   // harness of panel_gemm alone, with it 180-196 (128 and 512 did about as well)
@@ -796,13 +796,12 @@ struct linear_simd {
         xo = lane.data();
         ld = K;
       }
-      for (std::int64_t m = 0; m < Kp; ++m) {
-        alignas(64) float v[kPackTokens][16] = {};
-        for (std::int64_t t = 0; t < mt; ++t) _mm512_store_ps(v[t], _mm512_loadu_ps(xo + t * ld + 16 * m));
-        for (int j = 0; j < 16; ++j) {
-          float* o = out + packed_at(Kp, tiles, j, i, m);
-          for (int t = 0; t < kPackTokens; ++t) o[t] = v[t][j];
-        }
+      for (std::int64_t m = 0; m < Kp; ++m) {  // the tile's 16-lane vectors transposed: lane j's 6 tokens
+        __m512 r[16];
+        for (int t = 0; t < 16; ++t) r[t] = t < mt ? _mm512_loadu_ps(xo + t * ld + 16 * m) : _mm512_setzero_ps();
+        transpose16(r);
+        for (int j = 0; j < 16; ++j)
+          _mm512_mask_storeu_ps(out + packed_at(Kp, tiles, j, i, m), (1u << kPackTokens) - 1, r[j]);
       }
     }
   }
@@ -881,7 +880,9 @@ struct linear_simd {
     // do not all map to one L1 set (K'·ldr·4 bytes is a multiple of 4 KiB at every V4 K)
     const std::int64_t wj = Kp * ldr + 16;
     wt.resize(static_cast<std::size_t>(16 * wj));
-    const std::int64_t tb = std::min(T, kGemmTokenBlock);
+    // token blocks of equal size (whole tiles): one for T = 512, not 510 and 2
+    const std::int64_t nblk = (T + kGemmTokenBlock - 1) / kGemmTokenBlock;
+    const std::int64_t tb = ((T + nblk - 1) / nblk + kPackTokens - 1) / kPackTokens * kPackTokens;
     const std::int64_t pj = (tb + kPackTokens) * ldr;  // partial sums: [j][t][ldr]
     part.resize(static_cast<std::size_t>(16 * pj));
     for (int g = 0; g < rg; ++g) {

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "dsv4/exec.hpp"
@@ -40,7 +41,7 @@ inline std::int64_t linear_row_blocks(const ref::weight_ref& w) {
 const float* lane_order(const ref::weight_ref& w, const float* x, std::int64_t T, std::int64_t ldx,
                         std::vector<float>& buf, std::int64_t* ld, const exec& ex);
 const float* pack_panel_x(const ref::weight_ref& w, const float* x, std::int64_t T, std::int64_t ldx,
-                          std::vector<float>& buf, const exec& ex);
+                          std::unique_ptr<float[]>& buf, const exec& ex);
 std::int64_t linear_blocks(const float* x, std::int64_t T, std::int64_t ldx, const ref::weight_ref& w, float* y,
                            std::int64_t ldy, std::int64_t b0, std::int64_t b1, const float* xp = nullptr);
 
