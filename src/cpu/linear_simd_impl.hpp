@@ -811,8 +811,10 @@ struct linear_simd {
   template <int MT, int RG>
   static void gemm_micro(const float* xp, const float* wt, std::int64_t ldr, std::int64_t nm, float* p,
                          std::int64_t pst, bool first) {
-    __m512 acc[MT][RG];
+    __m512 acc[MT][RG];  // (every loop over the tile unrolled, so no accumulator lives on the stack)
+#pragma GCC unroll 8
     for (int t = 0; t < MT; ++t)
+#pragma GCC unroll 4
       for (int g = 0; g < RG; ++g) acc[t][g] = first ? _mm512_setzero_ps() : _mm512_load_ps(p + t * pst + 16 * g);
     for (std::int64_t m = 0; m < nm; ++m) {
       _mm_prefetch(reinterpret_cast<const char*>(xp + m * kPackTokens + kGemmPrefetch), _MM_HINT_T0);
@@ -823,7 +825,9 @@ struct linear_simd {
         for (int g = 0; g < RG; ++g) acc[t][g] = _mm512_fmadd_ps(xb, wv[g], acc[t][g]);
       }
     }
+#pragma GCC unroll 8
     for (int t = 0; t < MT; ++t)
+#pragma GCC unroll 4
       for (int g = 0; g < RG; ++g) _mm512_store_ps(p + t * pst + 16 * g, acc[t][g]);
   }
   using gemm_micro_fn = void (*)(const float*, const float*, std::int64_t, std::int64_t, float*, std::int64_t, bool);
