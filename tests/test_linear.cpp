@@ -158,13 +158,14 @@ TEST_CASE("cpu: an output row does not depend on the batch it is in, or on the t
 
 TEST_CASE("cpu: the prefill GEMM's edges (K chunks, token blocks, short tiles and panels, tails) equal the GEMV") {
   if (!cpu::simd_isa()) return;
-  // More than 16 tokens take the prefill GEMM on AVX-512 (x packed in tiles of 6 tokens, 64-row panels, K in chunks
-  // of 128 x 16, tokens in equal blocks of at most 516); one token takes the decode GEMV, or the dot panel where the format has
-  // none (tails). Both must give the same bits for every token. Shapes: FP8 with K' = K/16 = 144 (a chunk of 16 after
-  // one of 128) and 200 rows (a last panel of 8), FP4 with K' = 260 (three chunks) and 70 rows, BF16 with a K % 16
-  // tail, F32 with K < 16 (the tail alone). 517 tokens: two token blocks (264 + 253), a last tile of 1.
+  // More than 16 tokens take the prefill GEMM on AVX-512 (x packed in tiles of 6 tokens, 64-row panels, K in
+  // chunks of 128 x 16, tokens in equal blocks of at most 516); one token takes the decode GEMV, or the dot panel
+  // where the format has none (tails). Both must give the same bits for every token. Shapes: FP8 with K' = K/16 =
+  // 144 (a chunk of 16 after one of 128) and 200 rows (a last panel of 8), FP4 with K' = 260 (three chunks) and 70
+  // rows, BF16 with a K % 16 tail, F32 with K < 16 (the tail alone), and 35 row blocks (tasks of 4-block panels, the
+  // last one of 3). 517 tokens: two token blocks (264 + 253), a last tile of 1.
   const fmt_case cases[] = {{dtype::fp8_e4m3, 200, 2304}, {dtype::fp4_e2m1, 70, 4160}, {dtype::bf16, 45, 2100},
-                            {dtype::f32, 19, 10}};
+                            {dtype::f32, 19, 10},         {dtype::fp4_e2m1, 560, 256}};
   const std::int64_t T = 517;
   for (const auto& fc : cases) {
     CAPTURE(dtype_name(fc.dt));

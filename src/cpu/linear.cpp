@@ -156,12 +156,13 @@ std::int64_t linear_f32(const float* x, std::int64_t T, std::int64_t ldx, const 
   const float* xp = pack_panel_x(w, x, T, ldx, packed, ex);
   const float* xo = xp ? x : lane_order(w, x, T, ldx, buf, &ld, ex);
   std::atomic<std::int64_t> bad{0};
-  // whole panels per task where that still leaves 8 tasks or more
+  // Tasks of whole panels where that still leaves 8 tasks or more, aligned to panel boundaries (oneTBB halves a
+  // range: 448 blocks, V4-Pro's N = 7168, would otherwise end in ranges of 7 blocks, a panel of 4 and one of 3).
   const std::int64_t blocks = linear_row_blocks(w);
   const std::int64_t panel = xp ? detail::kMaxPanelRows / kLinearRowBlock : panel_blocks(panel_ld(w.k));
-  const std::int64_t grain = T > kGemvMaxT ? std::min(panel, std::max<std::int64_t>(1, blocks / 8)) : 1;
-  detail::parallel_rows(blocks, grain, ex, [&](std::int64_t b0, std::int64_t b1) {
-    const std::int64_t my_bad = linear_blocks(xo, T, ld, w, y, ldy, b0, b1, xp);
+  const std::int64_t unit = T > kGemvMaxT ? std::min(panel, std::max<std::int64_t>(1, blocks / 8)) : 1;
+  detail::parallel_rows((blocks + unit - 1) / unit, 1, ex, [&](std::int64_t u0, std::int64_t u1) {
+    const std::int64_t my_bad = linear_blocks(xo, T, ld, w, y, ldy, u0 * unit, std::min(blocks, u1 * unit), xp);
     if (my_bad) bad += my_bad;
   });
   return bad.load();
