@@ -34,11 +34,13 @@ constexpr std::int64_t kGemvMaxT = 16;
 // rounds on 2026-12-02: FP8 [32768 x 1024] 195-208 -> 213-227 GFLOP/s, FP4 [4096 x 2048] 216-255 -> 225-261,
 // FP4 [2048 x 4096] 155-242 -> 213-242 (on 2026-12-01, a quieter day, 64-row panels had measured no gain).
 constexpr std::int64_t kPanelBytes = std::int64_t{512} << 10;
-// Row stride of the decoded panel: K rounded up to the 16-lane vector.
-std::int64_t panel_ld(std::int64_t K) { return (K + 15) / 16 * 16; }
-std::int64_t panel_blocks(std::int64_t ldw) {
-  const std::int64_t fit = kPanelBytes / (kLinearRowBlock * ldw * std::int64_t{sizeof(float)});
-  return std::clamp<std::int64_t>(fit, 1, detail::kMaxPanelRows / kLinearRowBlock);
+// 16-row blocks per panel: panel_gemm (x packed) chunks K itself, so always kMaxPanelRows rows; the dot panel as
+// many as fit kPanelBytes.
+std::int64_t panel_blocks(std::int64_t K, bool packed) {
+  const std::int64_t most = detail::kMaxPanelRows / kLinearRowBlock;
+  if (packed) return most;
+  const std::int64_t fit = kPanelBytes / (kLinearRowBlock * detail::panel_ld(K) * std::int64_t{sizeof(float)});
+  return std::clamp<std::int64_t>(fit, 1, most);
 }
 
 const detail::linear_kernels& kernels() {
@@ -80,8 +82,7 @@ const float* pack_panel_x(const ref::weight_ref& w, const float* x, std::int64_t
   if (T <= kGemvMaxT || !k.panel_gemm) return nullptr;
   // every float is written by pack_x (zero-filling 8 MiB first was 1% of a prefill GEMM in perf)
   buf = std::make_unique_for_overwrite<float[]>(static_cast<std::size_t>(k.packed_x_floats(T, w.k)));
-  const std::int64_t tiles = (T + detail::kPackTokens - 1) / detail::kPackTokens;
-  detail::parallel_rows(tiles, 4, ex,
+  detail::parallel_rows(detail::pack_tiles(T), 4, ex,
                         [&](std::int64_t i0, std::int64_t i1) { k.pack_x(w, x, ldx, T, i0, i1, buf.get()); });
   return buf.get();
 }
@@ -90,14 +91,14 @@ std::int64_t linear_blocks(const float* x, std::int64_t T, std::int64_t ldx, con
                            std::int64_t ldy, std::int64_t b0, std::int64_t b1, const float* xp) {
   const auto& k = kernels();
   const std::int64_t N = w.n, K = w.k;
-  const std::int64_t ldw = panel_ld(K);
+  const std::int64_t ldw = detail::panel_ld(K);
   // Decoded rows, per thread and kept between calls (every value is written before it is read): a fresh zeroed
   // 256 KiB per call was 3-7% of a MoE prefill, whose experts see ~12 tokens each.
   thread_local std::vector<float> panel;
   float out[detail::kMaxGemvTokens * detail::kMaxTileN];
   std::int64_t bad = 0;
-  const bool packed = xp && T > kGemvMaxT;  // panel_gemm, which chunks K itself: always 64-row panels
-  const std::int64_t group = packed ? detail::kMaxPanelRows / kLinearRowBlock : panel_blocks(ldw);
+  const bool packed = xp != nullptr;  // panel_gemm (pack_panel_x packs only past kGemvMaxT tokens)
+  const std::int64_t group = panel_blocks(K, packed);
   for (std::int64_t b = b0; b < b1;) {
     const std::int64_t n0 = b * kLinearRowBlock;
     std::int64_t n1 = std::min(N, n0 + kLinearRowBlock);
@@ -159,8 +160,8 @@ std::int64_t linear_f32(const float* x, std::int64_t T, std::int64_t ldx, const 
   // Tasks of whole panels where that still leaves 8 tasks or more, aligned to panel boundaries (oneTBB halves a
   // range: 448 blocks, V4-Pro's N = 7168, would otherwise end in ranges of 7 blocks, a panel of 4 and one of 3).
   const std::int64_t blocks = linear_row_blocks(w);
-  const std::int64_t panel = xp ? detail::kMaxPanelRows / kLinearRowBlock : panel_blocks(panel_ld(w.k));
-  const std::int64_t unit = T > kGemvMaxT ? std::min(panel, std::max<std::int64_t>(1, blocks / 8)) : 1;
+  const std::int64_t unit =
+      T > kGemvMaxT ? std::min(panel_blocks(w.k, xp != nullptr), std::max<std::int64_t>(1, blocks / 8)) : 1;
   detail::parallel_rows((blocks + unit - 1) / unit, 1, ex, [&](std::int64_t u0, std::int64_t u1) {
     const std::int64_t my_bad = linear_blocks(xo, T, ld, w, y, ldy, u0 * unit, std::min(blocks, u1 * unit), xp);
     if (my_bad) bad += my_bad;

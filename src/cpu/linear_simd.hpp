@@ -24,6 +24,10 @@ inline constexpr int kMaxTileN = 8;   // weight rows per decode GEMV call
 inline constexpr int kMaxPanelRows = 64;  // decoded weight rows per panel_dots call
 inline constexpr int kMaxGemvTokens = 4;  // tokens per decode GEMV call
 inline constexpr int kPackTokens = 6;     // tokens per tile of the packed x of panel_gemm
+// Row stride of a decoded panel: K rounded up to the 16-lane vector.
+constexpr std::int64_t panel_ld(std::int64_t K) { return (K + 15) / 16 * 16; }
+// Token tiles of the packed x of T tokens.
+constexpr std::int64_t pack_tiles(std::int64_t T) { return (T + kPackTokens - 1) / kPackTokens; }
 // Weight rows per decode GEMV call of mt tokens: its mt x rows accumulators (and the decoded rows) fit the 32
 // vector registers.
 constexpr int gemv_rows(int mt) { return mt <= 2 ? kMaxTileN : 4; }

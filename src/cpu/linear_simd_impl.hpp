@@ -772,7 +772,7 @@ struct linear_simd {
   static constexpr std::int64_t kGemmPrefetch = 256;
 
   static std::int64_t packed_x_floats(std::int64_t T, std::int64_t K) {
-    return (T + kPackTokens - 1) / kPackTokens * 16 * (K / 16) * kPackTokens;
+    return pack_tiles(T) * 16 * (K / 16) * kPackTokens;
   }
   // Where step m of lane j and tile i starts in the packed x of `tiles` tiles: per lane, per chunk of
   // kGemmChunkSteps steps, per tile, the chunk's steps of kPackTokens floats, so that one lane-chunk pass over all
@@ -785,13 +785,14 @@ struct linear_simd {
   // order first (order_x), then scattered to the lanes.
   static void pack_x(const ref::weight_ref& w, const float* x, std::int64_t ldx, std::int64_t T, std::int64_t i0,
                      std::int64_t i1, float* out) {
-    const std::int64_t K = w.k, Kp = K / 16, tiles = (T + kPackTokens - 1) / kPackTokens;
-    std::vector<float, xsimd::aligned_allocator<float, 64>> lane(static_cast<std::size_t>(kPackTokens * K));
+    const std::int64_t K = w.k, Kp = K / 16, tiles = pack_tiles(T);
+    std::vector<float, xsimd::aligned_allocator<float, 64>> lane;  // the tile in lane order, where W permutes
+    if (permutes(w)) lane.resize(static_cast<std::size_t>(kPackTokens * K));
     for (std::int64_t i = i0; i < i1; ++i) {
       const std::int64_t t0 = i * kPackTokens, mt = std::min<std::int64_t>(kPackTokens, T - t0);
       const float* xo = x + t0 * ldx;
       std::int64_t ld = ldx;
-      if (permutes(w)) {
+      if (!lane.empty()) {
         order_x(w, xo, mt, ldx, lane.data());
         xo = lane.data();
         ld = K;
@@ -872,8 +873,8 @@ struct linear_simd {
         gemm_row<5>(std::make_index_sequence<4>{}), gemm_row<6>(std::make_index_sequence<4>{})};
     static_assert(kPackTokens == 6 && kMaxPanelRows == 64);
     const int rg = (nrows + 15) / 16;
-    const std::int64_t K = w.k, ldw = (K + 15) / 16 * 16;
-    const std::int64_t ldr = 16 * rg, Kp = K / 16, Kv = Kp * 16, tiles = (T + kPackTokens - 1) / kPackTokens;
+    const std::int64_t K = w.k, ldw = panel_ld(K);
+    const std::int64_t ldr = 16 * rg, Kp = K / 16, Kv = Kp * 16, tiles = pack_tiles(T);
     const std::int64_t chunk = kGemmChunkSteps;
     // rows: 16 decoded rows (L2-resident at every V4 K), transposed into wt before the next 16 are decoded; tails:
     // each row's K % 16 tail values. Per thread and kept between calls: up to 0.5 + 2 + 2 MiB at K = 8192.
