@@ -155,9 +155,8 @@ void gemv_case(benchmark::State& state, codes c, std::int64_t N, std::int64_t K,
   state.counters["us"] = per * 1e6;
 }
 
-void gemm_case(benchmark::State& state, codes c, std::int64_t N, std::int64_t K) {
+void gemm_case(benchmark::State& state, codes c, std::int64_t N, std::int64_t K, std::int64_t T = 512) {
   const int threads = static_cast<int>(state.range(0));
-  constexpr std::int64_t T = 512;
   if (!cpu::simd_isa()) return state.SkipWithError("no CPU SIMD kernels here");
   bank& b = get_bank(c, N, K);
   buffer x(dtype::f32, {T, K}), y(dtype::f32, {T, N});
@@ -203,6 +202,9 @@ void BM_gemm_fp4_2048x4096(benchmark::State& s) { gemm_case(s, codes::fp4, 2048,
 void BM_gemm_fp4_4096x2048(benchmark::State& s) { gemm_case(s, codes::fp4, 4096, 2048); }
 void BM_gemm_fp8_32768x1024(benchmark::State& s) { gemm_case(s, codes::fp8_normal, 32768, 1024); }
 void BM_gemm_fp8_4096x8192(benchmark::State& s) { gemm_case(s, codes::fp8_normal, 4096, 8192); }
+// 12 tokens: what a routed expert of a V4-Flash MoE prefill sees (T = 512 tokens x 6 of 256 experts).
+void BM_gemm12_fp4_2048x4096(benchmark::State& s) { gemm_case(s, codes::fp4, 2048, 4096, 12); }
+void BM_gemm12_fp4_4096x2048(benchmark::State& s) { gemm_case(s, codes::fp4, 4096, 2048, 12); }
 
 }  // namespace
 
@@ -229,4 +231,6 @@ DSV4_GEMM(BM_gemm_fp4_2048x4096);
 DSV4_GEMM(BM_gemm_fp4_4096x2048);
 DSV4_GEMM(BM_gemm_fp8_32768x1024);
 DSV4_GEMM(BM_gemm_fp8_4096x8192);
+DSV4_GEMM(BM_gemm12_fp4_2048x4096);
+DSV4_GEMM(BM_gemm12_fp4_4096x2048);
 BENCHMARK_MAIN();

@@ -25,7 +25,9 @@ TEST_SUITE("linear") {
 
 TEST_CASE("every format and backend matches an independent exact decode") {
   for (const auto& fc : kCases)
-  for (const std::int64_t T : {1, 17}) {  // 1: the decode GEMV where one exists, 17: the prefill GEMM or panel
+  // 1: the decode GEMV where one exists; 17: the prefill GEMM or panel, FP4 still on the GEMV (up to 48 tokens);
+  // 49: FP4 on the prefill GEMM too
+  for (const std::int64_t T : {1, 17, 49}) {
     CAPTURE(dtype_name(fc.dt));
     CAPTURE(T);
     const auto tw = make_weight(fc.dt, fc.N, fc.K, 11);
@@ -91,10 +93,12 @@ TEST_CASE("FP4 block scales at both ends of the UE8M0 range decode exactly in th
     return fp4_exact(bytes, n * K + k, s.host_span<ue8m0>()[n * nb + k / 32].bits);
   };
   const ops::qweight q{w.view(), s.view()};
-  // one-hot tokens: the GEMV (1 token) and the prefill GEMM (17 tokens) return column k of W exactly
-  constexpr int B = 17;
+  // one-hot tokens: the GEMV (1 token) and the prefill GEMM (49 tokens: FP4 stays on the GEMV up to 48) return
+  // column k of W exactly. The chunk and block edges first, then columns spread over K.
+  constexpr int B = 49;
   std::vector<float> onehot(static_cast<std::size_t>(B * K), 0.f);
-  const std::int64_t ks[B] = {0, 1, 31, 1000, 2047, 2048, 2049, 3001, 4095, 2, 63, 64, 2050, 2111, 2112, 4064, 4094};
+  std::int64_t ks[B] = {0, 1, 31, 1000, 2047, 2048, 2049, 3001, 4095, 2, 63, 64, 2050, 2111, 2112, 4064, 4094};
+  for (int t = 17; t < B; ++t) ks[t] = (t * 613) % K;
   for (int t = 0; t < B; ++t) onehot[t * K + ks[t]] = 1.f;
   const buffer x1 = host_f32(B, K, onehot);
   buffer panel(dtype::f32, {B, N});
@@ -131,7 +135,7 @@ TEST_CASE("cpu: an output row does not depend on the batch it is in, or on the t
   for (const auto& fc : cases) {
     CAPTURE(dtype_name(fc.dt));
     CAPTURE(fc.K);
-    const std::int64_t N = fc.N, K = fc.K, T = 23;
+    const std::int64_t N = fc.N, K = fc.K, T = 53;
     const auto tw = make_weight(fc.dt, N, K, 31);
     const auto xv = randn(static_cast<std::size_t>(T * K), 32);
     const buffer x = host_f32(T, K, xv);
@@ -139,10 +143,11 @@ TEST_CASE("cpu: an output row does not depend on the batch it is in, or on the t
     ops::linear(x, tw.q(), all, on(backend::cpu, 1));
     ops::linear(x, tw.q(), two, on(backend::cpu, 2));
     CHECK(bytes_of(all) == bytes_of(two));
-    // each token alone (decode), small batches (the GEMV of 2-4 tokens, of 7 and 11 in token groups) and a slice
-    // past it (the prefill GEMM, or the panel), all against the result for all 23 tokens
-    const std::pair<std::int64_t, std::int64_t> slices[] = {{0, 1}, {22, 1}, {3, 2}, {8, 3}, {11, 4},
-                                                            {5, 7}, {12, 11}, {2, 19}};
+    // each token alone (decode), small batches (the GEMV of 2-4 tokens, of 7 and 11 in token groups), slices past
+    // 16 tokens (the prefill GEMM, or the panel; FP4 on the GEMV up to 48) and past 48, all against the result for
+    // all 53 tokens (the prefill GEMM)
+    const std::pair<std::int64_t, std::int64_t> slices[] = {{0, 1}, {52, 1}, {3, 2}, {8, 3},  {11, 4},
+                                                            {5, 7}, {12, 11}, {2, 19}, {30, 23}, {1, 50}};
     for (const auto& [t0, len] : slices) {
       CAPTURE(t0);
       CAPTURE(len);
@@ -158,7 +163,7 @@ TEST_CASE("cpu: an output row does not depend on the batch it is in, or on the t
 
 TEST_CASE("cpu: the prefill GEMM's edges (K chunks, token blocks, short tiles and panels, tails) equal the GEMV") {
   if (!cpu::simd_isa()) return;
-  // More than 16 tokens take the prefill GEMM on AVX-512 (x packed in tiles of 6 tokens, 64-row panels, K in
+  // More than 16 tokens (FP4: 48) take the prefill GEMM on AVX-512 (x packed in tiles of 6 tokens, 64-row panels, K in
   // chunks of 128 x 16, tokens in equal blocks of at most 516); one token takes the decode GEMV, or the dot panel
   // where the format has none (tails). Both must give the same bits for every token. Shapes: FP8 with K' = K/16 =
   // 144 (a chunk of 16 after one of 128) and 200 rows (a last panel of 8), FP4 with K' = 260 (three chunks) and 70

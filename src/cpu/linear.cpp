@@ -1,5 +1,5 @@
 // src/cpu/linear.cpp — CPU backend of y = x · W^T: oneTBB over blocks of 16 weight rows; a task decodes up to 4 of
-// its blocks into an fp32 panel once and runs every token tile against it (linear_simd_impl.hpp). Up to kGemvMaxT
+// its blocks into an fp32 panel once and runs every token tile against it (linear_simd_impl.hpp). Up to gemv_max_t
 // tokens (decode, batched decode, an expert's few tokens) skip the panel where a fused GEMV exists (AVX-512: FP4,
 // FP8, BF16, F32): same values, same fma chain, same bits. More tokens on AVX-512 take the prefill GEMM (panel_gemm:
 // x packed once per call, 64-row panels decoded and transposed by the kernel), again the same bits. Otherwise x is
@@ -26,7 +26,13 @@ namespace {
 // 12 tokens FP4 [2048 x 4096] 243-255 vs 121-128, [4096 x 2048] 230-261 vs 134-148, FP8 [32768 x 1024] 190-192 vs
 // 120-127, [4096 x 8192] 149-152 vs 128-130; 16 tokens about even for FP8 and ahead for FP4; 24-32 tokens FP8 runs
 // 130-160 on the GEMV against 160-220 on the GEMM. A MoE prefill's experts see ~12 tokens each.
-constexpr std::int64_t kGemvMaxT = 16;
+// FP4 stays on the GEMV longer: its decode (a table and two vpermps per 32 weights) is cheap next to the GEMM's
+// decode + transpose of a panel. 2 threads, weights in L3, best of 30, GEMV vs GEMM GFLOP/s (2026-12-02):
+// [2048 x 4096] 17 tokens 275-311 vs 198-200, 24: 317-332 vs 239-246, 32: 332-334 vs 256-277, 48: 320-368 vs
+// 295-327, 64: 354 vs 351-353, 96-128: 308-348 vs 344-370; [4096 x 2048] 20: 306 vs 215, 32: 330 vs 293, 48: 311 vs
+// 300, 64: 304 vs 347. A V4-Flash MoE prefill of 512 tokens gives ~10% of its routed experts 17-30 tokens.
+constexpr std::int64_t kGemvMaxT = 16, kGemvMaxTFp4 = 48;
+std::int64_t gemv_max_t(const ref::weight_ref& w) { return w.fmt == ref::wfmt::fp4_b32 ? kGemvMaxTFp4 : kGemvMaxT; }
 
 // The panel path decodes up to this many bytes of 16-row blocks at once (at most kMaxPanelRows rows: 64 at K <= 2048,
 // 32 at 4096, 16 at 8192) and runs every token against them. x of a prefill (T·K·4 bytes, 2-16 MiB) comes from L3
@@ -79,7 +85,7 @@ const float* lane_order(const ref::weight_ref& w, const float* x, std::int64_t T
 const float* pack_panel_x(const ref::weight_ref& w, const float* x, std::int64_t T, std::int64_t ldx,
                           std::unique_ptr<float[]>& buf, const exec& ex) {
   const auto& k = kernels();
-  if (T <= kGemvMaxT || !k.panel_gemm) return nullptr;
+  if (T <= gemv_max_t(w) || !k.panel_gemm) return nullptr;
   // every float is written by pack_x (zero-filling 8 MiB first was 1% of a prefill GEMM in perf)
   buf = std::make_unique_for_overwrite<float[]>(static_cast<std::size_t>(k.packed_x_floats(T, w.k)));
   detail::parallel_rows(detail::pack_tiles(T), 4, ex,
@@ -97,14 +103,14 @@ std::int64_t linear_blocks(const float* x, std::int64_t T, std::int64_t ldx, con
   thread_local std::vector<float> panel;
   float out[detail::kMaxGemvTokens * detail::kMaxTileN];
   std::int64_t bad = 0;
-  const bool packed = xp != nullptr;  // panel_gemm (pack_panel_x packs only past kGemvMaxT tokens)
+  const bool packed = xp != nullptr;  // panel_gemm (pack_panel_x packs only past gemv_max_t tokens)
   const std::int64_t group = panel_blocks(K, packed);
   for (std::int64_t b = b0; b < b1;) {
     const std::int64_t n0 = b * kLinearRowBlock;
     std::int64_t n1 = std::min(N, n0 + kLinearRowBlock);
     // Decode and small batches: weights straight from their stored bytes into the dots of up to kMaxGemvTokens
     // tokens at a time (bitwise the panel's), the block's rows decoded once per token group.
-    bool fused = !packed && T <= kGemvMaxT;
+    bool fused = !packed && T <= gemv_max_t(w);
     for (std::int64_t t0 = 0; t0 < T && fused; t0 += detail::kMaxGemvTokens) {
       const int mt = static_cast<int>(std::min<std::int64_t>(detail::kMaxGemvTokens, T - t0));
       const int rows = detail::gemv_rows(mt);
@@ -161,7 +167,7 @@ std::int64_t linear_f32(const float* x, std::int64_t T, std::int64_t ldx, const 
   // range: 448 blocks, V4-Pro's N = 7168, would otherwise end in ranges of 7 blocks, a panel of 4 and one of 3).
   const std::int64_t blocks = linear_row_blocks(w);
   const std::int64_t unit =
-      T > kGemvMaxT ? std::min(panel_blocks(w.k, xp != nullptr), std::max<std::int64_t>(1, blocks / 8)) : 1;
+      T > gemv_max_t(w) ? std::min(panel_blocks(w.k, xp != nullptr), std::max<std::int64_t>(1, blocks / 8)) : 1;
   detail::parallel_rows((blocks + unit - 1) / unit, 1, ex, [&](std::int64_t u0, std::int64_t u1) {
     const std::int64_t my_bad = linear_blocks(xo, T, ld, w, y, ldy, u0 * unit, std::min(blocks, u1 * unit), xp);
     if (my_bad) bad += my_bad;

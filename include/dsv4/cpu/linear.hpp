@@ -4,8 +4,9 @@
 // register tiles of up to 4 tokens x 4 rows (x 8 rows for a single token) take dot products along K with one fp32
 // vector accumulator per output: lane l sums k = l (mod W) in increasing k, then a fixed horizontal add, then the
 // K % W tail in order. That order depends on nothing but K, so an output row is bit-identical whatever T, the tile
-// it landed in and the thread count (oneTBB over row blocks). On AVX-512, more than 16 tokens run the same order as
-// 16 per-lane GEMMs (register-blocked outer products over a transposed panel), up to 16 a fused decode GEMV.
+// it landed in and the thread count (oneTBB over row blocks). On AVX-512, more than 16 tokens (FP4: 48) run the
+// same order as 16 per-lane GEMMs (register-blocked outer products over a transposed panel), fewer a fused decode
+// GEMV.
 // Preconditions (checked by ops::linear): innermost strides 1.
 #pragma once
 
