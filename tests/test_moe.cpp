@@ -1,5 +1,6 @@
 // MoE (spec §5): scores against closed forms, the tie rule, bias for selection only, hash routing, the clamp
 // asymmetry, ascending-expert accumulation, cpu vs ref, bitwise batch/thread independence, errors.
+#include <algorithm>
 #include <cmath>
 
 #include "dsv4/numerics.hpp"
@@ -214,7 +215,11 @@ TEST_CASE("routed outputs are summed in ascending expert order, then the shared 
 }
 
 TEST_CASE("FP4 routed + FP8 shared experts: cpu equals ref; cpu rows independent of batch and threads") {
-  const std::int64_t D = 64, I = 96, E = 8, T = 21;
+  // 21 tokens: ~8 per expert, one expert per thread; 150 tokens: ~56 per expert, most past 48 (run on every thread
+  // one after another), the rest one per thread
+  for (const std::int64_t T : {21, 150}) {
+  CAPTURE(T);
+  const std::int64_t D = 64, I = 96, E = 8;
   const int k = 3;
   const expert_set experts(D, I, E, 100, 1);
   const std::vector<ops::ffn_weights>& routed = experts.routed;
@@ -222,6 +227,12 @@ TEST_CASE("FP4 routed + FP8 shared experts: cpu equals ref; cpu rows independent
   const buffer x = host_bf16(T, D, randn(T * D, 7));
   const buffer logits = f32_buf({T, E}, randn(T * E, 8));
   const auto r = route(logits, {ops::score_func::sqrtsoftplus, k, 1.5f}, tensor_view(), backend::ref);
+  std::vector<int> per_expert(E, 0);
+  for (std::int32_t e : r.idx.host_span<std::int32_t>()) ++per_expert[static_cast<std::size_t>(e)];
+  if (T == 150) {  // both CPU schedules are exercised
+    CHECK(std::ranges::any_of(per_expert, [](int n) { return n > 48; }));
+    CHECK(std::ranges::any_of(per_expert, [](int n) { return n > 0 && n <= 48; }));
+  }
   buffer yr(dtype::f32, {T, D});
   ops::moe_ffn(x, r.w, r.idx, routed, &shared, 10.f, yr, on(backend::ref));
   // the outputs are O(1): a regression to all-zero outputs would not pass the ref-vs-cpu check unnoticed
@@ -237,12 +248,13 @@ TEST_CASE("FP4 routed + FP8 shared experts: cpu equals ref; cpu rows independent
   // it with margin (measured max about 1e-6)
   for (std::int64_t i = 0; i < T * D; ++i)
     REQUIRE(std::fabs(y1.host_span<float>()[i] - yr.host_span<float>()[i]) <= 1e-5 * (1 + mean_abs));
-  for (std::int64_t t : {0, 9, 20}) {  // decode one token at a time: same bits as inside the batch
+  for (std::int64_t t : {std::int64_t{0}, std::int64_t{9}, T - 1}) {  // one token at a time: the batch's bits
     buffer y(dtype::f32, {1, D});
     ops::moe_ffn(x.view().narrow(0, t, 1), r.w.view().narrow(0, t, 1), r.idx.view().narrow(0, t, 1), routed,
                  &shared, 10.f, y, on(backend::cpu));
     for (std::int64_t d = 0; d < D; ++d)
       REQUIRE(f32_to_bits(y.host_span<float>()[d]) == f32_to_bits(y1.host_span<float>()[t * D + d]));
+  }
   }
 }
 

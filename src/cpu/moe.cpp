@@ -36,6 +36,9 @@ void topk_insert(const float* v, std::int64_t E, int k, std::int32_t* idx) {
 // and w3 of all experts, then w2 of all experts) instead of three per expert: at T = 1 a V4-Flash MoE is 21
 // matrices of 4-8 MB, and a region per matrix leaves both threads waiting at 21 joins.
 constexpr std::int64_t kFusedTokens = 8;
+// Past kFusedTokens, experts of up to this many tokens run one per thread; larger ones on every thread (moe_ffn).
+// 48 = where FP4 weights leave the decode GEMV for the prefill GEMM (src/cpu/linear.cpp).
+constexpr std::int64_t kSoloTokens = 48;
 
 // The experts of T <= kFusedTokens tokens in two parallel regions. Job j = an expert with rows: its gathered token
 // rows, routing weights, and where its [rows, D] output goes (routed: rows of `out` by (token, slot); shared: rows
@@ -205,39 +208,69 @@ std::int64_t moe_ffn(view<const TX, 2> x, view<const float, 2> w, view<const std
   if (T <= kFusedTokens) {
     bad += fused_experts(xf.data(), T, D, w, k, start, pairs, routed, shared, limit, out, ex);
   } else {
-    std::vector<float> xe, g, u, oe, we;
-    // h = swiglu(x·W1^T, x·W3^T) for `rows` gathered rows, routing weights wr (nullptr = 1) -> into g
-    auto expert = [&](const ref::ffn_ref& f, const float* xs, std::int64_t rows, const float* wr, float* dst) {
+    struct scratch {
+      std::vector<float> xe, g, u, oe, we;
+    };
+    // h = swiglu(x·W1^T, x·W3^T) for `rows` gathered rows, routing weights wr (nullptr = 1), then h·W2^T -> dst
+    auto expert = [&](const ref::ffn_ref& f, const float* xs, std::int64_t rows, const float* wr, float* dst,
+                      scratch& s, const exec& ee) {
       const std::int64_t I = f.w1.n;
-      g.resize(static_cast<std::size_t>(rows * I));
-      u.resize(g.size());
-      bad += linear_f32(xs, rows, D, f.w1, g.data(), I, ex);
-      bad += linear_f32(xs, rows, D, f.w3, u.data(), I, ex);
-      detail::parallel_rows(rows, 1, ex, [&](std::int64_t r0, std::int64_t r1) {
+      s.g.resize(static_cast<std::size_t>(rows * I));
+      s.u.resize(s.g.size());
+      std::int64_t b = linear_f32(xs, rows, D, f.w1, s.g.data(), I, ee);
+      b += linear_f32(xs, rows, D, f.w3, s.u.data(), I, ee);
+      detail::parallel_rows(rows, 1, ee, [&](std::int64_t r0, std::int64_t r1) {
         for (std::int64_t r = r0; r < r1; ++r)
           for (std::int64_t i = 0; i < I; ++i) {
             const std::size_t j = static_cast<std::size_t>(r * I + i);
-            g[j] = ref::swiglu(g[j], u[j], limit, wr ? wr[r] : 1.f);
+            s.g[j] = ref::swiglu(s.g[j], s.u[j], limit, wr ? wr[r] : 1.f);
           }
       });
-      bad += linear_f32(g.data(), rows, I, f.w2, dst, D, ex);
+      return b + linear_f32(s.g.data(), rows, I, f.w2, dst, D, ee);
     };
-    for (std::int64_t e = 0; e < E; ++e) {
+    // routed expert e on its gathered tokens, its outputs to their (token, slot) rows of `out`
+    auto routed_expert = [&](std::int64_t e, scratch& s, const exec& ee) {
       const std::int64_t n0 = start[e], rows = start[e + 1] - n0;
-      if (rows == 0) continue;
-      xe.resize(static_cast<std::size_t>(rows * D));
-      oe.resize(xe.size());
-      we.resize(static_cast<std::size_t>(rows));
+      s.xe.resize(static_cast<std::size_t>(rows * D));
+      s.oe.resize(s.xe.size());
+      s.we.resize(static_cast<std::size_t>(rows));
       for (std::int64_t r = 0; r < rows; ++r) {
         const std::int64_t p = pairs[static_cast<std::size_t>(n0 + r)], t = p / k;
-        std::copy_n(xf.data() + t * D, D, xe.data() + r * D);
-        we[r] = w(t, static_cast<int>(p % k));
+        std::copy_n(xf.data() + t * D, D, s.xe.data() + r * D);
+        s.we[r] = w(t, static_cast<int>(p % k));
       }
-      expert(routed[static_cast<std::size_t>(e)], xe.data(), rows, we.data(), oe.data());
+      const std::int64_t b = expert(routed[static_cast<std::size_t>(e)], s.xe.data(), rows, s.we.data(),
+                                    s.oe.data(), s, ee);
       for (std::int64_t r = 0; r < rows; ++r)
-        std::copy_n(oe.data() + r * D, D, out.data() + pairs[static_cast<std::size_t>(n0 + r)] * D);
+        std::copy_n(s.oe.data() + r * D, D, out.data() + pairs[static_cast<std::size_t>(n0 + r)] * D);
+      return b;
+    };
+    // Experts of up to kSoloTokens tokens run one per thread (expert parallelism: no join per linear, the gathers,
+    // lane orders and SwiGLU of one expert overlap another's GEMVs); larger ones one at a time on every thread,
+    // so a skewed routing cannot leave one thread with most of the work. Same kernels, same bits either way.
+    scratch main;
+    std::vector<std::int64_t> small;
+    for (std::int64_t e = 0; e < E; ++e) {
+      const std::int64_t rows = start[e + 1] - start[e];
+      if (rows > kSoloTokens || ex.threads == 1)
+        bad += routed_expert(e, main, ex);
+      else if (rows > 0)
+        small.push_back(e);
     }
-    if (shared) expert(*shared, xf.data(), T, nullptr, shared_out);
+    std::atomic<std::int64_t> small_bad{0};
+    const exec serial = [&] {
+      exec s = ex;
+      s.threads = 1;
+      return s;
+    }();
+    detail::parallel_rows(static_cast<std::int64_t>(small.size()), 1, ex, [&](std::int64_t i0, std::int64_t i1) {
+      scratch s;
+      std::int64_t b = 0;
+      for (std::int64_t i = i0; i < i1; ++i) b += routed_expert(small[static_cast<std::size_t>(i)], s, serial);
+      if (b) small_bad += b;
+    });
+    bad += small_bad.load();
+    if (shared) bad += expert(*shared, xf.data(), T, nullptr, shared_out, main, ex);
   }
   // Combine per token in ascending expert order, shared last (ref::moe_ffn's order).
   detail::parallel_rows(T, 4, ex, [&](std::int64_t t0, std::int64_t t1) {
