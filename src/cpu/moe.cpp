@@ -40,6 +40,13 @@ constexpr std::int64_t kFusedTokens = 8;
 // 48 = where FP4 weights leave the decode GEMV for the prefill GEMM (src/cpu/linear.cpp).
 constexpr std::int64_t kSoloTokens = 48;
 
+// ex on the calling thread only (the linears of work that is itself split over the threads).
+exec one_thread(const exec& ex) {
+  exec s = ex;
+  s.threads = 1;
+  return s;
+}
+
 // The experts of T <= kFusedTokens tokens in two parallel regions. Job j = an expert with rows: its gathered token
 // rows, routing weights, and where its [rows, D] output goes (routed: rows of `out` by (token, slot); shared: rows
 // T·k .. T·k + T − 1 of `out`, as in the per-expert loop). Same kernels, same per-row arithmetic as the per-expert loop, so the same bits.
@@ -82,11 +89,7 @@ std::int64_t fused_experts(const float* xf, std::int64_t T, std::int64_t D, view
   }
   std::vector<float> xs(static_cast<std::size_t>(xrows * D)), g(static_cast<std::size_t>(hsize)), u(g.size()),
       o(static_cast<std::size_t>(xrows * D));
-  const exec serial = [&] {
-    exec s = ex;
-    s.threads = 1;
-    return s;
-  }();
+  const exec serial = one_thread(ex);
   for (job& j : jobs) {
     for (std::int64_t r = 0; r < j.rows; ++r) {
       const std::int64_t t = j.f == shared ? r : j.dst[static_cast<std::size_t>(r)] / k;
@@ -252,17 +255,14 @@ std::int64_t moe_ffn(view<const TX, 2> x, view<const float, 2> w, view<const std
     std::vector<std::int64_t> small;
     for (std::int64_t e = 0; e < E; ++e) {
       const std::int64_t rows = start[e + 1] - start[e];
+      if (rows == 0) continue;
       if (rows > kSoloTokens || ex.threads == 1)
         bad += routed_expert(e, main, ex);
-      else if (rows > 0)
+      else
         small.push_back(e);
     }
     std::atomic<std::int64_t> small_bad{0};
-    const exec serial = [&] {
-      exec s = ex;
-      s.threads = 1;
-      return s;
-    }();
+    const exec serial = one_thread(ex);
     detail::parallel_rows(static_cast<std::int64_t>(small.size()), 1, ex, [&](std::int64_t i0, std::int64_t i1) {
       scratch s;
       std::int64_t b = 0;
