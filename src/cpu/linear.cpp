@@ -20,8 +20,8 @@
 namespace dsv4::cpu {
 namespace {
 
-// Up to this many tokens a call runs the register-decode GEMV (token groups of kMaxGemvTokens, each decoding the
-// block's weights again) instead of a decoded panel. bench_linear, 2 threads, 2026-12-02: at 4 and 8 tokens the GEMV
+// Up to gemv_max_t tokens (kGemvMaxTokens, kGemvMaxTokensFp4: linear.hpp) a call runs the register-decode GEMV
+// (token groups of kMaxGemvTokens, each decoding the block's weights again) instead of a decoded panel. bench_linear, 2 threads, 2026-12-02: at 4 and 8 tokens the GEMV
 // took 0.36-0.72 of the dot panel's time. Against the prefill GEMM (panel_gemm, interleaved, GFLOP/s GEMV vs GEMM):
 // 12 tokens FP4 [2048 x 4096] 243-255 vs 121-128, [4096 x 2048] 230-261 vs 134-148, FP8 [32768 x 1024] 190-192 vs
 // 120-127, [4096 x 8192] 149-152 vs 128-130; 16 tokens about even for FP8 and ahead for FP4; 24-32 tokens FP8 runs
@@ -31,8 +31,9 @@ namespace {
 // [2048 x 4096] 17 tokens 275-311 vs 198-200, 24: 317-332 vs 239-246, 32: 332-334 vs 256-277, 48: 320-368 vs
 // 295-327, 64: 354 vs 351-353, 96-128: 308-348 vs 344-370; [4096 x 2048] 20: 306 vs 215, 32: 330 vs 293, 48: 311 vs
 // 300, 64: 304 vs 347. A V4-Flash MoE prefill of 512 tokens gives ~10% of its routed experts 17-30 tokens.
-constexpr std::int64_t kGemvMaxT = 16, kGemvMaxTFp4 = 48;
-std::int64_t gemv_max_t(const ref::weight_ref& w) { return w.fmt == ref::wfmt::fp4_b32 ? kGemvMaxTFp4 : kGemvMaxT; }
+std::int64_t gemv_max_t(const ref::weight_ref& w) {
+  return w.fmt == ref::wfmt::fp4_b32 ? kGemvMaxTokensFp4 : kGemvMaxTokens;
+}
 
 // The panel path decodes up to this many bytes of 16-row blocks at once (at most kMaxPanelRows rows: 64 at K <= 2048,
 // 32 at 4096, 16 at 8192) and runs every token against them. x of a prefill (T·K·4 bytes, 2-16 MiB) comes from L3

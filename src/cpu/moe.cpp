@@ -36,9 +36,9 @@ void topk_insert(const float* v, std::int64_t E, int k, std::int32_t* idx) {
 // and w3 of all experts, then w2 of all experts) instead of three per expert: at T = 1 a V4-Flash MoE is 21
 // matrices of 4-8 MB, and a region per matrix leaves both threads waiting at 21 joins.
 constexpr std::int64_t kFusedTokens = 8;
-// Past kFusedTokens, experts of up to this many tokens run one per thread; larger ones on every thread (moe_ffn).
-// 48 = where FP4 weights leave the decode GEMV for the prefill GEMM (src/cpu/linear.cpp).
-constexpr std::int64_t kSoloTokens = 48;
+// Past kFusedTokens, experts of up to this many tokens run one per thread; larger ones on every thread (moe_ffn):
+// where FP4 weights leave the decode GEMV for the prefill GEMM.
+constexpr std::int64_t kSoloTokens = kGemvMaxTokensFp4;
 
 // ex on the calling thread only (the linears of work that is itself split over the threads).
 exec one_thread(const exec& ex) {

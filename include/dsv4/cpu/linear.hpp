@@ -36,6 +36,9 @@ std::int64_t linear_f32(const float* x, std::int64_t T, std::int64_t ldx, const 
 //   linear_blocks output rows [b0·16, b1·16) ∩ [0, N) for all T tokens on the calling thread; x from lane_order,
 //                 or with xp from pack_panel_x, x itself; returns how many weights of those rows decode to NaN.
 inline constexpr std::int64_t kLinearRowBlock = 16;  // rows per block: 16·K fp32 (256 KiB at K = 4096) stays in L2
+// Up to this many tokens a call runs the decode GEMV (where this ISA has one for W), past it the prefill GEMM:
+// FP4 weights longer (measurements in src/cpu/linear.cpp).
+inline constexpr std::int64_t kGemvMaxTokens = 16, kGemvMaxTokensFp4 = 48;
 inline std::int64_t linear_row_blocks(const ref::weight_ref& w) {
   return (w.n + kLinearRowBlock - 1) / kLinearRowBlock;
 }
