@@ -349,29 +349,38 @@ struct linear_simd {
   // is written but the MT x NT outputs. ----
 
   // The GEMVs stream NT rows side by side, 64 bytes of each per step. The hardware prefetcher alone leaves a core at
-  // ~0.5 of its read bandwidth on those streams. When the next group's rows follow this group's in memory (row-major
-  // weights, every linear of a model), each step prefetches the next NT lines of that group, so the whole next group
-  // (8-64 KiB on V4 shapes) is in cache when this one ends. Against prefetching kPrefetch bytes ahead in every row
-  // (what the last group and strided views still do), bench_linear interleaved, fractions of the read bandwidth:
-  // FP4 experts 0.34-0.58 -> 0.44-0.74, FP8 0.54-0.86 -> 0.74-1.0, BF16 0.70-0.79 -> 0.79-0.90.
+  // ~0.5 of its read bandwidth on those streams. Each step prefetches lines of the next group (below), so the whole
+  // next group is in cache when this one ends. Against prefetching kPrefetch bytes ahead in every row (what the last
+  // group still does), bench_linear interleaved, fractions of the read bandwidth: FP4 experts 0.34-0.58 -> 0.44-0.74,
+  // FP8 0.54-0.86 -> 0.74-1.0, BF16 0.70-0.79 -> 0.79-0.90 (2026-12-01, all in memory order).
   static constexpr std::int64_t kPrefetch = 256;
   static void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
 
   // Where a GEMV prefetches: before reading bytes [off, off + 64) of each of its NT rows (off % 64 == 0) it
-  // prefetches the NT lines at base + off·mul + j·step, j < NT: the next NT lines of the next group (mul = NT,
-  // step = 64) or, when there is none, kPrefetch bytes ahead in every row (mul = 1, step = the row stride). One
-  // formula rather than a branch between two loops: with the branch, GCC 12 dropped every prefetch from the GEMVs.
+  // prefetches the NT lines at base + off·mul + j·step, j < NT. Three plans:
+  // - memory order (mul = NT, step = 64): the next NT lines of the next group, when its rows follow this group's in
+  //   memory (row-major weights, every linear of a model); the next group's row j is asked for j/NT of a group ahead
+  //   of its first line's use, so its last row only 1/NT of a group (NT rows' bytes) ahead;
+  // - column order (mul = 1, step = the row stride): the same line of every row of the next group, each asked for one
+  //   whole group ahead. FP4 takes it: its groups are short (8 rows of 1-2 KiB), so memory order asked for the last
+  //   rows only 1-2 KiB ahead. Against memory order, FP4 [2048 x 4096] from DRAM, one thread (a harness of the FP4
+  //   loop, interleaved, 2026-12-02): 21.5-24.0 -> 22.2-24.9 GB/s. FP8 stays in memory order: its groups of 8-64
+  //   KiB, asked for whole in advance, outgrow L1 (bench_linear, 2 threads: 0.91-1.11 -> 0.77-0.97 of the read
+  //   bandwidth in column order);
+  // - when there is no next group: kPrefetch bytes ahead in every row (mul = 1, step = the row stride).
+  // One formula rather than a branch between loops: with the branch, GCC 12 dropped every prefetch from the GEMVs.
   struct prefetch_plan {
     const std::uint8_t* base;
     std::int64_t mul, step;
   };
   // Points src at rows n0 .. n0+NT-1 of a matrix of n rows of row_bytes each, `stride` bytes apart, the first at
-  // `first`, and says where to prefetch. (src stays a local array of the GEMV: held in a struct, the compiler
-  // reloaded the pointers in the inner loop.)
-  template <int NT>
+  // `first`, and says where to prefetch (Column: the column order above). (src stays a local array of the GEMV: held
+  // in a struct, the compiler reloaded the pointers in the inner loop.)
+  template <int NT, bool Column = false>
   static prefetch_plan group_rows(const std::uint8_t* first, std::int64_t stride, std::int64_t row_bytes,
                                   std::int64_t n0, std::int64_t n, const std::uint8_t* (&src)[NT]) {
     for (int j = 0; j < NT; ++j) src[j] = first + j * stride;
+    if (Column && n0 + 2 * NT <= n) return {first + NT * stride, 1, stride};
     if (stride == row_bytes && n0 + 2 * NT <= n) return {first + NT * row_bytes, NT, 64};
     return {first + kPrefetch, 1, stride};
   }
@@ -393,14 +402,31 @@ struct linear_simd {
     return t;
   }
 
-  // FP4, K % 32 == 0: per 32-block and row, the block's table, two vpermps and 2·MT fmas. The scales of the NT rows
-  // are staged 64 blocks at a time as dwords at fixed offsets, so the inner loop needs one pointer per row and no
-  // scalar work. The table of a block: when every scale byte of the chunk is in [2, 252], the table of scale 1 (in a
-  // register) with the scale's exponent added to the fp32 exponent field of its nonzero entries (one integer add that
-  // never leaves the normal range there, so it equals e2m1 · 2^(s-127) bit for bit); otherwise the scaled table of
-  // fp4_scaled_luts, loaded. The add keeps the dependent load of a 64-byte table off each block: measured with the
-  // widened codes of fp4x32, 10-15% more weights per second in cache than the table load (2026-12-02).
-  template <int NT, int MT>
+  // vpermb (AVX512_VBMI) by name: this file is built for AVX-512BW, and only code that checked vbmi() runs it. (An
+  // intrinsic would need the target attribute on every function and lambda it is inlined into.)
+  static __m512i permute_bytes(__m512i idx, __m512i table) {
+    __m512i r;
+    asm("vpermb %2, %1, %0" : "=v"(r) : "v"(idx), "v"(table));
+    return r;
+  }
+
+  // FP4, K % 32 == 0: per 32-block and row, the block's scaled table, two vpermps and 2·MT fmas. The scales of the NT
+  // rows are staged 64 blocks at a time as dwords at fixed offsets, so the inner loop needs one pointer per row.
+  // - The table: with one token, the scaled table of fp4_scaled_luts, loaded (a 64-byte load, no arithmetic). With
+  //   2-4 tokens, when every scale byte of the chunk is in [2, 252], the table of scale 1 (in a register) with the
+  //   scale's exponent added to the fp32 exponent field of its nonzero entries (one integer add that never leaves the
+  //   normal range there, so it equals e2m1 · 2^(s-127) bit for bit); otherwise the loaded one.
+  // - The codes reach the fp4x32 lane order (lane i: byte i of the block): with one token and VBMI (Vbmi), one vpermb
+  //   per 4 blocks and row spreads 64 code bytes so that dword lane i holds byte i of block q in its byte q, and block
+  //   q's indices are that vector shifted right by 8q (vpermps reads the low 4 bits); otherwise (and for the last
+  //   K % 128 codes) one vpmovzxbd per block.
+  // Why: with one token the loop is bound by the vector pipes (on Zen 5 vpermps and vpmovzxbd share two, one of them
+  // with the fmas), so every shuffle or add taken out of it shows. A harness of this loop (one token, 8 rows in L1,
+  // interleaved, 2026-12-02) ran 28.5 GB/s of codes with the added table and vpmovzxbd, 30.9 with the loaded table,
+  // 34.3 with the loaded table and vpermb. With 2-4 tokens the fmas bound the loop: there the added table ran 3-4%
+  // faster than the loaded one (linear_f32, one thread, 4 and 12 tokens, best of 30), and vpermb, whose spread
+  // vectors cost registers, 10-40% slower, so only one-token calls take it (gemv_kernel).
+  template <int NT, int MT, bool Vbmi>
   static void gemv_fp4(const float* x, std::int64_t ldx, const ref::weight_ref& w, std::int64_t n0, float* out,
                        std::int64_t ldo) {
     constexpr std::int64_t blk = ref::kFp4WeightBlock, chunk = 64;  // blocks per staging round
@@ -410,51 +436,80 @@ struct linear_simd {
     constexpr __mmask16 nonzero = 0xFEFE;                                      // entries 0 and 8 are +0 and -0
     const std::uint8_t* src[NT];
     const prefetch_plan pf =
-        group_rows<NT>(reinterpret_cast<const std::uint8_t*>(&w.f4(n0, 0)), w.f4.stride[0], K / 2, n0, w.n, src);
+        group_rows<NT, MT == 1>(reinterpret_cast<const std::uint8_t*>(&w.f4(n0, 0)), w.f4.stride[0], K / 2, n0, w.n,
+                                src);
     // The next group's scale bytes (one stream beside the codes: nblk bytes per row, NT rows in a row), so its first
     // chunk does not wait on them.
     if (w.scale.stride[1] == 1 && w.scale.stride[0] == nblk && n0 + 2 * NT <= w.n) {
       const auto* s0 = reinterpret_cast<const std::uint8_t*>(&w.scale(n0 + NT, 0));
       for (std::int64_t off = 0; off < NT * nblk; off += 64) prefetch(s0 + off);
     }
-    __m512 acc[MT][NT] = {};  // all zero
-    alignas(64) std::int32_t se[NT][chunk];  // exponent add (s - 127) << 23, or the table offset 16 s
-    const auto blocks = [&](std::int64_t b0, std::int64_t nb, auto add) {
-      // Local copies of the accumulators and row pointers, and the row loop unrolled early (the pragma): without
-      // both, GCC 12 kept the accumulators in a stack array, stored every one of them on each block and reloaded
-      // the row pointers.
+    // byte 4i + q of the spread vector = byte 16q + i of the 64 code bytes
+    const __m512i spread = _mm512_set_epi8(63, 47, 31, 15, 62, 46, 30, 14, 61, 45, 29, 13, 60, 44, 28, 12, 59, 43, 27,
+                                           11, 58, 42, 26, 10, 57, 41, 25, 9, 56, 40, 24, 8, 55, 39, 23, 7, 54, 38,
+                                           22, 6, 53, 37, 21, 5, 52, 36, 20, 4, 51, 35, 19, 3, 50, 34, 18, 2, 49, 33,
+                                           17, 1, 48, 32, 16, 0);
+    __m512 acc[MT][NT] = {};                 // all zero
+    alignas(64) std::int32_t se[NT][chunk];  // per block: the table offset 16 s, or (added) (s - 127) << 23
+    // One block of every row: x's two vectors for MT tokens, then per row the table, two vpermps, 2·MT fmas (c: the
+    // row's indices in lane order, low nibbles in the low 4 bits).
+    const auto block = [&](std::int64_t k, std::int64_t b, const __m512i (&c)[NT], auto added, __m512 (&a)[MT][NT]) {
+      __m512 x0[MT], x1[MT];
+#pragma GCC unroll 8
+      for (int i = 0; i < MT; ++i) {
+        x0[i] = _mm512_loadu_ps(x + i * ldx + k);
+        x1[i] = _mm512_loadu_ps(x + i * ldx + k + 16);
+      }
+#pragma GCC unroll 8
+      for (int j = 0; j < NT; ++j) {
+        __m512 lut;
+        if constexpr (decltype(added)::value)
+          lut = _mm512_castsi512_ps(_mm512_mask_add_epi32(unit, nonzero, unit, _mm512_set1_epi32(se[j][b])));
+        else
+          lut = _mm512_load_ps(luts + se[j][b]);
+        const __m512 d0 = _mm512_permutexvar_ps(c[j], lut), d1 = _mm512_permutexvar_ps(_mm512_srli_epi32(c[j], 4), lut);
+#pragma GCC unroll 8
+        for (int i = 0; i < MT; ++i) {
+          a[i][j] = _mm512_fmadd_ps(x0[i], d0, a[i][j]);
+          a[i][j] = _mm512_fmadd_ps(x1[i], d1, a[i][j]);
+        }
+      }
+    };
+    // Blocks b0 .. b0+nb-1 of every row. Local copies of the accumulators and row pointers, and the row loops
+    // unrolled early (the pragmas): without both, GCC 12 kept the accumulators in a stack array, stored every one of
+    // them on each block and reloaded the row pointers.
+    const auto blocks = [&](std::int64_t b0, std::int64_t nb, auto added) {
       __m512 a[MT][NT];
       const std::uint8_t* r[NT];
       for (int j = 0; j < NT; ++j) {
         r[j] = src[j];
         for (int i = 0; i < MT; ++i) a[i][j] = acc[i][j];
       }
-      for (std::int64_t b = 0; b < nb; ++b) {
-        const std::int64_t k = (b0 + b) * blk;
-        __m512 x0[MT], x1[MT];
+      std::int64_t b = 0;
+      if constexpr (Vbmi) {
+        for (; b + 4 <= nb; b += 4) {
+          const std::int64_t k = (b0 + b) * blk;
+          stream_step<NT>(pf, k / 2);  // a cache line of every row per 4 blocks
+          __m512i v[NT], c[NT];
 #pragma GCC unroll 8
-        for (int i = 0; i < MT; ++i) {
-          x0[i] = _mm512_loadu_ps(x + i * ldx + k);
-          x1[i] = _mm512_loadu_ps(x + i * ldx + k + 16);
-        }
-        if (b % 4 == 0) stream_step<NT>(pf, k / 2);  // a cache line of every row per 4 blocks
-        // the block's table, then fp4x32's body written out: calling fp4x32 here changed GCC 12's register allocation
-        // and ran slower in 7 of 8 interleaved pairs (by 1-11%) on one thread in cache (2026-12-02)
+          for (int j = 0; j < NT; ++j) c[j] = v[j] = permute_bytes(spread, _mm512_loadu_si512(r[j] + k / 2));
+          block(k, b, c, added, a);
+#pragma GCC unroll 4
+          for (int q = 1; q < 4; ++q) {
 #pragma GCC unroll 8
-        for (int j = 0; j < NT; ++j) {
-          __m512 lut;
-          if constexpr (decltype(add)::value)
-            lut = _mm512_castsi512_ps(_mm512_mask_add_epi32(unit, nonzero, unit, _mm512_set1_epi32(se[j][b])));
-          else
-            lut = _mm512_load_ps(luts + se[j][b]);
-          const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r[j] + k / 2)));
-          const __m512 d0 = _mm512_permutexvar_ps(c, lut), d1 = _mm512_permutexvar_ps(_mm512_srli_epi32(c, 4), lut);
-#pragma GCC unroll 8
-          for (int i = 0; i < MT; ++i) {
-            a[i][j] = _mm512_fmadd_ps(x0[i], d0, a[i][j]);
-            a[i][j] = _mm512_fmadd_ps(x1[i], d1, a[i][j]);
+            for (int j = 0; j < NT; ++j) c[j] = _mm512_srli_epi32(v[j], 8 * q);
+            block(k + q * blk, b + q, c, added, a);
           }
         }
+      }
+      for (; b < nb; ++b) {
+        const std::int64_t k = (b0 + b) * blk;
+        if ((b0 + b) % 4 == 0) stream_step<NT>(pf, k / 2);
+        __m512i c[NT];
+#pragma GCC unroll 8
+        for (int j = 0; j < NT; ++j)
+          c[j] = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r[j] + k / 2)));
+        block(k, b, c, added, a);
       }
       for (int j = 0; j < NT; ++j)
         for (int i = 0; i < MT; ++i) acc[i][j] = a[i][j];
@@ -475,7 +530,7 @@ struct linear_simd {
         out_of_range |= _mm512_mask_cmplt_epu8_mask(live, sv[j], _mm512_set1_epi8(2)) |
                         _mm512_mask_cmpgt_epu8_mask(live, sv[j], _mm512_set1_epi8(static_cast<char>(252)));
       }
-      const bool add = out_of_range == 0;
+      const bool added = MT > 1 && out_of_range == 0;
       for (int j = 0; j < NT; ++j) {
         const __m512i s32[4] = {_mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(sv[j], 0)),  // (immediates)
                                 _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(sv[j], 1)),
@@ -483,13 +538,16 @@ struct linear_simd {
                                 _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(sv[j], 3))};
         const __m512i bias = _mm512_set1_epi32(127);
         for (int q = 0; q < 4; ++q)
-          _mm512_store_si512(se[j] + 16 * q, add ? _mm512_slli_epi32(_mm512_sub_epi32(s32[q], bias), 23)
-                                                 : _mm512_slli_epi32(s32[q], 4));
+          _mm512_store_si512(se[j] + 16 * q, added ? _mm512_slli_epi32(_mm512_sub_epi32(s32[q], bias), 23)
+                                                   : _mm512_slli_epi32(s32[q], 4));
       }
-      if (add)
-        blocks(b0, nb, std::true_type{});
-      else
-        blocks(b0, nb, std::false_type{});
+      if constexpr (MT > 1) {
+        if (added) {
+          blocks(b0, nb, std::true_type{});
+          continue;
+        }
+      }
+      blocks(b0, nb, std::false_type{});
     }
     reduce<NT, MT>(acc, out, ldo);
   }
@@ -598,13 +656,14 @@ struct linear_simd {
 #endif
 
   // The decode GEMV kernels, one per stored format, behind one signature.
-  enum class gemv_kind { fp4, fp8_vbmi, fp8, bf16, f32 };
+  enum class gemv_kind { fp4, fp4_vbmi, fp8_vbmi, fp8, bf16, f32 };
   using gemv_fn = void (*)(const float*, std::int64_t, const ref::weight_ref&, std::int64_t, float*, std::int64_t);
 #if defined(__AVX512BW__)
   template <gemv_kind G, int NT, int MT>
   static void gemv_kernel(const float* x, std::int64_t ldx, const ref::weight_ref& w, std::int64_t n0, float* out,
                           std::int64_t ldo) {
-    if constexpr (G == gemv_kind::fp4) gemv_fp4<NT, MT>(x, ldx, w, n0, out, ldo);
+    if constexpr (G == gemv_kind::fp4) gemv_fp4<NT, MT, false>(x, ldx, w, n0, out, ldo);
+    if constexpr (G == gemv_kind::fp4_vbmi) gemv_fp4<NT, MT, MT == 1>(x, ldx, w, n0, out, ldo);  // vpermb: 1 token
     if constexpr (G == gemv_kind::fp8_vbmi) gemv_fp8_vbmi<NT, MT>(x, ldx, w, n0, out, ldo);
     if constexpr (G == gemv_kind::fp8) gemv_fp8<NT, MT>(x, ldx, w, n0, out, ldo);
     if constexpr (G == gemv_kind::bf16) gemv_wide<NT, MT, true>(x, ldx, w, n0, out, ldo);
@@ -629,12 +688,12 @@ struct linear_simd {
                    float* out, std::int64_t ldo) {
 #if defined(__AVX512BW__)
     if constexpr (kAvx512) {
-      static constexpr std::array<std::array<std::array<gemv_fn, kMaxTileN>, kMaxGemvTokens>, 5> tables = {
-          gemv_table<gemv_kind::fp4>(), gemv_table<gemv_kind::fp8_vbmi>(), gemv_table<gemv_kind::fp8>(),
-          gemv_table<gemv_kind::bf16>(), gemv_table<gemv_kind::f32>()};
+      static constexpr std::array<std::array<std::array<gemv_fn, kMaxTileN>, kMaxGemvTokens>, 6> tables = {
+          gemv_table<gemv_kind::fp4>(),  gemv_table<gemv_kind::fp4_vbmi>(), gemv_table<gemv_kind::fp8_vbmi>(),
+          gemv_table<gemv_kind::fp8>(),  gemv_table<gemv_kind::bf16>(),     gemv_table<gemv_kind::f32>()};
       int kind = -1;
       if (w.fmt == ref::wfmt::fp4_b32 && w.k % ref::kFp4WeightBlock == 0)
-        kind = static_cast<int>(gemv_kind::fp4);
+        kind = static_cast<int>(vbmi() ? gemv_kind::fp4_vbmi : gemv_kind::fp4);
       else if (w.fmt == ref::wfmt::bf16 && w.k % 16 == 0 && w.bf.stride[1] == 1)
         kind = static_cast<int>(gemv_kind::bf16);
       else if (w.fmt == ref::wfmt::f32 && w.k % 16 == 0 && w.f32.stride[1] == 1)
