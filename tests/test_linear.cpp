@@ -75,8 +75,9 @@ TEST_CASE("decode is exact: x = identity gives W^T bit for bit on every backend"
 }
 
 TEST_CASE("FP4 block scales at both ends of the UE8M0 range decode exactly in the GEMV and the prefill GEMM") {
-  // The CPU FP4 GEMV scales its E2M1 table by adding the exponent while every scale byte of a 64-block chunk is in
-  // [2, 252] and loads the multiplied table otherwise; both must give the exact value e2m1 · 2^(s-127). Rows 0-7
+  // The CPU FP4 GEMV loads the E2M1 table multiplied by the scale for one token; for 2-4 tokens it adds the exponent
+  // while every scale byte of a 64-block chunk is in [2, 252] and loads the table otherwise; each must give the exact
+  // value e2m1 · 2^(s-127). Rows 0-7
   // keep every chunk in range; rows 8-15 have their second chunk (blocks 64-127) cycle through 0, 1, 2, 251, 252,
   // 120 (subnormal weights for 0 and 1; 253 and above would overflow 6 · 2^(s-127) in fp32).
   const std::int64_t N = 16, K = 4096, nb = K / 32;
@@ -112,6 +113,18 @@ TEST_CASE("FP4 block scales at both ends of the UE8M0 range decode exactly in th
       REQUIRE(double(y.host_span<float>()[n]) == exact(n, ks[t]));
       REQUIRE(double(panel.host_span<float>()[t * N + n]) == exact(n, ks[t]));
     }
+  }
+  // the same tokens 4 at a time (the GEMV's 4-token pass: the added table on rows 0-7, the loaded one on rows 8-15's
+  // second chunk)
+  for (int t0 = 0; t0 + 4 <= B; t0 += 4) {
+    buffer y(dtype::f32, {4, N});
+    ops::linear(x1.view().narrow(0, t0, 4), q, y, on(backend::cpu));
+    for (int t = t0; t < t0 + 4; ++t)
+      for (std::int64_t n = 0; n < N; ++n) {
+        CAPTURE(n);
+        CAPTURE(ks[t]);
+        REQUIRE(double(y.host_span<float>()[(t - t0) * N + n]) == exact(n, ks[t]));
+      }
   }
   // random tokens: each alone (GEMV) bitwise equal to its row of the prefill GEMM
   const buffer x = host_f32(B, K, randn(B * K, 72));
