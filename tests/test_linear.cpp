@@ -77,9 +77,9 @@ TEST_CASE("decode is exact: x = identity gives W^T bit for bit on every backend"
 TEST_CASE("FP4 block scales at both ends of the UE8M0 range decode exactly in the GEMV and the prefill GEMM") {
   // The CPU FP4 GEMV loads the E2M1 table multiplied by the scale for one token; for 2-4 tokens it adds the exponent
   // while every scale byte of a 64-block chunk is in [2, 252] and loads the table otherwise; each must give the exact
-  // value e2m1 · 2^(s-127). Rows 0-7
-  // keep every chunk in range; rows 8-15 have their second chunk (blocks 64-127) cycle through 0, 1, 2, 251, 252,
-  // 120 (subnormal weights for 0 and 1; 253 and above would overflow 6 · 2^(s-127) in fp32).
+  // value e2m1 · 2^(s-127). Rows 0-7 keep every chunk in range; rows 8-15 have their second chunk (blocks 64-127)
+  // cycle through 0, 1, 2, 251, 252, 120 (subnormal weights for 0 and 1; 253 and above would overflow 6 · 2^(s-127)
+  // in fp32).
   const std::int64_t N = 16, K = 4096, nb = K / 32;
   buffer w(dtype::fp4_e2m1, {N, K}), s(dtype::ue8m0, {N, nb});
   std::mt19937_64 rng(71);
@@ -176,8 +176,8 @@ TEST_CASE("cpu: an output row does not depend on the batch it is in, or on the t
 
 TEST_CASE("cpu: the prefill GEMM's edges (K chunks, token blocks, short tiles and panels, tails) equal the GEMV") {
   if (!cpu::simd_isa()) return;
-  // More than 16 tokens (FP4: 48) take the prefill GEMM on AVX-512 (x packed in tiles of 6 tokens, 64-row panels, K in
-  // chunks of 128 x 16, tokens in equal blocks of at most 516); one token takes the decode GEMV, or the dot panel
+  // More than 16 tokens (FP4: 48) take the prefill GEMM on AVX-512 (x packed in tiles of 6 tokens, 64-row panels, K
+  // in chunks of 128 x 16, tokens in equal blocks of at most 516); one token takes the decode GEMV, or the dot panel
   // where the format has none (tails). Both must give the same bits for every token. Shapes: FP8 with K' = K/16 =
   // 144 (a chunk of 16 after one of 128) and 200 rows (a last panel of 8), FP4 with K' = 260 (three chunks) and 70
   // rows, BF16 with a K % 16 tail, F32 with K < 16 (the tail alone), and 35 row blocks (tasks of 4-block panels, the

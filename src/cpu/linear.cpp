@@ -20,12 +20,13 @@
 namespace dsv4::cpu {
 namespace {
 
-// Up to gemv_max_t tokens (kGemvMaxTokens, kGemvMaxTokensFp4: linear.hpp) a call runs the register-decode GEMV
-// (token groups of kMaxGemvTokens, each decoding the block's weights again) instead of a decoded panel. bench_linear, 2 threads, 2026-12-02: at 4 and 8 tokens the GEMV
-// took 0.36-0.72 of the dot panel's time. Against the prefill GEMM (panel_gemm, interleaved, GFLOP/s GEMV vs GEMM):
-// 12 tokens FP4 [2048 x 4096] 243-255 vs 121-128, [4096 x 2048] 230-261 vs 134-148, FP8 [32768 x 1024] 190-192 vs
-// 120-127, [4096 x 8192] 149-152 vs 128-130; 16 tokens about even for FP8 and ahead for FP4; 24-32 tokens FP8 runs
-// 130-160 on the GEMV against 160-220 on the GEMM. A MoE prefill's experts see ~12 tokens each.
+// Up to gemv_max_t tokens (kGemvMaxTokens, kGemvMaxTokensFp4: linear.hpp) a call runs the register-decode GEMV (token
+// groups of kMaxGemvTokens, each decoding the block's weights again) instead of a decoded panel. bench_linear, 2
+// threads, 2026-12-02: at 4 and 8 tokens the GEMV took 0.36-0.72 of the dot panel's time. Against the prefill GEMM
+// (panel_gemm, interleaved, GFLOP/s GEMV vs GEMM): 12 tokens FP4 [2048 x 4096] 243-255 vs 121-128, [4096 x 2048]
+// 230-261 vs 134-148, FP8 [32768 x 1024] 190-192 vs 120-127, [4096 x 8192] 149-152 vs 128-130; 16 tokens about even for
+// FP8 and ahead for FP4; 24-32 tokens FP8 runs 130-160 on the GEMV against 160-220 on the GEMM. A MoE prefill's experts
+// see ~12 tokens each.
 // FP4 stays on the GEMV longer: its decode (a table and two vpermps per 32 weights) is cheap next to the GEMM's
 // decode + transpose of a panel. 2 threads, weights in L3, best of 30, GEMV vs GEMM GFLOP/s (2026-12-02):
 // [2048 x 4096] 17 tokens 275-311 vs 198-200, 24: 317-332 vs 239-246, 32: 332-334 vs 256-277, 48: 320-368 vs
