@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "dsv4/cpu/linear.hpp"
 #include "dsv4/numerics.hpp"
 #include "dsv4/ops/moe.hpp"
 #include "harness.hpp"
@@ -215,8 +216,8 @@ TEST_CASE("routed outputs are summed in ascending expert order, then the shared 
 }
 
 TEST_CASE("FP4 routed + FP8 shared experts: cpu equals ref; cpu rows independent of batch and threads") {
-  // 21 tokens: ~8 per expert, one expert per thread; 150 tokens: ~56 per expert, most past 48 (run on every thread
-  // one after another), the rest one per thread
+  // 21 tokens: ~8 per expert, one expert per thread; 150 tokens: ~56 per expert, most past 48 (kGemvMaxTokensFp4:
+  // run on every thread one after another), the rest one per thread
   for (const std::int64_t T : {21, 150}) {
   CAPTURE(T);
   const std::int64_t D = 64, I = 96, E = 8;
@@ -230,8 +231,9 @@ TEST_CASE("FP4 routed + FP8 shared experts: cpu equals ref; cpu rows independent
   std::vector<int> per_expert(E, 0);
   for (std::int32_t e : r.idx.host_span<std::int32_t>()) ++per_expert[static_cast<std::size_t>(e)];
   if (T == 150) {  // both CPU schedules are exercised
-    CHECK(std::ranges::any_of(per_expert, [](int n) { return n > 48; }));
-    CHECK(std::ranges::any_of(per_expert, [](int n) { return n > 0 && n <= 48; }));
+    constexpr std::int64_t solo = cpu::kGemvMaxTokensFp4;  // the CPU MoE's one-expert-per-thread bound
+    CHECK(std::ranges::any_of(per_expert, [](int n) { return n > solo; }));
+    CHECK(std::ranges::any_of(per_expert, [](int n) { return n > 0 && n <= solo; }));
   }
   buffer yr(dtype::f32, {T, D});
   ops::moe_ffn(x, r.w, r.idx, routed, &shared, 10.f, yr, on(backend::ref));
