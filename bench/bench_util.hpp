@@ -2,10 +2,12 @@
 // a wall-clock timer for the baselines measured in the same run.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <map>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include <benchmark/benchmark.h>
@@ -13,6 +15,7 @@
 #include <tbb/partitioner.h>
 #include <tbb/task_arena.h>
 
+#include "dsv4/buffer.hpp"
 #include "dsv4/exec.hpp"
 
 namespace dsv4::bench {
@@ -36,13 +39,19 @@ double seconds_per_call(F&& f, int reps = 1) {
 }
 
 // The read-bandwidth baseline: `threads` threads each sum their part of a 256 MiB buffer (8x the L3) with 64
-// independent lanes, so the adds never limit the loads; returns GB/s. The neighbours on this machine move the
+// independent lanes, so the adds never limit the loads; returns GB/s. A dsv4::buffer like the weights it is compared
+// with, so both sides read the same kind of pages (2 MiB where the kernel gives them: dsv4/buffer.hpp). The neighbours on this machine move the
 // bandwidth by 30% and more from minute to minute, so a benchmark that reports a fraction of it runs one pass after
 // each of its own rounds. It runs on an arena of `threads` oneTBB workers, as the library's ops do, so neither side
 // pays for waking the other's threads.
 inline double read_pass(int threads) {
   constexpr std::size_t n = (std::size_t{256} << 20) / sizeof(float);
-  static std::vector<float> buf(n, 1.f);
+  static const std::span<float> buf = [] {
+    static buffer b(dtype::f32, {static_cast<std::int64_t>(n)});
+    const auto s = b.host_span<float>();
+    std::fill(s.begin(), s.end(), 1.f);
+    return s;
+  }();
   static std::map<int, std::unique_ptr<tbb::task_arena>> arenas;
   auto& arena = arenas[threads];
   if (!arena) arena = std::make_unique<tbb::task_arena>(threads);

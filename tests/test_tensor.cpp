@@ -1,5 +1,9 @@
 // The tensor interface: views, sub-views, the fp4 packing rules, DLPack round trips, buffers, copies, dtype dispatch.
+#include <algorithm>
+#include <fstream>
 #include <numeric>
+#include <sstream>
+#include <string>
 
 #include "dsv4/dlpack.hpp"
 #include "dsv4/dtype.hpp"
@@ -127,6 +131,47 @@ TEST_CASE("buffer: aligned, zeroed, movable; copy honours strides") {
     // no GPU: asking for CUDA memory is a clear error, never a crash
     check_error([] { buffer(dtype::f32, {4}, device::cuda(0)); }, {});
   }
+}
+
+// The "THPeligible:" field of the /proc/self/smaps mapping that holds p: 1 when the kernel may back it with 2 MiB
+// pages (needs the madvise where THP is in madvise mode), -1 when this kernel does not say.
+int thp_eligible(const void* p) {
+  std::ifstream smaps("/proc/self/smaps");
+  const auto a = reinterpret_cast<std::uintptr_t>(p);
+  bool inside = false;
+  for (std::string line; std::getline(smaps, line);) {
+    std::uintptr_t lo = 0, hi = 0;
+    char dash = 0;
+    std::istringstream head(line);
+    if (head >> std::hex >> lo >> dash >> hi && dash == '-' && line.find(':') > line.find(' ')) {
+      inside = lo <= a && a < hi;
+    } else if (inside && line.rfind("THPeligible:", 0) == 0) {
+      return std::stoi(line.substr(12));
+    }
+  }
+  return -1;
+}
+
+TEST_CASE("buffer: host buffers of 2 MiB and more start on a 2 MiB boundary, advised as huge pages") {
+  CHECK(buffer::huge_page_bytes() == std::size_t{2} << 20);
+  const std::int64_t n = (std::int64_t{5} << 20) / 4 + 3;  // 5 MiB + 12 B of f32: not a multiple of 2 MiB
+  buffer big(dtype::f32, {n});
+  CHECK(reinterpret_cast<std::uintptr_t>(big.data()) % buffer::huge_page_bytes() == 0);
+  const auto s = big.host_span<float>();
+  CHECK(static_cast<std::int64_t>(s.size()) == n);
+  CHECK(std::all_of(s.begin(), s.end(), [](float v) { return v == 0.f; }));  // zeroed, like every buffer
+  s.back() = 1.f;                                                              // the tail is ours (ASan checks)
+  std::ifstream mode("/sys/kernel/mm/transparent_hugepage/enabled");
+  std::string modes;
+  std::getline(mode, modes);
+  // Where THP can be used at all ("always" or "madvise"), the kernel must see the buffer as eligible. In madvise
+  // mode (this machine) that holds only because of the advice: without it, THPeligible reads 0.
+  if (!modes.empty() && modes.find("[never]") == std::string::npos) {
+    const int eligible = thp_eligible(big.data());
+    if (eligible >= 0) CHECK(eligible == 1);
+  }
+  buffer small(dtype::f32, {1000});  // below 2 MiB: 64-byte alignment only (no padding to a 2 MiB boundary)
+  CHECK(reinterpret_cast<std::uintptr_t>(small.data()) % 64 == 0);
 }
 
 }  // TEST_SUITE

@@ -1,10 +1,12 @@
 // dsv4/buffer.hpp — a small owning allocation (host or CUDA) that hands out tensor_views.
 //
-// Host memory is 64-byte aligned (one AVX-512 vector / cache line). CUDA memory comes from cudaMalloc through the
+// Host memory is 64-byte aligned (one AVX-512 vector / cache line); host buffers of huge_page_bytes() (2 MiB) and
+// more start on a 2 MiB boundary and are advised as transparent huge pages (Linux madvise; src/memory.cpp says why). CUDA memory comes from cudaMalloc through the
 // dsv4::cuda library; without it, asking for a CUDA buffer is an error. Kernels never allocate: ops that need
 // scratch take it from the caller.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <initializer_list>
 #include <span>
@@ -35,6 +37,8 @@ class buffer {
   operator const tensor_view&() const { return view_; }
   void* data() const { return view_.data(); }
   std::int64_t nbytes() const { return bytes_; }
+  // Host buffers this large and larger are 2 MiB-aligned and advised as huge pages.
+  static std::size_t huge_page_bytes();
 
   // Typed access to host data (checks dtype and device).
   template <class T>
