@@ -377,6 +377,27 @@ TEST_SUITE("forward") {
     CHECK(ck.copied_bytes() == copied);  // the copies were made once, at binding
   }
 
+  TEST_CASE("weights copied into host buffers (upload_weights to the CPU) give bitwise the logits of the mapping") {
+    loaded m("fw_resident", preset("tiny"));
+    const device_weights r = upload_weights(m.w, device::cpu());
+    // copies (same bytes, other memory), MTP left out as on a GPU
+    CHECK(r.weights.layers.size() == m.w.layers.size());
+    CHECK(r.weights.mtp.empty());
+    const auto same_bytes_elsewhere = [](const tensor_view& c, const tensor_view& o) {
+      return c.dev().is_cpu() && c.data() != o.data() && c.nbytes() == o.nbytes() &&
+             std::memcmp(c.data(), o.data(), static_cast<std::size_t>(o.nbytes())) == 0;
+    };
+    CHECK(same_bytes_elsewhere(r.weights.embed, m.w.embed));
+    const ops::qweight &w1 = r.weights.layers[0].ffn.experts[0].w1, &o1 = m.w.layers[0].ffn.experts[0].w1;
+    CHECK(w1.weight.dt() == dtype::fp4_e2m1);
+    CHECK(same_bytes_elsewhere(w1.weight, o1.weight));
+    CHECK(same_bytes_elsewhere(w1.scale, o1.scale));
+    CHECK(w1.name == o1.name);
+    const auto ids = tokens(24, m.cfg.vocab_size, 5);
+    const transformer a(m.cfg, m.w), b(m.cfg, r.weights);
+    CHECK(same_bits(logits(a, ids, {24}), logits(b, ids, every(24, 7))));
+  }
+
   TEST_CASE("errors: token ids out of range, empty input, context past the capacity") {
     const loaded m("fwd_err", preset("tiny"));
     const transformer tf(m.cfg, m.w);

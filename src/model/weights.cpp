@@ -374,7 +374,6 @@ void each_tensor(model_weights& w, F&& f) {
 device_weights upload_weights(const model_weights& w, device dev,
                               const std::function<void(std::int64_t, std::int64_t)>& progress) {
   constexpr const char* op = "upload_weights";
-  DSV4_CHECK(dev.is_cuda(), op, "weights go to a CUDA device, got ", dev);
   device_weights out;
   out.weights = w;
   out.weights.mtp.clear();

@@ -108,9 +108,15 @@ struct bind_options {
 model_weights bind_weights(const io::checkpoint& ckpt, const model_config& cfg, const bind_options& opt = {});
 
 // Bound weights copied once to a device, in their stored formats (FP8 / FP4 codes, E8M0 scales, BF16, F32) under the
-// same names, for the forward pass on the GPU (transformer takes `weights`). It owns the device memory; `weights`
-// views it and stays valid while this object lives (moving it keeps the views valid). MTP blocks are not copied:
-// the forward pass does not run them. progress(done, total) is called after each tensor with bytes copied so far.
+// same names (transformer takes `weights`):
+//   a CUDA device: for the forward pass on the GPU;
+//   the host (device::cpu()): a resident copy in dsv4::buffer memory, which takes 2 MiB pages where the kernel gives
+//   them (dsv4/buffer.hpp), instead of views into the checkpoint's file mapping (4 KiB pages of the page cache). The
+//   CPU forward pass gives bitwise the same logits from either; the copy costs the weights' size in memory and saves
+//   the decode GEMVs a page walk every 4 KiB (README, "Benchmarks": ~10% on FP8 decode with one thread).
+// It owns the memory; `weights` views it and stays valid while this object lives (moving it keeps the views valid).
+// MTP blocks are not copied: the forward pass does not run them. progress(done, total) is called after each tensor
+// with bytes copied so far.
 struct device_weights {
   model_weights weights;
   std::vector<buffer> memory;
