@@ -36,6 +36,10 @@ done
 "$D" run --model "$W/m" --prompt "$long" --chunk 16 --kv fp8_ds_mla --numerics official --logits "$W/o8.npy" >/dev/null
 "$D" run --model "$W/m" --prompt "$long" --chunk 16 --kv f32 --numerics official --logits "$W/o32.npy" >/dev/null
 cmp "$W/o8.npy" "$W/o32.npy"
+# --resident (the weights copied into memory of their own): the same bytes as reading them from the mapping.
+"$D" run --model "$W/m" --prompt "$long" --chunk 16 --resident --logits "$W/res.npy" >/dev/null
+"$D" run --model "$W/m" --prompt "$long" --chunk 16 --logits "$W/map.npy" >/dev/null
+cmp "$W/res.npy" "$W/map.npy"
 ! "$D" run --model "$W/m" --prompt 1,2 --numerics bf16 2>"$W/err"
 grep -q 'unknown numerics policy "bf16" (expected fp32 or official)' "$W/err"
 # The two layouts differ (BF16 rope dims in fp8_ds_mla) but only slightly: same shape, different bytes.
