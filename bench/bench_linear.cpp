@@ -2,10 +2,11 @@
 // next to this machine's rooflines measured in the same run.
 //
 // Cases:
-//   read_bw/threads   the read-bandwidth baseline: `threads` threads sum a 256 MiB buffer (8x the L3). Every decode
-//                     case below also runs one such pass after each of its rounds (interleaved, because neighbours
-//                     on this machine move the bandwidth by 30% from minute to minute) and reports `read` (GB/s)
-//                     and `bw` = its GB/s / read.
+//   read_bw/threads   the read-bandwidth baseline: `threads` threads sum a 256 MiB buffer (8x the L3; a dsv4::buffer,
+//                     2 MiB pages like the weights' buffers: bench_util.hpp). Every decode case below also runs
+//                     one such pass after each of its rounds (interleaved, because neighbours on this machine move
+//                     the bandwidth by 30% from minute to minute) and reports `read` (GB/s) and `bw` = its GB/s /
+//                     read.
 //   gemv_*            T = 1 (decode) over 16 distinct weight matrices per iteration (16 x 4-32 MiB, beyond the
 //                     32 MiB L3), so the weights stream from DRAM as in a model: GB/s of weight + scale bytes read.
 //                     FP4 experts w1 [2048 x 4096] and w2 [4096 x 2048]; FP8 wq_b [32768 x 1024] and wo_b

@@ -39,8 +39,9 @@ double seconds_per_call(F&& f, int reps = 1) {
 }
 
 // The read-bandwidth baseline: `threads` threads each sum their part of a 256 MiB buffer (8x the L3) with 64
-// independent lanes, so the adds never limit the loads; returns GB/s. A dsv4::buffer like the weights it is compared
-// with, so both sides read the same kind of pages (2 MiB where the kernel gives them: dsv4/buffer.hpp). The neighbours on this machine move the
+// independent lanes, so the adds never limit the loads; returns GB/s. The buffer is a dsv4::buffer like the weights
+// it is compared with, so both sides read the same kind of pages (2 MiB where the kernel gives them:
+// dsv4/buffer.hpp; on 4 KiB pages this pass measured ~20% less, 2026-12-02). The neighbours on this machine move the
 // bandwidth by 30% and more from minute to minute, so a benchmark that reports a fraction of it runs one pass after
 // each of its own rounds. It runs on an arena of `threads` oneTBB workers, as the library's ops do, so neither side
 // pays for waking the other's threads.
