@@ -20,16 +20,18 @@ namespace {
 // Host buffers of kHugePage bytes and more start on a 2 MiB boundary and are advised as transparent huge pages
 // before they are first touched, so the kernel can back them with 2 MiB pages (Linux; where THP is off, e.g.
 // /sys/kernel/mm/transparent_hugepage/enabled = never, the advice does nothing). Why: a decode step streams every
-// weight byte once, from many rows at once, and with 4 KiB pages the GEMVs' prefetches and the hardware's stop at a
-// page walk every 4 KiB. FP4 [2048 x 4096] decode from DRAM, one thread, a harness of the library's loop
-// (interleaved, 2026-12-02): 4 KiB pages 18-22 GB/s, 2 MiB pages 24-27 (with the prefetch in memory order,
-// linear_simd_impl.hpp). The padding that aligns the start is never touched, so it costs address space only.
+// weight byte once, and with 4 KiB pages a page walk interrupts every 4 KiB of each of the 8 rows a GEMV streams.
+// bench_linear, one thread, interleaved (2026-12-02), 4 KiB -> 2 MiB pages: FP8 [32768 x 1024] 26.7-28.0 ->
+// 30.4-31.1 GB/s, FP4 [2048 x 4096] 21.9-23.6 -> 23.9-24.7; bench_layer CSA block decode at 4K 9.5-11.4 -> 8.5-10.1
+// ms. The padding that aligns the start is never touched, so it costs address space only.
 constexpr std::size_t kHugePage = std::size_t{2} << 20;
 
 void* host_alloc(std::size_t n) {
   const std::size_t bytes = (n + 63) / 64 * 64;  // 64 B: one AVX-512 vector, one cache line
   if (bytes < kHugePage) return std::aligned_alloc(64, bytes);
-  void* p = std::aligned_alloc(kHugePage, bytes);
+  // posix_memalign: aligned_alloc would want the size a multiple of 2 MiB (C11; ASan enforces it)
+  void* p = nullptr;
+  if (::posix_memalign(&p, kHugePage, bytes) != 0) return nullptr;
 #if defined(MADV_HUGEPAGE)
   if (p) (void)::madvise(p, bytes, MADV_HUGEPAGE);  // advice only: a kernel without THP refuses it, harmlessly
 #endif
