@@ -1,9 +1,9 @@
 // dsv4/buffer.hpp — a small owning allocation (host or CUDA) that hands out tensor_views.
 //
 // Host memory is 64-byte aligned (one AVX-512 vector / cache line); host buffers of huge_page_bytes() (2 MiB) and
-// more start on a 2 MiB boundary and are advised as transparent huge pages (Linux madvise; src/memory.cpp says why). CUDA memory comes from cudaMalloc through the
-// dsv4::cuda library; without it, asking for a CUDA buffer is an error. Kernels never allocate: ops that need
-// scratch take it from the caller.
+// more start on a 2 MiB boundary and are advised as transparent huge pages (Linux madvise; src/memory.cpp says
+// why). CUDA memory comes from cudaMalloc through the dsv4::cuda library; without it, asking for a CUDA buffer is an
+// error. Kernels never allocate: ops that need scratch take it from the caller.
 #pragma once
 
 #include <cstddef>
