@@ -40,6 +40,9 @@ cmp "$W/o8.npy" "$W/o32.npy"
 "$D" run --model "$W/m" --prompt "$long" --chunk 16 --resident --logits "$W/res.npy" >/dev/null
 "$D" run --model "$W/m" --prompt "$long" --chunk 16 --logits "$W/map.npy" >/dev/null
 cmp "$W/res.npy" "$W/map.npy"
+# ... and is refused with the GPU backend, before the model is read or a device is looked for.
+! "$D" run --model "$W/m" --prompt 1,2 --backend cuda --resident 2>"$W/err"
+grep -q -- "--resident is for the CPU backends" "$W/err"
 ! "$D" run --model "$W/m" --prompt 1,2 --numerics bf16 2>"$W/err"
 grep -q 'unknown numerics policy "bf16" (expected fp32 or official)' "$W/err"
 # The two layouts differ (BF16 rope dims in fp8_ds_mla) but only slightly: same shape, different bytes.

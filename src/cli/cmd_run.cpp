@@ -229,6 +229,9 @@ int cmd_run(int argc, char** argv) {
   const bool gpu = be == "cuda";
   const numerics nm = parse_numerics(a.str("numerics", "fp32"));
   DSV4_CHECK(!gpu || nm == numerics::fp32, "run", "--backend cuda runs numerics fp32 only");
+  const bool resident = a.has("resident");
+  DSV4_CHECK(!gpu || !resident, "run",
+             "--resident is for the CPU backends (--backend cuda copies the weights to the GPU)");
   DSV4_CHECK(!gpu || ops::cuda_built(), "run", "--backend cuda: this build of dsv4 has no CUDA backend");
   DSV4_CHECK(!gpu || ops::cuda_device_count() > 0, "run", "--backend cuda: no CUDA device is visible");
   exec ex;
@@ -269,9 +272,6 @@ int cmd_run(int argc, char** argv) {
   const io::checkpoint ck = io::checkpoint::open(dir);
   const model::model_weights host_w = model::bind_weights(ck, cfg);
   model::device_weights dev_w;
-  const bool resident = a.has("resident");
-  DSV4_CHECK(!gpu || !resident, "run",
-             "--resident is for the CPU backends (--backend cuda copies the weights to the GPU)");
   if (gpu || resident) {
     const auto t_up = std::chrono::steady_clock::now();
     const char* what = gpu ? "uploading" : "copying";
