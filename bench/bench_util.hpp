@@ -47,12 +47,13 @@ double seconds_per_call(F&& f, int reps = 1) {
 // pays for waking the other's threads.
 inline double read_pass(int threads) {
   constexpr std::size_t n = (std::size_t{256} << 20) / sizeof(float);
-  static const std::span<float> buf = [] {
-    static buffer b(dtype::f32, {static_cast<std::int64_t>(n)});
+  static const buffer mem = [] {
+    buffer b(dtype::f32, {static_cast<std::int64_t>(n)});
     const auto s = b.host_span<float>();
     std::fill(s.begin(), s.end(), 1.f);
-    return s;
+    return b;
   }();
+  const std::span<const float> buf = mem.host_span<float>();
   static std::map<int, std::unique_ptr<tbb::task_arena>> arenas;
   auto& arena = arenas[threads];
   if (!arena) arena = std::make_unique<tbb::task_arena>(threads);
