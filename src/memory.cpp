@@ -33,7 +33,7 @@ void* host_alloc(std::size_t n) {
   void* p = nullptr;
   if (::posix_memalign(&p, kHugePage, bytes) != 0) return nullptr;
 #if defined(MADV_HUGEPAGE)
-  if (p) (void)::madvise(p, bytes, MADV_HUGEPAGE);  // advice only: a kernel without THP refuses it, harmlessly
+  (void)::madvise(p, bytes, MADV_HUGEPAGE);  // advice only: a kernel without THP refuses it, harmlessly
 #endif
   return p;
 }
